@@ -1,0 +1,48 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "fos",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "FosCore", targets: ["FosCore"]),
+        .executable(name: "fosd", targets: ["Fosd"]),
+        .executable(name: "fosctl", targets: ["FosCtl"]),
+        .executable(name: "fos-name", targets: ["FosNameServer"]),
+        .executable(name: "fos-echo", targets: ["FosEcho"]),
+        .executable(name: "fos-bench", targets: ["FosBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // The wire format and the shared-memory ring: one C header set, also used by Shim/.
+        .target(name: "CFosWire"),
+        // Syscall edges Swift cannot express (SCM_RIGHTS, futex, fork+exec with pinning).
+        .target(name: "CFosSys"),
+        .target(
+            name: "FosCore",
+            dependencies: [
+                "CFosWire", "CFosSys",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "Fosd",
+            dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "FosCtl",
+            dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(name: "FosNameServer", dependencies: ["FosCore"]),
+        .executableTarget(name: "FosEcho", dependencies: ["FosCore"]),
+        .executableTarget(
+            name: "FosBench",
+            dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FosCore"]),
+    ]
+)

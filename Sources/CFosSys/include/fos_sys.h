@@ -1,0 +1,79 @@
+/*
+ * Syscall edges that Swift cannot express cleanly: ancillary data
+ * (SCM_RIGHTS, SO_PEERCRED), packed epoll events, signal sets, and a
+ * fork+exec that pins and arms a parent-death signal in the child.
+ * Every function returns a non-negative result or -errno, and retries EINTR
+ * where retrying is right.
+ */
+#ifndef FOS_SYS_H
+#define FOS_SYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define FOS_SYS_MAX_FDS 8
+
+/* epoll event bits, importable by Swift */
+enum { FOS_EPOLLIN = 0x001, FOS_EPOLLERR = 0x008, FOS_EPOLLHUP = 0x010 };
+
+/* Send one datagram with up to FOS_SYS_MAX_FDS descriptors. */
+ssize_t fos_sys_send(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/* Receive one datagram; descriptors land in fds (close-on-exec), *nfds set.
+ * A truncated datagram or truncated ancillary data is -EMSGSIZE, with every
+ * received descriptor closed. Returns 0 at end of stream. */
+ssize_t fos_sys_recv(int sock, void *buf, size_t cap, int *fds, int maxfds, int *nfds, int dontwait);
+
+/* accept4 with close-on-exec and non-blocking; -EAGAIN when none waits. */
+int fos_sys_accept(int listen_fd);
+
+int fos_sys_peercred(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+int fos_sys_epoll_create(void);
+int fos_sys_epoll_add(int ep, int fd, uint32_t events, uint64_t data);
+int fos_sys_epoll_mod(int ep, int fd, uint32_t events, uint64_t data);
+int fos_sys_epoll_del(int ep, int fd);
+/* Up to max events into data/events; timeout in ms (-1 forever). EINTR -> 0. */
+int fos_sys_epoll_wait(int ep, uint64_t *data, uint32_t *events, int max, int timeout_ms);
+
+int fos_sys_memfd(const char *name);
+int fos_sys_eventfd(void);
+int fos_sys_eventfd_signal(int fd);
+int fos_sys_eventfd_drain(int fd);
+
+/* Block the given signals in the calling thread (call before threads start,
+ * so every thread inherits the mask) and return a signalfd for them. */
+int fos_sys_signalfd(const int *signals, int n);
+/* Read one signal from a signalfd: signo, 0 if none pending, or -errno. */
+int fos_sys_signalfd_read(int fd);
+
+int fos_sys_pidfd_open(pid_t pid);
+int fos_sys_pidfd_kill(int pidfd, int sig);
+
+/* fork+exec: in the child, descriptors keep[i] are moved to 3+i and every
+ * other descriptor above 2 is closed on exec; the signal mask is cleared;
+ * the child gets SIGKILL when the calling thread dies; it is pinned to `cpu`
+ * unless cpu < 0; it gets its own process group. Returns the pid and stores a
+ * pidfd in *pidfd. */
+pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], int cpu,
+                    const int *keep, int nkeep, int *pidfd);
+
+int fos_sys_pin_self(int cpu);
+int fos_sys_current_cpu(void);
+int fos_sys_cpu_count(void);
+int fos_sys_random(void *buf, size_t len);
+
+/* wait(2) for a pid: exit status as in waitpid, or -errno. */
+int fos_sys_reap(pid_t pid, int nohang);
+
+void *fos_sys_map_shared(int fd, size_t len, int writable);
+int fos_sys_unmap(void *addr, size_t len);
+
+/* Constant-time comparison of capability keys. */
+int fos_sys_key_equal(const uint8_t *a, const uint8_t *b, size_t len);
+
+/* Lock a file exclusively without blocking: 0, -EWOULDBLOCK, or -errno. */
+int fos_sys_flock_exclusive(int fd);
+
+uint64_t fos_sys_now_ns(void);
+#endif

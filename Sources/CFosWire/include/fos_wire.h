@@ -1,0 +1,240 @@
+/*
+ * fos wire format: the one source of truth for every byte that crosses a
+ * process boundary. Swift imports these structs directly (module CFosWire);
+ * the shim includes this header as plain C11.
+ *
+ * Two transports carry these layouts:
+ *   - the control socket of fosd (SOCK_SEQPACKET, one datagram a message):
+ *     struct fos_ctl_hdr followed by an op-specific payload;
+ *   - channels (shared-memory rings, fos_ring.h): struct fos_msg_hdr followed
+ *     by a service-specific payload.
+ *
+ * All integers are little-endian host order (every node of a cluster is
+ * x86_64 or aarch64 Linux); the proxy re-validates everything it forwards.
+ */
+#ifndef FOS_WIRE_H
+#define FOS_WIRE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define FOS_WIRE_VERSION 1u
+
+/* Largest message payload carried on a channel or the control socket. */
+#define FOS_MAX_PAYLOAD (64u * 1024u)
+#define FOS_KEY_BYTES 16u
+#define FOS_MAX_NAME 255u
+
+/* ------------------------------------------------------------------ */
+/* Channel messages                                                    */
+/* ------------------------------------------------------------------ */
+
+/* flags of fos_msg_hdr */
+#define FOS_MSG_REPLY 0x1u   /* this is a reply to request_id */
+#define FOS_MSG_ONEWAY 0x2u  /* no reply expected */
+
+typedef struct fos_msg_hdr {
+    uint16_t version;     /* FOS_WIRE_VERSION */
+    uint16_t opcode;      /* service-specific; 0 is invalid */
+    uint32_t flags;       /* FOS_MSG_* */
+    uint64_t request_id;  /* chosen by the requester, echoed by the reply */
+    uint32_t payload_len; /* bytes after this header */
+    int32_t status;       /* replies: 0 or a positive errno */
+} fos_msg_hdr;
+
+_Static_assert(sizeof(fos_msg_hdr) == 24, "fos_msg_hdr layout");
+
+/* Opcodes shared by every service. Service opcodes start at 0x100. */
+#define FOS_OP_PING 0x01u     /* reply echoes the payload */
+#define FOS_OP_ERROR 0x02u    /* reply-only: request could not be parsed */
+
+/* Name service (/sys/name), fos_name_* payloads. */
+#define FOS_OP_NAME_REGISTER 0x100u
+#define FOS_OP_NAME_UNREGISTER 0x101u
+#define FOS_OP_NAME_LOOKUP 0x102u
+#define FOS_OP_NAME_LIST 0x103u
+#define FOS_OP_NAME_CHOOSE 0x104u /* name server -> a fleet's custom policy mailbox */
+
+/* Example echo fleet (/app/echo). */
+#define FOS_OP_ECHO 0x200u
+#define FOS_OP_ECHO_SLOW 0x201u    /* u32 milliseconds, then echo: suspends only that handler */
+#define FOS_OP_ECHO_RELAY 0x202u   /* forward to a fleet peer over the internal mailbox */
+#define FOS_OP_ECHO_WHOAMI 0x203u  /* reply: fos_echo_whoami */
+
+/* Name policies */
+#define FOS_POLICY_ROUND_ROBIN 1u
+#define FOS_POLICY_LEAST_LOADED 2u
+#define FOS_POLICY_NEAREST 3u
+#define FOS_POLICY_STICKY 4u
+#define FOS_POLICY_CUSTOM 5u
+
+/* fos_name_entry.flags */
+#define FOS_NAME_INTERNAL 0x1u /* fleet-internal mailbox: lookups never return its key */
+#define FOS_NAME_POLICY 0x2u   /* the fleet's custom-policy chooser mailbox */
+
+typedef struct fos_mailbox_addr {
+    uint64_t node;    /* node id; 0 never names a node */
+    uint64_t mailbox; /* mailbox id on that node; 0 is invalid */
+} fos_mailbox_addr;
+
+typedef struct fos_name_entry {
+    fos_mailbox_addr addr;
+    uint8_t key[FOS_KEY_BYTES]; /* capability; zero when withheld */
+    uint32_t policy;            /* FOS_POLICY_* of the name */
+    uint32_t flags;             /* FOS_NAME_* */
+    int32_t pid;                /* registrant, as attested by fosd */
+    int32_t core;               /* core the registrant runs on, -1 unknown */
+    uint64_t queue_len;         /* live queue length (least-loaded) */
+    uint64_t handled;           /* messages handled */
+    uint16_t name_len;
+    uint16_t reserved0;
+    uint32_t reserved1;
+    /* followed by name_len bytes of name (no NUL) */
+} fos_name_entry;
+
+_Static_assert(sizeof(fos_name_entry) == 72, "fos_name_entry layout");
+
+/* REGISTER payload: one fos_name_entry + name. The addr.node, pid and load
+ * fields are ignored: the name server fills them from what fosd attests. */
+
+/* LOOKUP payload */
+typedef struct fos_name_lookup {
+    uint64_t client_key; /* sticky policy input */
+    int32_t client_core; /* nearest policy input, -1 unknown */
+    uint32_t flags;      /* FOS_NAME_INTERNAL: look up the fleet-internal mailboxes */
+    uint32_t exclude_count; /* addresses the client found dead, follow the name */
+    uint16_t name_len;
+    uint16_t reserved;
+    /* followed by exclude_count fos_mailbox_addr, then name_len bytes */
+} fos_name_lookup;
+
+_Static_assert(sizeof(fos_name_lookup) == 24, "fos_name_lookup layout");
+
+/* LIST payload: a prefix (bytes, may be empty). Reply: u32 count, then
+ * count × (fos_name_entry + name, padded to 8 bytes). Keys are withheld. */
+
+/* CHOOSE payload (custom policy): fos_name_lookup header fields, then
+ * u32 count then count fos_name_entry (no names). Reply: u32 index. */
+
+typedef struct fos_echo_whoami {
+    int32_t pid;
+    int32_t core;
+    uint64_t mailbox;
+} fos_echo_whoami;
+
+/* ------------------------------------------------------------------ */
+/* fosd control socket                                                 */
+/* ------------------------------------------------------------------ */
+
+#define FOS_CTL_SOCKET "fosd.sock"
+#define FOS_CTL_MAX_DATAGRAM (FOS_MAX_PAYLOAD + 64u)
+
+typedef struct fos_ctl_hdr {
+    uint16_t version;   /* FOS_WIRE_VERSION */
+    uint16_t op;        /* FOS_CTL_* */
+    uint32_t len;       /* whole datagram, header included */
+    uint64_t request_id;/* echoed in the reply; 0 for notifications */
+    int32_t status;     /* replies: 0 or positive errno */
+    uint32_t reserved;
+} fos_ctl_hdr;
+
+_Static_assert(sizeof(fos_ctl_hdr) == 24, "fos_ctl_hdr layout");
+
+enum {
+    /* process -> fosd, each answered by a reply with the same op */
+    FOS_CTL_HELLO = 1,          /* -> fos_ctl_hello_reply + fd: stats page */
+    FOS_CTL_MAILBOX_CREATE = 2, /* fos_ctl_mailbox_create -> fos_ctl_mailbox_reply */
+    FOS_CTL_MAILBOX_DESTROY = 3,/* fos_ctl_mailbox_reply (mailbox) -> empty */
+    FOS_CTL_CONNECT = 4,        /* fos_ctl_connect -> fos_ctl_channel + fds */
+    FOS_CTL_CHANNEL_CLOSE = 5,  /* fos_ctl_channel_close -> empty (also a notification) */
+    FOS_CTL_STATUS = 6,         /* -> JSON text */
+    FOS_CTL_FLEETS = 7,         /* -> JSON text */
+    FOS_CTL_KILL = 8,           /* member spec text -> JSON text */
+    FOS_CTL_NAME_SERVICE = 9,   /* -> fos_mailbox_addr of /sys/name (public) */
+    /* fosd -> process, unsolicited (request_id 0) */
+    FOS_CTL_NEW_CHANNEL = 32,   /* fos_ctl_channel + fds */
+    FOS_CTL_SHUTDOWN = 33       /* the node is stopping */
+};
+
+/* fos_ctl_mailbox_create.flags */
+#define FOS_MBOX_PUBLIC 0x1u        /* any local process may connect, no key */
+#define FOS_MBOX_FLEET_INTERNAL 0x2u/* only members of the owner's fleet may connect */
+#define FOS_MBOX_SAME_UID 0x4u      /* only processes of the owner's uid (or root) */
+#define FOS_MBOX_NAME_SERVICE 0x8u  /* the node's name service; members of /sys/name only */
+
+typedef struct fos_ctl_hello_reply {
+    uint64_t node;          /* this node's id */
+    int32_t core;           /* core fosd pinned the caller to, -1 if not a member */
+    uint32_t member_index;  /* index within its fleet, or UINT32_MAX */
+    uint32_t ring_bytes;    /* capacity of each ring of a channel */
+    uint32_t fleet_len;     /* followed by the caller's fleet name, if a member */
+    uint8_t fleet_key[FOS_KEY_BYTES]; /* key of the fleet's internal mailboxes, members only */
+} fos_ctl_hello_reply;
+
+_Static_assert(sizeof(fos_ctl_hello_reply) == 40, "hello reply layout");
+
+typedef struct fos_ctl_mailbox_create {
+    uint8_t key[FOS_KEY_BYTES]; /* capability the owner chose (ignored if PUBLIC) */
+    uint32_t flags;             /* FOS_MBOX_* */
+    uint32_t reserved;
+} fos_ctl_mailbox_create;
+
+typedef struct fos_ctl_mailbox_reply {
+    uint64_t mailbox;
+} fos_ctl_mailbox_reply;
+
+typedef struct fos_ctl_connect {
+    fos_mailbox_addr addr;
+    uint8_t key[FOS_KEY_BYTES];
+} fos_ctl_connect;
+
+/* Both ends of a channel get this with three descriptors (SCM_RIGHTS):
+ * [0] memfd holding struct fos_chan_shm and both rings,
+ * [1] eventfd the server side sleeps on, [2] eventfd the client side sleeps on.
+ * NEW_CHANNEL to the owner of /sys/name carries a fourth: the sender's
+ * stats page, read-only. */
+typedef struct fos_ctl_channel {
+    uint64_t channel;     /* channel id, unique on the node */
+    uint64_t mailbox;     /* the mailbox it reaches */
+    uint32_t ring_bytes;  /* capacity of each ring */
+    int32_t pid;          /* sender's credentials, from SO_PEERCRED */
+    uint32_t uid;
+    uint32_t gid;
+    int32_t sender_core;  /* core the sender is pinned to, -1 if not a member */
+    uint32_t fleet_len;   /* followed by the sender's fleet name, if a member */
+} fos_ctl_channel;
+
+typedef struct fos_ctl_channel_close {
+    uint64_t channel;
+} fos_ctl_channel_close;
+
+/* Per-process statistics page, shared with fosd (and read-only with the
+ * name server). Everything here is written by the process and therefore
+ * untrusted for its readers: numbers to show and compare, never indexes. */
+#define FOS_STATS_MAGIC 0x666f7373u /* "foss" */
+typedef struct fos_stats_page {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t queue_len;   /* requests received and not yet answered */
+    uint64_t handled;     /* requests answered */
+    uint64_t received;    /* messages received */
+    uint64_t rejected;    /* malformed messages answered with an error */
+    uint64_t channels;    /* open channels */
+} fos_stats_page;
+
+/* ------------------------------------------------------------------ */
+/* Validation helpers (fos_wire.c), shared with the shim               */
+/* ------------------------------------------------------------------ */
+
+/* 0 if buf[0..len) holds a well-formed message whose header agrees with
+ * len; otherwise a positive errno (EPROTO, EMSGSIZE, EBADMSG). */
+int fos_msg_validate(const void *buf, size_t len);
+
+/* Same for a control datagram. */
+int fos_ctl_validate(const void *buf, size_t len);
+
+/* Name syntax: absolute, '/'-separated, no empty, "." or ".." components,
+ * printable ASCII, at most FOS_MAX_NAME bytes. 0 or EINVAL. */
+int fos_name_validate(const char *name, size_t len);
+
+#endif

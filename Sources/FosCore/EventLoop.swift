@@ -1,0 +1,570 @@
+import CFosSys
+import CFosWire
+import Foundation
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A request as a handler sees it: copied out of shared memory and validated.
+public struct Request: Sendable {
+    public var opcode: UInt16
+    public var requestID: UInt64
+    public var payload: [UInt8]
+    /// Kernel credentials of the sender, attested by fosd.
+    public var sender: PeerInfo
+    public var channelID: UInt64
+    public var mailbox: UInt64
+}
+
+/// A reply: an errno (0 for success) and bytes.
+public struct Reply: Sendable {
+    public var status: Int32
+    public var payload: [UInt8]
+    public init(status: Int32 = 0, payload: [UInt8] = []) {
+        self.status = status
+        self.payload = payload
+    }
+    /// Throws `FosError.remote` unless the status is 0.
+    public func checked() throws -> [UInt8] {
+        if status != 0 { throw FosError.remote(Errno(rawValue: status)) }
+        return payload
+    }
+}
+
+/// Order in which a server serves its mailboxes (the paper's §3.4.1):
+/// responses to its own calls first, then fleet-internal, then external.
+public enum MailboxPriority: Int, Sendable, CaseIterable {
+    case response = 0, `internal` = 1, external = 2
+}
+
+/// What a mailbox does with its messages.
+public protocol MailboxService: AnyObject, Sendable {
+    /// Called on the loop thread; the reply is sent when the returned value is ready.
+    func handle(_ request: Request) async throws -> Reply
+    /// A sender connected (with its read-only stats page for the name service).
+    func connected(_ channel: Channel, statsFD: CInt)
+    /// A channel to this mailbox closed.
+    func disconnected(_ channel: Channel)
+}
+
+extension MailboxService {
+    public func connected(_ channel: Channel, statsFD: CInt) { closeFD(statsFD) }
+    public func disconnected(_ channel: Channel) {}
+}
+
+/// The per-process event loop: polls every channel's ring in priority order,
+/// runs the process's tasks (it is their executor), sleeps on eventfds after
+/// a short spin. Everything in `LoopState` is touched on the loop thread only.
+///
+/// `@unchecked Sendable`: cross-thread state is `jobs` (Mutex), `sleeping`,
+/// `stopFlag` (Atomic) and `wakeFD` (immutable); `st` is confined to the loop
+/// thread, which every entry point reaches through `onLoop` first.
+public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
+    let control: ControlConnection
+    let wakeFD: CInt
+    let epollFD: CInt
+    private let jobs = Mutex<[UnownedJob]>([])
+    private let sleeping = Atomic<Bool>(false)
+    private let stopFlag = Atomic<Bool>(false)
+    private let loopThread = Atomic<UInt>(0)
+    /// How long the loop spins on empty rings before it sleeps.
+    public let spinNanos: UInt64
+    var stats: UnsafeMutablePointer<fos_stats_page>?
+
+    final class Entry {
+        let channel: Channel
+        let priority: MailboxPriority
+        let service: MailboxService?
+        var outbound: [[UInt8]] = []
+        var outboundBytes = 0
+        var statsFD: CInt = -1
+        init(channel: Channel, priority: MailboxPriority, service: MailboxService?) {
+            self.channel = channel
+            self.priority = priority
+            self.service = service
+        }
+    }
+
+    enum MailboxKind {
+        case service(MailboxService, MailboxPriority)
+        case raw(@Sendable (Channel) -> Void)
+    }
+
+    struct Pending {
+        var continuation: CheckedContinuation<Reply, Error>
+        var channelID: UInt64
+        var deadline: UInt64
+    }
+
+    struct LoopState {
+        var entries: [UInt64: Entry] = [:]
+        var byPriority: [[Entry]] = [[], [], []]
+        var mailboxes: [UInt64: MailboxKind] = [:]
+        var pending: [UInt64: Pending] = [:]
+        var nextRequestID: UInt64 = 1
+        var nextDeadline: UInt64 = .max
+        var backlogged: Set<UInt64> = []
+        var closeObservers: [UInt64: [@Sendable (Channel) -> Void]] = [:]
+        var controlEOF: [@Sendable () -> Void] = []
+        var queueLength: UInt64 = 0
+        var handled: UInt64 = 0
+        var received: UInt64 = 0
+        var rejected: UInt64 = 0
+    }
+    var st = LoopState()
+    private let rxBuffer = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: Int(FOS_MAX_PAYLOAD) + MemoryLayout<fos_msg_hdr>.size, alignment: 16)
+
+    init(control: ControlConnection, spinNanos: UInt64) throws {
+        self.control = control
+        self.spinNanos = spinNanos
+        wakeFD = try sys(fos_sys_eventfd())
+        epollFD = try sys(fos_sys_epoll_create())
+        try sys(fos_sys_epoll_add(epollFD, wakeFD, UInt32(FOS_EPOLLIN), 0))
+        try sys(fos_sys_epoll_add(epollFD, control.fd, UInt32(FOS_EPOLLIN), 1))
+        control.loopWake.store(wakeFD, ordering: .relaxed)
+    }
+
+    deinit {
+        rxBuffer.deallocate()
+        closeFD(wakeFD)
+        closeFD(epollFD)
+    }
+
+    // MARK: Executor
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let j = UnownedJob(job)
+        jobs.withLock { $0.append(j) }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if sleeping.load(ordering: .relaxed) { _ = fos_sys_eventfd_signal(wakeFD) }
+    }
+
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
+        UnownedTaskExecutor(ordinary: self)
+    }
+
+    public func isSameExclusiveExecutionContext(other: EventLoop) -> Bool { self === other }
+
+    public func checkIsolated() {
+        precondition(onLoopThread, "not on the fos event loop")
+    }
+
+    var onLoopThread: Bool { loopThread.load(ordering: .relaxed) == currentThreadID() }
+
+    /// Runs `body` on the loop thread (as a task preferring this executor).
+    public func onLoop<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        try await withTaskExecutorPreference(self) { try await body() }
+    }
+
+    /// Starts a task on the loop (for handlers and background work).
+    @discardableResult
+    public func spawn(_ body: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
+        Task(executorPreference: self) { await body() }
+    }
+
+    // MARK: Running
+
+    /// Runs the loop on the calling thread until `stop()`.
+    public func run() {
+        loopThread.store(currentThreadID(), ordering: .relaxed)
+        var idleSince = monotonicNanos()
+        var iter: UInt = 0
+        while !stopFlag.load(ordering: .relaxed) {
+            iter &+= 1
+            var did = runJobs()
+            did = pollChannels() || did
+            if iter & 255 == 0 || did == false { did = pollControl() || did }
+            if !st.backlogged.isEmpty { flushBacklog() }
+            let now = monotonicNanos()
+            if st.nextDeadline <= now { expireCalls(now) }
+            if did {
+                idleSince = now
+                continue
+            }
+            if now &- idleSince < spinNanos {
+                fos_cpu_relax()
+                continue
+            }
+            publishStats()
+            sleep(now: now)
+            idleSince = monotonicNanos()
+        }
+    }
+
+    /// Starts the loop on a thread of its own (clients; servers call `run`).
+    public func startThread() {
+        let t = Thread { [self] in run() }
+        t.name = "fos-loop"
+        t.stackSize = 1 << 20
+        t.start()
+        while loopThread.load(ordering: .relaxed) == 0 { usleep(50) }
+    }
+
+    public func stop() {
+        stopFlag.store(true, ordering: .relaxed)
+        _ = fos_sys_eventfd_signal(wakeFD)
+    }
+
+    private func runJobs() -> Bool {
+        let batch = jobs.withLock { q -> [UnownedJob] in
+            if q.isEmpty { return [] }
+            let b = q
+            q.removeAll(keepingCapacity: true)
+            return b
+        }
+        if batch.isEmpty { return false }
+        for j in batch {
+            j.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+        }
+        return true
+    }
+
+    private func sleep(now: UInt64) {
+        sleeping.store(true, ordering: .sequentiallyConsistent)
+        defer { sleeping.store(false, ordering: .relaxed) }
+        var ready = jobs.withLock { !$0.isEmpty }
+        if !ready {
+            for p in st.byPriority {
+                for e in p where e.channel.prepareSleep() { ready = true }
+            }
+        }
+        if !ready {
+            var timeout: Int32 = 1000
+            if st.nextDeadline != .max {
+                timeout = st.nextDeadline <= now ? 0 : Int32(min(1000, (st.nextDeadline - now) / 1_000_000 + 1))
+            }
+            var data = [UInt64](repeating: 0, count: 64)
+            var events = [UInt32](repeating: 0, count: 64)
+            let n = fos_sys_epoll_wait(epollFD, &data, &events, 64, timeout)
+            if n > 0 {
+                for i in 0..<Int(n) {
+                    switch data[i] {
+                    case 0: _ = fos_sys_eventfd_drain(wakeFD)
+                    case 1: break  // control socket: read in the next pass
+                    case let id: if let e = st.entries[id] { _ = fos_sys_eventfd_drain(e.channel.waitFD) }
+                    }
+                }
+            }
+        }
+        for p in st.byPriority { for e in p { e.channel.wakeDone() } }
+    }
+
+    // MARK: Channels
+
+    /// Polls rings: responses first, then internal, then external.
+    private func pollChannels() -> Bool {
+        var did = false
+        for prio in 0..<3 {
+            // A higher class with work preempts lower ones for this pass.
+            if did && prio > 0 { break }
+            for e in st.byPriority[prio] {
+                var n = 0
+                while n < 64 {
+                    let len: Int
+                    do {
+                        len = try e.channel.receive(into: rxBuffer)
+                    } catch {
+                        drop(e, reason: "corrupt ring")
+                        break
+                    }
+                    if len == 0 { break }
+                    n += 1
+                    st.received &+= 1
+                    dispatch(e, UnsafeRawBufferPointer(rebasing: rxBuffer[0..<len]))
+                }
+                if n > 0 {
+                    e.channel.release()
+                    did = true
+                }
+            }
+        }
+        return did
+    }
+
+    private func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer) {
+        let valid = fos_msg_validate(bytes.baseAddress, bytes.count)
+        let hdr = loadStruct(fos_msg_hdr.self, from: bytes)
+        if valid != 0 {
+            st.rejected &+= 1
+            // Answer what can be answered; a client-side channel just drops it.
+            if e.channel.side == .server {
+                let rid = hdr?.request_id ?? 0
+                sendRaw(e, fos_msg_hdr(opcode: UInt16(FOS_OP_ERROR), requestID: rid, payloadLength: 0,
+                                       flags: UInt32(FOS_MSG_REPLY), status: valid), [])
+            }
+            return
+        }
+        let h = hdr!
+        let payload = Array(bytes[MemoryLayout<fos_msg_hdr>.size...])
+        if h.flags & UInt32(FOS_MSG_REPLY) != 0 {
+            // Only the channel that carried the request may answer it.
+            guard e.channel.side == .client, let p = st.pending[h.request_id], p.channelID == e.channel.id else {
+                st.rejected &+= 1
+                return
+            }
+            st.pending[h.request_id] = nil
+            p.continuation.resume(returning: Reply(status: h.status, payload: payload))
+            return
+        }
+        guard e.channel.side == .server, let service = e.service else {
+            st.rejected &+= 1
+            return
+        }
+        if h.opcode == UInt16(FOS_OP_PING) {
+            st.handled &+= 1
+            if h.flags & UInt32(FOS_MSG_ONEWAY) == 0 {
+                sendReply(e, h.opcode, h.request_id, Reply(payload: payload))
+            }
+            return
+        }
+        let req = Request(opcode: h.opcode, requestID: h.request_id, payload: payload,
+                          sender: e.channel.peer, channelID: e.channel.id, mailbox: e.channel.mailbox)
+        let oneway = h.flags & UInt32(FOS_MSG_ONEWAY) != 0
+        st.queueLength &+= 1
+        Task(executorPreference: self) { [self] in
+            let reply: Reply
+            do {
+                reply = try await service.handle(req)
+            } catch let FosError.remote(err) {
+                reply = Reply(status: err.rawValue)
+            } catch let err as Errno {
+                reply = Reply(status: err.rawValue)
+            } catch FosError.timeout {
+                reply = Reply(status: ETIMEDOUT)
+            } catch FosError.badMessage {
+                reply = Reply(status: EPROTO)
+            } catch {
+                reply = Reply(status: EIO)
+            }
+            st.queueLength &-= 1
+            st.handled &+= 1
+            if !oneway, let e = st.entries[req.channelID] {
+                sendReply(e, req.opcode, req.requestID, reply)
+            }
+        }
+    }
+
+    private func sendReply(_ e: Entry, _ opcode: UInt16, _ rid: UInt64, _ r: Reply) {
+        sendRaw(e, fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: r.payload.count,
+                               flags: UInt32(FOS_MSG_REPLY), status: r.status), r.payload)
+    }
+
+    /// Sends without blocking; a full ring queues the message in order.
+    private func sendRaw(_ e: Entry, _ h: fos_msg_hdr, _ payload: [UInt8]) {
+        if e.outbound.isEmpty {
+            do {
+                let r = try payload.withUnsafeBytes { try e.channel.trySend(h, $0) }
+                if r == .sent { return }
+            } catch {
+                drop(e, reason: "send failed: \(error)")
+                return
+            }
+        }
+        var rec = [UInt8]()
+        appendStruct(h, to: &rec)
+        rec += payload
+        e.outboundBytes += rec.count
+        e.outbound.append(rec)
+        st.backlogged.insert(e.channel.id)
+        // A peer that never reads must not make us hold unbounded memory.
+        if e.outboundBytes > 32 << 20 { drop(e, reason: "peer does not read its replies") }
+    }
+
+    private func flushBacklog() {
+        for id in st.backlogged {
+            guard let e = st.entries[id] else {
+                st.backlogged.remove(id)
+                continue
+            }
+            while let first = e.outbound.first {
+                let hsize = MemoryLayout<fos_msg_hdr>.size
+                let h = first.withUnsafeBytes { $0.loadUnaligned(as: fos_msg_hdr.self) }
+                let r = try? first.withUnsafeBytes { b in
+                    try e.channel.trySend(h, UnsafeRawBufferPointer(rebasing: b[hsize...]))
+                }
+                guard r == .sent else { break }
+                e.outboundBytes -= first.count
+                e.outbound.removeFirst()
+            }
+            if e.outbound.isEmpty { st.backlogged.remove(id) }
+        }
+    }
+
+    private func expireCalls(_ now: UInt64) {
+        var next = UInt64.max
+        for (id, p) in st.pending {
+            if p.deadline <= now {
+                st.pending[id] = nil
+                p.continuation.resume(throwing: FosError.timeout)
+            } else {
+                next = min(next, p.deadline)
+            }
+        }
+        st.nextDeadline = next
+    }
+
+    func add(_ e: Entry) {
+        st.entries[e.channel.id] = e
+        st.byPriority[e.priority.rawValue].append(e)
+        _ = fos_sys_epoll_add(epollFD, e.channel.waitFD, UInt32(FOS_EPOLLIN), e.channel.id)
+    }
+
+    /// Forgets a channel: fails its calls, tells the service and observers.
+    /// `tellNode` is false when fosd told us first.
+    func drop(_ e: Entry, reason: String, tellNode: Bool = true) {
+        guard st.entries.removeValue(forKey: e.channel.id) != nil else { return }
+        e.channel.markClosed()
+        st.byPriority[e.priority.rawValue].removeAll { $0 === e }
+        st.backlogged.remove(e.channel.id)
+        _ = fos_sys_epoll_del(epollFD, e.channel.waitFD)
+        closeFD(e.statsFD)
+        for (id, p) in st.pending where p.channelID == e.channel.id {
+            st.pending[id] = nil
+            p.continuation.resume(throwing: FosError.peerGone)
+        }
+        if tellNode {
+            var c = fos_ctl_channel_close(channel: e.channel.id)
+            var payload = [UInt8]()
+            appendStruct(c, to: &payload)
+            c.channel = 0
+            try? controlSend(control.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: payload))
+        }
+        e.service?.disconnected(e.channel)
+        if let obs = st.closeObservers.removeValue(forKey: e.channel.id) {
+            for o in obs { o(e.channel) }
+        }
+    }
+
+    // MARK: Control notifications
+
+    private func pollControl() -> Bool {
+        guard let msgs = control.drainNotifications() else {
+            let handlers = st.controlEOF
+            st.controlEOF = []
+            for h in handlers { h() }
+            return false
+        }
+        for m in msgs { handleNotification(m) }
+        return !msgs.isEmpty
+    }
+
+    private func handleNotification(_ m: ControlMessage) {
+        switch Int(m.header.op) {
+        case Int(FOS_CTL_NEW_CHANNEL):
+            acceptChannel(m)
+        case Int(FOS_CTL_CHANNEL_CLOSE):
+            m.closeFDs()
+            guard let c = m.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel_close.self, from: $0) }),
+                  let e = st.entries[c.channel] else { return }
+            drop(e, reason: "closed by peer", tellNode: false)
+        case Int(FOS_CTL_SHUTDOWN):
+            m.closeFDs()
+            let handlers = st.controlEOF
+            st.controlEOF = []
+            for h in handlers { h() }
+        default:
+            m.closeFDs()
+        }
+    }
+
+    private func acceptChannel(_ m: ControlMessage) {
+        guard m.fds.count >= 3,
+              let c = m.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel.self, from: $0) })
+        else {
+            m.closeFDs()
+            return
+        }
+        let nameStart = MemoryLayout<fos_ctl_channel>.size
+        let fleetLen = min(Int(c.fleet_len), max(0, m.payload.count - nameStart))
+        let fleet = String(decoding: m.payload[nameStart..<(nameStart + fleetLen)], as: UTF8.self)
+        let peer = PeerInfo(pid: c.pid, uid: c.uid, gid: c.gid, core: c.sender_core, fleet: fleet)
+        let statsFD: CInt = m.fds.count > 3 ? m.fds[3] : -1
+        for extra in m.fds.dropFirst(4) { closeFD(extra) }
+        guard let kind = st.mailboxes[c.mailbox] else {
+            closeFD(statsFD)
+            m.fds.prefix(3).forEach(closeFD)
+            return
+        }
+        let ch: Channel
+        do {
+            ch = try Channel(id: c.channel, mailbox: c.mailbox, side: .server, peer: peer,
+                             ringBytes: c.ring_bytes, memFD: m.fds[0], serverFD: m.fds[1], clientFD: m.fds[2])
+        } catch {
+            closeFD(statsFD)
+            return
+        }
+        switch kind {
+        case .raw(let accept):
+            closeFD(statsFD)
+            accept(ch)
+        case .service(let service, let prio):
+            let e = Entry(channel: ch, priority: prio, service: service)
+            add(e)
+            service.connected(ch, statsFD: statsFD)
+        }
+    }
+
+    // MARK: Stats
+
+    func publishStats() {
+        guard let s = stats else { return }
+        s.pointee.queue_len = st.queueLength
+        s.pointee.handled = st.handled
+        s.pointee.received = st.received
+        s.pointee.rejected = st.rejected
+        s.pointee.channels = UInt64(st.entries.count)
+    }
+
+    /// Requests received and not yet answered.
+    public var queueLength: UInt64 { st.queueLength }
+
+    // MARK: API used on the loop thread
+
+    func registerMailbox(_ id: UInt64, _ kind: MailboxKind) { st.mailboxes[id] = kind }
+
+    /// Adds a client-side channel (its replies are polled first).
+    func adoptClient(_ ch: Channel) {
+        add(Entry(channel: ch, priority: .response, service: nil))
+    }
+
+    func observeClose(_ ch: Channel, _ f: @escaping @Sendable (Channel) -> Void) {
+        if st.entries[ch.id] == nil {
+            f(ch)
+            return
+        }
+        st.closeObservers[ch.id, default: []].append(f)
+    }
+
+    func onNodeGone(_ f: @escaping @Sendable () -> Void) { st.controlEOF.append(f) }
+
+    /// Sends a request and suspends until its reply, the deadline, or the
+    /// channel's end. Must run on the loop (callers go through `onLoop`).
+    func call(_ ch: Channel, opcode: UInt16, payload: [UInt8], timeout: Duration, oneway: Bool = false) async throws -> Reply {
+        guard let e = st.entries[ch.id] else { throw FosError.peerGone }
+        let rid = st.nextRequestID
+        st.nextRequestID &+= 1
+        let h = fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: payload.count,
+                            flags: oneway ? UInt32(FOS_MSG_ONEWAY) : 0)
+        if oneway {
+            sendRaw(e, h, payload)
+            return Reply()
+        }
+        let ns = UInt64(timeout.components.seconds) * 1_000_000_000 + UInt64(timeout.components.attoseconds / 1_000_000_000)
+        let deadline = monotonicNanos() &+ ns
+        return try await withCheckedThrowingContinuation { cont in
+            st.pending[rid] = Pending(continuation: cont, channelID: ch.id, deadline: deadline)
+            st.nextDeadline = min(st.nextDeadline, deadline)
+            sendRaw(e, h, payload)
+        }
+    }
+}
+
+private func currentThreadID() -> UInt { UInt(bitPattern: Int(pthread_self())) }

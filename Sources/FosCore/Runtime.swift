@@ -1,0 +1,178 @@
+import CFosSys
+import CFosWire
+import Foundation
+import Synchronization
+import SystemPackage
+
+/// A process's presence on a fos node: its fosd connection, its identity as
+/// fosd attests it, and its event loop.
+public final class FosRuntime: Sendable {
+    public let control: ControlConnection
+    public let loop: EventLoop
+    public let node: UInt64
+    /// Core fosd pinned this process to (-1 if not a fleet member).
+    public let core: Int32
+    /// Fleet this process is a member of ("" if none) and its index there.
+    public let fleet: String
+    public let memberIndex: UInt32
+    /// Key of the fleet's internal mailboxes (members only).
+    public let fleetKey: Capability
+    public let ringBytes: UInt32
+    let names: NameClient
+
+    /// Connects to the node on `runtime` and says hello. The loop runs on a
+    /// thread of its own unless `ownThread` is false (servers call `run()`).
+    public static func connect(runtime: String = NodePaths.defaultRuntime(), ownThread: Bool = true,
+                               spinMicros: UInt64? = nil) throws -> FosRuntime {
+        let control = try ControlConnection.connect(runtime: runtime)
+        let hello = try control.request(Int32(FOS_CTL_HELLO))
+        guard let h = hello.payload.withUnsafeBytes({ loadStruct(fos_ctl_hello_reply.self, from: $0) }),
+              fos_ring_bytes_valid(h.ring_bytes) != 0
+        else {
+            hello.closeFDs()
+            throw FosError.badMessage("bad HELLO reply")
+        }
+        let start = MemoryLayout<fos_ctl_hello_reply>.size
+        let flen = min(Int(h.fleet_len), max(0, hello.payload.count - start))
+        let fleet = String(decoding: hello.payload[start..<(start + flen)], as: UTF8.self)
+        let envSpin = ProcessInfo.processInfo.environment["FOS_SPIN_US"].flatMap(UInt64.init)
+        let spin = (spinMicros ?? envSpin ?? 50) * 1000
+        let loop = try EventLoop(control: control, spinNanos: spin)
+        if let fd = hello.fds.first {
+            if let p = fos_sys_map_shared(fd, MemoryLayout<fos_stats_page>.size, 1) {
+                loop.stats = p.assumingMemoryBound(to: fos_stats_page.self)
+            }
+            hello.fds.forEach(closeFD)
+        }
+        let rt = FosRuntime(control: control, loop: loop, node: h.node, core: h.core, fleet: fleet,
+                            memberIndex: h.member_index, fleetKey: Capability(wire: h.fleet_key),
+                            ringBytes: h.ring_bytes)
+        if ownThread { loop.startThread() }
+        return rt
+    }
+
+    private init(control: ControlConnection, loop: EventLoop, node: UInt64, core: Int32, fleet: String,
+                 memberIndex: UInt32, fleetKey: Capability, ringBytes: UInt32) {
+        self.control = control
+        self.loop = loop
+        self.node = node
+        self.core = core
+        self.fleet = fleet
+        self.memberIndex = memberIndex
+        self.fleetKey = fleetKey
+        self.ringBytes = ringBytes
+        self.names = NameClient()
+    }
+
+    public var isMember: Bool { !fleet.isEmpty }
+
+    /// Runs the loop on this thread (servers). Returns when the node goes away.
+    public func run() {
+        loop.onNodeGone { [loop] in loop.stop() }
+        loop.run()
+    }
+
+    public func stop() { loop.stop() }
+
+    // MARK: Mailboxes and channels
+
+    /// Creates a mailbox served by `service` at `priority`.
+    public func createMailbox(key: Capability, flags: UInt32 = 0, priority: MailboxPriority = .external,
+                              service: MailboxService) async throws -> MailboxAddress {
+        try await loop.onLoop {
+            let id = try self.createMailboxID(key: key, flags: flags)
+            self.loop.registerMailbox(id, .service(service, priority))
+            return MailboxAddress(node: self.node, mailbox: id)
+        }
+    }
+
+    /// Creates a mailbox whose channels are handed to `accept` and never
+    /// polled by the loop: the receiving thread owns them (benchmarks, tests).
+    public func createRawMailbox(key: Capability, flags: UInt32 = 0,
+                                 accept: @escaping @Sendable (Channel) -> Void) async throws -> MailboxAddress {
+        try await loop.onLoop {
+            let id = try self.createMailboxID(key: key, flags: flags)
+            self.loop.registerMailbox(id, .raw(accept))
+            return MailboxAddress(node: self.node, mailbox: id)
+        }
+    }
+
+    private func createMailboxID(key: Capability, flags: UInt32) throws -> UInt64 {
+        var req = fos_ctl_mailbox_create()
+        req.key = key.wire
+        req.flags = flags
+        var payload = [UInt8]()
+        appendStruct(req, to: &payload)
+        let r = try control.request(Int32(FOS_CTL_MAILBOX_CREATE), payload: payload)
+        r.closeFDs()
+        guard let m = r.payload.withUnsafeBytes({ loadStruct(fos_ctl_mailbox_reply.self, from: $0) }), m.mailbox != 0 else {
+            throw FosError.badMessage("bad MAILBOX_CREATE reply")
+        }
+        return m.mailbox
+    }
+
+    /// Asks fosd for a channel to `addr`; fosd checks `key` and our credentials.
+    func openChannel(_ addr: MailboxAddress, key: Capability) throws -> Channel {
+        var req = fos_ctl_connect()
+        req.addr = addr.wire
+        req.key = key.wire
+        var payload = [UInt8]()
+        appendStruct(req, to: &payload)
+        let r = try control.request(Int32(FOS_CTL_CONNECT), payload: payload)
+        guard r.fds.count == 3, let c = r.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel.self, from: $0) }) else {
+            r.closeFDs()
+            throw FosError.badMessage("bad CONNECT reply")
+        }
+        return try Channel(id: c.channel, mailbox: c.mailbox, side: .client,
+                           peer: PeerInfo(pid: c.pid, uid: c.uid, gid: c.gid, core: c.sender_core),
+                           ringBytes: c.ring_bytes, memFD: r.fds[0], serverFD: r.fds[1], clientFD: r.fds[2])
+    }
+
+    /// A channel to `addr` whose replies the loop polls (for `call`).
+    public func connect(_ addr: MailboxAddress, key: Capability) async throws -> Channel {
+        try await loop.onLoop {
+            let ch = try self.openChannel(addr, key: key)
+            self.loop.adoptClient(ch)
+            return ch
+        }
+    }
+
+    /// A channel the calling thread owns: the loop never reads it.
+    public func connectDetached(_ addr: MailboxAddress, key: Capability) throws -> Channel {
+        try openChannel(addr, key: key)
+    }
+
+    /// Sends a request on a channel from `connect` and awaits the reply.
+    public func call(_ ch: Channel, opcode: UInt16, payload: [UInt8] = [],
+                     timeout: Duration = .seconds(5)) async throws -> Reply {
+        try await loop.onLoop { try await self.loop.call(ch, opcode: opcode, payload: payload, timeout: timeout) }
+    }
+
+    /// Sends a message that gets no reply.
+    public func post(_ ch: Channel, opcode: UInt16, payload: [UInt8] = []) async throws {
+        _ = try await loop.onLoop {
+            try await self.loop.call(ch, opcode: opcode, payload: payload, timeout: .seconds(1), oneway: true)
+        }
+    }
+
+    /// Runs `f` on the loop once `ch` closes (at once if it already has).
+    public func whenClosed(_ ch: Channel, _ f: @escaping @Sendable (Channel) -> Void) async throws {
+        try await loop.onLoop { self.loop.observeClose(ch, f) }
+    }
+
+    /// Closes a channel from this side.
+    public func close(_ ch: Channel) async throws {
+        try await loop.onLoop {
+            if let e = self.loop.st.entries[ch.id] { self.loop.drop(e, reason: "closed") }
+        }
+    }
+
+    // MARK: Control queries (fosctl)
+
+    /// Sends a control request whose reply is JSON text.
+    public func query(_ op: Int32, _ text: String = "") throws -> String {
+        let r = try control.request(op, payload: Array(text.utf8))
+        r.closeFDs()
+        return String(decoding: r.payload, as: UTF8.self)
+    }
+}

@@ -1,0 +1,62 @@
+import CFosWire
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fos server (the paper's §3.4.1): an external mailbox that clients find by
+/// name, an internal mailbox only its fleet peers can reach, and the response
+/// side of its own calls, served in the order response, internal, external.
+/// Handlers are straight-line `async` code on the process's event loop; a
+/// handler that calls another server suspends alone while the loop serves on.
+public final class FosServer: MailboxService {
+    public typealias Handler = @Sendable (Request) async throws -> Reply
+
+    public let runtime: FosRuntime
+    private let handlers: [UInt16: Handler]
+    private let onConnect: (@Sendable (Channel, CInt) -> Void)?
+    private let onDisconnect: (@Sendable (Channel) -> Void)?
+
+    public init(runtime: FosRuntime, handlers: [UInt16: Handler],
+                onConnect: (@Sendable (Channel, CInt) -> Void)? = nil,
+                onDisconnect: (@Sendable (Channel) -> Void)? = nil) {
+        self.runtime = runtime
+        self.handlers = handlers
+        self.onConnect = onConnect
+        self.onDisconnect = onDisconnect
+    }
+
+    public func handle(_ request: Request) async throws -> Reply {
+        guard let h = handlers[request.opcode] else { return Reply(status: ENOSYS) }
+        return try await h(request)
+    }
+
+    public func connected(_ channel: Channel, statsFD: CInt) {
+        if let f = onConnect { f(channel, statsFD) } else { closeFD(statsFD) }
+    }
+
+    public func disconnected(_ channel: Channel) { onDisconnect?(channel) }
+
+    /// Addresses of a started server.
+    public struct Addresses: Sendable {
+        public var external: MailboxAddress
+        public var `internal`: MailboxAddress?
+    }
+
+    /// Creates the mailboxes and registers them under `name`. The internal
+    /// mailbox exists when this process is a member of the fleet `name`.
+    public func start(name: String, policy: NamePolicy = .roundRobin) async throws -> Addresses {
+        let key = Capability.random()
+        let ext = try await runtime.createMailbox(key: key, priority: .external, service: self)
+        var int: MailboxAddress?
+        if runtime.fleet == name, !runtime.fleetKey.isNone {
+            let a = try await runtime.createMailbox(key: runtime.fleetKey, flags: UInt32(FOS_MBOX_FLEET_INTERNAL),
+                                                    priority: .internal, service: self)
+            try await runtime.register(name: name, addr: a, key: .none, policy: policy, flags: UInt32(FOS_NAME_INTERNAL))
+            int = a
+        }
+        try await runtime.register(name: name, addr: ext, key: key, policy: policy)
+        return Addresses(external: ext, internal: int)
+    }
+}

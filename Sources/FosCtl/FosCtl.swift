@@ -1,0 +1,190 @@
+import ArgumentParser
+import CFosWire
+import FosCore
+import Foundation
+
+struct Common: ParsableArguments {
+    @Option(help: "Runtime directory of the node (default: $FOS_RUNTIME, $XDG_RUNTIME_DIR/fos, /run/fos for root).")
+    var runtime: String?
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func connect() throws -> FosRuntime {
+        do {
+            return try FosRuntime.connect(runtime: runtime ?? NodePaths.defaultRuntime(), spinMicros: 0)
+        } catch let e as FosError {
+            fail(e.description)
+        }
+    }
+}
+
+func fail(_ s: String) -> Never {
+    FileHandle.standardError.write(Data("fosctl: \(s)\n".utf8))
+    exit(1)
+}
+
+func printJSON<T: Encodable>(_ v: T) {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try! enc.encode(v), as: UTF8.self))
+}
+
+/// Left-aligned columns.
+func table(_ header: [String], _ rows: [[String]]) {
+    var w = header.map(\.count)
+    for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
+    func line(_ r: [String]) -> String {
+        r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: w[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }
+    print(line(header))
+    for r in rows { print(line(r)) }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the node: id, pid, directories, counts.")
+    @OptionGroup var common: Common
+
+    func run() throws {
+        let rt = try common.connect()
+        let text = try rt.query(Int32(FOS_CTL_STATUS))
+        let s = try JSONDecoder().decode(NodeStatus.self, from: Data(text.utf8))
+        if common.json { return printJSON(s) }
+        print("node        \(s.node) (fosd pid \(s.pid), up \(String(format: "%.1f", s.uptimeSeconds)) s)")
+        print("runtime     \(s.runtimeDir)")
+        print("state       \(s.stateDir)")
+        print("cores       \(s.cores)")
+        print("members     \(s.members)")
+        print("processes   \(s.connections) connected, \(s.mailboxes) mailboxes, \(s.channels) channels")
+        print("names       \(s.nameService ? "name service up" : "name service DOWN")")
+        print("rejected    \(s.rejectedMessages) messages")
+    }
+}
+
+struct Fleets: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List every fleet member with its load and restarts.")
+    @OptionGroup var common: Common
+
+    func run() throws {
+        let rt = try common.connect()
+        let text = try rt.query(Int32(FOS_CTL_FLEETS))
+        let ms = try JSONDecoder().decode([MemberInfo].self, from: Data(text.utf8))
+        if common.json { return printJSON(ms) }
+        table(["MEMBER", "FLEET", "NODE", "PID", "CORE", "STATE", "QUEUE", "HANDLED", "RESTARTS"],
+              ms.map { m in
+                  [m.member, m.fleet, m.node, m.pid > 0 ? String(m.pid) : "-", m.core >= 0 ? String(m.core) : "-",
+                   m.state, String(m.queueLength), String(m.handled), String(m.restarts)]
+              })
+    }
+}
+
+struct NameRow: Codable {
+    var name: String
+    var mailbox: String
+    var policy: String
+    var `internal`: Bool
+    var pid: Int32
+    var core: Int32
+    var queueLength: UInt64
+    var handled: UInt64
+}
+
+struct Names: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List registered names and their members.")
+    @OptionGroup var common: Common
+    @Argument(help: "Only names starting with this prefix.")
+    var prefix: String = "/"
+
+    func run() async throws {
+        let rt = try common.connect()
+        let entries: [NameEntry]
+        do {
+            entries = try await rt.listNames(prefix: prefix)
+        } catch {
+            fail("cannot list names: \(error)")
+        }
+        let rows = entries.map {
+            NameRow(name: $0.name, mailbox: $0.addr.description, policy: $0.policy.description,
+                    internal: $0.isInternal, pid: $0.pid, core: $0.core, queueLength: $0.queueLength, handled: $0.handled)
+        }
+        if common.json { return printJSON(rows) }
+        table(["NAME", "MAILBOX", "POLICY", "KIND", "PID", "CORE", "QUEUE", "HANDLED"],
+              rows.map { r in
+                  [r.name, r.mailbox, r.policy, r.internal ? "internal" : "external", String(r.pid),
+                   r.core >= 0 ? String(r.core) : "-", String(r.queueLength), String(r.handled)]
+              })
+    }
+}
+
+struct Kill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Kill a fleet member with SIGKILL (to test supervision); fosd restarts it.")
+    @OptionGroup var common: Common
+    @Argument(help: "FLEET#INDEX (as `fosctl fleets` shows it), a pid, or a fleet name (its first member).")
+    var member: String
+
+    func run() throws {
+        let rt = try common.connect()
+        let text: String
+        do {
+            text = try rt.query(Int32(FOS_CTL_KILL), member)
+        } catch FosError.remote(let e) where e == .noSuchProcess {
+            fail("no running member \(member)")
+        } catch FosError.remote(let e) where e == .notPermitted {
+            fail("only the node's owner or root may kill members")
+        }
+        let k = try JSONDecoder().decode(KillResult.self, from: Data(text.utf8))
+        if common.json { return printJSON(k) }
+        print("killed \(k.member) (pid \(k.pid))")
+    }
+}
+
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send one request to a fleet by name and print the reply (ping, or an opcode with text).")
+    @OptionGroup var common: Common
+    @Argument(help: "Fleet name, e.g. /app/echo.")
+    var name: String
+    @Argument(help: "ping, echo, whoami, relay, or a numeric opcode.")
+    var op: String = "ping"
+    @Argument(help: "Payload text.")
+    var text: String = ""
+
+    func run() async throws {
+        let rt = try common.connect()
+        let opcode: UInt16
+        switch op {
+        case "ping": opcode = UInt16(FOS_OP_PING)
+        case "echo": opcode = UInt16(FOS_OP_ECHO)
+        case "whoami": opcode = UInt16(FOS_OP_ECHO_WHOAMI)
+        case "relay": opcode = UInt16(FOS_OP_ECHO_RELAY)
+        default:
+            guard let n = UInt16(op) else { fail("unknown operation \(op)") }
+            opcode = n
+        }
+        let start = monotonicNanos()
+        let r: Reply
+        do {
+            r = try await rt.call(name: name, opcode: opcode, payload: Array(text.utf8))
+        } catch {
+            fail("\(name): \(error)")
+        }
+        let us = Double(monotonicNanos() - start) / 1000
+        if r.status != 0 { fail("\(name): \(String(cString: strerror(r.status)))") }
+        if opcode == UInt16(FOS_OP_ECHO_WHOAMI) || opcode == UInt16(FOS_OP_ECHO_RELAY),
+           let w = r.payload.withUnsafeBytes({ loadStruct(fos_echo_whoami.self, from: $0) }) {
+            print("pid \(w.pid) core \(w.core) mailbox \(w.mailbox) (\(String(format: "%.0f", us)) µs)")
+        } else {
+            print("\(String(decoding: r.payload, as: UTF8.self)) (\(String(format: "%.0f", us)) µs)")
+        }
+    }
+}
+
+@main
+struct FosCtl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fosctl",
+        abstract: "Inspect and steer a fos node and its fleets.",
+        subcommands: [Status.self, Fleets.self, Names.self, Kill.self, Call.self])
+}

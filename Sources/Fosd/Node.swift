@@ -1,0 +1,340 @@
+import CFosSys
+import CFosWire
+import FosCore
+import Foundation
+import SystemPackage
+
+/// A process connected to the control socket.
+final class Conn {
+    let fd: CInt
+    let pid: Int32
+    let uid: UInt32
+    let gid: UInt32
+    var member: Member?
+    var hello = false
+    var statsFD: CInt = -1
+    var stats: UnsafeMutablePointer<fos_stats_page>?
+    var mailboxes: Set<UInt64> = []
+    var channels: Set<UInt64> = []
+    init(fd: CInt, pid: Int32, uid: UInt32, gid: UInt32) {
+        self.fd = fd
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+struct MailboxRec {
+    var id: UInt64
+    var owner: CInt  // conn fd
+    var key: Capability
+    var flags: UInt32
+}
+
+struct ChannelRec {
+    var id: UInt64
+    var mailbox: UInt64
+    var client: CInt
+    var server: CInt
+}
+
+enum Tag: UInt64 {
+    case listen = 1, conn = 2, pidfd = 3, signal = 4, timer = 5
+    static func make(_ t: Tag, _ v: UInt64) -> UInt64 { t.rawValue << 56 | (v & 0x00ff_ffff_ffff_ffff) }
+    static func split(_ d: UInt64) -> (Tag?, UInt64) { (Tag(rawValue: d >> 56), d & 0x00ff_ffff_ffff_ffff) }
+}
+
+/// The node: owns the runtime directory and control socket, checks
+/// capabilities and credentials, hands out channels, supervises members.
+/// Single-threaded: everything runs on the main thread's epoll loop (which
+/// is also what PR_SET_PDEATHSIG of the members is tied to).
+final class Node {
+    let config: NodeConfig
+    let nodeID: UInt64
+    let ep: CInt
+    var listenFD: CInt = -1
+    var lockFD: CInt = -1
+    var signalFD: CInt = -1
+    var conns: [CInt: Conn] = [:]
+    var mailboxes: [UInt64: MailboxRec] = [:]
+    var channels: [UInt64: ChannelRec] = [:]
+    var nextMailbox: UInt64 = 1
+    var nextChannel: UInt64 = 1
+    var nameService: UInt64?
+    var supervisor: Supervisor!
+    var rejected: UInt64 = 0
+    var stopping = false
+    let started = Date()
+    let myUID = getuid()
+
+    init(config: NodeConfig) throws {
+        self.config = config
+        try Node.makeDirectory(config.runtimeDir, mode: 0o755)
+        try Node.makeDirectory(config.stateDir, mode: 0o700)
+        nodeID = try Node.loadNodeID(stateDir: config.stateDir)
+        ep = try sys(fos_sys_epoll_create())
+    }
+
+    static func makeDirectory(_ path: String, mode: mode_t) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: mode])
+        } catch {
+            throw NodeError("cannot create \(path): \(error.localizedDescription)")
+        }
+    }
+
+    /// The node id persists in the state directory across restarts.
+    static func loadNodeID(stateDir: String) throws -> UInt64 {
+        let path = stateDir + "/node-id"
+        if let s = try? String(contentsOfFile: path, encoding: .utf8),
+           let v = UInt64(s.trimmingCharacters(in: .whitespacesAndNewlines), radix: 16), v != 0 {
+            return v
+        }
+        var v: UInt64 = 0
+        while v == 0 { v = Capability.random().bytes.0 & 0x00ff_ffff_ffff_ffff }
+        let tmp = path + ".tmp"
+        try String(v, radix: 16).write(toFile: tmp, atomically: false, encoding: .utf8)
+        guard rename(tmp, path) == 0 else { throw NodeError("cannot write \(path): \(Errno(rawValue: errno))") }
+        return v
+    }
+
+    // MARK: Start and stop
+
+    func start() throws {
+        try takeLock()
+        recoverLeftovers()
+        let sock = NodePaths.controlSocket(runtime: config.runtimeDir)
+        unlink(sock)  // we hold the lock: any socket file here is a dead node's
+        listenFD = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        try sys(listenFD)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let u = Array(sock.utf8)
+        guard u.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw NodeError("runtime path too long for a socket: \(sock)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: u + [0]) }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listenFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard r == 0 else { throw NodeError("cannot bind \(sock): \(Errno(rawValue: errno))") }
+        // Any local user may talk to fosd: keys and credentials decide what they reach.
+        chmod(sock, 0o666)
+        guard listen(listenFD, 128) == 0 else { throw NodeError("listen: \(Errno(rawValue: errno))") }
+        try sys(fos_sys_epoll_add(ep, listenFD, UInt32(FOS_EPOLLIN), Tag.make(.listen, 0)))
+        var sigs: [CInt] = [SIGTERM, SIGINT, SIGHUP]
+        signalFD = try sys(fos_sys_signalfd(&sigs, CInt(sigs.count)))
+        try sys(fos_sys_epoll_add(ep, signalFD, UInt32(FOS_EPOLLIN), Tag.make(.signal, 0)))
+        signal(SIGPIPE, SIG_IGN)
+        supervisor = Supervisor(node: self)
+        try supervisor.startAll()
+        log("node \(String(nodeID, radix: 16)) up on \(config.runtimeDir) (state \(config.stateDir)), \(supervisor.members.count) members")
+    }
+
+    /// One fosd per runtime directory: an flock that dies with the process.
+    func takeLock() throws {
+        let path = config.runtimeDir + "/fosd.lock"
+        lockFD = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lockFD >= 0 else { throw NodeError("cannot open \(path): \(Errno(rawValue: errno))") }
+        let r = fos_sys_flock_exclusive(lockFD)
+        if r == -EWOULDBLOCK {
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = pread(lockFD, &buf, 31, 0)
+            let pid = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            throw NodeError("a node is already running on \(config.runtimeDir) (fosd pid \(pid))")
+        }
+        try sys(r)
+        let s = Array("\(getpid())\n".utf8)
+        _ = ftruncate(lockFD, 0)
+        _ = pwrite(lockFD, s, s.count, 0)
+    }
+
+    /// A node killed with SIGKILL leaves its socket file and the list of its
+    /// members (who died with it through PR_SET_PDEATHSIG; any survivor that
+    /// still runs one of our binaries is ended here).
+    func recoverLeftovers() {
+        let path = config.runtimeDir + "/members"
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
+        var killed = 0
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, let pid = Int32(parts[0]), pid > 1 else { continue }
+            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? ""
+            if !exe.isEmpty && exe == String(parts[1]) {
+                kill(pid, SIGKILL)
+                killed += 1
+            }
+        }
+        unlink(path)
+        log("recovered leftovers of a previous node\(killed > 0 ? " (ended \(killed) stray members)" : "")")
+    }
+
+    func writeMemberList() {
+        let lines = supervisor.members.filter { $0.pid > 0 }.map { "\($0.pid) \($0.executable)" }
+        let path = config.runtimeDir + "/members"
+        try? (lines.joined(separator: "\n") + "\n").write(toFile: path + ".tmp", atomically: false, encoding: .utf8)
+        rename(path + ".tmp", path)
+    }
+
+    func run() {
+        var data = [UInt64](repeating: 0, count: 64)
+        var events = [UInt32](repeating: 0, count: 64)
+        while !(stopping && supervisor.allGone) {
+            let timeout = supervisor.nextTimerMs()
+            let n = fos_sys_epoll_wait(ep, &data, &events, 64, timeout)
+            if n < 0 {
+                log("epoll_wait: \(Errno(rawValue: -n))")
+                break
+            }
+            for i in 0..<Int(n) {
+                let (tag, v) = Tag.split(data[i])
+                switch tag {
+                case .listen: acceptAll()
+                case .conn: connReadable(CInt(v), events[i])
+                case .pidfd: supervisor.exited(index: Int(v))
+                case .signal: handleSignal()
+                case .timer, .none: break
+                }
+            }
+            supervisor.tick()
+        }
+        shutdownFinish()
+    }
+
+    func handleSignal() {
+        while true {
+            let s = fos_sys_signalfd_read(signalFD)
+            if s <= 0 { return }
+            if !stopping {
+                log("signal \(s): stopping the node")
+                beginShutdown()
+            }
+        }
+    }
+
+    func beginShutdown() {
+        stopping = true
+        let bye = ControlMessage.encode(op: Int32(FOS_CTL_SHUTDOWN), requestID: 0, payload: [])
+        for c in conns.values { try? controlSend(c.fd, bye) }
+        supervisor.stopAll()
+    }
+
+    func shutdownFinish() {
+        for fd in Array(conns.keys) { closeConn(fd) }
+        unlink(NodePaths.controlSocket(runtime: config.runtimeDir))
+        unlink(config.runtimeDir + "/members")
+        unlink(config.runtimeDir + "/fosd.lock")
+        log("node stopped")
+    }
+
+    // MARK: Connections
+
+    func acceptAll() {
+        while true {
+            let fd = fos_sys_accept(listenFD)
+            if fd < 0 { return }
+            var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
+            guard fos_sys_peercred(fd, &pid, &uid, &gid) == 0, !stopping, conns.count < 4096 else {
+                closeFD(fd)
+                continue
+            }
+            conns[fd] = Conn(fd: fd, pid: pid, uid: uid, gid: gid)
+            if fos_sys_epoll_add(ep, fd, UInt32(FOS_EPOLLIN), Tag.make(.conn, UInt64(fd))) != 0 {
+                conns[fd] = nil
+                closeFD(fd)
+            }
+        }
+    }
+
+    func connReadable(_ fd: CInt, _ ev: UInt32) {
+        guard let c = conns[fd] else { return }
+        for _ in 0..<64 {
+            let got: ControlMessage??
+            do {
+                got = try controlReceive(fd, dontWait: true)
+            } catch {
+                if (error as? Errno) == .resourceTemporarilyUnavailable { return }
+                closeConn(fd)
+                return
+            }
+            guard let maybe = got else {
+                closeConn(fd)  // end of stream: the process closed or died
+                return
+            }
+            guard let msg = maybe else {
+                // Malformed datagram: refuse the connection, keep the node going.
+                rejected &+= 1
+                closeConn(fd)
+                return
+            }
+            msg.closeFDs()  // no request of ours carries descriptors
+            if msg.header.request_id == 0 && Int(msg.header.op) == FOS_CTL_CHANNEL_CLOSE {
+                handleChannelClose(c, msg)
+                continue
+            }
+            handleRequest(c, msg)
+            if conns[fd] == nil { return }
+        }
+    }
+
+    func reply(_ c: Conn, _ req: ControlMessage, status: Int32 = 0, payload: [UInt8] = [], fds: [CInt] = []) {
+        let bytes = ControlMessage.encode(op: Int32(req.header.op), requestID: req.header.request_id,
+                                          status: status, payload: payload)
+        do {
+            try controlSend(c.fd, bytes, fds: fds)
+        } catch {
+            // A process that does not read its socket is broken: let it go.
+            closeConn(c.fd)
+        }
+    }
+
+    func closeConn(_ fd: CInt) {
+        guard let c = conns.removeValue(forKey: fd) else { return }
+        _ = fos_sys_epoll_del(ep, fd)
+        for ch in c.channels { endChannel(ch, by: fd) }
+        for m in c.mailboxes {
+            mailboxes[m] = nil
+            if nameService == m { nameService = nil }
+        }
+        if let s = c.stats { _ = fos_sys_unmap(s, MemoryLayout<fos_stats_page>.size) }
+        closeFD(c.statsFD)
+        if let m = c.member, m.conn === c { m.conn = nil }
+        closeFD(fd)
+    }
+
+    /// Removes a channel and tells the party that did not end it.
+    func endChannel(_ id: UInt64, by fd: CInt) {
+        guard let ch = channels.removeValue(forKey: id) else { return }
+        let other = ch.client == fd ? ch.server : ch.client
+        conns[ch.client]?.channels.remove(id)
+        conns[ch.server]?.channels.remove(id)
+        if let o = conns[other] {
+            var p = [UInt8]()
+            appendStruct(fos_ctl_channel_close(channel: id), to: &p)
+            do {
+                try controlSend(o.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: p))
+            } catch {
+                closeConn(o.fd)
+            }
+        }
+    }
+
+    func handleChannelClose(_ c: Conn, _ msg: ControlMessage) {
+        guard let cc = msg.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel_close.self, from: $0) }),
+              c.channels.contains(cc.channel) else { return }
+        endChannel(cc.channel, by: c.fd)
+    }
+}
+
+struct NodeError: Error, CustomStringConvertible {
+    var description: String
+    init(_ s: String) { description = s }
+}
+
+func log(_ s: String) {
+    FileHandle.standardError.write(Data("fosd: \(s)\n".utf8))
+}
+

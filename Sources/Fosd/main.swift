@@ -1,0 +1,95 @@
+import ArgumentParser
+import CFosWire
+import FosCore
+import Foundation
+
+struct FleetSpec {
+    var name: String
+    var executable: String
+    var count: Int
+}
+
+struct NodeConfig {
+    var runtimeDir: String
+    var stateDir: String
+    var fleets: [FleetSpec]
+    var ringBytes: UInt32
+    var pin: Bool
+}
+
+struct Fosd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fosd",
+        abstract: "Run a fos node: the trusted core that checks capabilities, grants channels and supervises fleets.",
+        discussion: """
+            fosd owns a runtime directory (control socket, lock) and a state directory (node id, data). \
+            It starts the system fleets (/sys/name) and any --fleet given, pins each member to a core, \
+            restarts members that die, and stops them all on SIGTERM or SIGINT. Clients find the node \
+            through FOS_RUNTIME or the default runtime directory.
+            """)
+
+    @Option(help: "Persistent data directory (default: $FOS_STATE, $XDG_DATA_HOME/fos, /var/lib/fos for root).")
+    var state: String?
+
+    @Option(help: "Runtime directory for sockets (default: $FOS_RUNTIME, $XDG_RUNTIME_DIR/fos, /run/fos for root).")
+    var runtime: String?
+
+    @Option(name: .customLong("fleet"),
+            help: ArgumentHelp("Start a fleet: NAME=EXECUTABLE[:MEMBERS], e.g. /app/echo=fos-echo:3. Repeatable. A relative executable is looked up beside fosd.",
+                               valueName: "spec"))
+    var fleets: [String] = []
+
+    @Option(help: "Capacity of each ring of a channel, in KiB (power of two, 256...65536).")
+    var ringKib: UInt32 = 1024
+
+    @Flag(help: "Do not pin members to cores.")
+    var noPin = false
+
+    func validate() throws {
+        guard fos_ring_bytes_valid(ringKib * 1024) != 0 else {
+            throw ValidationError("--ring-kib must be a power of two between 256 and 65536")
+        }
+        for f in fleets { _ = try Fosd.parseFleet(f) }
+    }
+
+    static func selfDirectory() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return (exe as NSString).deletingLastPathComponent
+    }
+
+    static func parseFleet(_ s: String) throws -> FleetSpec {
+        guard let eq = s.firstIndex(of: "=") else { throw ValidationError("--fleet \(s): expected NAME=EXECUTABLE[:MEMBERS]") }
+        let name = String(s[..<eq])
+        var rest = String(s[s.index(after: eq)...])
+        var count = 1
+        if let colon = rest.lastIndex(of: ":"), let n = Int(rest[rest.index(after: colon)...]) {
+            count = n
+            rest = String(rest[..<colon])
+        }
+        guard validateName(name), !name.hasPrefix("/sys/") else {
+            throw ValidationError("--fleet \(s): '\(name)' is not a valid fleet name (absolute, not under /sys)")
+        }
+        guard (1...64).contains(count) else { throw ValidationError("--fleet \(s): members must be 1...64") }
+        guard !rest.isEmpty else { throw ValidationError("--fleet \(s): missing executable") }
+        let exe = rest.hasPrefix("/") ? rest : selfDirectory() + "/" + rest
+        return FleetSpec(name: name, executable: exe, count: count)
+    }
+
+    func run() throws {
+        var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1)]
+        specs += try fleets.map(Fosd.parseFleet)
+        let config = NodeConfig(runtimeDir: runtime ?? NodePaths.defaultRuntime(),
+                                stateDir: state ?? NodePaths.defaultState(),
+                                fleets: specs, ringBytes: ringKib * 1024, pin: !noPin)
+        do {
+            let node = try Node(config: config)
+            try node.start()
+            node.run()
+        } catch let e as NodeError {
+            FileHandle.standardError.write(Data("fosd: \(e.description)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+Fosd.main()
