@@ -1,1 +1,374 @@
-print("todo")
+import CFosSys
+import CFosWire
+import FosCore
+import Foundation
+
+/// fos-bench messaging: fos channels against a Unix-domain socket and a pipe,
+/// all between two processes pinned to different cores, in one run.
+
+let usage = """
+    usage: fos-bench messaging [--json] [--runs N] [--iterations N] [--runtime DIR]
+
+    Round trip (median, p99) and pipelined throughput at 64 B and 4 KiB over fos
+    channels, a Unix-domain socket and a pipe, measured in the same run; medians
+    over --runs runs (default 5). Without --runtime a private fosd is started
+    in a temporary directory and stopped at the end.
+    """
+
+func die(_ s: String) -> Never {
+    FileHandle.standardError.write(Data("fos-bench: \(s)\n".utf8))
+    exit(2)
+}
+
+let selfPath = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+let selfDir = (selfPath as NSString).deletingLastPathComponent
+
+var args = Array(CommandLine.arguments.dropFirst())
+if args.first == "peer" {
+    // peer KIND SIZE MODE COUNT [RUNTIME]
+    guard args.count >= 5, let size = Int(args[2]), let count = Int(args[4]) else { die("bad peer arguments") }
+    switch args[1] {
+    case "socket": runFDPeer(size: size, mode: args[3], count: count, inFD: 3, outFD: 3)
+    case "pipe": runFDPeer(size: size, mode: args[3], count: count, inFD: 3, outFD: 4)
+    case "fos": runFosPeer(runtime: args[5], size: size, mode: args[3], count: count)
+    case "rpc": runRPCPeer(runtime: args[5])
+    default: die("unknown peer \(args[1])")
+    }
+}
+
+guard args.first == "messaging" else {
+    print(usage)
+    exit(args.first == "--help" || args.first == "-h" ? 0 : 2)
+}
+args.removeFirst()
+// Globals of a single-threaded driver, set before any measurement starts.
+var json = false
+var runs = 5
+nonisolated(unsafe) var iterations = 20_000
+var runtimeDir: String?
+while !args.isEmpty {
+    let a = args.removeFirst()
+    switch a {
+    case "--json": json = true
+    case "--runs": runs = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
+    case "--iterations": iterations = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
+    case "--runtime": runtimeDir = args.isEmpty ? nil : args.removeFirst()
+    case "--help", "-h":
+        print(usage)
+        exit(0)
+    default: die("unknown option \(a)\n\(usage)")
+    }
+}
+guard runs >= 1, iterations >= 100 else { die("--runs must be ≥ 1 and --iterations ≥ 100") }
+
+// MARK: Processes
+
+let cores = Int(fos_sys_cpu_count())
+let clientCore: Int32 = 0
+let peerCore: Int32 = cores > 1 ? 1 : 0
+_ = fos_sys_pin_self(clientCore)
+
+struct Child {
+    var pid: pid_t
+    var pidfd: CInt
+    func stop() {
+        _ = fos_sys_pidfd_kill(pidfd, SIGKILL)
+        _ = fos_sys_reap(pid, 0)
+        close(pidfd)
+    }
+}
+
+func spawn(_ argv: [String], keep: [CInt], core: Int32) -> Child {
+    var pidfd: CInt = -1
+    var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+    var env: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (cargs + env).forEach { free($0) } }
+    let pid = keep.withUnsafeBufferPointer { k in
+        fos_sys_spawn(argv[0], &cargs, &env, core, k.baseAddress, Int32(k.count), &pidfd)
+    }
+    if pid < 0 { die("cannot start \(argv[0]): \(String(cString: strerror(-pid)))") }
+    return Child(pid: pid, pidfd: pidfd)
+}
+
+/// A private node unless --runtime names one.
+nonisolated(unsafe) var nodeChild: Child?
+nonisolated(unsafe) var tempDir: String?
+nonisolated(unsafe) var runtime = ""
+if let r = runtimeDir {
+    runtime = r
+} else {
+    let t = FileManager.default.temporaryDirectory.appendingPathComponent("fos-bench-\(getpid())").path
+    tempDir = t
+    runtime = t + "/run"
+    nodeChild = spawn([selfDir + "/fosd", "--runtime", runtime, "--state", t + "/state"], keep: [], core: -1)
+}
+func cleanup() {
+    if let n = nodeChild {
+        _ = fos_sys_pidfd_kill(n.pidfd, SIGTERM)
+        _ = fos_sys_reap(n.pid, 0)
+    }
+    if let t = tempDir { try? FileManager.default.removeItem(atPath: t) }
+}
+atexit { cleanup() }
+
+nonisolated(unsafe) var rt: FosRuntime!
+for _ in 0..<200 {
+    if let r = try? FosRuntime.connect(runtime: runtime) {
+        rt = r
+        break
+    }
+    usleep(20_000)
+}
+if rt == nil { die("no node on \(runtime)") }
+
+// MARK: Measurements
+
+struct RoundTrip {
+    var median: Double
+    var p99: Double
+}
+
+func percentile(_ xs: [UInt64], _ p: Double) -> Double {
+    let s = xs.sorted()
+    return Double(s[min(s.count - 1, Int(Double(s.count) * p))]) / 1000
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Starts a fos peer and returns it with a detached channel to it.
+func fosPeer(_ kind: String, size: Int, mode: String, count: Int) -> (Child, MailboxAddress, Capability) {
+    var p: [CInt] = [0, 0]
+    guard pipe(&p) == 0 else { die("pipe") }
+    let c = spawn([selfPath, "peer", kind, String(size), mode, String(count), runtime], keep: [p[1]], core: peerCore)
+    close(p[1])
+    var line = [UInt8]()
+    var b: UInt8 = 0
+    while read(p[0], &b, 1) == 1, b != 10 { line.append(b) }
+    close(p[0])
+    let parts = String(decoding: line, as: UTF8.self).split(separator: " ")
+    guard parts.count == 3, let mb = UInt64(parts[0]), let k0 = UInt64(parts[1], radix: 16),
+          let k1 = UInt64(parts[2], radix: 16) else { die("fos peer did not start") }
+    return (c, MailboxAddress(node: rt.node, mailbox: mb), Capability(bytes: (k0, k1)))
+}
+
+func fosRoundTrip(size: Int) throws -> RoundTrip {
+    let (child, addr, key) = fosPeer("fos", size: size, mode: "echo", count: 0)
+    defer { child.stop() }
+    let ch = try rt.connectDetached(addr, key: key)
+    let payload = [UInt8](repeating: 7, count: size)
+    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(FOS_MAX_PAYLOAD) + 64, alignment: 16)
+    defer { buf.deallocate() }
+    var samples = [UInt64]()
+    samples.reserveCapacity(iterations)
+    try payload.withUnsafeBytes { pb in
+        for i in 0..<(iterations + iterations / 10) {
+            let h = fos_msg_hdr(opcode: UInt16(FOS_OP_ECHO), requestID: UInt64(i), payloadLength: size)
+            let t0 = monotonicNanos()
+            try ch.send(h, pb)
+            let n = try ch.receiveBlocking(into: buf, spinNanos: 1_000_000_000, deadline: t0 + 5_000_000_000)
+            ch.release()
+            let t1 = monotonicNanos()
+            guard n == size + MemoryLayout<fos_msg_hdr>.size else { die("fos echo returned \(n) bytes") }
+            if i >= iterations / 10 { samples.append(t1 - t0) }
+        }
+    }
+    return RoundTrip(median: percentile(samples, 0.5), p99: percentile(samples, 0.99))
+}
+
+func fosStream(size: Int, count: Int) throws -> Double {
+    let (child, addr, key) = fosPeer("fos", size: size, mode: "stream", count: count)
+    defer { child.stop() }
+    let ch = try rt.connectDetached(addr, key: key)
+    let payload = [UInt8](repeating: 7, count: size)
+    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+    defer { buf.deallocate() }
+    let h = fos_msg_hdr(opcode: UInt16(FOS_OP_ECHO), requestID: 0, payloadLength: size, flags: UInt32(FOS_MSG_ONEWAY))
+    var best = 0.0
+    // Warm-up round, then the measured one.
+    for round in 0..<2 {
+        let t0 = monotonicNanos()
+        try payload.withUnsafeBytes { pb in
+            for _ in 0..<count {
+                try ch.send(h, pb)
+            }
+        }
+        _ = try ch.receiveBlocking(into: buf, spinNanos: 1_000_000_000, deadline: t0 + 30_000_000_000)
+        ch.release()
+        let dt = Double(monotonicNanos() - t0) / 1e9
+        if round == 1 { best = Double(count) / dt }
+    }
+    return best
+}
+
+func rpcRoundTrip(size: Int, n: Int) async throws -> RoundTrip {
+    let (child, addr, key) = fosPeer("rpc", size: size, mode: "echo", count: 0)
+    defer { child.stop() }
+    let ch = try await rt.connect(addr, key: key)
+    let payload = [UInt8](repeating: 7, count: size)
+    // Measured from a task on the fos event loop, as a server calling another
+    // server would: the call suspends, the loop polls, the reply resumes it.
+    let samples = try await rt.loop.onLoop {
+        var samples = [UInt64]()
+        for i in 0..<(n + n / 10) {
+            let t0 = monotonicNanos()
+            let r = try await rt.call(ch, opcode: UInt16(FOS_OP_ECHO), payload: payload)
+            let t1 = monotonicNanos()
+            guard r.payload.count == size else { die("rpc echo returned \(r.payload.count) bytes") }
+            if i >= n / 10 { samples.append(t1 - t0) }
+        }
+        return samples
+    }
+    try await rt.close(ch)
+    return RoundTrip(median: percentile(samples, 0.5), p99: percentile(samples, 0.99))
+}
+
+/// Reference transports: "socket" (AF_UNIX stream socketpair) or "pipe".
+func fdPeer(_ kind: String, size: Int, mode: String, count: Int) -> (Child, CInt, CInt) {
+    if kind == "socket" {
+        var sv: [CInt] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else { die("socketpair") }
+        let c = spawn([selfPath, "peer", kind, String(size), mode, String(count)], keep: [sv[1]], core: peerCore)
+        close(sv[1])
+        return (c, sv[0], sv[0])
+    }
+    var toPeer: [CInt] = [0, 0], fromPeer: [CInt] = [0, 0]
+    guard pipe(&toPeer) == 0, pipe(&fromPeer) == 0 else { die("pipe") }
+    for fd in toPeer + fromPeer { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    let c = spawn([selfPath, "peer", kind, String(size), mode, String(count)], keep: [toPeer[0], fromPeer[1]], core: peerCore)
+    close(toPeer[0])
+    close(fromPeer[1])
+    return (c, fromPeer[0], toPeer[1])
+}
+
+func ioFull(_ fd: CInt, _ p: UnsafeMutableRawPointer, _ n: Int, write w: Bool) {
+    var done = 0
+    while done < n {
+        let r = w ? write(fd, p + done, n - done) : read(fd, p + done, n - done)
+        if r < 0 && errno == EINTR { continue }
+        if r <= 0 { die("reference transport failed") }
+        done += r
+    }
+}
+
+func fdRoundTrip(_ kind: String, size: Int) -> RoundTrip {
+    let (child, rfd, wfd) = fdPeer(kind, size: size, mode: "echo", count: 0)
+    defer {
+        close(rfd)
+        if wfd != rfd { close(wfd) }
+        child.stop()
+    }
+    let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+    defer { buf.deallocate() }
+    var samples = [UInt64]()
+    samples.reserveCapacity(iterations)
+    for i in 0..<(iterations + iterations / 10) {
+        let t0 = monotonicNanos()
+        ioFull(wfd, buf, size, write: true)
+        ioFull(rfd, buf, size, write: false)
+        let t1 = monotonicNanos()
+        if i >= iterations / 10 { samples.append(t1 - t0) }
+    }
+    return RoundTrip(median: percentile(samples, 0.5), p99: percentile(samples, 0.99))
+}
+
+func fdStream(_ kind: String, size: Int, count: Int) -> Double {
+    let (child, rfd, wfd) = fdPeer(kind, size: size, mode: "stream", count: count)
+    defer {
+        close(rfd)
+        if wfd != rfd { close(wfd) }
+        child.stop()
+    }
+    let buf = UnsafeMutableRawPointer.allocate(byteCount: max(size, 8), alignment: 16)
+    defer { buf.deallocate() }
+    var rate = 0.0
+    for round in 0..<2 {
+        let t0 = monotonicNanos()
+        for _ in 0..<count { ioFull(wfd, buf, size, write: true) }
+        ioFull(rfd, buf, 8, write: false)
+        if round == 1 { rate = Double(count) / (Double(monotonicNanos() - t0) / 1e9) }
+    }
+    return rate
+}
+
+// MARK: Run
+
+struct Row: Codable {
+    var test: String
+    var size: Int
+    var unit: String
+    var fos: Double
+    var unixSocket: Double
+    var pipe: Double
+    var rpc: Double?
+}
+
+var rows: [Row] = []
+var checks: [(String, Bool)] = []
+for size in [64, 4096] {
+    var rtF: [RoundTrip] = [], rtU: [RoundTrip] = [], rtP: [RoundTrip] = [], rtR: [RoundTrip] = []
+    var stF: [Double] = [], stU: [Double] = [], stP: [Double] = []
+    let fosCount = size <= 64 ? 2_000_000 : 400_000
+    let refCount = size <= 64 ? 200_000 : 100_000
+    for _ in 0..<runs {
+        // Interleave transports so drift of a noisy machine hits all alike.
+        rtF.append(try fosRoundTrip(size: size))
+        rtU.append(fdRoundTrip("socket", size: size))
+        rtP.append(fdRoundTrip("pipe", size: size))
+        rtR.append(try await rpcRoundTrip(size: size, n: max(1000, iterations / 4)))
+        stF.append(try fosStream(size: size, count: fosCount))
+        stU.append(fdStream("socket", size: size, count: refCount))
+        stP.append(fdStream("pipe", size: size, count: refCount))
+    }
+    let rtMed = Row(test: "round trip median", size: size, unit: "µs", fos: median(rtF.map(\.median)),
+                    unixSocket: median(rtU.map(\.median)), pipe: median(rtP.map(\.median)), rpc: median(rtR.map(\.median)))
+    let rtP99 = Row(test: "round trip p99", size: size, unit: "µs", fos: median(rtF.map(\.p99)),
+                    unixSocket: median(rtU.map(\.p99)), pipe: median(rtP.map(\.p99)), rpc: median(rtR.map(\.p99)))
+    let st = Row(test: "pipelined", size: size, unit: "M msg/s", fos: median(stF) / 1e6, unixSocket: median(stU) / 1e6,
+                 pipe: median(stP) / 1e6)
+    rows += [rtMed, rtP99, st]
+    if size == 64 {
+        checks.append(("round trip ≥ 5× faster than Unix socket (64 B)", rtMed.unixSocket / rtMed.fos >= 5))
+        checks.append(("pipelined ≥ 10 M msg/s (64 B)", st.fos >= 10))
+    }
+}
+
+if json {
+    struct Out: Codable {
+        var benchmark: String
+        var runs: Int
+        var iterations: Int
+        var cores: Int
+        var rows: [Row]
+        var targets: [String: Bool]
+    }
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    let out = Out(benchmark: "messaging", runs: runs, iterations: iterations, cores: cores, rows: rows,
+                  targets: Dictionary(uniqueKeysWithValues: checks))
+    print(String(decoding: try enc.encode(out), as: UTF8.self))
+} else {
+    func f(_ x: Double) -> String { x >= 100 ? String(format: "%.0f", x) : String(format: "%.2f", x) }
+    print("fos messaging benchmark: medians of \(runs) runs, \(iterations) round trips each, client on core \(clientCore), peer on core \(peerCore)")
+    print("")
+    let header = ["test", "size", "unit", "fos channel", "fos rpc", "unix socket", "pipe", "unix/fos", "pipe/fos"]
+    var table: [[String]] = [header]
+    for r in rows {
+        let better = r.unit == "µs" ? r.unixSocket / r.fos : r.fos / r.unixSocket
+        let betterP = r.unit == "µs" ? r.pipe / r.fos : r.fos / r.pipe
+        table.append([r.test, r.size == 64 ? "64 B" : "4 KiB", r.unit, f(r.fos), r.rpc.map(f) ?? "-", f(r.unixSocket),
+                      f(r.pipe), String(format: "%.1f×", better), String(format: "%.1f×", betterP)])
+    }
+    var w = [Int](repeating: 0, count: header.count)
+    for r in table { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
+    for r in table {
+        print(r.enumerated().map { i, c in i < 3 ? c.padding(toLength: w[i], withPad: " ", startingAt: 0)
+                                         : String(repeating: " ", count: w[i] - c.count) + c }.joined(separator: "  "))
+    }
+    print("")
+    print("(×: how many times better fos is; for throughput rows, fos rate / reference rate)")
+    for (name, ok) in checks { print("target: \(name): \(ok ? "met" : "NOT met")") }
+}
+exit(0)

@@ -70,6 +70,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private let sleeping = Atomic<Bool>(false)
     private let stopFlag = Atomic<Bool>(false)
     private let loopThread = Atomic<UInt>(0)
+    /// Channels owned by other threads: the loop only marks them closed.
+    private let detached = Mutex<[UInt64: WeakChannel]>([:])
     /// How long the loop spins on empty rings before it sleeps.
     public let spinNanos: UInt64
     var stats: UnsafeMutablePointer<fos_stats_page>?
@@ -115,6 +117,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var rejected: UInt64 = 0
     }
     var st = LoopState()
+    private var controlReady = true
     private let rxBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: Int(FOS_MAX_PAYLOAD) + MemoryLayout<fos_msg_hdr>.size, alignment: 16)
 
@@ -181,7 +184,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             iter &+= 1
             var did = runJobs()
             did = pollChannels() || did
-            if iter & 255 == 0 || did == false { did = pollControl() || did }
+            // The control socket costs a syscall: look at it when epoll said
+            // so, and otherwise only every few hundred passes.
+            if controlReady || iter & 511 == 0 {
+                controlReady = false
+                did = pollControl() || did
+            }
             if !st.backlogged.isEmpty { flushBacklog() }
             let now = monotonicNanos()
             if st.nextDeadline <= now { expireCalls(now) }
@@ -248,8 +256,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 for i in 0..<Int(n) {
                     switch data[i] {
                     case 0: _ = fos_sys_eventfd_drain(wakeFD)
-                    case 1: break  // control socket: read in the next pass
-                    case let id: if let e = st.entries[id] { _ = fos_sys_eventfd_drain(e.channel.waitFD) }
+                    case 1: controlReady = true
+                    case let tag:
+                        if let e = st.entries[tag & ~EventLoop.channelTag] { _ = fos_sys_eventfd_drain(e.channel.waitFD) }
                     }
                 }
             }
@@ -411,10 +420,15 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         st.nextDeadline = next
     }
 
+    /// epoll data of a channel's eventfd: its id with the top bit set, so that
+    /// channel ids 0 and 1 (fosd numbers channels from 1) cannot collide with
+    /// the tags of the wake eventfd (0) and the control socket (1).
+    static let channelTag: UInt64 = 1 << 63
+
     func add(_ e: Entry) {
         st.entries[e.channel.id] = e
         st.byPriority[e.priority.rawValue].append(e)
-        _ = fos_sys_epoll_add(epollFD, e.channel.waitFD, UInt32(FOS_EPOLLIN), e.channel.id)
+        _ = fos_sys_epoll_add(epollFD, e.channel.waitFD, UInt32(FOS_EPOLLIN), e.channel.id | EventLoop.channelTag)
     }
 
     /// Forgets a channel: fails its calls, tells the service and observers.
@@ -462,9 +476,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             acceptChannel(m)
         case Int(FOS_CTL_CHANNEL_CLOSE):
             m.closeFDs()
-            guard let c = m.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel_close.self, from: $0) }),
-                  let e = st.entries[c.channel] else { return }
-            drop(e, reason: "closed by peer", tellNode: false)
+            guard let c = m.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel_close.self, from: $0) }) else { return }
+            if let e = st.entries[c.channel] {
+                drop(e, reason: "closed by peer", tellNode: false)
+            } else if let w = detached.withLock({ $0.removeValue(forKey: c.channel) }) {
+                w.channel?.markClosed()
+            }
         case Int(FOS_CTL_SHUTDOWN):
             m.closeFDs()
             let handlers = st.controlEOF
@@ -504,6 +521,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         switch kind {
         case .raw(let accept):
             closeFD(statsFD)
+            trackDetached(ch)
             accept(ch)
         case .service(let service, let prio):
             let e = Entry(channel: ch, priority: prio, service: service)
@@ -543,6 +561,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         st.closeObservers[ch.id, default: []].append(f)
     }
 
+    /// Remembers a channel another thread owns, to mark it closed when fosd says so.
+    func trackDetached(_ ch: Channel) {
+        detached.withLock { d in
+            d = d.filter { $0.value.channel != nil }
+            d[ch.id] = WeakChannel(channel: ch)
+        }
+    }
+
     func onNodeGone(_ f: @escaping @Sendable () -> Void) { st.controlEOF.append(f) }
 
     /// Sends a request and suspends until its reply, the deadline, or the
@@ -565,6 +591,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             sendRaw(e, h, payload)
         }
     }
+}
+
+struct WeakChannel: @unchecked Sendable {
+    // `@unchecked Sendable`: Channel is Sendable; the weak box is only read under the mutex.
+    weak var channel: Channel?
 }
 
 private func currentThreadID() -> UInt { UInt(bitPattern: Int(pthread_self())) }

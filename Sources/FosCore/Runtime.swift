@@ -139,7 +139,9 @@ public final class FosRuntime: Sendable {
 
     /// A channel the calling thread owns: the loop never reads it.
     public func connectDetached(_ addr: MailboxAddress, key: Capability) throws -> Channel {
-        try openChannel(addr, key: key)
+        let ch = try openChannel(addr, key: key)
+        loop.trackDetached(ch)
+        return ch
     }
 
     /// Sends a request on a channel from `connect` and awaits the reply.

@@ -16,6 +16,8 @@ final class Conn {
     var stats: UnsafeMutablePointer<fos_stats_page>?
     var mailboxes: Set<UInt64> = []
     var channels: Set<UInt64> = []
+    /// Datagrams the socket could not take yet, with descriptors we own.
+    var outq: [(bytes: [UInt8], fds: [CInt])] = []
     init(fd: CInt, pid: Int32, uid: UInt32, gid: UInt32) {
         self.fd = fd
         self.pid = pid
@@ -218,7 +220,7 @@ final class Node {
     func beginShutdown() {
         stopping = true
         let bye = ControlMessage.encode(op: Int32(FOS_CTL_SHUTDOWN), requestID: 0, payload: [])
-        for c in conns.values { try? controlSend(c.fd, bye) }
+        for c in conns.values { _ = deliver(c, bye) }
         supervisor.stopAll()
     }
 
@@ -251,6 +253,10 @@ final class Node {
 
     func connReadable(_ fd: CInt, _ ev: UInt32) {
         guard let c = conns[fd] else { return }
+        if ev & UInt32(FOS_EPOLLOUT) != 0 {
+            flushQueue(c)
+            if conns[fd] == nil { return }
+        }
         for _ in 0..<64 {
             let got: ControlMessage??
             do {
@@ -283,12 +289,48 @@ final class Node {
     func reply(_ c: Conn, _ req: ControlMessage, status: Int32 = 0, payload: [UInt8] = [], fds: [CInt] = []) {
         let bytes = ControlMessage.encode(op: Int32(req.header.op), requestID: req.header.request_id,
                                           status: status, payload: payload)
-        do {
-            try controlSend(c.fd, bytes, fds: fds)
-        } catch {
-            // A process that does not read its socket is broken: let it go.
-            closeConn(c.fd)
+        _ = deliver(c, bytes, fds: fds)
+    }
+
+    /// Sends a datagram now, or queues it (with duplicates of its descriptors)
+    /// until the socket drains. A process that lets thousands pile up is not
+    /// reading at all and is let go. Returns false if the connection closed.
+    @discardableResult
+    func deliver(_ c: Conn, _ bytes: [UInt8], fds: [CInt] = []) -> Bool {
+        if c.outq.isEmpty {
+            do {
+                try controlSend(c.fd, bytes, fds: fds)
+                return true
+            } catch let e as Errno where e == .resourceTemporarilyUnavailable || e == .noBufferSpace {
+                _ = fos_sys_epoll_mod(ep, c.fd, UInt32(FOS_EPOLLIN | FOS_EPOLLOUT), Tag.make(.conn, UInt64(c.fd)))
+            } catch {
+                closeConn(c.fd)
+                return false
+            }
         }
+        guard c.outq.count < 16384 else {
+            log("pid \(c.pid) does not read its control socket: disconnecting it")
+            closeConn(c.fd)
+            return false
+        }
+        c.outq.append((bytes, fds.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.filter { $0 >= 0 }))
+        return true
+    }
+
+    func flushQueue(_ c: Conn) {
+        while let first = c.outq.first {
+            do {
+                try controlSend(c.fd, first.bytes, fds: first.fds)
+            } catch let e as Errno where e == .resourceTemporarilyUnavailable || e == .noBufferSpace {
+                return
+            } catch {
+                closeConn(c.fd)
+                return
+            }
+            first.fds.forEach(closeFD)
+            c.outq.removeFirst()
+        }
+        _ = fos_sys_epoll_mod(ep, c.fd, UInt32(FOS_EPOLLIN), Tag.make(.conn, UInt64(c.fd)))
     }
 
     func closeConn(_ fd: CInt) {
@@ -302,6 +344,8 @@ final class Node {
         if let s = c.stats { _ = fos_sys_unmap(s, MemoryLayout<fos_stats_page>.size) }
         closeFD(c.statsFD)
         if let m = c.member, m.conn === c { m.conn = nil }
+        for q in c.outq { q.fds.forEach(closeFD) }
+        c.outq.removeAll()
         closeFD(fd)
     }
 
@@ -314,11 +358,7 @@ final class Node {
         if let o = conns[other] {
             var p = [UInt8]()
             appendStruct(fos_ctl_channel_close(channel: id), to: &p)
-            do {
-                try controlSend(o.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: p))
-            } catch {
-                closeConn(o.fd)
-            }
+            deliver(o, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: p))
         }
     }
 

@@ -180,13 +180,9 @@ extension Node {
             extra = open("/proc/self/fd/\(c.statsFD)", O_RDONLY | O_CLOEXEC)
             if extra >= 0 { ownerFDs.append(extra) }
         }
-        do {
-            try controlSend(owner.fd, ControlMessage.encode(op: Int32(FOS_CTL_NEW_CHANNEL), requestID: 0, payload: p1),
-                            fds: ownerFDs)
-        } catch {
-            closeConn(owner.fd)
-            return reply(c, msg, status: ECONNREFUSED)
-        }
+        guard deliver(owner, ControlMessage.encode(op: Int32(FOS_CTL_NEW_CHANNEL), requestID: 0, payload: p1),
+                      fds: ownerFDs)
+        else { return reply(c, msg, status: ECONNREFUSED) }
         channels[id] = ChannelRec(id: id, mailbox: mb.id, client: c.fd, server: owner.fd)
         c.channels.insert(id)
         owner.channels.insert(id)

@@ -40,7 +40,7 @@ struct Fosd: ParsableCommand {
     var fleets: [String] = []
 
     @Option(help: "Capacity of each ring of a channel, in KiB (power of two, 256...65536).")
-    var ringKib: UInt32 = 1024
+    var ringKib: UInt32 = 256
 
     @Flag(help: "Do not pin members to cores.")
     var noPin = false

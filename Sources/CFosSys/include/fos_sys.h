@@ -15,7 +15,7 @@
 #define FOS_SYS_MAX_FDS 8
 
 /* epoll event bits, importable by Swift */
-enum { FOS_EPOLLIN = 0x001, FOS_EPOLLERR = 0x008, FOS_EPOLLHUP = 0x010 };
+enum { FOS_EPOLLIN = 0x001, FOS_EPOLLOUT = 0x004, FOS_EPOLLERR = 0x008, FOS_EPOLLHUP = 0x010 };
 
 /* Send one datagram with up to FOS_SYS_MAX_FDS descriptors. */
 ssize_t fos_sys_send(int sock, const void *buf, size_t len, const int *fds, int nfds);
