@@ -122,6 +122,20 @@ extension FosRuntime {
         return ch
     }
 
+    /// The channel to the name service, waiting up to `timeout` while fosd has
+    /// none yet (EAGAIN): fosd starts every fleet at once, so a member may ask
+    /// before the name server has created its mailbox.
+    func nameChannel(waitingUpTo timeout: Duration) async throws -> Channel {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            do {
+                return try nameChannel()
+            } catch FosError.remote(let e) where e == .resourceTemporarilyUnavailable && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+    }
+
     /// After the name service restarted: register everything again.
     private func reregisterSoon() {
         guard !names.registrations.isEmpty, !names.reregistering else { return }
@@ -154,13 +168,14 @@ extension FosRuntime {
         try await loop.onLoop {
             var p = [UInt8]()
             e.encode(into: &p)
-            let ch = try self.nameChannel()
+            let ch = try await self.nameChannel(waitingUpTo: .seconds(5))
             _ = try await self.loop.call(ch, opcode: UInt16(FOS_OP_NAME_REGISTER), payload: p, timeout: .seconds(5)).checked()
             self.names.registrations.append(e)
         }
     }
 
     public func unregister(name: String, addr: MailboxAddress) async throws {
+        guard validateName(name) else { throw FosError.remote(.invalidArgument) }
         let e = NameEntry(name: name, addr: addr, key: .none, policy: .roundRobin)
         try await loop.onLoop {
             self.names.registrations.removeAll { $0.name == name && $0.addr == addr }
@@ -235,7 +250,9 @@ extension FosRuntime {
                     return try await self.loop.call(b.channel, opcode: opcode, payload: payload, timeout: timeout)
                 } catch FosError.peerGone {
                     lastError = FosError.peerGone
-                    self.names.cache[self.cacheKey(name, fleetInternal)] = nil
+                    // Forget this binding only: another caller may have bound anew meanwhile.
+                    let k = self.cacheKey(name, fleetInternal)
+                    if self.names.cache[k]?.channel === b.channel { self.names.cache[k] = nil }
                     dead.append(b.entry.addr)
                 }
             }
@@ -250,13 +267,15 @@ extension FosRuntime {
         let k = cacheKey(name, fleetInternal)
         let now = monotonicNanos()
         if let b = names.cache[k], !b.channel.isClosed, b.expires > now { return b }
-        if let old = names.cache.removeValue(forKey: k), !old.channel.isClosed,
-           let e = loop.st.entries[old.channel.id] {
-            loop.drop(e, reason: "rebinding")
-        }
         var ex = excluding
         for _ in 0..<4 {
             let entry = try await lookup(name, fleetInternal: fleetInternal, clientKey: clientKey, excluding: ex)
+            // Concurrent callers: another one may have bound the name while this
+            // one waited for its lookup. Share that binding rather than open a
+            // second channel that nobody would ever close.
+            if let b = names.cache[k], !b.channel.isClosed, b.expires > monotonicNanos(), !ex.contains(b.entry.addr) {
+                return b
+            }
             let key = fleetInternal ? fleetKey : entry.key
             do {
                 let ch = try openChannel(entry.addr, key: key)
@@ -265,7 +284,11 @@ extension FosRuntime {
                 // sticky and nearest keep their member.
                 let ttl: UInt64 = (entry.policy == .sticky || entry.policy == .nearest) ? .max / 2 : 250_000_000
                 let b = Binding(entry: entry, channel: ch, expires: now &+ ttl)
-                names.cache[k] = b
+                // The binding this one replaces may still carry calls in flight
+                // (of this or other tasks): close its channel once they are done.
+                if let old = names.cache.updateValue(b, forKey: k), !old.channel.isClosed {
+                    loop.retire(old.channel)
+                }
                 return b
             } catch FosError.remote(let e) where e == .noSuchFileOrDirectory || e == .connectionRefused {
                 ex.append(entry.addr)  // registered but already gone

@@ -83,7 +83,7 @@ struct NameRow: Codable {
     var name: String
     var mailbox: String
     var policy: String
-    var `internal`: Bool
+    var kind: String
     var pid: Int32
     var core: Int32
     var queueLength: UInt64
@@ -106,12 +106,12 @@ struct Names: AsyncParsableCommand {
         }
         let rows = entries.map {
             NameRow(name: $0.name, mailbox: $0.addr.description, policy: $0.policy.description,
-                    internal: $0.isInternal, pid: $0.pid, core: $0.core, queueLength: $0.queueLength, handled: $0.handled)
+                    kind: $0.isInternal ? "internal" : ($0.flags & UInt32(FOS_NAME_POLICY) != 0 ? "policy" : "external"), pid: $0.pid, core: $0.core, queueLength: $0.queueLength, handled: $0.handled)
         }
         if common.json { return printJSON(rows) }
         table(["NAME", "MAILBOX", "POLICY", "KIND", "PID", "CORE", "QUEUE", "HANDLED"],
               rows.map { r in
-                  [r.name, r.mailbox, r.policy, r.internal ? "internal" : "external", String(r.pid),
+                  [r.name, r.mailbox, r.policy, r.kind, String(r.pid),
                    r.core >= 0 ? String(r.core) : "-", String(r.queueLength), String(r.handled)]
               })
     }

@@ -43,6 +43,30 @@ do {
         do {
             let a = try await server.start(name: name, policy: policy)
             me.withLock { $0 = a }
+            if policy == .custom && rt.memberIndex == 0 {
+                // The fleet's own policy: send every client to the oldest
+                // member (lowest mailbox id) that is alive.
+                let chooser = FosServer(runtime: rt, handlers: [
+                    UInt16(FOS_OP_NAME_CHOOSE): { req in
+                        let off = MemoryLayout<fos_name_lookup>.size
+                        let count = req.payload.withUnsafeBytes { loadStruct(UInt32.self, from: $0, at: off) } ?? 0
+                        var best: (UInt32, UInt64)?
+                        for i in 0..<min(count, 1024) {
+                            let at = off + 4 + Int(i) * MemoryLayout<fos_name_entry>.size
+                            guard let e = req.payload.withUnsafeBytes({ loadStruct(fos_name_entry.self, from: $0, at: at) })
+                            else { return Reply(status: EINVAL) }
+                            if best == nil || e.addr.mailbox < best!.1 { best = (i, e.addr.mailbox) }
+                        }
+                        guard let b = best else { return Reply(status: ENOENT) }
+                        var out = [UInt8]()
+                        appendStruct(b.0, to: &out)
+                        return Reply(payload: out)
+                    },
+                ])
+                let key = Capability.random()
+                let ca = try await rt.createMailbox(key: key, service: chooser)
+                try await rt.register(name: name, addr: ca, key: key, policy: .custom, flags: UInt32(FOS_NAME_POLICY))
+            }
         } catch {
             FileHandle.standardError.write(Data("fos-echo: cannot start: \(error)\n".utf8))
             exit(1)

@@ -204,8 +204,12 @@ do {
     rt.loop.spawn {
         do {
             // A public mailbox: every local process reaches the name service without a key.
-            _ = try await rt.createMailbox(key: .none, flags: UInt32(FOS_MBOX_PUBLIC | FOS_MBOX_NAME_SERVICE),
-                                           service: server)
+            let a = try await rt.createMailbox(key: .none, flags: UInt32(FOS_MBOX_PUBLIC | FOS_MBOX_NAME_SERVICE),
+                                               service: server)
+            // List ourselves too; channel 0 is never closed.
+            reg.names["/sys/name"] = [Registry.Member(
+                entry: NameEntry(name: "/sys/name", addr: a, key: .none, policy: .roundRobin, pid: getpid(), core: rt.core),
+                channelID: 0)]
         } catch {
             FileHandle.standardError.write(Data("fos-name: cannot create the name service mailbox: \(error)\n".utf8))
             exit(1)
