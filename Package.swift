@@ -43,6 +43,6 @@ let package = Package(
             dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FosCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys"]),
     ]
 )

@@ -109,8 +109,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var nextRequestID: UInt64 = 1
         var nextDeadline: UInt64 = .max
         var backlogged: Set<UInt64> = []
+        /// Client channels to close once no call waits on them any more.
+        var retiring: Set<UInt64> = []
         var closeObservers: [UInt64: [@Sendable (Channel) -> Void]] = [:]
         var controlEOF: [@Sendable () -> Void] = []
+        var controlGone = false
         var queueLength: UInt64 = 0
         var handled: UInt64 = 0
         var received: UInt64 = 0
@@ -186,11 +189,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             did = pollChannels() || did
             // The control socket costs a syscall: look at it when epoll said
             // so, and otherwise only every few hundred passes.
-            if controlReady || iter & 511 == 0 {
+            if controlReady || (iter & 511 == 0 && !st.controlGone) {
                 controlReady = false
                 did = pollControl() || did
             }
             if !st.backlogged.isEmpty { flushBacklog() }
+            if !st.retiring.isEmpty { dropRetired() }
             let now = monotonicNanos()
             if st.nextDeadline <= now { expireCalls(now) }
             if did {
@@ -438,6 +442,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         e.channel.markClosed()
         st.byPriority[e.priority.rawValue].removeAll { $0 === e }
         st.backlogged.remove(e.channel.id)
+        st.retiring.remove(e.channel.id)
         _ = fos_sys_epoll_del(epollFD, e.channel.waitFD)
         closeFD(e.statsFD)
         for (id, p) in st.pending where p.channelID == e.channel.id {
@@ -461,6 +466,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     private func pollControl() -> Bool {
         guard let msgs = control.drainNotifications() else {
+            // fosd is gone: stop watching its socket (it would stay readable).
+            if !st.controlGone {
+                st.controlGone = true
+                _ = fos_sys_epoll_del(epollFD, control.fd)
+            }
             let handlers = st.controlEOF
             st.controlEOF = []
             for h in handlers { h() }
@@ -551,6 +561,27 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// Adds a client-side channel (its replies are polled first).
     func adoptClient(_ ch: Channel) {
         add(Entry(channel: ch, priority: .response, service: nil))
+    }
+
+    /// Closes a client channel this process no longer sends on: at once if no
+    /// call waits for a reply on it, else as soon as the last one has ended
+    /// (closing it earlier would fail those calls, and retrying them elsewhere
+    /// would run them twice).
+    func retire(_ ch: Channel) {
+        guard let e = st.entries[ch.id] else { return }
+        if st.pending.values.contains(where: { $0.channelID == ch.id }) {
+            st.retiring.insert(ch.id)
+        } else {
+            drop(e, reason: "retired")
+        }
+    }
+
+    private func dropRetired() {
+        let busy = Set(st.pending.values.map(\.channelID))
+        for id in st.retiring where !busy.contains(id) {
+            st.retiring.remove(id)
+            if let e = st.entries[id] { drop(e, reason: "retired") }
+        }
     }
 
     func observeClose(_ ch: Channel, _ f: @escaping @Sendable (Channel) -> Void) {

@@ -203,7 +203,7 @@ extension FosRuntime {
             appendStruct(l, to: &p)
             for a in ex { appendStruct(a.wire, to: &p) }
             p += n
-            let ch = try self.nameChannel()
+            let ch = try await self.nameChannel(waitingUpTo: .seconds(2))
             let r = try await self.loop.call(ch, opcode: UInt16(FOS_OP_NAME_LOOKUP), payload: p, timeout: .seconds(5))
             if r.status == ENOENT { throw FosError.noSuchName(name) }
             let bytes = try r.checked()
@@ -218,7 +218,7 @@ extension FosRuntime {
     /// Every registration whose name starts with `prefix` (keys withheld).
     public func listNames(prefix: String = "/") async throws -> [NameEntry] {
         try await loop.onLoop {
-            let ch = try self.nameChannel()
+            let ch = try await self.nameChannel(waitingUpTo: .seconds(2))
             let r = try await self.loop.call(ch, opcode: UInt16(FOS_OP_NAME_LIST), payload: Array(prefix.utf8),
                                              timeout: .seconds(5))
             return try NameEntry.decodeList(try r.checked())

@@ -74,6 +74,13 @@ public final class FosRuntime: Sendable {
 
     public func stop() { loop.stop() }
 
+    /// Leaves the node: stops the loop and closes the connection to fosd,
+    /// which closes every channel of this process and drops its registrations.
+    public func shutdown() {
+        loop.stop()
+        _ = Glibc.shutdown(control.fd, Int32(SHUT_RDWR))
+    }
+
     // MARK: Mailboxes and channels
 
     /// Creates a mailbox served by `service` at `priority`.

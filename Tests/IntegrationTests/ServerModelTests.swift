@@ -1,0 +1,148 @@
+import CFosSys
+import CFosWire
+import FosCore
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Server model", .timeLimit(.minutes(2)))
+struct ServerModelTests {
+    @Test("a slow handler suspends alone: ECHO on the same channel is answered while ECHO_SLOW waits")
+    func slowHandlerDoesNotBlock() async throws {
+        try await TestNode.with(members: 2) { node in
+            let rt = try node.runtime()
+            let e = try await rt.lookup("/app/echo")
+            let ch = try await rt.connect(e.addr, key: e.key)
+            let warm = try await rt.call(ch, opcode: opEcho, payload: [1, 2, 3])
+            #expect(warm.status == 0 && warm.payload == [1, 2, 3])
+            let member = try #require(node.quickFleets(rt).first { $0.pid == e.pid })
+
+            let t0 = monotonicNanos()
+            let slow = Task { () throws -> (Reply, UInt64) in
+                let r = try await rt.call(ch, opcode: opSlow, payload: u32(300) + Array("slow".utf8))
+                return (r, monotonicNanos())
+            }
+            // Wait until the member holds the slow request (its queue shows it).
+            try await eventually("the slow request to be queued", timeout: .milliseconds(250), every: .milliseconds(2)) {
+                try node.quickFleets(rt).first { $0.member == member.member }.map { $0.queueLength >= 1 ? true : nil } ?? nil
+            }
+            var worst: UInt64 = 0
+            for i in 0..<20 {
+                let p = Array("fast-\(i)".utf8)
+                let t = monotonicNanos()
+                let r = try await rt.call(ch, opcode: opEcho, payload: p)
+                worst = max(worst, monotonicNanos() - t)
+                #expect(r.status == 0 && r.payload == p)
+            }
+            let fastDone = monotonicNanos()
+            let (sr, slowDone) = try await slow.value
+            #expect(sr.status == 0 && sr.payload == Array("slow".utf8))
+            let slowTook = Double(slowDone - t0) / 1e9
+            let fastTook = Double(fastDone - t0) / 1e9
+            print(String(format: "IntegrationTests: 20 ECHO during ECHO_SLOW(300 ms): done at %.1f ms, worst %.2f ms; slow done at %.1f ms",
+                         fastTook * 1000, Double(worst) / 1e6, slowTook * 1000))
+            #expect(slowTook >= 0.3)
+            #expect(fastDone < slowDone, "the ECHO calls waited for the slow one")
+            #expect(fastTook < 0.2, "ECHO calls finished only after \(fastTook) s")
+            #expect(Double(worst) / 1e9 < 0.1)
+        }
+    }
+
+    @Test("a call in flight survives the renewal of its name binding, and runs exactly once")
+    func callSurvivesRebinding() async throws {
+        try await TestNode.with(members: 3) { node in
+            let rt = try node.runtime()
+            let t0 = monotonicNanos()
+            // No retries: a call that lost its channel would fail, not hide it.
+            let slow = Task {
+                try await rt.call(name: "/app/echo", opcode: opSlow, payload: u32(600) + Array("once".utf8), attempts: 1)
+            }
+            // Past the binding's lifetime (250 ms), other calls on the same runtime rebind the name.
+            await pause(.milliseconds(350))
+            for i in 0..<5 {
+                let p = Array("meanwhile \(i)".utf8)
+                let r = try await rt.call(name: "/app/echo", opcode: opEcho, payload: p)
+                #expect(r.status == 0 && r.payload == p)
+            }
+            let r = try await slow.value
+            #expect(r.status == 0 && r.payload == Array("once".utf8))
+            let took = seconds(since: t0)
+            #expect(took >= 0.6 && took < 1.1, "slow call took \(took) s")
+            // Six requests reached the fleet, each handled once.
+            let handled = try await eventually("the handled counts", timeout: .seconds(3), every: .milliseconds(20)) { () -> UInt64? in
+                let h = try node.quickFleets(rt).filter { $0.fleet == "/app/echo" }.map(\.handled).reduce(0, +)
+                return h >= 6 ? h : nil
+            }
+            #expect(handled == 6)
+        }
+    }
+
+    @Test("ECHO_RELAY: a member asks a fleet peer over the internal mailbox")
+    func relay() async throws {
+        try await TestNode.with(members: 3) { node in
+            let rt = try node.runtime()
+            let entries = try await node.echoEntries(rt)
+            let external = entries.filter { !$0.isInternal }
+            let pids = Set(external.map(\.pid))
+            #expect(pids.count == 3)
+            for listed in external {
+                // Keys are withheld in listings; a lookup gives one. Connect to this very member.
+                let key = try await eventually("a lookup that returns \(listed.addr)", timeout: .seconds(3), every: .zero) {
+                    let e = try await rt.lookup("/app/echo")
+                    return e.addr == listed.addr ? e.key : nil
+                }
+                let ch = try await rt.connect(listed.addr, key: key)
+                let me = try #require(whoami(try await rt.call(ch, opcode: opWhoami).checked()))
+                #expect(me.pid == listed.pid)
+                #expect(me.mailbox == listed.addr.mailbox)
+                let r = try await rt.call(ch, opcode: opRelay, payload: Array("relay".utf8))
+                #expect(r.status == 0, "relay status \(r.status)")
+                let peer = try #require(whoami(r.payload), "bad relay reply: \(r.payload.count) bytes")
+                #expect(pids.contains(peer.pid), "relay answered by \(peer.pid), not a member")
+                #expect(peer.pid != me.pid, "a member relayed to itself although it has peers")
+                #expect(external.contains { $0.pid == peer.pid && $0.addr.mailbox == peer.mailbox })
+                try await rt.close(ch)
+            }
+            // Through the name as well.
+            let r = try await rt.call(name: "/app/echo", opcode: opRelay)
+            #expect(pids.contains(try #require(whoami(try r.checked())).pid))
+        }
+    }
+
+    @Test("a call past its timeout throws .timeout; the runtime keeps working, also after the late reply")
+    func callTimeout() async throws {
+        try await TestNode.with(members: 2) { node in
+            let rt = try node.runtime()
+            let t0 = monotonicNanos()
+            do {
+                let r = try await rt.call(name: "/app/echo", opcode: opSlow, payload: u32(2000) + Array("late".utf8),
+                                          timeout: .milliseconds(200))
+                Issue.record("ECHO_SLOW 2000 ms returned (status \(r.status)) despite a 200 ms timeout")
+            } catch {
+                #expect(error as? FosError == .timeout, "threw \(error)")
+            }
+            let took = seconds(since: t0)
+            #expect(took >= 0.19 && took < 1.0, "timed out after \(took) s")
+
+            for i in 0..<20 {
+                let p = Array("after timeout \(i)".utf8)
+                let r = try await rt.call(name: "/app/echo", opcode: opEcho, payload: p)
+                #expect(r.status == 0 && r.payload == p)
+            }
+            // The late reply lands (at ~2 s) on a request nobody waits for.
+            let lateAt = t0 + 2_100_000_000
+            let now = monotonicNanos()
+            if lateAt > now { await pause(.milliseconds(Int((lateAt - now) / 1_000_000))) }
+            for i in 0..<20 {
+                let p = Array("after the late reply \(i)".utf8)
+                let r = try await rt.call(name: "/app/echo", opcode: opEcho, payload: p)
+                #expect(r.status == 0 && r.payload == p)
+            }
+            let w = try await rt.call(name: "/app/echo", opcode: opWhoami)
+            #expect(whoami(w.payload) != nil)
+        }
+    }
+}
