@@ -189,6 +189,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             did = pollChannels() || did
             // The control socket costs a syscall: look at it when epoll said
             // so, and otherwise only every few hundred passes.
+            // Live load for fosctl and the least-loaded policy: a few plain stores.
+            if iter & 255 == 0 { publishStats() }
             if controlReady || (iter & 511 == 0 && !st.controlGone) {
                 controlReady = false
                 did = pollControl() || did
