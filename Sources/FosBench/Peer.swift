@@ -63,9 +63,11 @@ func runFosPeer(runtime: String, size: Int, mode: String, count: Int) -> Never {
         let ch = box.get()!
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(FOS_MAX_PAYLOAD) + 64, alignment: 16)
         let hsize = MemoryLayout<fos_msg_hdr>.size
-        if mode == "echo" {
+        if mode == "echo" || mode == "echo-sleep" {
+            // echo-sleep: never spin, so every message has to wake this side up.
+            let spin: UInt64 = mode == "echo" ? 200_000_000 : 0
             while true {
-                let n = try ch.receiveBlocking(into: buf, spinNanos: 200_000_000)
+                let n = try ch.receiveBlocking(into: buf, spinNanos: spin)
                 var h = buf.loadUnaligned(as: fos_msg_hdr.self)
                 h.flags = UInt32(FOS_MSG_REPLY)
                 ch.release()

@@ -154,8 +154,8 @@ func fosPeer(_ kind: String, size: Int, mode: String, count: Int) -> (Child, Mai
     return (c, MailboxAddress(node: rt.node, mailbox: mb), Capability(bytes: (k0, k1)))
 }
 
-func fosRoundTrip(size: Int) throws -> RoundTrip {
-    let (child, addr, key) = fosPeer("fos", size: size, mode: "echo", count: 0)
+func fosRoundTrip(size: Int, sleeping: Bool = false) throws -> RoundTrip {
+    let (child, addr, key) = fosPeer("fos", size: size, mode: sleeping ? "echo-sleep" : "echo", count: 0)
     defer { child.stop() }
     let ch = try rt.connectDetached(addr, key: key)
     let payload = [UInt8](repeating: 7, count: size)
@@ -168,7 +168,7 @@ func fosRoundTrip(size: Int) throws -> RoundTrip {
             let h = fos_msg_hdr(opcode: UInt16(FOS_OP_ECHO), requestID: UInt64(i), payloadLength: size)
             let t0 = monotonicNanos()
             try ch.send(h, pb)
-            let n = try ch.receiveBlocking(into: buf, spinNanos: 1_000_000_000, deadline: t0 + 5_000_000_000)
+            let n = try ch.receiveBlocking(into: buf, spinNanos: sleeping ? 0 : 1_000_000_000, deadline: t0 + 5_000_000_000)
             ch.release()
             let t1 = monotonicNanos()
             guard n == size + MemoryLayout<fos_msg_hdr>.size else { die("fos echo returned \(n) bytes") }
@@ -309,12 +309,14 @@ var rows: [Row] = []
 var checks: [(String, Bool)] = []
 for size in [64, 4096] {
     var rtF: [RoundTrip] = [], rtU: [RoundTrip] = [], rtP: [RoundTrip] = [], rtR: [RoundTrip] = []
+    var rtS: [RoundTrip] = []
     var stF: [Double] = [], stU: [Double] = [], stP: [Double] = []
     let fosCount = size <= 64 ? 2_000_000 : 400_000
     let refCount = size <= 64 ? 200_000 : 100_000
     for _ in 0..<runs {
         // Interleave transports so drift of a noisy machine hits all alike.
         rtF.append(try fosRoundTrip(size: size))
+        rtS.append(try fosRoundTrip(size: size, sleeping: true))
         rtU.append(fdRoundTrip("socket", size: size))
         rtP.append(fdRoundTrip("pipe", size: size))
         rtR.append(try await rpcRoundTrip(size: size, n: max(1000, iterations / 4)))
@@ -328,7 +330,10 @@ for size in [64, 4096] {
                     unixSocket: median(rtU.map(\.p99)), pipe: median(rtP.map(\.p99)), rpc: median(rtR.map(\.p99)))
     let st = Row(test: "pipelined", size: size, unit: "M msg/s", fos: median(stF) / 1e6, unixSocket: median(stU) / 1e6,
                  pipe: median(stP) / 1e6)
-    rows += [rtMed, rtP99, st]
+    // Both sides sleep on their eventfd after every message: the wake-up path.
+    let rtSleep = Row(test: "round trip, no spinning", size: size, unit: "µs", fos: median(rtS.map(\.median)),
+                      unixSocket: rtMed.unixSocket, pipe: rtMed.pipe)
+    rows += [rtMed, rtP99, rtSleep, st]
     if size == 64 {
         checks.append(("round trip ≥ 5× faster than Unix socket (64 B)", rtMed.unixSocket / rtMed.fos >= 5))
         checks.append(("pipelined ≥ 10 M msg/s (64 B)", st.fos >= 10))

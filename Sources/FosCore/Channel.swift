@@ -193,8 +193,10 @@ public final class Channel: @unchecked Sendable {
             n = try receive(into: buffer)
             if n > 0 { return n }
             if isClosed { throw FosError.peerGone }
-            i &+= 1
-            if i & 63 != 0 { fos_cpu_relax(); continue }
+            if spinNanos > 0 {
+                i &+= 1
+                if i & 63 != 0 { fos_cpu_relax(); continue }
+            }
             let now = monotonicNanos()
             if now > deadline { throw FosError.timeout }
             if now < spinUntil { continue }
