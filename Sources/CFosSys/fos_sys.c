@@ -134,6 +134,16 @@ int fos_sys_memfd(const char *name) {
     return fd < 0 ? -errno : fd;
 }
 
+int fos_sys_seal_size(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0 ? -errno : 0;
+}
+
+int fos_sys_check_sealed(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0) return -errno;
+    return (seals & F_SEAL_SHRINK) ? 0 : -EPERM;
+}
+
 int fos_sys_eventfd(void) {
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return fd < 0 ? -errno : fd;

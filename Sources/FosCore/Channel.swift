@@ -46,7 +46,7 @@ public final class Channel: @unchecked Sendable {
     /// Eventfd this side waits on; eventfd that wakes the peer.
     public let waitFD: CInt
     let wakeFD: CInt
-    private let memFD: CInt
+    let memFD: CInt
 
     private var tx = fos_ring()
     private var rx = fos_ring()
@@ -63,7 +63,9 @@ public final class Channel: @unchecked Sendable {
         let size = Int(fos_chan_size(ringBytes))
         // A memfd smaller than advertised would fault on access: check first.
         var st = stat()
-        guard fstat(memFD, &st) == 0, Int(st.st_size) >= size,
+        // Only a size-sealed memfd is safe to map: otherwise the peer could
+        // shrink it and our next access would die of SIGBUS.
+        guard fos_sys_check_sealed(memFD) == 0, fstat(memFD, &st) == 0, Int(st.st_size) >= size,
               let p = fos_sys_map_shared(memFD, size, 1)
         else {
             closeFD(memFD); closeFD(serverFD); closeFD(clientFD)

@@ -39,7 +39,7 @@ public final class FosRuntime: Sendable {
         let spin = (spinMicros ?? envSpin ?? 50) * 1000
         let loop = try EventLoop(control: control, spinNanos: spin)
         if let fd = hello.fds.first {
-            if let p = fos_sys_map_shared(fd, MemoryLayout<fos_stats_page>.size, 1) {
+            if fos_sys_check_sealed(fd) == 0, let p = fos_sys_map_shared(fd, MemoryLayout<fos_stats_page>.size, 1) {
                 loop.stats = p.assumingMemoryBound(to: fos_stats_page.self)
             }
             hello.fds.forEach(closeFD)

@@ -29,7 +29,8 @@ final class Registry: @unchecked Sendable {
 
     func connected(_ ch: Channel, _ statsFD: CInt) {
         var page: UnsafeMutablePointer<fos_stats_page>?
-        if statsFD >= 0, let p = fos_sys_map_shared(statsFD, MemoryLayout<fos_stats_page>.size, 0) {
+        if statsFD >= 0, fos_sys_check_sealed(statsFD) == 0,
+           let p = fos_sys_map_shared(statsFD, MemoryLayout<fos_stats_page>.size, 0) {
             page = p.assumingMemoryBound(to: fos_stats_page.self)
         }
         stats[ch.id] = Stats(page: page, fd: statsFD)

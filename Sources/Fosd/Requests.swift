@@ -44,7 +44,7 @@ extension Node {
         if c.hello { return reply(c, msg, status: EALREADY) }
         // The stats page: written by the process, read by fosd and the name service.
         let fd = fos_sys_memfd("fos-stats")
-        guard fd >= 0, ftruncate(fd, 4096) == 0,
+        guard fd >= 0, ftruncate(fd, 4096) == 0, fos_sys_seal_size(fd) == 0,
               let p = fos_sys_map_shared(fd, MemoryLayout<fos_stats_page>.size, 1)
         else {
             closeFD(fd)
@@ -147,7 +147,9 @@ extension Node {
         defer {
             closeFD(mem); closeFD(efdServer); closeFD(efdClient); closeFD(extra)
         }
-        guard mem >= 0, efdServer >= 0, efdClient >= 0, ftruncate(mem, off_t(fos_chan_size(ring))) == 0 else {
+        guard mem >= 0, efdServer >= 0, efdClient >= 0, ftruncate(mem, off_t(fos_chan_size(ring))) == 0,
+              fos_sys_seal_size(mem) == 0  // a peer that could shrink it would crash the other with SIGBUS
+        else {
             return reply(c, msg, status: ENOMEM)
         }
         if let p = fos_sys_map_shared(mem, 4096, 1) {

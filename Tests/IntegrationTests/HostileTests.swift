@@ -573,6 +573,20 @@ struct HostileTests {
         }
     }
 
+    @Test("a client cannot resize the shared memory of its channel (the server would die of SIGBUS)")
+    func sealedChannelMemory() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let e = try await rt.lookup("/app/echo")
+            let ch = try await rt.connect(e.addr, key: e.key)
+            #expect(ftruncate(ch.memFD, 4096) != 0 && errno == EPERM, "shrinking a channel memfd must fail")
+            #expect(ftruncate(ch.memFD, 1 << 30) != 0 && errno == EPERM, "growing a channel memfd must fail")
+            let r = try await rt.call(ch, opcode: opEcho, payload: [9])
+            #expect(r.status == 0 && r.payload == [9])
+            #expect(processAlive(e.pid))
+        }
+    }
+
     @Test("clients killed mid-call: the node keeps serving and forgets their channels")
     func killedClients() async throws {
         try await TestNode.with(members: 2, slots: 2) { node in

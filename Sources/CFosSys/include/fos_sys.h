@@ -37,6 +37,11 @@ int fos_sys_epoll_del(int ep, int fd);
 int fos_sys_epoll_wait(int ep, uint64_t *data, uint32_t *events, int max, int timeout_ms);
 
 int fos_sys_memfd(const char *name);
+/* Seal a memfd's size for good (shrink, grow, and further sealing): a process
+ * holding it can then never make the other side's mapping fault. */
+int fos_sys_seal_size(int fd);
+/* 0 if fd is a memfd whose size is sealed against shrinking, else -EPERM. */
+int fos_sys_check_sealed(int fd);
 int fos_sys_eventfd(void);
 int fos_sys_eventfd_signal(int fd);
 int fos_sys_eventfd_drain(int fd);
