@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "fos-name", targets: ["FosNameServer"]),
         .executable(name: "fos-echo", targets: ["FosEcho"]),
         .executable(name: "fos-bench", targets: ["FosBench"]),
+        .executable(name: "fos-blk", targets: ["FosBlockServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -30,19 +31,29 @@ let package = Package(
         ),
         .executableTarget(
             name: "Fosd",
-            dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["FosCore", "FosBlock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "FosCtl",
             dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // io_uring behind prefixed names; liburing's headers stay in this target.
+        .target(name: "CFosUring", linkerSettings: [.linkedLibrary("uring")]),
+        // The block device server (io_uring) and its client.
+        .target(name: "FosBlock", dependencies: ["FosCore", "CFosUring", "CFosWire", "CFosSys"]),
+        .executableTarget(name: "FosBlockServer", dependencies: ["FosBlock", "FosCore"]),
         .executableTarget(name: "FosNameServer", dependencies: ["FosCore"]),
         .executableTarget(name: "FosEcho", dependencies: ["FosCore"]),
         .executableTarget(
             name: "FosBench",
-            dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["FosCore", "FosBlock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys"]),
+        // CRC-32C for the file system's on-disk checksums.
+        .target(name: "CFosCRC"),
+        // The fos file system: format, buffer cache, journal, POSIX operations (no processes).
+        .target(name: "FosFS", dependencies: ["CFosCRC", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "FosFSTests", dependencies: ["FosFS"]),
     ]
 )

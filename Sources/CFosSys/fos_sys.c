@@ -10,6 +10,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -331,3 +333,9 @@ uint64_t fos_sys_now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+int fos_sys_blockdev_bytes(int fd, uint64_t *bytes) {
+    return ioctl(fd, BLKGETSIZE64, bytes) < 0 ? -errno : 0;
+}
+
+int fos_sys_o_direct(void) { return O_DIRECT; }

@@ -8,11 +8,17 @@ import Foundation
 
 let usage = """
     usage: fos-bench messaging [--json] [--runs N] [--iterations N] [--runtime DIR]
+           fos-bench fs [--json] [--runs N] [--seconds S]
 
-    Round trip (median, p99) and pipelined throughput at 64 B and 4 KiB over fos
-    channels, a Unix-domain socket and a pipe, measured in the same run; medians
-    over --runs runs (default 5). Without --runtime a private fosd is started
-    in a temporary directory and stopped at the end.
+    messaging: round trip (median, p99) and pipelined throughput at 64 B and
+    4 KiB over fos channels, a Unix-domain socket and a pipe, measured in the
+    same run; medians over --runs runs (default 5). Without --runtime a private
+    fosd is started in a temporary directory and stopped at the end.
+
+    fs: the blk server (4 KiB random read/write at queue depth 1 and 32, 1 MiB
+    sequential read/write) against fio --ioengine=io_uring --direct=1 on the
+    same image file, in the same run (--seconds per test, default 2; --runs
+    default 3). Always starts a private node.
     """
 
 func die(_ s: String) -> Never {
@@ -36,15 +42,16 @@ if args.first == "peer" {
     }
 }
 
-guard args.first == "messaging" else {
+guard args.first == "messaging" || args.first == "fs" else {
     print(usage)
     exit(args.first == "--help" || args.first == "-h" ? 0 : 2)
 }
-args.removeFirst()
+let mode = args.removeFirst()
 // Globals of a single-threaded driver, set before any measurement starts.
 var json = false
-var runs = 5
+var runs = mode == "fs" ? 3 : 5
 nonisolated(unsafe) var iterations = 20_000
+var seconds = 2.0
 var runtimeDir: String?
 while !args.isEmpty {
     let a = args.removeFirst()
@@ -52,14 +59,17 @@ while !args.isEmpty {
     case "--json": json = true
     case "--runs": runs = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
     case "--iterations": iterations = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
-    case "--runtime": runtimeDir = args.isEmpty ? nil : args.removeFirst()
+    case "--runtime" where mode == "messaging": runtimeDir = args.isEmpty ? nil : args.removeFirst()
+    case "--seconds" where mode == "fs": seconds = args.isEmpty ? 0 : Double(args.removeFirst()) ?? 0
     case "--help", "-h":
         print(usage)
         exit(0)
     default: die("unknown option \(a)\n\(usage)")
     }
 }
-guard runs >= 1, iterations >= 100 else { die("--runs must be ≥ 1 and --iterations ≥ 100") }
+guard runs >= 1, iterations >= 100, seconds >= 0.2 else {
+    die("--runs must be ≥ 1, --iterations ≥ 100, --seconds ≥ 0.2")
+}
 
 // MARK: Processes
 
@@ -100,7 +110,7 @@ if let r = runtimeDir {
     let t = FileManager.default.temporaryDirectory.appendingPathComponent("fos-bench-\(getpid())").path
     tempDir = t
     runtime = t + "/run"
-    nodeChild = spawn([selfDir + "/fosd", "--runtime", runtime, "--state", t + "/state"], keep: [], core: -1)
+    nodeChild = spawn([selfDir + "/fosd", "--runtime", runtime, "--state", t + "/state", "--disk-size", "2G"], keep: [], core: -1)
 }
 func cleanup() {
     if let n = nodeChild {
@@ -120,6 +130,10 @@ for _ in 0..<200 {
     usleep(20_000)
 }
 if rt == nil { die("no node on \(runtime)") }
+if mode == "fs" {
+    try await blockBench(image: tempDir! + "/state/disk.img")
+    exit(0)
+}
 
 // MARK: Measurements
 

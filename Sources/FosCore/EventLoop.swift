@@ -48,11 +48,25 @@ public protocol MailboxService: AnyObject, Sendable {
     func connected(_ channel: Channel, statsFD: CInt)
     /// A channel to this mailbox closed.
     func disconnected(_ channel: Channel)
+    /// The channel's client attached a bulk region (before using it in a message).
+    func attached(_ region: Region, to channel: Channel)
 }
 
 extension MailboxService {
     public func connected(_ channel: Channel, statsFD: CInt) { closeFD(statsFD) }
     public func disconnected(_ channel: Channel) {}
+    public func attached(_ region: Region, to channel: Channel) {}
+}
+
+/// A service that takes validated messages straight from the ring, on the
+/// loop thread, without a task per message (the blk server's fast path). It
+/// answers later with `EventLoop.reply`.
+public protocol ImmediateService: MailboxService {
+    func receive(_ header: fos_msg_hdr, _ payload: UnsafeRawBufferPointer, on channel: Channel, loop: EventLoop)
+}
+
+extension ImmediateService {
+    public func handle(_ request: Request) async throws -> Reply { Reply(status: ENOSYS) }
 }
 
 /// The per-process event loop: polls every channel's ring in priority order,
@@ -83,10 +97,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var outbound: [[UInt8]] = []
         var outboundBytes = 0
         var statsFD: CInt = -1
+        let immediate: ImmediateService?
+        var regions: [UInt32: Region] = [:]
         init(channel: Channel, priority: MailboxPriority, service: MailboxService?) {
             self.channel = channel
             self.priority = priority
             self.service = service
+            self.immediate = service as? ImmediateService
         }
     }
 
@@ -114,6 +131,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var closeObservers: [UInt64: [@Sendable (Channel) -> Void]] = [:]
         var controlEOF: [@Sendable () -> Void] = []
         var controlGone = false
+        var pollers: [() -> Bool] = []
+        var pollerFDs: [CInt] = []
         var queueLength: UInt64 = 0
         var handled: UInt64 = 0
         var received: UInt64 = 0
@@ -187,6 +206,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             iter &+= 1
             var did = runJobs()
             did = pollChannels() || did
+            for p in st.pollers where p() { did = true }
             // The control socket costs a syscall: look at it when epoll said
             // so, and otherwise only every few hundred passes.
             // Live load for fosctl and the least-loaded policy: a few plain stores.
@@ -263,6 +283,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                     switch data[i] {
                     case 0: _ = fos_sys_eventfd_drain(wakeFD)
                     case 1: controlReady = true
+                    case let tag where tag & EventLoop.channelTag == 0 && tag & EventLoop.pollerTag != 0:
+                        // A poller's eventfd: drain it; its poll runs in the next pass.
+                        let i = Int(tag & ~EventLoop.pollerTag)
+                        if i < st.pollerFDs.count { _ = fos_sys_eventfd_drain(st.pollerFDs[i]) }
                     case let tag:
                         if let e = st.entries[tag & ~EventLoop.channelTag] { _ = fos_sys_eventfd_drain(e.channel.waitFD) }
                     }
@@ -318,6 +342,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             return
         }
         let h = hdr!
+        if h.flags & UInt32(FOS_MSG_REPLY) == 0, let imm = e.immediate, h.opcode != UInt16(FOS_OP_PING) {
+            st.queueLength &+= 1
+            imm.receive(h, UnsafeRawBufferPointer(rebasing: bytes[MemoryLayout<fos_msg_hdr>.size...]), on: e.channel, loop: self)
+            return
+        }
         let payload = Array(bytes[MemoryLayout<fos_msg_hdr>.size...])
         if h.flags & UInt32(FOS_MSG_REPLY) != 0 {
             // Only the channel that carried the request may answer it.
@@ -430,6 +459,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// channel ids 0 and 1 (fosd numbers channels from 1) cannot collide with
     /// the tags of the wake eventfd (0) and the control socket (1).
     static let channelTag: UInt64 = 1 << 63
+    static let pollerTag: UInt64 = 1 << 62
 
     func add(_ e: Entry) {
         st.entries[e.channel.id] = e
@@ -494,6 +524,18 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             } else if let w = detached.withLock({ $0.removeValue(forKey: c.channel) }) {
                 w.channel?.markClosed()
             }
+        case Int(FOS_CTL_ATTACHED):
+            guard m.fds.count == 1,
+                  let a = m.payload.withUnsafeBytes({ loadStruct(fos_ctl_attach.self, from: $0) }),
+                  let e = st.entries[a.channel], e.channel.side == .server, a.slot < FOS_MAX_ATTACH_SLOTS,
+                  a.bytes <= FOS_MAX_ATTACH_BYTES,
+                  let r = try? Region(fd: m.fds[0], size: Int(a.bytes), slot: a.slot)
+            else {
+                m.closeFDs()
+                return
+            }
+            e.regions[a.slot] = r
+            e.service?.attached(r, to: e.channel)
         case Int(FOS_CTL_SHUTDOWN):
             m.closeFDs()
             let handlers = st.controlEOF
@@ -592,6 +634,36 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             return
         }
         st.closeObservers[ch.id, default: []].append(f)
+    }
+
+    /// Work the loop does every pass besides its rings (an io_uring's
+    /// completions, say). `poll` returns true while it has work in hand, which
+    /// keeps the loop from sleeping; `wakeFD` (if any) wakes a sleeping loop.
+    public func addPoller(wakeFD: CInt, _ poll: @escaping () -> Bool) {
+        st.pollers.append(poll)
+        if wakeFD >= 0 {
+            st.pollerFDs.append(wakeFD)
+            _ = fos_sys_epoll_add(epollFD, wakeFD, UInt32(FOS_EPOLLIN), EventLoop.pollerTag | UInt64(st.pollerFDs.count - 1))
+        }
+    }
+
+    /// Answers a request an `ImmediateService` took. Loop thread only.
+    public func reply(channel: UInt64, to header: fos_msg_hdr, status: Int32, payload: UnsafeRawBufferPointer) {
+        st.queueLength &-= 1
+        st.handled &+= 1
+        guard header.flags & UInt32(FOS_MSG_ONEWAY) == 0, let e = st.entries[channel] else { return }
+        let h = fos_msg_hdr(opcode: header.opcode, requestID: header.request_id, payloadLength: payload.count,
+                            flags: UInt32(FOS_MSG_REPLY), status: status)
+        if e.outbound.isEmpty, (try? e.channel.trySend(h, payload)) == .sent { return }
+        sendRaw(e, h, Array(payload))
+    }
+
+    /// The region a channel's client attached in `slot`. If it is not known
+    /// yet, the notification may still wait on the control socket: read it.
+    public func region(channel: UInt64, slot: UInt32) -> Region? {
+        if let r = st.entries[channel]?.regions[slot] { return r }
+        _ = pollControl()
+        return st.entries[channel]?.regions[slot]
     }
 
     /// Remembers a channel another thread owns, to mark it closed when fosd says so.

@@ -151,6 +151,20 @@ public final class FosRuntime: Sendable {
         return ch
     }
 
+    /// Shares a new bulk region of `bytes` with the server end of `ch` (which
+    /// this process opened). Usable in messages once this returns.
+    public func attach(_ ch: Channel, bytes: Int, slot: UInt32 = 0) throws -> Region {
+        guard ch.side == .client, slot < FOS_MAX_ATTACH_SLOTS, bytes > 0, UInt64(bytes) <= FOS_MAX_ATTACH_BYTES else {
+            throw FosError.remote(.invalidArgument)
+        }
+        let r = try Region.create(bytes: bytes, slot: slot)
+        var payload = [UInt8]()
+        appendStruct(fos_ctl_attach(channel: ch.id, bytes: UInt64(r.size), slot: slot, reserved: 0), to: &payload)
+        let reply = try control.request(Int32(FOS_CTL_ATTACH), payload: payload, fds: [r.fd])
+        reply.closeFDs()
+        return r
+    }
+
     /// Sends a request on a channel from `connect` and awaits the reply.
     public func call(_ ch: Channel, opcode: UInt16, payload: [UInt8] = [],
                      timeout: Duration = .seconds(5)) async throws -> Reply {

@@ -276,7 +276,8 @@ final class Node {
                 closeConn(fd)
                 return
             }
-            msg.closeFDs()  // no request of ours carries descriptors
+            // Only ATTACH carries a descriptor (it takes it); close any other.
+            if Int(msg.header.op) != FOS_CTL_ATTACH { msg.closeFDs() }
             if msg.header.request_id == 0 && Int(msg.header.op) == FOS_CTL_CHANNEL_CLOSE {
                 handleChannelClose(c, msg)
                 continue

@@ -10,6 +10,9 @@ extension Node {
 
     func handleRequest(_ c: Conn, _ msg: ControlMessage) {
         let op = Int(msg.header.op)
+        if op == FOS_CTL_ATTACH {
+            return attach(c, msg)
+        }
         if !c.hello && op != FOS_CTL_HELLO {
             reply(c, msg, status: EPERM)
             return
@@ -200,6 +203,32 @@ extension Node {
         var p2 = [UInt8]()
         appendStruct(toClient, to: &p2)
         reply(c, msg, payload: p2, fds: [mem, efdServer, efdClient])
+    }
+
+    /// A bulk region for a channel: the client's size-sealed memfd, passed to
+    /// the server side. Only the channel's client may attach, to its own channel.
+    func attach(_ c: Conn, _ msg: ControlMessage) {
+        defer { msg.closeFDs() }
+        guard c.hello, msg.fds.count == 1,
+              let a = msg.payload.withUnsafeBytes({ loadStruct(fos_ctl_attach.self, from: $0) }),
+              msg.payload.count == MemoryLayout<fos_ctl_attach>.size
+        else { return reply(c, msg, status: EINVAL) }
+        guard let ch = channels[a.channel], ch.client == c.fd, let server = conns[ch.server] else {
+            return reply(c, msg, status: ENOENT)
+        }
+        var st = stat()
+        guard a.slot < FOS_MAX_ATTACH_SLOTS, a.bytes > 0, a.bytes % 4096 == 0, a.bytes <= FOS_MAX_ATTACH_BYTES,
+              fos_sys_check_sealed(msg.fds[0]) == 0, fstat(msg.fds[0], &st) == 0, UInt64(st.st_size) == a.bytes
+        else {
+            rejected &+= 1
+            return reply(c, msg, status: EINVAL)
+        }
+        var p = [UInt8]()
+        appendStruct(a, to: &p)
+        guard deliver(server, ControlMessage.encode(op: Int32(FOS_CTL_ATTACHED), requestID: 0, payload: p),
+                      fds: [msg.fds[0]])
+        else { return reply(c, msg, status: ECONNREFUSED) }
+        reply(c, msg)
     }
 
     func status() -> NodeStatus {

@@ -10,11 +10,13 @@ final class Fleet {
     let name: String
     let executable: String
     let count: Int
+    let env: [String: String]
     let key = Capability.random()
-    init(name: String, executable: String, count: Int) {
+    init(name: String, executable: String, count: Int, env: [String: String]) {
         self.name = name
         self.executable = executable
         self.count = count
+        self.env = env
     }
 }
 
@@ -51,7 +53,7 @@ final class Supervisor {
         let cores = Int(fos_sys_cpu_count())
         var k = 0
         for spec in node.config.fleets {
-            let f = Fleet(name: spec.name, executable: spec.executable, count: spec.count)
+            let f = Fleet(name: spec.name, executable: spec.executable, count: spec.count, env: spec.env)
             fleets.append(f)
             for i in 0..<spec.count {
                 // Space multiplexing: spread members over the cores.
@@ -77,6 +79,7 @@ final class Supervisor {
         env["FOS_STATE"] = node.config.stateDir
         env["FOS_FLEET"] = m.fleet.name
         env["FOS_MEMBER"] = String(m.index)
+        env.merge(m.fleet.env) { _, new in new }
         let argv = [m.executable]
         let envp = env.map { "\($0.key)=\($0.value)" }
         var pidfd: CInt = -1

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CFosWire
+import FosBlock
 import FosCore
 import Foundation
 
@@ -7,6 +8,7 @@ struct FleetSpec {
     var name: String
     var executable: String
     var count: Int
+    var env: [String: String] = [:]
 }
 
 struct NodeConfig {
@@ -45,11 +47,28 @@ struct Fosd: ParsableCommand {
     @Flag(help: "Do not pin members to cores.")
     var noPin = false
 
+    @Option(help: "Disk for the block server: an image file or a block device (default: disk.img in the state directory).")
+    var disk: String?
+
+    @Option(help: "Size of the disk image created at the first start (K, M, G, T suffixes).")
+    var diskSize: String = "8G"
+
+    @Option(help: "io_uring queue depth of the block server (1...4096).")
+    var blkQueueDepth: Int = 64
+
+    @Flag(help: "Run without a disk (no block server): messaging only.")
+    var noDisk = false
+
     func validate() throws {
         guard fos_ring_bytes_valid(ringKib * 1024) != 0 else {
             throw ValidationError("--ring-kib must be a power of two between 256 and 65536")
         }
         for f in fleets { _ = try Fosd.parseFleet(f) }
+        guard let size = Disk.parseSize(diskSize), size >= Disk.minimumBytes else {
+            throw ValidationError("--disk-size \(diskSize): expected a size of at least 64M, like 8G")
+        }
+        _ = size
+        guard (1...4096).contains(blkQueueDepth) else { throw ValidationError("--blk-queue-depth must be 1...4096") }
     }
 
     static func selfDirectory() -> String {
@@ -77,9 +96,26 @@ struct Fosd: ParsableCommand {
 
     func run() throws {
         var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1)]
+        let stateDir = state ?? NodePaths.defaultState()
+        if !noDisk {
+            // Check the disk here, so a bad one is one clear line, not a crash loop.
+            let path = disk ?? stateDir + "/disk.img"
+            do {
+                try Node.makeDirectory(stateDir, mode: 0o700)
+                _ = try Disk(path: path, createBytes: disk == nil ? Disk.parseSize(diskSize) : nil)
+            } catch let e as Disk.Problem {
+                FileHandle.standardError.write(Data("fosd: \(e.description)\n".utf8))
+                throw ExitCode(1)
+            } catch let e as NodeError {
+                FileHandle.standardError.write(Data("fosd: \(e.description)\n".utf8))
+                throw ExitCode(1)
+            }
+            specs.append(FleetSpec(name: "/sys/blk/0", executable: Fosd.selfDirectory() + "/fos-blk", count: 1,
+                                   env: ["FOS_BLK_DISK": path, "FOS_BLK_QUEUE_DEPTH": String(blkQueueDepth)]))
+        }
         specs += try fleets.map(Fosd.parseFleet)
         let config = NodeConfig(runtimeDir: runtime ?? NodePaths.defaultRuntime(),
-                                stateDir: state ?? NodePaths.defaultState(),
+                                stateDir: stateDir,
                                 fleets: specs, ringBytes: ringKib * 1024, pin: !noPin)
         do {
             let node = try Node(config: config)

@@ -395,7 +395,7 @@ final class TestNode: Sendable {
         env["FOS_RUNTIME"] = nil
         env["FOS_STATE"] = nil
         let argv = ["/bin/sh", "-c", "exec 2>>\"$0\"; exec \"$@\"", logPath,
-                    fosdPath, "--runtime", runtimeDir, "--state", stateDir,
+                    fosdPath, "--runtime", runtimeDir, "--state", stateDir, "--disk-size", "256M",
                     "--fleet", "/app/echo=fos-echo:\(echoMembers)"]
         let (pid, pidfd) = try Spawner.shared.spawn(argv, env: env)
         state.withLock {

@@ -14,6 +14,9 @@
 
 #define FOS_SYS_MAX_FDS 8
 
+/* O_DIRECT, which Swift does not import (its value differs per architecture). */
+int fos_sys_o_direct(void);
+
 /* epoll event bits, importable by Swift */
 enum { FOS_EPOLLIN = 0x001, FOS_EPOLLOUT = 0x004, FOS_EPOLLERR = 0x008, FOS_EPOLLHUP = 0x010 };
 
@@ -81,4 +84,7 @@ int fos_sys_key_equal(const uint8_t *a, const uint8_t *b, size_t len);
 int fos_sys_flock_exclusive(int fd);
 
 uint64_t fos_sys_now_ns(void);
+
+/* Size in bytes of a block device (BLKGETSIZE64). */
+int fos_sys_blockdev_bytes(int fd, uint64_t *bytes);
 #endif

@@ -61,6 +61,30 @@ _Static_assert(sizeof(fos_msg_hdr) == 24, "fos_msg_hdr layout");
 #define FOS_OP_ECHO_RELAY 0x202u   /* forward to a fleet peer over the internal mailbox */
 #define FOS_OP_ECHO_WHOAMI 0x203u  /* reply: fos_echo_whoami */
 
+/* Block device server (/sys/blk/N). Blocks are 4096 bytes. */
+#define FOS_BLK_BLOCK 4096u
+#define FOS_OP_BLK_INFO 0x300u     /* -> fos_blk_info */
+#define FOS_OP_BLK_READ 0x301u     /* fos_blk_io -> data (inline) or into the region */
+#define FOS_OP_BLK_WRITE 0x302u    /* fos_blk_io + data (inline) or from the region */
+#define FOS_OP_BLK_FLUSH 0x303u    /* -> empty, after every completed write is durable */
+#define FOS_OP_BLK_DISCARD 0x304u  /* fos_blk_io (region fields ignored) */
+
+#define FOS_BLK_INLINE 0xffffffffu /* fos_blk_io.slot: data travels in the message */
+typedef struct fos_blk_io {
+    uint64_t block;   /* first block */
+    uint32_t count;   /* blocks */
+    uint32_t slot;    /* attached region slot, or FOS_BLK_INLINE */
+    uint64_t offset;  /* byte offset in the region, 4096-aligned */
+} fos_blk_io;
+
+typedef struct fos_blk_info {
+    uint64_t blocks;      /* disk size in blocks */
+    uint32_t block_size;  /* FOS_BLK_BLOCK */
+    uint32_t queue_depth;
+    uint32_t max_blocks;  /* largest count one request may name (region I/O) */
+    uint32_t reserved;
+} fos_blk_info;
+
 /* Name policies */
 #define FOS_POLICY_ROUND_ROBIN 1u
 #define FOS_POLICY_LEAST_LOADED 2u
@@ -151,9 +175,11 @@ enum {
     FOS_CTL_FLEETS = 7,         /* -> JSON text */
     FOS_CTL_KILL = 8,           /* member spec text -> JSON text */
     FOS_CTL_NAME_SERVICE = 9,   /* -> fos_mailbox_addr of /sys/name (public) */
+    FOS_CTL_ATTACH = 10,        /* fos_ctl_attach + fd: a bulk region for a channel -> empty */
     /* fosd -> process, unsolicited (request_id 0) */
     FOS_CTL_NEW_CHANNEL = 32,   /* fos_ctl_channel + fds */
-    FOS_CTL_SHUTDOWN = 33       /* the node is stopping */
+    FOS_CTL_SHUTDOWN = 33,      /* the node is stopping */
+    FOS_CTL_ATTACHED = 34       /* fos_ctl_attach + fd, to the server side of the channel */
 };
 
 /* fos_ctl_mailbox_create.flags */
@@ -207,6 +233,19 @@ typedef struct fos_ctl_channel {
 typedef struct fos_ctl_channel_close {
     uint64_t channel;
 } fos_ctl_channel_close;
+
+/* A bulk region shared by the two ends of a channel: a memfd whose size is
+ * sealed, sent by the client; fosd checks it and passes it to the server.
+ * Messages then name (slot, offset, length) in it instead of carrying bytes
+ * (the blk server reads and writes disk blocks straight into it). */
+#define FOS_MAX_ATTACH_BYTES (1ull << 30)
+#define FOS_MAX_ATTACH_SLOTS 8u
+typedef struct fos_ctl_attach {
+    uint64_t channel;
+    uint64_t bytes;   /* multiple of 4096, at most FOS_MAX_ATTACH_BYTES */
+    uint32_t slot;    /* 0 ... FOS_MAX_ATTACH_SLOTS-1, chosen by the client */
+    uint32_t reserved;
+} fos_ctl_attach;
 
 /* Per-process statistics page, shared with fosd (and read-only with the
  * name server). Everything here is written by the process and therefore

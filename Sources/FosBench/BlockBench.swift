@@ -1,0 +1,183 @@
+import CFosSys
+import CFosWire
+import FosBlock
+import FosCore
+import Foundation
+
+/// fos-bench fs, blk part: the blk server against fio on the same image file.
+
+struct IOTest {
+    var name: String
+    var fioRW: String
+    var blockSize: Int
+    var depth: Int
+    var random: Bool { fioRW.hasPrefix("rand") }
+    var write: Bool { fioRW.hasSuffix("write") }
+}
+
+struct IOResult {
+    var iops: Double
+    var mbps: Double
+}
+
+/// The first GiB of the image is where every test does its I/O; it is
+/// written once first so that no test reads holes.
+let workingSet: UInt64 = 1 << 30
+
+func runFio(_ image: String, _ t: IOTest, seconds: Double) -> IOResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["fio", "--name=ref", "--filename=\(image)", "--ioengine=io_uring", "--direct=1",
+                   "--rw=\(t.fioRW)", "--bs=\(t.blockSize)", "--iodepth=\(t.depth)", "--size=\(workingSet)",
+                   "--time_based", "--runtime=\(seconds)s", "--ramp_time=0", "--cpus_allowed=\(peerCore)",
+                   "--randrepeat=0", "--norandommap", "--output-format=json"]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    do { try p.run() } catch { die("cannot run fio (install it: Tools/setup does): \(error)") }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0,
+          let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+          let jobs = j["jobs"] as? [[String: Any]], let job = jobs.first,
+          let side = job[t.write ? "write" : "read"] as? [String: Any],
+          let iops = (side["iops"] as? NSNumber)?.doubleValue,
+          let bw = (side["bw"] as? NSNumber)?.doubleValue
+    else { die("fio failed for \(t.name)") }
+    return IOResult(iops: iops, mbps: bw * 1024 / 1e6)
+}
+
+/// The same pattern through the blk server: a detached channel and a region,
+/// `depth` requests kept in flight, for `seconds`.
+func runFos(_ t: IOTest, seconds: Double) throws -> IOResult {
+    let e = try awaitBlocking { try await rt.lookup("/sys/blk/0") }
+    let ch = try rt.connectDetached(e.addr, key: e.key)
+    let region = try rt.attach(ch, bytes: t.blockSize * t.depth)
+    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + 64, alignment: 16)
+    defer { buf.deallocate() }
+    let count = UInt32(t.blockSize / Int(FOS_BLK_BLOCK))
+    let span = workingSet / UInt64(t.blockSize)
+    var rng = SystemRandomNumberGenerator()
+    var next: UInt64 = 0
+    let op = UInt16(t.write ? FOS_OP_BLK_WRITE : FOS_OP_BLK_READ)
+    func issue(_ slot: Int) throws {
+        let unit: UInt64
+        if t.random {
+            unit = UInt64.random(in: 0..<span, using: &rng)
+        } else {
+            unit = next
+            next = (next + 1) % span
+        }
+        var io = fos_blk_io(block: unit * UInt64(count), count: count, slot: 0, offset: UInt64(slot * t.blockSize))
+        let h = fos_msg_hdr(opcode: op, requestID: UInt64(slot), payloadLength: MemoryLayout<fos_blk_io>.size)
+        try withUnsafeBytes(of: &io) { try ch.send(h, $0) }
+    }
+    let start = monotonicNanos()
+    let end = start + UInt64(seconds * 1e9)
+    for s in 0..<t.depth { try issue(s) }
+    var done = 0
+    var inflight = t.depth
+    while inflight > 0 {
+        _ = try ch.receiveBlocking(into: buf, spinNanos: 1_000_000_000, deadline: monotonicNanos() + 10_000_000_000)
+        let h = buf.loadUnaligned(as: fos_msg_hdr.self)
+        ch.release()
+        guard h.status == 0 else { die("blk \(t.name) failed: \(String(cString: strerror(h.status)))") }
+        done += 1
+        inflight -= 1
+        if monotonicNanos() < end {
+            try issue(Int(h.request_id))
+            inflight += 1
+        }
+    }
+    let dt = Double(monotonicNanos() - start) / 1e9
+    withExtendedLifetime(region) {}
+    let iops = Double(done) / dt
+    return IOResult(iops: iops, mbps: iops * Double(t.blockSize) / 1e6)
+}
+
+/// Runs an async call from this synchronous driver.
+func awaitBlocking<T: Sendable>(_ f: @escaping @Sendable () async throws -> T) throws -> T {
+    let box = ResultBox<T>()
+    let sem = DispatchSemaphore(value: 0)
+    Task {
+        do { box.set(.success(try await f())) } catch { box.set(.failure(error)) }
+        sem.signal()
+    }
+    sem.wait()
+    return try box.get()!.get()
+}
+
+final class ResultBox<T: Sendable>: @unchecked Sendable {
+    // `@unchecked Sendable`: guarded by the lock.
+    private let lock = NSLock()
+    private var value: Result<T, Error>?
+    func set(_ v: Result<T, Error>) { lock.withLock { value = v } }
+    func get() -> Result<T, Error>? { lock.withLock { value } }
+}
+
+@MainActor
+func blockBench(image: String) async throws {
+    let tests = [
+        IOTest(name: "4 KiB random read, QD 1", fioRW: "randread", blockSize: 4096, depth: 1),
+        IOTest(name: "4 KiB random read, QD 32", fioRW: "randread", blockSize: 4096, depth: 32),
+        IOTest(name: "4 KiB random write, QD 1", fioRW: "randwrite", blockSize: 4096, depth: 1),
+        IOTest(name: "4 KiB random write, QD 32", fioRW: "randwrite", blockSize: 4096, depth: 32),
+        IOTest(name: "1 MiB sequential read, QD 4", fioRW: "read", blockSize: 1 << 20, depth: 4),
+        IOTest(name: "1 MiB sequential write, QD 4", fioRW: "write", blockSize: 1 << 20, depth: 4),
+    ]
+    // Fill the working set once so that reads hit allocated blocks.
+    _ = runFio(image, IOTest(name: "fill", fioRW: "write", blockSize: 1 << 20, depth: 8), seconds: 0)
+    var fio: [[IOResult]] = Array(repeating: [], count: tests.count)
+    var fos: [[IOResult]] = Array(repeating: [], count: tests.count)
+    for _ in 0..<runs {
+        for (i, t) in tests.enumerated() {
+            fio[i].append(runFio(image, t, seconds: seconds))
+            fos[i].append(try runFos(t, seconds: seconds))
+        }
+    }
+    struct Row: Codable {
+        var test: String
+        var fioIOPS: Double
+        var fosIOPS: Double
+        var fioMBps: Double
+        var fosMBps: Double
+        var ratio: Double
+    }
+    var rows: [Row] = []
+    for (i, t) in tests.enumerated() {
+        let a = median(fio[i].map(\.iops)), b = median(fos[i].map(\.iops))
+        rows.append(Row(test: t.name, fioIOPS: a, fosIOPS: b, fioMBps: median(fio[i].map(\.mbps)),
+                        fosMBps: median(fos[i].map(\.mbps)), ratio: b / a))
+    }
+    let met = rows.allSatisfy { $0.ratio >= 0.9 }
+    if json {
+        struct Out: Codable {
+            var benchmark: String
+            var runs: Int
+            var secondsPerTest: Double
+            var blk: [Row]
+            var targetBlkAtLeast09xFio: Bool
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try enc.encode(Out(benchmark: "fs", runs: runs, secondsPerTest: seconds, blk: rows,
+                                                  targetBlkAtLeast09xFio: met)), as: UTF8.self))
+        return
+    }
+    print("fos fs benchmark, blk server vs fio (io_uring, O_DIRECT) on the same \(image.hasSuffix(".img") ? "image file" : "disk"): medians of \(runs) runs, \(seconds) s per test")
+    print("")
+    var table = [["test", "fio IOPS", "fos IOPS", "fio MB/s", "fos MB/s", "fos/fio"]]
+    for r in rows {
+        table.append([r.test, String(format: "%.0f", r.fioIOPS), String(format: "%.0f", r.fosIOPS),
+                      String(format: "%.1f", r.fioMBps), String(format: "%.1f", r.fosMBps), String(format: "%.2f", r.ratio)])
+    }
+    var w = [Int](repeating: 0, count: table[0].count)
+    for r in table { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
+    for r in table {
+        print(r.enumerated().map { i, c in i == 0 ? c.padding(toLength: w[i], withPad: " ", startingAt: 0)
+                                         : String(repeating: " ", count: w[i] - c.count) + c }.joined(separator: "  "))
+    }
+    print("")
+    print("target: blk server ≥ 0.9× fio on every test: \(met ? "met" : "NOT met")")
+    print("(file-system operations through the fs fleet are not measured yet: the fs fleet is not built)")
+}

@@ -1,0 +1,185 @@
+// Block and inode allocation, per AG.
+//
+// A member allocates only from AGs it owns (ag % members == member), so
+// members never write each other's bitmaps. Within an AG the allocator takes
+// the first free run at or after a goal (the block after the file's previous
+// extent, else the AG's rotating hint), which keeps files contiguous. Free
+// counts live in memory (counted at mount). Blocks freed since the last
+// checkpoint are "reserved" (see FileSystem.swift) and skipped.
+extension FileSystem {
+    /// Counts free blocks and inodes of every AG (at mount).
+    func countFree() async throws {
+        for ag in 0..<Int(sb.agCount) {
+            agFreeBlocks[ag] = try await countZeroBits(start: sb.bbmStart(ag), bits: sb.agSize(ag))
+            agFreeInodes[ag] = try await countZeroBits(start: sb.ibmStart(ag), bits: UInt64(sb.inodesPerAG))
+            agBlockHint[ag] = sb.dataStart(ag) - sb.agStart(ag)
+        }
+    }
+
+    private func countZeroBits(start: UInt64, bits: UInt64) async throws -> UInt64 {
+        var free: UInt64 = 0
+        var remaining = bits
+        var blk = start
+        while remaining > 0 {
+            let n = min(remaining, 32768)
+            let d = try await device.read(block: blk, count: 1)
+            var used: UInt64 = 0
+            d.withUnsafeBytes { p in
+                let words = Int(n / 64)
+                for w in 0..<words { used += UInt64(p.loadUnaligned(fromByteOffset: w * 8, as: UInt64.self).nonzeroBitCount) }
+                for bit in (UInt64(words) * 64)..<n where p[Int(bit / 8)] & (1 << (bit % 8)) != 0 { used += 1 }
+            }
+            free += n - used
+            remaining -= n
+            blk += 1
+        }
+        return free
+    }
+
+    /// End of the reserved range containing `block`, if any.
+    private func reservedEnd(_ block: UInt64) -> UInt64? {
+        for r in reserved where block >= r.start && block < r.start + r.count { return r.start + r.count }
+        return nil
+    }
+
+    /// Finds the first clear bit in [from, to) of the bitmap at `bitmapStart`,
+    /// skipping blocks for which `skip` returns a resume bit.
+    private func findClear(bitmapStart: UInt64, from: UInt64, to: UInt64, skip: (UInt64) -> UInt64?) async throws -> UInt64? {
+        var bit = from
+        while bit < to {
+            let bmIndex = bit / 32768
+            let buf = try await cached(bitmapStart + bmIndex)
+            let blockEnd = min(to, (bmIndex + 1) * 32768)
+            let found: UInt64? = buf.data.withUnsafeBytes { p -> UInt64? in
+                while bit < blockEnd {
+                    let local = Int(bit % 32768)
+                    if local % 64 == 0, bit + 64 <= blockEnd,
+                       p.loadUnaligned(fromByteOffset: local / 8, as: UInt64.self) == UInt64.max {
+                        bit += 64
+                        continue
+                    }
+                    if p[local / 8] & (1 << (local % 8)) == 0 {
+                        if let resume = skip(bit) { bit = max(resume, bit + 1); continue }
+                        return bit
+                    }
+                    bit += 1
+                }
+                return nil
+            }
+            if let found { return found }
+            bit = max(bit, blockEnd)
+        }
+        return nil
+    }
+
+    private func bitIsClear(_ bitmapStart: UInt64, _ bit: UInt64) async throws -> Bool {
+        let buf = try await cached(bitmapStart + bit / 32768)
+        let local = Int(bit % 32768)
+        return buf.data[local / 8] & (1 << (local % 8)) == 0
+    }
+
+    private func setBits(_ bitmapStart: UInt64, _ first: UInt64, _ count: UInt64, to value: Bool) async throws {
+        var bit = first
+        let end = first + count
+        while bit < end {
+            let buf = try await metaForWrite(bitmapStart + bit / 32768)
+            let stop = min(end, (bit / 32768 + 1) * 32768)
+            while bit < stop {
+                let local = Int(bit % 32768)
+                let mask = UInt8(1 << (local % 8))
+                let isSet = buf.data[local / 8] & mask != 0
+                guard isSet != value else {
+                    throw FSError.corrupt("bitmap at \(bitmapStart): bit \(bit) already \(value ? "set" : "clear")")
+                }
+                if value { buf.data[local / 8] |= mask } else { buf.data[local / 8] &= ~mask }
+                bit += 1
+            }
+        }
+    }
+
+    /// Allocates up to `count` contiguous blocks (at least one), preferring
+    /// `goal` and the AG `preferAG`. Throws ENOSPC.
+    func allocBlocks(count: Int, goal: UInt64?, preferAG: Int) async throws -> (start: UInt64, count: Int) {
+        let order = agOrder(prefer: preferAG)
+        for ag in order where agFreeBlocks[ag] > 0 {
+            let agStart = sb.agStart(ag)
+            let lo = sb.dataStart(ag) - agStart
+            let hi = sb.agSize(ag)
+            var from = agBlockHint[ag]
+            if let goal, sb.ag(ofBlock: goal) == ag { from = goal - agStart }
+            if from < lo || from >= hi { from = lo }
+            let skip: (UInt64) -> UInt64? = { [self] bit in reservedEnd(agStart + bit).map { $0 - agStart } }
+            var bit = try await findClear(bitmapStart: sb.bbmStart(ag), from: from, to: hi, skip: skip)
+            if bit == nil, from > lo {
+                bit = try await findClear(bitmapStart: sb.bbmStart(ag), from: lo, to: from, skip: skip)
+            }
+            guard let first = bit else { continue }
+            var n: UInt64 = 1
+            while n < UInt64(count), first + n < hi, reservedEnd(agStart + first + n) == nil,
+                  try await bitIsClear(sb.bbmStart(ag), first + n) {
+                n += 1
+            }
+            try await setBits(sb.bbmStart(ag), first, n, to: true)
+            agFreeBlocks[ag] -= n
+            agBlockHint[ag] = first + n
+            return (agStart + first, Int(n))
+        }
+        throw FSError.ENOSPC
+    }
+
+    func freeBlocks(_ start: UInt64, _ count: UInt64) async throws {
+        guard count > 0 else { return }
+        guard let ag = sb.ag(ofBlock: start), sb.isDataBlock(start), sb.isDataBlock(start + count - 1),
+              sb.ag(ofBlock: start + count - 1) == ag else {
+            throw FSError.corrupt("freeing blocks \(start)+\(count) outside a data area")
+        }
+        guard owns(ag: ag) else { throw FSError.corrupt("freeing blocks of AG \(ag) owned by another member") }
+        try await setBits(sb.bbmStart(ag), start - sb.agStart(ag), count, to: false)
+        agFreeBlocks[ag] += count
+        dropBuffers(start, count)
+        if let last = reserved.last, last.start + last.count == start {
+            reserved[reserved.count - 1].count += count
+        } else {
+            reserved.append((start, count))
+        }
+        reservedCount += count
+    }
+
+    func agOrder(prefer: Int) -> [Int] {
+        guard let i = ownedAGs.firstIndex(of: prefer) else { return ownedAGs }
+        return Array(ownedAGs[i...] + ownedAGs[..<i])
+    }
+
+    /// Allocates an inode number, preferring AG `preferAG`.
+    func allocInodeNumber(preferAG: Int) async throws -> UInt64 {
+        for ag in agOrder(prefer: preferAG) where agFreeInodes[ag] > 0 {
+            let n = UInt64(sb.inodesPerAG)
+            var from = agInodeHint[ag]
+            if from < 1 || from >= n { from = 1 }
+            var bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: from, to: n, skip: { _ in nil })
+            if bit == nil, from > 1 {
+                bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: 1, to: from, skip: { _ in nil })
+            }
+            guard let idx = bit else { continue }
+            try await setBits(sb.ibmStart(ag), idx, 1, to: true)
+            agFreeInodes[ag] -= 1
+            agInodeHint[ag] = idx + 1
+            return UInt64(ag) << 32 | idx
+        }
+        throw FSError.ENOSPC
+    }
+
+    /// Releases an inode number and clears its on-disk slot.
+    func freeInodeNumber(_ ino: UInt64) async throws {
+        let ag = Int(ino >> 32)
+        try await setBits(sb.ibmStart(ag), ino & 0xFFFF_FFFF, 1, to: false)
+        agFreeInodes[ag] += 1
+        let (blk, off) = sb.inodeLocation(ino)
+        let b = try await metaForWrite(blk)
+        b.data.replaceSubrange(off..<(off + Layout.inodeSize), with: repeatElement(0, count: Layout.inodeSize))
+        inodes[ino] = nil
+        dirtyInodes.remove(ino)
+        dataMetaDirtyInodes.remove(ino)
+        if let idx = dirIndexes.removeValue(forKey: ino) { dirIndexEntries -= idx.names.count }
+    }
+}

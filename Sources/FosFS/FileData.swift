@@ -1,0 +1,250 @@
+// File contents: extent mapping, read, write (allocate on write, sparse
+// holes read as zeros), truncate, and storing the extent list (inline or in
+// the extent chain).
+extension Inode {
+    /// Index of the last extent starting at or before `l`.
+    private func floorIndex(_ l: UInt64) -> Int? {
+        var lo = 0, hi = extents.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if UInt64(extents[mid].logical) <= l { lo = mid + 1 } else { hi = mid }
+        }
+        return lo == 0 ? nil : lo - 1
+    }
+
+    /// Maps file block `l`: the physical block (nil in a hole) and how many
+    /// blocks from `l` on have the same state.
+    func map(_ l: UInt64) -> (physical: UInt64?, run: UInt64) {
+        let fi = floorIndex(l)
+        if let fi, extents[fi].logicalEnd > l {
+            let e = extents[fi]
+            return (e.physical + (l - UInt64(e.logical)), e.logicalEnd - l)
+        }
+        let next = (fi ?? -1) + 1
+        if next < extents.count { return (nil, UInt64(extents[next].logical) - l) }
+        return (nil, (1 << 32) - l)
+    }
+
+    func insertExtent(_ e: Extent) {
+        var e = e
+        var idx = (floorIndex(UInt64(e.logical)) ?? -1) + 1
+        if idx > 0 {
+            let p = extents[idx - 1]
+            if p.logicalEnd == UInt64(e.logical), p.physical + UInt64(p.length) == e.physical,
+               UInt64(p.length) + UInt64(e.length) < UInt64(UInt32.max) {
+                e = Extent(logical: p.logical, length: p.length + e.length, physical: p.physical)
+                extents.remove(at: idx - 1)
+                idx -= 1
+            }
+        }
+        if idx < extents.count {
+            let n = extents[idx]
+            if e.logicalEnd == UInt64(n.logical), e.physical + UInt64(e.length) == n.physical,
+               UInt64(n.length) + UInt64(e.length) < UInt64(UInt32.max) {
+                e.length += n.length
+                extents.remove(at: idx)
+            }
+        }
+        extents.insert(e, at: idx)
+        extentsDirty = true
+    }
+
+    /// Unmaps file blocks [lo, hi); returns the physical runs released.
+    func removeRange(_ lo: UInt64, _ hi: UInt64) -> [(UInt64, UInt64)] {
+        var freed: [(UInt64, UInt64)] = []
+        var out: [Extent] = []
+        out.reserveCapacity(extents.count + 1)
+        for e in extents {
+            let s = UInt64(e.logical), t = e.logicalEnd
+            if t <= lo || s >= hi { out.append(e); continue }
+            if s < lo { out.append(Extent(logical: e.logical, length: UInt32(lo - s), physical: e.physical)) }
+            let cs = max(s, lo), ct = min(t, hi)
+            freed.append((e.physical + (cs - s), ct - cs))
+            if t > hi { out.append(Extent(logical: UInt32(hi), length: UInt32(t - hi), physical: e.physical + (hi - s))) }
+        }
+        if !freed.isEmpty {
+            extents = out
+            extentsDirty = true
+        }
+        return freed
+    }
+}
+
+extension FileSystem {
+    /// Writes the inode's extent list to its chain blocks when it no longer
+    /// fits inline (allocating or freeing chain blocks). May throw ENOSPC, in
+    /// which case nothing changed on disk.
+    func storeExtents(_ i: Inode) async throws {
+        guard i.extentsDirty else { return }
+        let per = Layout.extentsPerChainBlock
+        let need = i.extents.count <= Layout.inlineExtents ? 0 : (i.extents.count + per - 1) / per
+        while i.chain.count < need {
+            let goal = i.chain.last.map { $0 + 1 } ?? i.extents.first?.physical
+            let (b, _) = try await allocBlocks(count: 1, goal: goal, preferAG: i.ag)
+            i.chain.append(b)
+            i.blocks += 1
+        }
+        while i.chain.count > need {
+            try await freeBlocks(i.chain.removeLast(), 1)
+            i.blocks -= 1
+        }
+        for (k, blk) in i.chain.enumerated() {
+            let buf = try await metaForWrite(blk, fresh: true)
+            var d = [UInt8].zeroBlock()
+            let slice = i.extents[(k * per)..<min(i.extents.count, (k + 1) * per)]
+            d.put32(0, InodeCodec.chainMagic)
+            d.put32(4, UInt32(slice.count))
+            d.put64(8, k + 1 < i.chain.count ? i.chain[k + 1] : 0)
+            for (j, e) in slice.enumerated() {
+                d.put32(16 + j * 16, e.logical); d.put32(20 + j * 16, e.length); d.put64(24 + j * 16, e.physical)
+            }
+            buf.data = d
+        }
+        i.extentsDirty = false
+        markDirty(i)
+    }
+
+    func noteMappingChanged(_ i: Inode) {
+        i.dataMetaDirty = true
+        dataMetaDirtyInodes.insert(i.ino)
+        markDirty(i)
+    }
+
+    func readData(_ i: Inode, offset: UInt64, count: Int) async throws -> [UInt8] {
+        guard offset < i.size, count > 0 else { return [] }
+        let end = min(i.size, offset + UInt64(count))
+        var out = [UInt8](repeating: 0, count: Int(end - offset))
+        var pos = offset
+        while pos < end {
+            let l = pos / 4096
+            let (phys, run) = i.map(l)
+            let runEnd = min(end, (l + run) * 4096)
+            if let phys {
+                var p = pos
+                var blk = phys
+                while p < runEnd {
+                    let ib = Int(p % 4096)
+                    let n = min(4096 - ib, Int(runEnd - p))
+                    let buf = try await cached(blk)
+                    let dst = Int(p - offset)
+                    out.withUnsafeMutableBytes { o in
+                        buf.data.withUnsafeBytes { s in
+                            (o.baseAddress! + dst).copyMemory(from: s.baseAddress! + ib, byteCount: n)
+                        }
+                    }
+                    p += UInt64(n)
+                    blk += 1
+                }
+            }
+            pos = runEnd
+        }
+        return out
+    }
+
+    /// Writes `data` at `offset`, allocating blocks for holes. Returns the
+    /// bytes written (short only if the disk filled up part-way).
+    func writeData(_ i: Inode, offset: UInt64, data: [UInt8]) async throws -> Int {
+        guard !data.isEmpty else { return 0 }
+        guard offset < Layout.maxFileSize, UInt64(data.count) <= Layout.maxFileSize - offset else {
+            throw FSError.EFBIG
+        }
+        var done = 0
+        var freshUntil: UInt64 = 0  // file blocks below this (and >= freshFrom) were just allocated
+        var freshFrom: UInt64 = 0
+        var retried = false
+        while done < data.count {
+            let pos = offset + UInt64(done)
+            let l = pos / 4096
+            let inBlock = Int(pos % 4096)
+            let n = min(4096 - inBlock, data.count - done)
+            var (phys, run) = i.map(l)
+            if phys == nil {
+                let lastL = (offset + UInt64(data.count) - 1) / 4096
+                let want = Int(min(run, lastL - l + 1, 4096))
+                let goal: UInt64? = {
+                    if let prev = i.map(l == 0 ? 0 : l - 1).physical, l > 0 { return prev + 1 }
+                    return i.extents.last.map { $0.physical + UInt64($0.length) }
+                }()
+                let got: (start: UInt64, count: Int)
+                do {
+                    got = try await allocBlocks(count: want, goal: goal, preferAG: i.ag)
+                } catch FSError.posix(.noSpace) where reservedCount > 0 && !retried {
+                    retried = true
+                    i.size = max(i.size, pos)
+                    try await storeExtents(i)
+                    try await commit()
+                    try await checkpoint()
+                    continue
+                } catch FSError.posix(.noSpace) where done > 0 {
+                    break
+                }
+                i.insertExtent(Extent(logical: UInt32(l), length: UInt32(got.count), physical: got.start))
+                i.blocks += UInt64(got.count)
+                do {
+                    try await storeExtents(i)
+                } catch FSError.posix(.noSpace) {
+                    _ = i.removeRange(l, l + UInt64(got.count))
+                    i.blocks -= UInt64(got.count)
+                    try await freeBlocks(got.start, UInt64(got.count))
+                    try await storeExtents(i)
+                    if done > 0 { break }
+                    throw FSError.ENOSPC
+                }
+                noteMappingChanged(i)
+                freshFrom = l
+                freshUntil = l + UInt64(got.count)
+                phys = got.start
+                run = UInt64(got.count)
+            }
+            let isFresh = l >= freshFrom && l < freshUntil
+            let buf = (isFresh || (inBlock == 0 && n == 4096)) ? try await fresh(phys!) : try await cached(phys!)
+            let src = done
+            buf.data.withUnsafeMutableBytes { d in
+                data.withUnsafeBytes { s in (d.baseAddress! + inBlock).copyMemory(from: s.baseAddress! + src, byteCount: n) }
+            }
+            markDataDirty(buf)
+            done += n
+            if pos + UInt64(n) > i.size {
+                i.size = pos + UInt64(n)
+                noteMappingChanged(i)
+            }
+            if txn.count >= txnSoftLimit || cache.count > options.cacheBlocks + options.cacheBlocks / 2 {
+                try await commit()
+            }
+        }
+        if done > 0 { touch(i) }
+        return done
+    }
+
+    /// Sets the file size: frees blocks past the end and zeroes the tail of
+    /// the last partial block, so a later extension reads zeros.
+    func truncateData(_ i: Inode, to newSize: UInt64) async throws {
+        if newSize < i.size {
+            let keep = (newSize + 4095) / 4096
+            for (p, n) in i.removeRange(keep, 1 << 32) {
+                try await freeBlocks(p, n)
+                i.blocks -= n
+            }
+            try await storeExtents(i)
+            if newSize % 4096 != 0, let phys = i.map(newSize / 4096).physical {
+                let buf = try await cached(phys)
+                let from = Int(newSize % 4096)
+                buf.data.replaceSubrange(from..<4096, with: repeatElement(0, count: 4096 - from))
+                markDataDirty(buf)
+            }
+        }
+        if newSize != i.size { noteMappingChanged(i) }
+        i.size = newSize
+        touch(i)
+    }
+
+    /// Releases everything an inode owns, then the inode itself.
+    func destroyInode(_ i: Inode) async throws {
+        for (p, n) in i.removeRange(0, 1 << 32) { try await freeBlocks(p, n) }
+        i.extentsDirty = false
+        for b in i.chain { try await freeBlocks(b, 1) }
+        i.chain = []
+        if i.xattrBlock != 0 { try await freeBlocks(i.xattrBlock, 1) }
+        try await freeInodeNumber(i.ino)
+    }
+}

@@ -1,0 +1,480 @@
+// One member of the fs fleet: the in-memory state of a mounted fos file
+// system — buffer cache, journal, allocator, inode cache — and the operation
+// wrapper that makes every public operation atomic.
+//
+// Concurrency: the fs server runs a member's operations as async handlers on
+// one thread; they interleave only at `await`s (disk I/O). Each public
+// operation holds `opLock` (FIFO) from start to end, so operations are atomic
+// with respect to each other and all mutable state here is only ever touched
+// by the lock holder. That is why the class is `@unchecked Sendable`. Finer
+// locking would go per inode (directory + child, ordered by ino, for
+// namespace ops) plus a per-AG allocator lock; the buffer cache would then
+// need per-buffer I/O-in-progress waits.
+//
+// Buffer cache: one map block -> Buffer, bounded by `MountOptions.cacheBlocks`.
+// A buffer is clean, dirty data (written home at commit or eviction),
+// metadata in the running transaction (pinned until commit), or committed
+// metadata whose home copy is stale (written at checkpoint or eviction).
+// Eviction drops the least recently used quarter of the unpinned buffers.
+//
+// Journal (per member slot, see Journal.swift): physical block journaling of
+// metadata with ordered data — at commit, dirty data blocks are written home
+// and flushed before the transaction's blocks and its checksummed commit
+// record are written to the journal and flushed. All metadata changes of
+// consecutive operations accumulate in one running transaction; it commits at
+// fsync, when it passes half the slot's capacity, on cache pressure and on
+// unmount. Operations never commit half-way, except `write`, which commits
+// between blocks (a state that is consistent on its own).
+//
+// Freed blocks are not reused until the next checkpoint: a block freed by the
+// running transaction must not be overwritten with new data before the free is
+// committed (a crash would resurrect the old owner with foreign contents), and
+// a freed metadata block may still have images in the journal that replay
+// would write over new data. Checkpoints happen when the journal fills, or
+// when reserved blocks are needed for space.
+import SystemPackage
+import CFosCRC
+
+final class Buffer {
+    let block: UInt64
+    var data: [UInt8]
+    var dirtyData = false
+    var inTxn = false
+    var needsCheckpoint = false
+    /// The last committed image while the buffer is modified again by the
+    /// running transaction (what a checkpoint must write home).
+    var committedCopy: [UInt8]?
+    var lastUse: UInt64 = 0
+    init(block: UInt64, data: [UInt8]) {
+        self.block = block
+        self.data = data
+    }
+}
+
+/// The in-memory inode: decoded fields plus the whole sorted extent list.
+final class Inode {
+    let ino: UInt64
+    var mode: UInt32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+    var nlink: UInt32 = 0
+    var size: UInt64 = 0
+    var atime: Int64 = 0
+    var mtime: Int64 = 0
+    var ctime: Int64 = 0
+    var btime: Int64 = 0
+    var flags: UInt32 = 0
+    var generation: UInt32 = 0
+    var rdev: UInt64 = 0
+    var blocks: UInt64 = 0
+    var xattrBlock: UInt64 = 0
+    var extents: [Extent] = []
+    var chain: [UInt64] = []
+    var inlineData: [UInt8] = []
+    var extentsDirty = false
+    /// Size or block mapping changed since the last commit: fdatasync must commit.
+    var dataMetaDirty = false
+
+    init(ino: UInt64) { self.ino = ino }
+
+    var isDir: Bool { mode & M.fmt == M.dir }
+    var isReg: Bool { mode & M.fmt == M.reg }
+    var isSymlink: Bool { mode & M.fmt == M.lnk }
+    var ag: Int { Int(ino >> 32) }
+
+    var attributes: FileAttributes {
+        FileAttributes(ino: ino, mode: mode, nlink: nlink, uid: uid, gid: gid, rdev: rdev, size: size,
+                       blocks: blocks * 8, blockSize: UInt32(Layout.blockSize), atime: atime, mtime: mtime,
+                       ctime: ctime, btime: btime, generation: generation)
+    }
+
+    func encode(into b: inout [UInt8], at o: Int) {
+        b.replaceSubrange(o..<(o + Layout.inodeSize), with: repeatElement(0, count: Layout.inodeSize))
+        b.put32(o, mode); b.put32(o + 4, uid); b.put32(o + 8, gid); b.put32(o + 12, nlink)
+        b.put64(o + 16, size)
+        b.putI64(o + 24, atime); b.putI64(o + 32, mtime); b.putI64(o + 40, ctime); b.putI64(o + 48, btime)
+        b.put32(o + 56, flags); b.put32(o + 60, generation); b.put64(o + 64, rdev); b.put64(o + 72, blocks)
+        b.put64(o + 80, xattrBlock)
+        b.put32(o + 88, UInt32(extents.count))
+        b.put16(o + 92, UInt16(inlineData.count))
+        b.put64(o + 96, chain.first ?? 0)
+        let io = o + InodeCodec.inlineOffset
+        if flags & InodeFlags.inlineSymlink != 0 {
+            b.putBytes(io, inlineData)
+        } else if extents.count <= Layout.inlineExtents {
+            for (i, e) in extents.enumerated() {
+                b.put32(io + i * 16, e.logical); b.put32(io + i * 16 + 4, e.length); b.put64(io + i * 16 + 8, e.physical)
+            }
+        }
+        let c = b.withUnsafeBytes { fos_crc_inode($0.baseAddress! + o) }
+        b.put32(o + 252, c)
+    }
+
+    /// Decodes the fixed part; returns the extent count and chain head (the
+    /// chain is loaded by the caller). Nil if the slot is free or corrupt.
+    static func decode(_ b: [UInt8], at o: Int, ino: UInt64) -> (Inode, count: Int, chainHead: UInt64)? {
+        let mode = b.u32(o)
+        guard mode != 0 else { return nil }
+        let c = b.withUnsafeBytes { fos_crc_inode($0.baseAddress! + o) }
+        guard c == b.u32(o + 252) else { return nil }
+        let i = Inode(ino: ino)
+        i.mode = mode; i.uid = b.u32(o + 4); i.gid = b.u32(o + 8); i.nlink = b.u32(o + 12)
+        i.size = b.u64(o + 16)
+        i.atime = b.i64(o + 24); i.mtime = b.i64(o + 32); i.ctime = b.i64(o + 40); i.btime = b.i64(o + 48)
+        i.flags = b.u32(o + 56); i.generation = b.u32(o + 60); i.rdev = b.u64(o + 64); i.blocks = b.u64(o + 72)
+        i.xattrBlock = b.u64(o + 80)
+        let count = Int(b.u32(o + 88))
+        let inlineLen = Int(b.u16(o + 92))
+        let io = o + InodeCodec.inlineOffset
+        if i.flags & InodeFlags.inlineSymlink != 0 {
+            guard inlineLen <= InodeCodec.inlineBytes else { return nil }
+            i.inlineData = Array(b[io..<(io + inlineLen)])
+        } else if count <= Layout.inlineExtents {
+            for k in 0..<count {
+                i.extents.append(Extent(logical: b.u32(io + k * 16), length: b.u32(io + k * 16 + 4),
+                                        physical: b.u64(io + k * 16 + 8)))
+            }
+        }
+        return (i, count, b.u64(o + 96))
+    }
+}
+
+@inline(__always) func fos_crc_inode(_ p: UnsafeRawPointer) -> UInt32 { fos_crc32c_ptr(p, 252) }
+
+/// A directory's in-memory hash index (see Directory.swift).
+final class DirIndex {
+    struct Slot {
+        var ino: UInt64
+        var type: UInt8
+        var block: UInt32
+        var offset: UInt16
+    }
+    var names: [String: Slot] = [:]
+    var parent: UInt64 = 0
+    /// Largest record that fits into each block.
+    var slack: [UInt16] = []
+    var hint = 0
+    var lastUse: UInt64 = 0
+}
+
+public final class FileSystem: @unchecked Sendable {
+    // Every stored property below is read and written only by the holder of
+    // `opLock` (see the header comment).
+    let device: any BlockDevice
+    let sb: Superblock
+    /// This member's index (0..<members) and the fleet size.
+    public let member: Int
+    public let members: Int
+    let options: MountOptions
+    let opLock = AsyncLock()
+
+    var cache: [UInt64: Buffer] = [:]
+    var clock: UInt64 = 0
+    var txn: Set<UInt64> = []
+    var dirtyData: Set<UInt64> = []
+    var checkpointSet: Set<UInt64> = []
+    var reserved: [(start: UInt64, count: UInt64)] = []
+    var reservedCount: UInt64 = 0
+
+    var jSeq: UInt64 = 1
+    var jHead: UInt64 = 1
+
+    var inodes: [UInt64: Inode] = [:]
+    var dirtyInodes: Set<UInt64> = []
+    var dataMetaDirtyInodes: Set<UInt64> = []
+    var dirIndexes: [UInt64: DirIndex] = [:]
+    var dirIndexEntries = 0
+
+    var agFreeBlocks: [UInt64]
+    var agFreeInodes: [UInt64]
+    var agBlockHint: [UInt64]
+    var agInodeHint: [UInt64]
+    var nextDirAG = 0
+    var rng = SystemRandomNumberGenerator()
+    /// Set after an I/O error or inconsistency inside an operation, and on
+    /// unmount: the in-memory state can no longer be trusted or used.
+    var dead: FSError?
+
+    var ownedAGs: [Int]
+    var maxTxn: Int { min(500, Int(sb.journalBlocks) - 3) }
+    var txnSoftLimit: Int { max(4, min(maxTxn / 2, options.cacheBlocks / 4)) }
+
+    init(device: any BlockDevice, sb: Superblock, member: Int, members: Int, options: MountOptions) {
+        self.device = device
+        self.sb = sb
+        self.member = member
+        self.members = members
+        self.options = options
+        let n = Int(sb.agCount)
+        agFreeBlocks = Array(repeating: 0, count: n)
+        agFreeInodes = Array(repeating: 0, count: n)
+        agBlockHint = Array(repeating: 0, count: n)
+        agInodeHint = Array(repeating: 1, count: n)
+        ownedAGs = (0..<n).filter { $0 % members == member }
+    }
+
+    func owns(ag: Int) -> Bool { ag % members == member }
+    func homeMember(of ino: UInt64) -> Int { Int(ino >> 32) % members }
+
+    // MARK: operation wrapper
+
+    /// Runs `body` atomically with respect to every other operation, then
+    /// finishes the operation (inode write-back, commit if the transaction is
+    /// large). A POSIX error thrown by `body` happens before any mutation, so
+    /// the member stays usable; any other error (I/O, corruption) kills it.
+    func op<T>(_ body: () async throws -> T) async throws -> T {
+        await opLock.lock()
+        defer { opLock.unlock() }
+        if let dead { throw dead }
+        do {
+            let r = try await body()
+            try await endOperation()
+            return r
+        } catch let e as FSError {
+            switch e {
+            case .posix(let errno) where errno != .ioError:
+                do { try await endOperation() } catch { dead = .posix(.ioError); throw error }
+                throw e
+            case .notHome:
+                throw e
+            default:
+                dead = e
+                throw e
+            }
+        } catch {
+            dead = .posix(.ioError)
+            throw FSError.posix(.ioError)
+        }
+    }
+
+    func endOperation() async throws {
+        try await writeDirtyInodesAsync()
+        if txn.count >= txnSoftLimit || cache.count > options.cacheBlocks + options.cacheBlocks / 2 {
+            try await commit()
+        }
+        // Space held back since the last checkpoint is needed: free it.
+        if reservedCount > 0, reservedCount * 2 > availableBlocks + reservedCount {
+            try await commit()
+            try await checkpoint()
+        }
+        trimCaches()
+    }
+
+    var availableBlocks: UInt64 {
+        ownedAGs.reduce(0) { $0 + agFreeBlocks[$1] } - reservedCount
+    }
+
+    func trimCaches() {
+        if inodes.count > options.inodeCacheLimit {
+            var drop = inodes.count - options.inodeCacheLimit / 2
+            for (k, _) in inodes where drop > 0 && !dirtyInodes.contains(k) && !dataMetaDirtyInodes.contains(k) {
+                inodes[k] = nil
+                drop -= 1
+            }
+        }
+        if dirIndexEntries > options.directoryIndexLimit {
+            let order = dirIndexes.sorted { $0.value.lastUse < $1.value.lastUse }
+            for (k, v) in order where dirIndexEntries > options.directoryIndexLimit / 2 {
+                dirIndexEntries -= v.names.count
+                dirIndexes[k] = nil
+            }
+        }
+    }
+
+    // MARK: buffer cache
+
+    func cached(_ block: UInt64) async throws -> Buffer {
+        clock &+= 1
+        if let b = cache[block] {
+            b.lastUse = clock
+            return b
+        }
+        let data = try await device.read(block: block, count: 1)
+        if let b = cache[block] { return b }  // (cannot happen under opLock; kept for safety)
+        try await makeRoom()
+        let b = Buffer(block: block, data: data)
+        b.lastUse = clock
+        cache[block] = b
+        return b
+    }
+
+    /// A buffer for `block` without reading it (the caller overwrites it all).
+    func fresh(_ block: UInt64) async throws -> Buffer {
+        clock &+= 1
+        if let b = cache[block] {
+            b.lastUse = clock
+            return b
+        }
+        try await makeRoom()
+        let b = Buffer(block: block, data: .zeroBlock())
+        b.lastUse = clock
+        cache[block] = b
+        return b
+    }
+
+    /// A metadata buffer joined to the running transaction, ready to modify.
+    func metaForWrite(_ block: UInt64, fresh isFresh: Bool = false) async throws -> Buffer {
+        let b = isFresh ? try await fresh(block) : try await cached(block)
+        joinTxn(b)
+        return b
+    }
+
+    func joinTxn(_ b: Buffer) {
+        if b.inTxn { return }
+        if b.needsCheckpoint { b.committedCopy = b.data }
+        b.inTxn = true
+        txn.insert(b.block)
+    }
+
+    func markDataDirty(_ b: Buffer) {
+        if !b.dirtyData {
+            b.dirtyData = true
+            dirtyData.insert(b.block)
+        }
+    }
+
+    /// Forgets cached blocks that were freed (their contents no longer matter).
+    func dropBuffers(_ start: UInt64, _ count: UInt64) {
+        for blk in start..<(start + count) {
+            guard let b = cache.removeValue(forKey: blk) else { continue }
+            if b.inTxn { txn.remove(blk) }
+            if b.dirtyData { dirtyData.remove(blk) }
+            if b.needsCheckpoint { checkpointSet.remove(blk) }
+        }
+    }
+
+    func makeRoom() async throws {
+        guard cache.count >= options.cacheBlocks else { return }
+        let victims = cache.values.filter { !$0.inTxn }.sorted { $0.lastUse < $1.lastUse }
+        let n = max(1, cache.count / 4)
+        var writes: [(UInt64, [UInt8])] = []
+        for b in victims.prefix(n) {
+            if b.dirtyData {
+                writes.append((b.block, b.data))
+                dirtyData.remove(b.block)
+            } else if b.needsCheckpoint {
+                writes.append((b.block, b.data))
+                checkpointSet.remove(b.block)
+            }
+            cache[b.block] = nil
+        }
+        try await writeRuns(writes)
+    }
+
+    /// Writes (block, data) pairs, coalescing contiguous blocks into one call.
+    func writeRuns(_ writes: [(UInt64, [UInt8])]) async throws {
+        let sorted = writes.sorted { $0.0 < $1.0 }
+        var i = 0
+        while i < sorted.count {
+            var j = i + 1
+            var data = sorted[i].1
+            while j < sorted.count, sorted[j].0 == sorted[j - 1].0 + 1, j - i < 256 {
+                data.append(contentsOf: sorted[j].1)
+                j += 1
+            }
+            try await device.write(block: sorted[i].0, data: data)
+            i = j
+        }
+    }
+
+    // MARK: inodes
+
+    func checkHome(_ ino: UInt64) throws {
+        guard sb.isValidIno(ino) else { throw FSError.ESTALE }
+        let ag = Int(ino >> 32)
+        if !owns(ag: ag) { throw FSError.notHome(ino: ino, member: ag % members) }
+    }
+
+    /// Loads an inode homed on this member (ESTALE if it is not allocated).
+    func inode(_ ino: UInt64) async throws -> Inode {
+        if let i = inodes[ino] { return i }
+        try checkHome(ino)
+        let (blk, off) = sb.inodeLocation(ino)
+        let b = try await cached(blk)
+        guard let (i, count, chainHead) = Inode.decode(b.data, at: off, ino: ino) else {
+            if b.data.u32(off) == 0 { throw FSError.ESTALE }
+            throw FSError.corrupt("inode \(ino): bad checksum")
+        }
+        if i.flags & InodeFlags.inlineSymlink == 0, count > Layout.inlineExtents {
+            var next = chainHead
+            while next != 0, i.extents.count < count {
+                guard sb.isDataBlock(next), i.chain.count < 1 << 20 else {
+                    throw FSError.corrupt("inode \(ino): bad extent chain block \(next)")
+                }
+                let cb = try await cached(next).data
+                guard cb.u32(0) == InodeCodec.chainMagic else { throw FSError.corrupt("inode \(ino): bad chain") }
+                i.chain.append(next)
+                for k in 0..<min(Int(cb.u32(4)), Layout.extentsPerChainBlock) {
+                    let o = 16 + k * 16
+                    i.extents.append(Extent(logical: cb.u32(o), length: cb.u32(o + 4), physical: cb.u64(o + 8)))
+                }
+                next = cb.u64(8)
+            }
+            guard i.extents.count == count else { throw FSError.corrupt("inode \(ino): short extent chain") }
+        }
+        inodes[ino] = i
+        return i
+    }
+
+    func markDirty(_ i: Inode) { dirtyInodes.insert(i.ino) }
+
+    func writeDirtyInodes() throws {
+        guard !dirtyInodes.isEmpty else { return }
+        // Inode table blocks are almost always cached (the inode was loaded
+        // from them); the rare miss is handled by the async variant.
+        for ino in dirtyInodes {
+            guard let i = inodes[ino] else { continue }
+            precondition(!i.extentsDirty, "extent chain not stored before inode write-back")
+            let (blk, off) = sb.inodeLocation(ino)
+            guard let b = cache[blk] else {
+                pendingInodeLoads.append(ino)
+                continue
+            }
+            joinTxn(b)
+            i.encode(into: &b.data, at: off)
+        }
+        dirtyInodes.removeAll(keepingCapacity: true)
+    }
+    var pendingInodeLoads: [UInt64] = []
+
+    func writeDirtyInodesAsync() async throws {
+        try writeDirtyInodes()
+        while let ino = pendingInodeLoads.popLast() {
+            guard let i = inodes[ino] else { continue }
+            let (blk, off) = sb.inodeLocation(ino)
+            let b = try await metaForWrite(blk)
+            i.encode(into: &b.data, at: off)
+        }
+    }
+
+    func touch(_ i: Inode, m: Bool = true, c: Bool = true) {
+        let t = nowNs()
+        if m { i.mtime = t }
+        if c { i.ctime = t }
+        markDirty(i)
+    }
+
+    // MARK: permissions
+
+    func may(_ i: Inode, _ mask: UInt32, _ c: Credentials) -> Bool {
+        if c.isRoot {
+            if mask & 1 == 0 || i.isDir { return true }
+            return i.mode & 0o111 != 0
+        }
+        let bits: UInt32
+        if c.uid == i.uid { bits = (i.mode >> 6) & 7 }
+        else if c.inGroup(i.gid) { bits = (i.mode >> 3) & 7 }
+        else { bits = i.mode & 7 }
+        return bits & mask == mask
+    }
+
+    func require(_ i: Inode, _ mask: UInt32, _ c: Credentials) throws {
+        if !may(i, mask, c) { throw FSError.EACCES }
+    }
+
+    /// Sticky directory: only the owner of the entry, of the directory, or
+    /// root may remove or rename it.
+    func stickyDenies(_ dir: Inode, _ victim: Inode, _ c: Credentials) -> Bool {
+        dir.mode & M.sticky != 0 && !c.isRoot && c.uid != dir.uid && c.uid != victim.uid
+    }
+}

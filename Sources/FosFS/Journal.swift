@@ -1,0 +1,170 @@
+// The journal: write-ahead physical journaling of metadata blocks, one slot
+// per fleet member (0...3) so members commit independently.
+//
+// Slot layout (`journalBlocks` blocks): block 0 is the slot's superblock
+// (magic, slot, startSeq, crc); transactions follow from block 1, each
+//
+//     [descriptor: magic, seq, count, home block numbers]
+//     [count block images]
+//     [commit: magic, seq, count, crc32c(descriptor + images), crc of itself]
+//
+// written with one device write and made durable with one flush. Because the
+// commit record checksums everything before it, no flush is needed between
+// the images and the commit record: a torn transaction fails its checksum.
+// Transactions are appended; when the next one does not fit, a checkpoint
+// writes every committed block home, flushes, records the next sequence
+// number as startSeq in the slot superblock, flushes, and the log restarts at
+// block 1. Replay reads from block 1 and applies transactions with consecutive
+// sequence numbers from startSeq until the first invalid one; anything older
+// left further in the log has a smaller sequence number and stops the scan.
+//
+// Ordered data: commit first writes every dirty data block home and flushes,
+// so metadata never points at blocks whose contents are not on disk.
+enum JournalFormat {
+    static let jsbMagic: UInt64 = 0x3130_4253_4A53_4F46  // "FOSJSB01"
+    static let descMagic: UInt64 = 0x4353_4544_4A53_4F46  // "FOSJDESC"
+    static let commitMagic: UInt64 = 0x5449_4D43_4A53_4F46  // "FOSJCMIT"
+    static let maxDescriptorEntries = (4096 - 24) / 8
+
+    static func jsb(slot: Int, startSeq: UInt64) -> [UInt8] {
+        var b = [UInt8].zeroBlock()
+        b.put64(0, jsbMagic)
+        b.put32(8, UInt32(slot))
+        b.put64(16, startSeq)
+        b.put32(252, crc32c(b, count: 252))
+        return b
+    }
+
+    /// Replays one slot onto its home blocks. Returns the next sequence number
+    /// and how many transactions were applied. Leaves the slot empty.
+    static func replay(device: any BlockDevice, sb: Superblock, slot: Int) async throws -> (next: UInt64, applied: Int) {
+        let start = sb.journalSlotStart(slot)
+        let size = UInt64(sb.journalBlocks)
+        let j = try await device.read(block: start, count: 1)
+        guard j.u64(0) == jsbMagic, j.u32(252) == crc32c(j, count: 252), j.u32(8) == UInt32(slot) else {
+            throw FSError.corrupt("journal slot \(slot): bad slot superblock")
+        }
+        var seq = j.u64(16)
+        var pos: UInt64 = 1
+        var applied = 0
+        while pos + 2 <= size - 1 {
+            let desc = try await device.read(block: start + pos, count: 1)
+            guard desc.u64(0) == descMagic, desc.u64(8) == seq else { break }
+            let count = UInt64(desc.u32(16))
+            guard count >= 1, count <= UInt64(maxDescriptorEntries), pos + count + 1 < size else { break }
+            let rest = try await device.read(block: start + pos + 1, count: Int(count) + 1)
+            let commit = Array(rest[(Int(count) * 4096)...])
+            guard commit.u64(0) == commitMagic, commit.u64(8) == seq, UInt64(commit.u32(16)) == count,
+                  commit.u32(252) == crc32c(commit, count: 252) else { break }
+            var crc = crc32c(desc)
+            crc = crc32c(rest, count: Int(count) * 4096, seed: crc)
+            guard crc == commit.u32(20) else { break }
+            var homes: [UInt64] = []
+            for k in 0..<Int(count) {
+                let home = desc.u64(24 + 8 * k)
+                guard home < sb.blockCount, home >= sb.firstAGBlock else {
+                    throw FSError.corrupt("journal slot \(slot): transaction \(seq) targets block \(home)")
+                }
+                homes.append(home)
+            }
+            for (k, home) in homes.enumerated() {
+                try await device.write(block: home, data: Array(rest[(k * 4096)..<((k + 1) * 4096)]))
+            }
+            applied += 1
+            seq += 1
+            pos += count + 2
+        }
+        if applied > 0 {
+            try await device.flush()
+            try await device.write(block: start, data: jsb(slot: slot, startSeq: seq))
+            try await device.flush()
+        }
+        return (seq, applied)
+    }
+}
+
+extension FileSystem {
+    var journalStart: UInt64 { sb.journalSlotStart(member) }
+
+    /// Commits the running transaction (ordered data first). Returns whether
+    /// the device was flushed.
+    @discardableResult
+    func commit() async throws -> Bool {
+        try await writeDirtyInodesAsync()
+        var flushed = false
+        if !dirtyData.isEmpty {
+            var writes: [(UInt64, [UInt8])] = []
+            for blk in dirtyData {
+                guard let b = cache[blk] else { continue }
+                b.dirtyData = false
+                writes.append((blk, b.data))
+            }
+            dirtyData.removeAll()
+            try await writeRuns(writes)
+            try await device.flush()
+            flushed = true
+        }
+        for ino in dataMetaDirtyInodes { inodes[ino]?.dataMetaDirty = false }
+        dataMetaDirtyInodes.removeAll()
+        guard !txn.isEmpty else { return flushed }
+        let blocks = txn.sorted()
+        guard blocks.count <= maxTxn else {
+            throw FSError.corrupt("transaction of \(blocks.count) blocks exceeds the journal (\(maxTxn))")
+        }
+        let need = UInt64(blocks.count) + 2
+        if jHead + need > UInt64(sb.journalBlocks) {
+            try await checkpoint()
+        }
+        var out = [UInt8].zeroBlock()
+        out.put64(0, JournalFormat.descMagic)
+        out.put64(8, jSeq)
+        out.put32(16, UInt32(blocks.count))
+        for (k, blk) in blocks.enumerated() { out.put64(24 + 8 * k, blk) }
+        var crc = crc32c(out)
+        out.reserveCapacity(Int(need) * 4096)
+        for blk in blocks {
+            let d = cache[blk]!.data
+            crc = crc32c(d, seed: crc)
+            out.append(contentsOf: d)
+        }
+        var c = [UInt8].zeroBlock()
+        c.put64(0, JournalFormat.commitMagic)
+        c.put64(8, jSeq)
+        c.put32(16, UInt32(blocks.count))
+        c.put32(20, crc)
+        c.put32(252, crc32c(c, count: 252))
+        out.append(contentsOf: c)
+        try await device.write(block: journalStart + jHead, data: out)
+        try await device.flush()
+        for blk in blocks {
+            let b = cache[blk]!
+            b.inTxn = false
+            b.committedCopy = nil
+            b.needsCheckpoint = true
+            checkpointSet.insert(blk)
+        }
+        txn.removeAll()
+        jHead += need
+        jSeq += 1
+        return true
+    }
+
+    /// Writes every committed block home, then empties the journal. Blocks
+    /// freed before this point become reusable.
+    func checkpoint() async throws {
+        var writes: [(UInt64, [UInt8])] = []
+        for blk in checkpointSet {
+            guard let b = cache[blk] else { continue }
+            writes.append((blk, b.committedCopy ?? b.data))
+            if b.committedCopy == nil { b.needsCheckpoint = false } else { b.needsCheckpoint = false; b.committedCopy = nil }
+        }
+        checkpointSet.removeAll()
+        try await writeRuns(writes)
+        try await device.flush()
+        try await device.write(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jSeq))
+        try await device.flush()
+        jHead = 1
+        reserved.removeAll()
+        reservedCount = 0
+    }
+}
