@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -339,3 +340,25 @@ int fos_sys_blockdev_bytes(int fd, uint64_t *bytes) {
 }
 
 int fos_sys_o_direct(void) { return O_DIRECT; }
+
+int fos_sys_nth_allowed_cpu(int k) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0) return -errno;
+    int n = CPU_COUNT(&set);
+    if (n <= 0) return -EINVAL;
+    k %= n;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (CPU_ISSET(c, &set) && k-- == 0) return c;
+    }
+    return -EINVAL;
+}
+
+long fos_sys_raise_nofile(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) < 0) return -errno;
+    if (r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) < 0) return -errno;
+    }
+    return (long)r.rlim_cur;
+}

@@ -20,6 +20,8 @@ public enum FosError: Error, Equatable, Sendable, CustomStringConvertible {
     case badMessage(String)
     /// No member is registered under the name.
     case noSuchName(String)
+    /// The socket in the runtime directory belongs to another user.
+    case untrustedNode(runtimeDir: String, uid: UInt32)
 
     public var description: String {
         switch self {
@@ -30,6 +32,8 @@ public enum FosError: Error, Equatable, Sendable, CustomStringConvertible {
         case .peerGone: return "peer closed the channel"
         case .badMessage(let why): return "bad message: \(why)"
         case .noSuchName(let n): return "no member registered under \(n)"
+        case .untrustedNode(let dir, let uid):
+            return "the node on \(dir) runs as uid \(uid), neither root nor this user: not talking to it"
         }
     }
 }

@@ -78,7 +78,15 @@ public final class Channel: @unchecked Sendable {
         self.ringBytes = ringBytes
         self.base = p
         self.mapSize = size
-        self.memFD = memFD
+        // The mapping outlives the descriptor. A server closes it at once:
+        // it holds thousands of channels and descriptors are its scarce
+        // resource; a client keeps it (tests check the memfd is sealed).
+        if side == .server {
+            closeFD(memFD)
+            self.memFD = -1
+        } else {
+            self.memFD = memFD
+        }
         let shm = p.assumingMemoryBound(to: fos_chan_shm.self)
         let reqCtl = UnsafeMutableRawPointer(p).advanced(by: MemoryLayout<fos_chan_shm>.offset(of: \fos_chan_shm.req)!)
             .assumingMemoryBound(to: fos_ring_ctl.self)

@@ -82,6 +82,8 @@ public final class ControlConnection: Sendable {
     private let state = Mutex(State())
     /// Eventfd of the event loop, poked when a blocking request read a notification.
     let loopWake = Atomic<Int32>(-1)
+    /// Set when a blocking request queued a notification the loop has not seen.
+    let pending = Atomic<Bool>(false)
 
     public static func connect(runtime: String = NodePaths.defaultRuntime()) throws -> ControlConnection {
         let path = NodePaths.controlSocket(runtime: runtime)
@@ -109,6 +111,12 @@ public final class ControlConnection: Sendable {
             closeFD(fd)
             throw FosError.noNode(runtimeDir: runtime)
         }
+        // Only a fosd of root or of our own user is trusted with our keys.
+        var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
+        guard fos_sys_peercred(fd, &pid, &uid, &gid) == 0, uid == 0 || uid == geteuid() else {
+            closeFD(fd)
+            throw FosError.untrustedNode(runtimeDir: runtime, uid: uid)
+        }
         return ControlConnection(fd: fd, runtime: runtime)
     }
 
@@ -128,11 +136,12 @@ public final class ControlConnection: Sendable {
             let id = st.nextID
             st.nextID += 1
             try controlSend(fd, ControlMessage.encode(op: op, requestID: id, payload: payload), fds: fds)
-            let deadline = monotonicNanos() &+ UInt64(timeoutMs) * 1_000_000
+            let deadline = monotonicNanos() &+ UInt64(max(0, timeoutMs)) * 1_000_000
             while true {
                 var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                let left = deadline > monotonicNanos() ? Int32((deadline - monotonicNanos()) / 1_000_000) + 1 : 0
-                if left <= 0 { throw FosError.timeout }
+                let now = monotonicNanos()
+                guard deadline > now else { throw FosError.timeout }
+                let left = Int32(clamping: (deadline - now) / 1_000_000 + 1)
                 let pr = poll(&pfd, 1, left)
                 if pr < 0 && errno == EINTR { continue }
                 if pr == 0 { continue }
@@ -143,6 +152,7 @@ public final class ControlConnection: Sendable {
                 guard let msg = got else { continue }  // fosd never sends junk; ignore if it did
                 if msg.header.request_id == 0 {
                     st.notifications.append(msg)
+                    pending.store(true, ordering: .releasing)
                     let w = loopWake.load(ordering: .relaxed)
                     if w >= 0 { _ = fos_sys_eventfd_signal(w) }
                     continue
@@ -163,7 +173,8 @@ public final class ControlConnection: Sendable {
     /// Reads what is waiting without blocking and returns queued notifications.
     /// Returns nil once fosd has closed the connection.
     func drainNotifications() -> [ControlMessage]? {
-        state.withLock { st in
+        pending.store(false, ordering: .relaxed)
+        return state.withLock { st in
             while !st.eof {
                 do {
                     guard let got = try controlReceive(fd, dontWait: true) else {

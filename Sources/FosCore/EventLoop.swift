@@ -97,6 +97,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var outbound: [[UInt8]] = []
         var outboundBytes = 0
         var statsFD: CInt = -1
+        var inflight = 0
         let immediate: ImmediateService?
         var regions: [UInt32: Region] = [:]
         init(channel: Channel, priority: MailboxPriority, service: MailboxService?) {
@@ -211,7 +212,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             // so, and otherwise only every few hundred passes.
             // Live load for fosctl and the least-loaded policy: a few plain stores.
             if iter & 255 == 0 { publishStats() }
-            if controlReady || (iter & 511 == 0 && !st.controlGone) {
+            if controlReady || control.pending.load(ordering: .relaxed) || (iter & 511 == 0 && !st.controlGone) {
                 controlReady = false
                 did = pollControl() || did
             }
@@ -271,7 +272,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
         }
         if !ready {
-            var timeout: Int32 = 1000
+            // With replies queued behind a full ring, look again soon: the
+            // peer frees space without knowing we wait for it.
+            var timeout: Int32 = st.backlogged.isEmpty ? 1000 : 1
             if st.nextDeadline != .max {
                 timeout = st.nextDeadline <= now ? 0 : Int32(min(1000, (st.nextDeadline - now) / 1_000_000 + 1))
             }
@@ -306,7 +309,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             if did && prio > 0 { break }
             for e in st.byPriority[prio] {
                 var n = 0
-                while n < 64 {
+                // A channel with many requests in progress is not read until
+                // some finish: its ring fills and the sender waits
+                // (backpressure instead of unbounded tasks and memory).
+                while n < 64 && e.inflight < EventLoop.maxInflightPerChannel {
                     let len: Int
                     do {
                         len = try e.channel.receive(into: rxBuffer)
@@ -344,6 +350,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         let h = hdr!
         if h.flags & UInt32(FOS_MSG_REPLY) == 0, let imm = e.immediate, h.opcode != UInt16(FOS_OP_PING) {
             st.queueLength &+= 1
+            e.inflight += 1
             imm.receive(h, UnsafeRawBufferPointer(rebasing: bytes[MemoryLayout<fos_msg_hdr>.size...]), on: e.channel, loop: self)
             return
         }
@@ -352,6 +359,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             // Only the channel that carried the request may answer it.
             guard e.channel.side == .client, let p = st.pending[h.request_id], p.channelID == e.channel.id else {
                 st.rejected &+= 1
+                // A reply nobody asked for, on a channel whose replies we poll
+                // first: drop it, or a hostile server could starve our own
+                // clients by flooding the response class.
+                if e.channel.side == .client { drop(e, reason: "unsolicited reply") }
                 return
             }
             st.pending[h.request_id] = nil
@@ -373,6 +384,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                           sender: e.channel.peer, channelID: e.channel.id, mailbox: e.channel.mailbox)
         let oneway = h.flags & UInt32(FOS_MSG_ONEWAY) != 0
         st.queueLength &+= 1
+        e.inflight += 1
         Task(executorPreference: self) { [self] in
             let reply: Reply
             do {
@@ -390,6 +402,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
             st.queueLength &-= 1
             st.handled &+= 1
+            st.entries[req.channelID]?.inflight -= 1
             if !oneway, let e = st.entries[req.channelID] {
                 sendReply(e, req.opcode, req.requestID, reply)
             }
@@ -397,6 +410,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     }
 
     private func sendReply(_ e: Entry, _ opcode: UInt16, _ rid: UInt64, _ r: Reply) {
+        if r.payload.count > Int(FOS_MAX_PAYLOAD) {
+            // A handler's bug must not cost the client its channel.
+            return sendRaw(e, fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: 0,
+                                          flags: UInt32(FOS_MSG_REPLY), status: EMSGSIZE), [])
+        }
         sendRaw(e, fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: r.payload.count,
                                flags: UInt32(FOS_MSG_REPLY), status: r.status), r.payload)
     }
@@ -431,8 +449,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             while let first = e.outbound.first {
                 let hsize = MemoryLayout<fos_msg_hdr>.size
                 let h = first.withUnsafeBytes { $0.loadUnaligned(as: fos_msg_hdr.self) }
-                let r = try? first.withUnsafeBytes { b in
-                    try e.channel.trySend(h, UnsafeRawBufferPointer(rebasing: b[hsize...]))
+                let r: Channel.SendResult
+                do {
+                    r = try first.withUnsafeBytes { b in
+                        try e.channel.trySend(h, UnsafeRawBufferPointer(rebasing: b[hsize...]))
+                    }
+                } catch {
+                    drop(e, reason: "send failed: \(error)")
+                    break
                 }
                 guard r == .sent else { break }
                 e.outboundBytes -= first.count
@@ -459,6 +483,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// channel ids 0 and 1 (fosd numbers channels from 1) cannot collide with
     /// the tags of the wake eventfd (0) and the control socket (1).
     static let channelTag: UInt64 = 1 << 63
+    static let maxInflightPerChannel = 256
     static let pollerTag: UInt64 = 1 << 62
 
     func add(_ e: Entry) {
@@ -502,6 +527,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             if !st.controlGone {
                 st.controlGone = true
                 _ = fos_sys_epoll_del(epollFD, control.fd)
+                failAllCalls()
             }
             let handlers = st.controlEOF
             st.controlEOF = []
@@ -562,6 +588,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         guard let kind = st.mailboxes[c.mailbox] else {
             closeFD(statsFD)
             m.fds.prefix(3).forEach(closeFD)
+            refuseChannel(c.channel)
             return
         }
         let ch: Channel
@@ -570,6 +597,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                              ringBytes: c.ring_bytes, memFD: m.fds[0], serverFD: m.fds[1], clientFD: m.fds[2])
         } catch {
             closeFD(statsFD)
+            refuseChannel(c.channel)
             return
         }
         switch kind {
@@ -582,6 +610,20 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             add(e)
             service.connected(ch, statsFD: statsFD)
         }
+    }
+
+    /// Tells fosd a channel it announced is unusable here, so its client learns.
+    private func refuseChannel(_ id: UInt64) {
+        var payload = [UInt8]()
+        appendStruct(fos_ctl_channel_close(channel: id), to: &payload)
+        try? controlSend(control.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: payload))
+    }
+
+    /// Fails every call still waiting (the process leaves the node).
+    func failAllCalls() {
+        let p = st.pending
+        st.pending.removeAll()
+        for (_, c) in p { c.continuation.resume(throwing: FosError.peerGone) }
     }
 
     // MARK: Stats
@@ -651,6 +693,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     public func reply(channel: UInt64, to header: fos_msg_hdr, status: Int32, payload: UnsafeRawBufferPointer) {
         st.queueLength &-= 1
         st.handled &+= 1
+        st.entries[channel]?.inflight -= 1
         guard header.flags & UInt32(FOS_MSG_ONEWAY) == 0, let e = st.entries[channel] else { return }
         let h = fos_msg_hdr(opcode: header.opcode, requestID: header.request_id, payloadLength: payload.count,
                             flags: UInt32(FOS_MSG_REPLY), status: status)
@@ -680,6 +723,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// channel's end. Must run on the loop (callers go through `onLoop`).
     func call(_ ch: Channel, opcode: UInt16, payload: [UInt8], timeout: Duration, oneway: Bool = false) async throws -> Reply {
         guard let e = st.entries[ch.id] else { throw FosError.peerGone }
+        guard payload.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.messageTooLong) }
         let rid = st.nextRequestID
         st.nextRequestID &+= 1
         let h = fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: payload.count,
@@ -688,7 +732,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             sendRaw(e, h, payload)
             return Reply()
         }
-        let ns = UInt64(timeout.components.seconds) * 1_000_000_000 + UInt64(timeout.components.attoseconds / 1_000_000_000)
+        let c = timeout.components
+        let ns: UInt64 = c.seconds < 0 ? 0
+            : UInt64(min(c.seconds, 1 << 32)) * 1_000_000_000 + UInt64(max(0, c.attoseconds / 1_000_000_000))
         let deadline = monotonicNanos() &+ ns
         return try await withCheckedThrowingContinuation { cont in
             st.pending[rid] = Pending(continuation: cont, channelID: ch.id, deadline: deadline)

@@ -142,18 +142,24 @@ extension FosRuntime {
         names.reregistering = true
         loop.spawn { [self] in
             defer { self.names.reregistering = false }
-            for _ in 0..<500 {
+            // Until it works or the node goes away: a name server in a crash
+            // loop comes back later, and our registrations must come back too.
+            var delay = 10
+            while !self.loop.st.controlGone {
                 do {
                     let ch = try self.nameChannel()
                     for e in self.names.registrations {
                         var p = [UInt8]()
                         e.encode(into: &p)
-                        _ = try await self.loop.call(ch, opcode: UInt16(FOS_OP_NAME_REGISTER), payload: p,
-                                                     timeout: .seconds(2)).checked()
+                        let r = try await self.loop.call(ch, opcode: UInt16(FOS_OP_NAME_REGISTER), payload: p,
+                                                         timeout: .seconds(2))
+                        // A refusal is final for that entry; anything transient retries all.
+                        if r.status == EAGAIN { throw FosError.remote(.resourceTemporarilyUnavailable) }
                     }
                     return
                 } catch {
-                    try? await Task.sleep(for: .milliseconds(10))
+                    try? await Task.sleep(for: .milliseconds(delay))
+                    delay = min(delay * 2, 1000)
                 }
             }
         }
@@ -170,6 +176,7 @@ extension FosRuntime {
             e.encode(into: &p)
             let ch = try await self.nameChannel(waitingUpTo: .seconds(5))
             _ = try await self.loop.call(ch, opcode: UInt16(FOS_OP_NAME_REGISTER), payload: p, timeout: .seconds(5)).checked()
+            self.names.registrations.removeAll { $0.name == e.name && $0.addr == e.addr }
             self.names.registrations.append(e)
         }
     }
@@ -248,6 +255,11 @@ extension FosRuntime {
                 }
                 do {
                     return try await self.loop.call(b.channel, opcode: opcode, payload: payload, timeout: timeout)
+                } catch FosError.timeout {
+                    // A hung member: next time, bind afresh (it may be replaced by then).
+                    let k = self.cacheKey(name, fleetInternal)
+                    if self.names.cache[k]?.channel === b.channel { self.names.cache[k]?.expires = 0 }
+                    throw FosError.timeout
                 } catch FosError.peerGone {
                     lastError = FosError.peerGone
                     // Forget this binding only: another caller may have bound anew meanwhile.
@@ -276,13 +288,19 @@ extension FosRuntime {
             if let b = names.cache[k], !b.channel.isClosed, b.expires > monotonicNanos(), !ex.contains(b.entry.addr) {
                 return b
             }
+            // Round-robin and least-loaded rebind now and then to spread load;
+            // sticky and nearest keep their member longer, but not forever.
+            let ttl: UInt64 = (entry.policy == .sticky || entry.policy == .nearest) ? 5_000_000_000 : 250_000_000
+            // The same member again: keep its channel, just renew the binding.
+            if let old = names.cache[k], old.entry.addr == entry.addr, !old.channel.isClosed {
+                let b = Binding(entry: entry, channel: old.channel, expires: monotonicNanos() &+ ttl)
+                names.cache[k] = b
+                return b
+            }
             let key = fleetInternal ? fleetKey : entry.key
             do {
                 let ch = try openChannel(entry.addr, key: key)
                 loop.adoptClient(ch)
-                // Round-robin and least-loaded rebind now and then to spread load;
-                // sticky and nearest keep their member.
-                let ttl: UInt64 = (entry.policy == .sticky || entry.policy == .nearest) ? .max / 2 : 250_000_000
                 let b = Binding(entry: entry, channel: ch, expires: now &+ ttl)
                 // The binding this one replaces may still carry calls in flight
                 // (of this or other tasks): close its channel once they are done.

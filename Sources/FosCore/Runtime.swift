@@ -24,6 +24,8 @@ public final class FosRuntime: Sendable {
     /// thread of its own unless `ownThread` is false (servers call `run()`).
     public static func connect(runtime: String = NodePaths.defaultRuntime(), ownThread: Bool = true,
                                spinMicros: UInt64? = nil) throws -> FosRuntime {
+        // A server holds two descriptors a channel: allow what the system allows.
+        _ = fos_sys_raise_nofile()
         let control = try ControlConnection.connect(runtime: runtime)
         let hello = try control.request(Int32(FOS_CTL_HELLO))
         guard let h = hello.payload.withUnsafeBytes({ loadStruct(fos_ctl_hello_reply.self, from: $0) }),
@@ -77,8 +79,12 @@ public final class FosRuntime: Sendable {
     /// Leaves the node: stops the loop and closes the connection to fosd,
     /// which closes every channel of this process and drops its registrations.
     public func shutdown() {
-        loop.stop()
         _ = Glibc.shutdown(control.fd, Int32(SHUT_RDWR))
+        // The loop fails whatever still waits, then ends.
+        loop.spawn { [loop] in
+            loop.failAllCalls()
+            loop.stop()
+        }
     }
 
     // MARK: Mailboxes and channels

@@ -176,7 +176,12 @@ struct Call: AsyncParsableCommand {
            let w = r.payload.withUnsafeBytes({ loadStruct(fos_echo_whoami.self, from: $0) }) {
             print("pid \(w.pid) core \(w.core) mailbox \(w.mailbox) (\(String(format: "%.0f", us)) µs)")
         } else {
-            print("\(String(decoding: r.payload, as: UTF8.self)) (\(String(format: "%.0f", us)) µs)")
+            // Reply bytes come from another process: never let them drive the terminal.
+            let shown = String(decoding: r.payload, as: UTF8.self).unicodeScalars.map { u -> String in
+                u.value < 0x20 || u.value == 0x7f || (0x80..<0xa0).contains(u.value)
+                    ? "\\x" + String(u.value, radix: 16) : String(u)
+            }.joined()
+            print("\(shown) (\(String(format: "%.0f", us)) µs)")
         }
     }
 }

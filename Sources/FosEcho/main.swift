@@ -24,7 +24,12 @@ do {
         UInt16(FOS_OP_ECHO_RELAY): { req in
             // The request came from outside: hand it to a fleet peer (ourselves if alone).
             let mine = me.withLock { $0?.internal }
-            let peer = try await rt.lookup(name, fleetInternal: true, excluding: mine.map { [$0] } ?? [])
+            let peer: NameEntry
+            do {
+                peer = try await rt.lookup(name, fleetInternal: true, excluding: mine.map { [$0] } ?? [])
+            } catch FosError.noSuchName {
+                peer = try await rt.lookup(name, fleetInternal: true)  // alone in the fleet: ask ourselves
+            }
             let ch = try await rt.connect(peer.addr, key: rt.fleetKey)
             defer { Task { try? await rt.close(ch) } }
             return try await rt.call(ch, opcode: UInt16(FOS_OP_ECHO_WHOAMI), payload: req.payload)

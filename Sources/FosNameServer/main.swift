@@ -23,9 +23,15 @@ final class Registry: @unchecked Sendable {
     var stats: [UInt64: Stats] = [:]
     var perChannel: [UInt64: Int] = [:]
     var choosers: [MailboxAddress: Channel] = [:]
+    /// Fleets fosd runs: names at or under them belong to their members alone.
+    let fleets: [String]
+    var selfAddr: MailboxAddress?
     let rt: FosRuntime
 
-    init(rt: FosRuntime) { self.rt = rt }
+    init(rt: FosRuntime, fleets: [String]) {
+        self.rt = rt
+        self.fleets = fleets
+    }
 
     func connected(_ ch: Channel, _ statsFD: CInt) {
         var page: UnsafeMutablePointer<fos_stats_page>?
@@ -44,8 +50,12 @@ final class Registry: @unchecked Sendable {
         perChannel[ch.id] = nil
         for (name, ms) in names {
             let left = ms.filter { $0.channelID != ch.id }
-            if left.count != ms.count { names[name] = left.isEmpty ? nil : left }
-            if left.isEmpty { owners[name] = nil }
+            guard left.count != ms.count else { continue }
+            names[name] = left.isEmpty ? nil : left
+            if left.isEmpty {
+                owners[name] = nil
+                rotors[name] = nil
+            }
         }
     }
 
@@ -60,6 +70,9 @@ final class Registry: @unchecked Sendable {
         let ownFleet = !sender.fleet.isEmpty && (name == sender.fleet || name.hasPrefix(sender.fleet + "/"))
         if name.hasPrefix("/sys/") || name == "/sys" { return ownFleet }
         if ownFleet { return true }
+        // A name of a fleet fosd runs is that fleet's, even while it has no
+        // member registered (between a member's death and its restart).
+        if fleets.contains(where: { name == $0 || name.hasPrefix($0 + "/") }) { return false }
         if let o = owners[name], o != sender.uid && sender.uid != 0 { return false }
         return true
     }
@@ -71,12 +84,23 @@ final class Registry: @unchecked Sendable {
         }
         guard var e else { return Reply(status: EINVAL) }
         guard allowed(e.name, r.sender) else { return Reply(status: EPERM) }
+        // Internal mailboxes and policy choosers speak for the fleet itself.
+        if e.flags & UInt32(FOS_NAME_INTERNAL | FOS_NAME_POLICY) != 0 && r.sender.fleet != e.name {
+            return Reply(status: EPERM)
+        }
+        guard e.flags & ~UInt32(FOS_NAME_INTERNAL | FOS_NAME_POLICY) == 0,
+              e.flags & UInt32(FOS_NAME_INTERNAL | FOS_NAME_POLICY) != UInt32(FOS_NAME_INTERNAL | FOS_NAME_POLICY),
+              e.addr != selfAddr
+        else { return Reply(status: EINVAL) }
         guard e.addr.node == rt.node, e.addr.mailbox != 0 else { return Reply(status: EINVAL) }
         guard perChannel[r.channelID, default: 0] < 4096 else { return Reply(status: ENOSPC) }
         e.pid = r.sender.pid
         e.core = r.sender.core >= 0 ? r.sender.core : e.core
         var list = names[e.name] ?? []
         if let first = list.first { e.policy = first.entry.policy }  // the first registrant sets the policy
+        for old in list where old.entry.addr == e.addr {
+            perChannel[old.channelID, default: 1] -= 1
+        }
         list.removeAll { $0.entry.addr == e.addr }
         list.append(Member(entry: e, channelID: r.channelID))
         names[e.name] = list
@@ -96,7 +120,10 @@ final class Registry: @unchecked Sendable {
         else { return Reply(status: ENOENT) }
         list.remove(at: i)
         names[e.name] = list.isEmpty ? nil : list
-        if list.isEmpty { owners[e.name] = nil }
+        if list.isEmpty {
+            owners[e.name] = nil
+            rotors[e.name] = nil
+        }
         perChannel[r.channelID, default: 1] -= 1
         return Reply()
     }
@@ -144,8 +171,9 @@ final class Registry: @unchecked Sendable {
 
     func choose(_ chooser: NameEntry, _ l: fos_name_lookup, _ cands: [Candidate]) async -> Int? {
         do {
+            choosers = choosers.filter { !$0.value.isClosed }
             var ch = choosers[chooser.addr]
-            if ch == nil || ch!.isClosed {
+            if ch == nil {
                 ch = try await rt.connect(chooser.addr, key: chooser.key)
                 choosers[chooser.addr] = ch
             }
@@ -191,7 +219,9 @@ final class Registry: @unchecked Sendable {
 
 do {
     let rt = try FosRuntime.connect(ownThread: false)
-    let reg = Registry(rt: rt)
+    let fleets = (ProcessInfo.processInfo.environment["FOS_FLEETS"] ?? "").split(separator: ",").map(String.init)
+        .filter(validateName)
+    let reg = Registry(rt: rt, fleets: fleets)
     let server = FosServer(
         runtime: rt,
         handlers: [
@@ -207,6 +237,7 @@ do {
             // A public mailbox: every local process reaches the name service without a key.
             let a = try await rt.createMailbox(key: .none, flags: UInt32(FOS_MBOX_PUBLIC | FOS_MBOX_NAME_SERVICE),
                                                service: server)
+            reg.selfAddr = a
             // List ourselves too; channel 0 is never closed.
             reg.names["/sys/name"] = [Registry.Member(
                 entry: NameEntry(name: "/sys/name", addr: a, key: .none, policy: .roundRobin, pid: getpid(), core: rt.core),

@@ -18,6 +18,16 @@ final class Conn {
     var channels: Set<UInt64> = []
     /// Datagrams the socket could not take yet, with descriptors we own.
     var outq: [(bytes: [UInt8], fds: [CInt])] = []
+    var outqBytes = 0
+    /// CHANNEL_CLOSE notifications still owed (no descriptors, so never refused).
+    var pendingCloses: [UInt64] = []
+    /// Channels this process opened, per owning connection (a quota).
+    var channelsTo: [CInt: Int] = [:]
+    /// Channels into this process's mailboxes, per client uid (a quota).
+    var channelsFromUID: [UInt32: Int] = [:]
+    /// When fosd accepted the connection: a member's own connection is
+    /// always younger than the member (guards against pid reuse).
+    let acceptedAt = monotonicNanos()
     init(fd: CInt, pid: Int32, uid: UInt32, gid: UInt32) {
         self.fd = fd
         self.pid = pid
@@ -38,6 +48,7 @@ struct ChannelRec {
     var mailbox: UInt64
     var client: CInt
     var server: CInt
+    var clientUID: UInt32
 }
 
 enum Tag: UInt64 {
@@ -66,12 +77,14 @@ final class Node {
     var supervisor: Supervisor!
     var rejected: UInt64 = 0
     var stopping = false
+    var listenPausedUntil: UInt64 = 0
     let started = Date()
     let myUID = getuid()
 
     init(config: NodeConfig) throws {
         self.config = config
         try Node.makeDirectory(config.runtimeDir, mode: 0o755)
+        try Node.checkPrivate(config.runtimeDir)
         try Node.makeDirectory(config.stateDir, mode: 0o700)
         nodeID = try Node.loadNodeID(stateDir: config.stateDir)
         ep = try sys(fos_sys_epoll_create())
@@ -83,6 +96,21 @@ final class Node {
                                                     attributes: [.posixPermissions: mode])
         } catch {
             throw NodeError("cannot create \(path): \(error.localizedDescription)")
+        }
+    }
+
+    /// The runtime directory holds the socket, lock and member list: it must
+    /// be ours and writable by nobody else, or another user could plant files
+    /// there (a symlinked lock, a fake member list, an impostor socket).
+    static func checkPrivate(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw NodeError("cannot stat \(path): \(Errno(rawValue: errno))") }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw NodeError("\(path) is not a directory") }
+        guard st.st_uid == geteuid() else {
+            throw NodeError("\(path) belongs to uid \(st.st_uid), not to this user (\(geteuid())): refusing to use it")
+        }
+        guard st.st_mode & 0o022 == 0 else {
+            throw NodeError("\(path) is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))): refusing to use it")
         }
     }
 
@@ -139,7 +167,7 @@ final class Node {
     /// One fosd per runtime directory: an flock that dies with the process.
     func takeLock() throws {
         let path = config.runtimeDir + "/fosd.lock"
-        lockFD = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        lockFD = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
         guard lockFD >= 0 else { throw NodeError("cannot open \(path): \(Errno(rawValue: errno))") }
         let r = fos_sys_flock_exclusive(lockFD)
         if r == -EWOULDBLOCK {
@@ -162,10 +190,11 @@ final class Node {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
         var killed = 0
         for line in text.split(separator: "\n") {
-            let parts = line.split(separator: " ", maxSplits: 1)
-            guard parts.count == 2, let pid = Int32(parts[0]), pid > 1 else { continue }
+            let parts = line.split(separator: " ", maxSplits: 2)
+            guard parts.count == 3, let pid = Int32(parts[0]), pid > 1 else { continue }
             let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? ""
-            if !exe.isEmpty && exe == String(parts[1]) {
+            // Same pid, same start time, same executable: the very process we started.
+            if !exe.isEmpty && exe == String(parts[2]) && processStartTime(pid) == String(parts[1]) {
                 kill(pid, SIGKILL)
                 killed += 1
             }
@@ -175,7 +204,7 @@ final class Node {
     }
 
     func writeMemberList() {
-        let lines = supervisor.members.filter { $0.pid > 0 }.map { "\($0.pid) \($0.executable)" }
+        let lines = supervisor.members.filter { $0.pid > 0 }.map { "\($0.pid) \(processStartTime($0.pid) ?? "0") \($0.executable)" }
         let path = config.runtimeDir + "/members"
         try? (lines.joined(separator: "\n") + "\n").write(toFile: path + ".tmp", atomically: false, encoding: .utf8)
         rename(path + ".tmp", path)
@@ -185,7 +214,8 @@ final class Node {
         var data = [UInt64](repeating: 0, count: 64)
         var events = [UInt32](repeating: 0, count: 64)
         while !(stopping && supervisor.allGone) {
-            let timeout = supervisor.nextTimerMs()
+            var timeout = supervisor.nextTimerMs()
+            if listenPausedUntil != 0 { timeout = timeout < 0 ? 100 : min(timeout, 100) }
             let n = fos_sys_epoll_wait(ep, &data, &events, 64, timeout)
             if n < 0 {
                 log("epoll_wait: \(Errno(rawValue: -n))")
@@ -202,6 +232,10 @@ final class Node {
                 }
             }
             supervisor.tick()
+            if listenPausedUntil != 0 && monotonicNanos() >= listenPausedUntil {
+                listenPausedUntil = 0
+                _ = fos_sys_epoll_mod(ep, listenFD, UInt32(FOS_EPOLLIN), Tag.make(.listen, 0))
+            }
         }
         shutdownFinish()
     }
@@ -234,12 +268,27 @@ final class Node {
 
     // MARK: Connections
 
+    static let maxConnsPerUID = 256
+
     func acceptAll() {
         while true {
             let fd = fos_sys_accept(listenFD)
+            if fd == -EMFILE || fd == -ENFILE || fd == -ENOMEM {
+                // Out of descriptors: stop listening for a moment rather than
+                // spin on a socket that stays readable.
+                _ = fos_sys_epoll_mod(ep, listenFD, 0, Tag.make(.listen, 0))
+                listenPausedUntil = monotonicNanos() + 100_000_000
+                log("out of descriptors: not accepting connections for 100 ms")
+                return
+            }
             if fd < 0 { return }
             var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
-            guard fos_sys_peercred(fd, &pid, &uid, &gid) == 0, !stopping, conns.count < 4096 else {
+            guard fos_sys_peercred(fd, &pid, &uid, &gid) == 0, !stopping, conns.count < 8192 else {
+                closeFD(fd)
+                continue
+            }
+            // One user cannot take every connection (members run as fosd's uid).
+            if uid != 0 && uid != myUID && conns.values.lazy.filter({ $0.uid == uid }).count >= Node.maxConnsPerUID {
                 closeFD(fd)
                 continue
             }
@@ -257,6 +306,9 @@ final class Node {
             flushQueue(c)
             if conns[fd] == nil { return }
         }
+        // Backpressure: a process that does not read its answers is not
+        // served further until it does.
+        if !c.outq.isEmpty || !c.pendingCloses.isEmpty { return }
         for _ in 0..<64 {
             let got: ControlMessage??
             do {
@@ -283,19 +335,29 @@ final class Node {
                 continue
             }
             handleRequest(c, msg)
-            if conns[fd] == nil { return }
+            if conns[fd] == nil || !c.outq.isEmpty { return }
         }
     }
 
     func reply(_ c: Conn, _ req: ControlMessage, status: Int32 = 0, payload: [UInt8] = [], fds: [CInt] = []) {
         let bytes = ControlMessage.encode(op: Int32(req.header.op), requestID: req.header.request_id,
                                           status: status, payload: payload)
-        _ = deliver(c, bytes, fds: fds)
+        if deliver(c, bytes, fds: fds) || conns[c.fd] == nil { return }
+        // The answer could not go (queue full, or descriptors refused): say so
+        // without descriptors, or give up on a process that reads nothing.
+        let err = ControlMessage.encode(op: Int32(req.header.op), requestID: req.header.request_id,
+                                        status: fds.isEmpty ? EAGAIN : ENFILE, payload: [])
+        if !deliver(c, err) { closeConn(c.fd) }
     }
 
     /// Sends a datagram now, or queues it (with duplicates of its descriptors)
-    /// until the socket drains. A process that lets thousands pile up is not
-    /// reading at all and is let go. Returns false if the connection closed.
+    /// until the socket drains. Returns false if it was not accepted: the
+    /// queue is at its bound, descriptors could not be passed (the caller
+    /// answers with an error), or the connection broke (then it is closed).
+    /// A receiver is never disconnected for being slow.
+    static let maxQueued = 64
+    static let maxQueuedBytes = 1 << 20
+
     @discardableResult
     func deliver(_ c: Conn, _ bytes: [UInt8], fds: [CInt] = []) -> Bool {
         if c.outq.isEmpty {
@@ -303,19 +365,52 @@ final class Node {
                 try controlSend(c.fd, bytes, fds: fds)
                 return true
             } catch let e as Errno where e == .resourceTemporarilyUnavailable || e == .noBufferSpace {
-                _ = fos_sys_epoll_mod(ep, c.fd, UInt32(FOS_EPOLLIN | FOS_EPOLLOUT), Tag.make(.conn, UInt64(c.fd)))
+                // fall through: queue it
+            } catch let e as Errno where e == .tooManyReferences || e == .tooManyOpenFiles
+                || e == .tooManyOpenFilesInSystem || e == .noMemory {
+                return false
             } catch {
                 closeConn(c.fd)
                 return false
             }
         }
-        guard c.outq.count < 16384 else {
-            log("pid \(c.pid) does not read its control socket: disconnecting it")
-            closeConn(c.fd)
-            return false
+        guard c.outq.count < Node.maxQueued, c.outqBytes + bytes.count <= Node.maxQueuedBytes else { return false }
+        var dups: [CInt] = []
+        for fd in fds {
+            let d = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+            guard d >= 0 else {
+                dups.forEach(closeFD)
+                return false
+            }
+            dups.append(d)
         }
-        c.outq.append((bytes, fds.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.filter { $0 >= 0 }))
+        c.outq.append((bytes, dups))
+        c.outqBytes += bytes.count
+        watchWritable(c)
         return true
+    }
+
+    /// Owes `c` a CHANNEL_CLOSE: sent now if possible, else when it drains.
+    func notifyClosed(_ c: Conn, _ id: UInt64) {
+        if c.outq.isEmpty && c.pendingCloses.isEmpty {
+            var p = [UInt8]()
+            appendStruct(fos_ctl_channel_close(channel: id), to: &p)
+            do {
+                try controlSend(c.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: p))
+                return
+            } catch let e as Errno where e == .resourceTemporarilyUnavailable || e == .noBufferSpace {
+            } catch {
+                closeConn(c.fd)
+                return
+            }
+        }
+        c.pendingCloses.append(id)
+        watchWritable(c)
+    }
+
+    /// While output waits, watch only for writability (no new requests).
+    func watchWritable(_ c: Conn) {
+        _ = fos_sys_epoll_mod(ep, c.fd, UInt32(FOS_EPOLLOUT), Tag.make(.conn, UInt64(c.fd)))
     }
 
     func flushQueue(_ c: Conn) {
@@ -324,14 +419,35 @@ final class Node {
                 try controlSend(c.fd, first.bytes, fds: first.fds)
             } catch let e as Errno where e == .resourceTemporarilyUnavailable || e == .noBufferSpace {
                 return
+            } catch let e as Errno where e == .tooManyReferences || e == .tooManyOpenFiles
+                || e == .tooManyOpenFilesInSystem || e == .noMemory {
+                // Its descriptors cannot travel (the system is short of them):
+                // this datagram is lost; the waiting side times out.
+                log("dropped a message with descriptors to pid \(c.pid): \(e)")
             } catch {
                 closeConn(c.fd)
                 return
             }
             first.fds.forEach(closeFD)
+            c.outqBytes -= first.bytes.count
             c.outq.removeFirst()
         }
+        while let id = c.pendingCloses.first {
+            var p = [UInt8]()
+            appendStruct(fos_ctl_channel_close(channel: id), to: &p)
+            do {
+                try controlSend(c.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: p))
+            } catch let e as Errno where e == .resourceTemporarilyUnavailable || e == .noBufferSpace {
+                return
+            } catch {
+                closeConn(c.fd)
+                return
+            }
+            c.pendingCloses.removeFirst()
+        }
         _ = fos_sys_epoll_mod(ep, c.fd, UInt32(FOS_EPOLLIN), Tag.make(.conn, UInt64(c.fd)))
+        // Requests that arrived meanwhile are still in the socket.
+        connReadable(c.fd, 0)
     }
 
     func closeConn(_ fd: CInt) {
@@ -347,6 +463,7 @@ final class Node {
         if let m = c.member, m.conn === c { m.conn = nil }
         for q in c.outq { q.fds.forEach(closeFD) }
         c.outq.removeAll()
+        c.pendingCloses.removeAll()
         closeFD(fd)
     }
 
@@ -354,13 +471,15 @@ final class Node {
     func endChannel(_ id: UInt64, by fd: CInt) {
         guard let ch = channels.removeValue(forKey: id) else { return }
         let other = ch.client == fd ? ch.server : ch.client
-        conns[ch.client]?.channels.remove(id)
-        conns[ch.server]?.channels.remove(id)
-        if let o = conns[other] {
-            var p = [UInt8]()
-            appendStruct(fos_ctl_channel_close(channel: id), to: &p)
-            deliver(o, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: p))
+        if let cl = conns[ch.client] {
+            cl.channels.remove(id)
+            if let n = cl.channelsTo[ch.server] { cl.channelsTo[ch.server] = n > 1 ? n - 1 : nil }
         }
+        if let sv = conns[ch.server] {
+            sv.channels.remove(id)
+            if let n = sv.channelsFromUID[ch.clientUID] { sv.channelsFromUID[ch.clientUID] = n > 1 ? n - 1 : nil }
+        }
+        if let o = conns[other] { notifyClosed(o, id) }
     }
 
     func handleChannelClose(_ c: Conn, _ msg: ControlMessage) {
@@ -375,7 +494,19 @@ struct NodeError: Error, CustomStringConvertible {
     init(_ s: String) { description = s }
 }
 
+/// Logs to stderr with write(2): a closed or broken stderr must never take
+/// the node down (FileHandle.write traps on errors).
 func log(_ s: String) {
-    FileHandle.standardError.write(Data("fosd: \(s)\n".utf8))
+    let line = Array("fosd: \(s)\n".utf8)
+    line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks), to tell a process
+/// from a later one that reused its pid.
+func processStartTime(_ pid: Int32) -> String? {
+    guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = s.lastIndex(of: ")") else { return nil }
+    let fields = s[s.index(after: close)...].split(separator: " ")
+    return fields.count > 19 ? String(fields[19]) : nil
 }
 

@@ -6,7 +6,12 @@ import SystemPackage
 
 extension Node {
     static let maxMailboxesPerConn = 1024
-    static let maxChannelsPerConn = 8192
+    static let maxChannelsPerConn = 4096
+    static let maxChannelsPerPair = 128
+    /// Each channel costs its server two descriptors: stay well inside a
+    /// default RLIMIT_NOFILE (which libfos raises to the hard limit).
+    static let maxChannelsPerOwner = 8192
+    static let maxChannelsPerUIDPerOwner = 1024
 
     func handleRequest(_ c: Conn, _ msg: ControlMessage) {
         let op = Int(msg.header.op)
@@ -60,7 +65,7 @@ extension Node {
         c.statsFD = fd
         c.hello = true
         // Membership is attested by pid: fosd started this very process.
-        if let m = supervisor.member(pid: c.pid) {
+        if let m = supervisor.member(pid: c.pid), c.acceptedAt > m.startedAt {
             c.member = m
             m.conn = c
         }
@@ -139,7 +144,13 @@ extension Node {
             rejected &+= 1
             return reply(c, msg, status: EACCES)
         }
-        guard c.channels.count < Node.maxChannelsPerConn, owner.channels.count < Node.maxChannelsPerConn else {
+        // Quotas: per client, per (client, owner) pair, and per owner — so one
+        // client cannot use up a server's descriptors for everyone else.
+        let trusted = c.uid == 0 || c.uid == myUID
+        guard c.channels.count < Node.maxChannelsPerConn, owner.channels.count < Node.maxChannelsPerOwner,
+              c.channelsTo[owner.fd, default: 0] < Node.maxChannelsPerPair,
+              trusted || owner.channelsFromUID[c.uid, default: 0] < Node.maxChannelsPerUIDPerOwner
+        else {
             return reply(c, msg, status: EMFILE)
         }
         let ring = config.ringBytes
@@ -188,8 +199,10 @@ extension Node {
         guard deliver(owner, ControlMessage.encode(op: Int32(FOS_CTL_NEW_CHANNEL), requestID: 0, payload: p1),
                       fds: ownerFDs)
         else { return reply(c, msg, status: ECONNREFUSED) }
-        channels[id] = ChannelRec(id: id, mailbox: mb.id, client: c.fd, server: owner.fd)
+        channels[id] = ChannelRec(id: id, mailbox: mb.id, client: c.fd, server: owner.fd, clientUID: c.uid)
         c.channels.insert(id)
+        c.channelsTo[owner.fd, default: 0] += 1
+        owner.channelsFromUID[c.uid, default: 0] += 1
         owner.channels.insert(id)
 
         var toClient = fos_ctl_channel()

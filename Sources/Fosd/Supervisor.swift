@@ -57,7 +57,9 @@ final class Supervisor {
             fleets.append(f)
             for i in 0..<spec.count {
                 // Space multiplexing: spread members over the cores.
-                members.append(Member(fleet: f, index: i, core: node.config.pin ? Int32(k % cores) : -1))
+                // The k-th CPU fosd itself may use (it may run inside a cpuset).
+                let cpu = node.config.pin ? fos_sys_nth_allowed_cpu(Int32(k % cores)) : -1
+                members.append(Member(fleet: f, index: i, core: cpu >= 0 ? cpu : -1))
                 k += 1
             }
         }
@@ -80,6 +82,10 @@ final class Supervisor {
         env["FOS_FLEET"] = m.fleet.name
         env["FOS_MEMBER"] = String(m.index)
         env.merge(m.fleet.env) { _, new in new }
+        if m.fleet.name == "/sys/name" {
+            // Names at or under a fleet's name belong to that fleet alone.
+            env["FOS_FLEETS"] = fleets.map(\.name).joined(separator: ",")
+        }
         let argv = [m.executable]
         let envp = env.map { "\($0.key)=\($0.value)" }
         var pidfd: CInt = -1

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CFosSys
 import CFosWire
 import FosBlock
 import FosCore
@@ -60,7 +61,7 @@ struct Fosd: ParsableCommand {
     var noDisk = false
 
     func validate() throws {
-        guard fos_ring_bytes_valid(ringKib * 1024) != 0 else {
+        guard ringKib <= 65536, fos_ring_bytes_valid(ringKib * 1024) != 0 else {
             throw ValidationError("--ring-kib must be a power of two between 256 and 65536")
         }
         for f in fleets { _ = try Fosd.parseFleet(f) }
@@ -85,7 +86,7 @@ struct Fosd: ParsableCommand {
             count = n
             rest = String(rest[..<colon])
         }
-        guard validateName(name), !name.hasPrefix("/sys/") else {
+        guard validateName(name), name != "/sys", !name.hasPrefix("/sys/") else {
             throw ValidationError("--fleet \(s): '\(name)' is not a valid fleet name (absolute, not under /sys)")
         }
         guard (1...64).contains(count) else { throw ValidationError("--fleet \(s): members must be 1...64") }
@@ -95,6 +96,7 @@ struct Fosd: ParsableCommand {
     }
 
     func run() throws {
+        _ = fos_sys_raise_nofile()
         var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1)]
         let stateDir = state ?? NodePaths.defaultState()
         if !noDisk {

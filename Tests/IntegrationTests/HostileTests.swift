@@ -364,14 +364,20 @@ struct HostileTests {
             let r = try await rt.call(good, opcode: opEcho, payload: [9, 9, 9])
             #expect(r.status == 0 && r.payload == [9, 9, 9])
 
-            // A flood of requests without reading the replies: fosd queues them
-            // (or lets the connection go) and keeps serving everyone else.
-            let flood = 3000
-            for i in 0..<flood {
+            // A flood of requests without reading the replies: fosd answers a
+            // bounded number, then stops reading this connection (backpressure)
+            // until the replies are read, and keeps serving everyone else. The
+            // flooder sends without blocking, until its socket is full.
+            _ = fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK)
+            var flood = 0
+            for i in 0..<3000 {
                 let n = c.send(RawControl.datagram(op: Int32(FOS_CTL_MAILBOX_DESTROY), rid: UInt64(1000 + i),
                                                    payload: ctlPayload(fos_ctl_mailbox_reply(mailbox: 0))))
                 if n < 0 { break }
+                flood += 1
             }
+            #expect(flood >= 64, "only \(flood) requests went out")
+            _ = fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) & ~O_NONBLOCK)
             await expectServing(rt, "a flood of unread requests")
             var got = 0
             var inOrder = true

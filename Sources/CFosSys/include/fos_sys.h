@@ -69,6 +69,10 @@ pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], in
 int fos_sys_pin_self(int cpu);
 int fos_sys_current_cpu(void);
 int fos_sys_cpu_count(void);
+/* The (k mod count)-th CPU this process may run on (its affinity mask). */
+int fos_sys_nth_allowed_cpu(int k);
+/* Raise the soft RLIMIT_NOFILE to the hard limit; returns the new limit. */
+long fos_sys_raise_nofile(void);
 int fos_sys_random(void *buf, size_t len);
 
 /* wait(2) for a pid: exit status as in waitpid, or -errno. */
