@@ -579,6 +579,30 @@ struct HostileTests {
         }
     }
 
+    @Test("impostors: a non-member cannot take a fleet's name; another user cannot reach the raw disk")
+    func impostors() async throws {
+        try await TestNode.with(members: 2) { node in
+            let echo = try BuildProducts.path("fos-echo")
+            // A root process that fosd did not start claims /app/echo: refused, the fleet's names unchanged.
+            let before = try await node.names().filter { $0.name == "/app/echo" }.count
+            let claim = try await runCommand("/usr/bin/env", ["FOS_RUNTIME=\(node.runtimeDir)", "FOS_FLEET=/app/echo", echo],
+                                             outputIn: node.root, timeout: .seconds(15))
+            #expect(claim.status == 1, "impostor exit \(claim.status): \(claim.stderr)")
+            #expect(claim.stderr.contains("cannot start"), "\(claim.stderr)")
+            #expect(try await node.names().filter { $0.name == "/app/echo" }.count == before)
+            // An unprivileged user reaches the echo fleet but not /sys/blk/0 (same-uid mailbox).
+            chmod(node.root, 0o755)  // let it reach the socket at all
+            let ctl = try BuildProducts.path("fosctl")
+            let asNobody = ["--reuid=65534", "--regid=65534", "--clear-groups", ctl, "--runtime", node.runtimeDir]
+            let ok = try await runCommand("/usr/bin/setpriv", asNobody.prefix(4) + ["call", "/app/echo", "echo", "hi", "--runtime", node.runtimeDir],
+                                          outputIn: node.root)
+            #expect(ok.status == 0 && ok.stdout.hasPrefix("hi"), "nobody → /app/echo: \(ok.status) \(ok.stderr)")
+            let disk = try await runCommand("/usr/bin/setpriv", asNobody.prefix(4) + ["call", "/sys/blk/0", "ping", "--runtime", node.runtimeDir],
+                                            outputIn: node.root)
+            #expect(disk.status == 1 && disk.stderr.contains("ermission denied"), "nobody → /sys/blk/0: \(disk.status) \(disk.stderr)")
+        }
+    }
+
     @Test("a client cannot resize the shared memory of its channel (the server would die of SIGBUS)")
     func sealedChannelMemory() async throws {
         try await TestNode.with(members: 1) { node in
