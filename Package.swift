@@ -40,7 +40,7 @@ let package = Package(
         // io_uring behind prefixed names; liburing's headers stay in this target.
         .target(name: "CFosUring", linkerSettings: [.linkedLibrary("uring")]),
         // The block device server (io_uring) and its client.
-        .target(name: "FosBlock", dependencies: ["FosCore", "CFosUring", "CFosWire", "CFosSys"]),
+        .target(name: "FosBlock", dependencies: ["FosCore", "FosFS", "CFosUring", "CFosWire", "CFosSys"]),
         .executableTarget(name: "FosBlockServer", dependencies: ["FosBlock", "FosCore"]),
         .executableTarget(name: "FosNameServer", dependencies: ["FosCore"]),
         .executableTarget(name: "FosEcho", dependencies: ["FosCore"]),

@@ -24,7 +24,7 @@ public final class Disk: @unchecked Sendable {
 
     /// Opens `path`. With `createBytes`, a missing image file is created
     /// sparse at that size. Errors name the path and what is wrong.
-    public init(path: String, createBytes: UInt64? = nil) throws {
+    public init(path: String, createBytes: UInt64? = nil, exclusive: Bool = true) throws {
         var st = stat()
         if stat(path, &st) != 0 {
             guard errno == ENOENT, let size = createBytes else {
@@ -45,6 +45,16 @@ public final class Disk: @unchecked Sendable {
             let e = errno
             let why = e == EINVAL ? "the file system under it does not support O_DIRECT" : String(cString: strerror(e))
             throw Problem(description: "cannot open disk \(path) for direct I/O: \(why)")
+        }
+        // One owner at a time: a running blk server holds this lock, so offline
+        // tools (fosctl mkfs/fsck) and a second node refuse the disk.
+        if exclusive {
+            let r = fos_sys_flock_exclusive(fd)
+            guard r == 0 else {
+                close(fd)
+                throw Problem(description: r == -EWOULDBLOCK ? "disk \(path) is in use by a running node"
+                                                             : "cannot lock disk \(path): \(String(cString: strerror(-r)))")
+            }
         }
         var bytes: UInt64 = 0
         guard fstat(fd, &st) == 0 else {

@@ -1,0 +1,10 @@
+import CFosWire
+import FosCore
+import FosFS
+
+/// The blk server as the file system's disk: FosFS talks to a `BlockDevice`,
+/// and this is the one that lives behind messages.
+extension BlockClient: BlockDevice {
+    public var blockSize: Int { BlockClient.blockSize }
+    public var blockCount: UInt64 { blocks }
+}
