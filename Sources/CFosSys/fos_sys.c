@@ -217,7 +217,12 @@ pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], in
         int e;
         int tmp[FOS_SYS_MAX_FDS];
         int ep = fcntl(errpipe[1], F_DUPFD_CLOEXEC, 600);
-        if (ep < 0) _exit(127);
+        if (ep < 0) {
+            /* Nothing has been moved yet: the original end still works. */
+            e = errno;
+            (void)!write(errpipe[1], &e, sizeof e);
+            _exit(127);
+        }
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);

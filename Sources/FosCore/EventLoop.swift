@@ -637,8 +637,6 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         s.pointee.channels = UInt64(st.entries.count)
     }
 
-    /// Requests received and not yet answered.
-    public var queueLength: UInt64 { st.queueLength }
 
     // MARK: API used on the loop thread
 

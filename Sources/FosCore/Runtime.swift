@@ -150,6 +150,15 @@ public final class FosRuntime: Sendable {
         }
     }
 
+    /// Closes a channel from `connectDetached` (or a raw mailbox): fosd tells
+    /// the other side. The calling thread must be done with it.
+    public func closeDetached(_ ch: Channel) {
+        ch.markClosed()
+        var payload = [UInt8]()
+        appendStruct(fos_ctl_channel_close(channel: ch.id), to: &payload)
+        try? controlSend(control.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: payload))
+    }
+
     /// A channel the calling thread owns: the loop never reads it.
     public func connectDetached(_ addr: MailboxAddress, key: Capability) throws -> Channel {
         let ch = try openChannel(addr, key: key)

@@ -176,7 +176,9 @@ final class Supervisor {
         if monotonicNanos() > stopDeadline {
             for m in members where m.pid > 0 {
                 _ = fos_sys_pidfd_kill(m.pidfd, SIGKILL)
-                _ = fos_sys_reap(m.pid, 0)
+                // Never block here: a member stuck in the kernel (D state)
+                // must not keep the node from stopping; init reaps it later.
+                _ = fos_sys_reap(m.pid, 1)
                 m.pid = 0
             }
             return true
