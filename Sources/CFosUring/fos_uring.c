@@ -6,7 +6,9 @@
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 struct fos_uring {
     struct io_uring ring;
@@ -21,12 +23,18 @@ fos_uring *fos_uring_open(unsigned entries, unsigned buffer_slots, int *err) {
     }
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
-    /* One thread submits and reaps. Not COOP_TASKRUN: the server spins on the
-     * completion queue without entering the kernel, and with cooperative task
-     * running completions would only be posted at its next syscall. */
-    p.flags = IORING_SETUP_SINGLE_ISSUER;
+    /* One thread submits and reaps. DEFER_TASKRUN: completions are not posted
+     * by interrupting the (spinning) server with task work (an IPI when the
+     * device interrupt lands on another core) but when it asks; TASKRUN_FLAG
+     * makes the kernel say so in the SQ ring flags, which the reap reads in
+     * user space, so the server enters the kernel only when completions wait.
+     * R_DISABLED: the one issuer is the thread that enables the ring
+     * (fos_uring_enable, from the event loop), not the one that made it. */
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+              IORING_SETUP_R_DISABLED;
     int r = io_uring_queue_init_params(entries, &u->ring, &p);
     if (r == -EINVAL) {
+        /* Older kernels: plain task work, posted without a syscall. */
         memset(&p, 0, sizeof p);
         r = io_uring_queue_init_params(entries, &u->ring, &p);
     }
@@ -50,6 +58,14 @@ void fos_uring_close(fos_uring *u) {
     if (!u) return;
     io_uring_queue_exit(&u->ring);
     free(u);
+}
+
+int fos_uring_enable(fos_uring *u) {
+    /* The raw register call: liburing 2.3 declares io_uring_enable_rings
+     * but its shared library does not export it. */
+    long r = syscall(__NR_io_uring_register, u->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    if (r < 0) r = -errno;
+    return r == -EBADFD ? 0 : (int)r; /* not disabled (the fallback ring): fine */
 }
 
 int fos_uring_register_file(fos_uring *u, int fd) { return io_uring_register_files(&u->ring, &fd, 1); }
@@ -104,7 +120,8 @@ int fos_uring_discard(fos_uring *u, uint64_t off, uint64_t len, uint64_t user) {
 
 int fos_uring_submit(fos_uring *u) {
     for (;;) {
-        int r = io_uring_submit(&u->ring);
+        /* Submits and, with deferred task running, posts what completed. */
+        int r = io_uring_submit_and_get_events(&u->ring);
         if (r != -EINTR) return r;
     }
 }

@@ -24,12 +24,21 @@ struct IOResult {
 /// written once first so that no test reads holes.
 let workingSet: UInt64 = 1 << 30
 
-func runFio(_ image: String, _ t: IOTest, seconds: Double) -> IOResult {
+/// Fairness, both ways. Same image file and working set (the first GiB) for
+/// both; random offsets drawn with replacement (fio: --norandommap
+/// --randrepeat=0). Same CPUs: fos uses the client's core (where this driver
+/// runs) and the server's core, so fio may run on both of them too rather
+/// than on one (--cpus_allowed); one fio job, since fos has one client
+/// thread. fio gets the features the blk server uses (registered buffers,
+/// registered file); not --sqthread_poll, which measured no better for fio
+/// at QD 1 and worse at QD 32 on this machine.
+func runFio(_ image: String, _ t: IOTest, seconds: Double, cpus: String) -> IOResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     p.arguments = ["fio", "--name=ref", "--filename=\(image)", "--ioengine=io_uring", "--direct=1",
                    "--rw=\(t.fioRW)", "--bs=\(t.blockSize)", "--iodepth=\(t.depth)", "--size=\(workingSet)",
-                   "--time_based", "--runtime=\(seconds)s", "--ramp_time=0", "--cpus_allowed=\(peerCore)",
+                   "--time_based", "--runtime=\(seconds)s", "--ramp_time=0", "--cpus_allowed=\(cpus)",
+                   "--fixedbufs", "--registerfiles",
                    "--randrepeat=0", "--norandommap", "--output-format=json"]
     let out = Pipe()
     p.standardOutput = out
@@ -47,12 +56,30 @@ func runFio(_ image: String, _ t: IOTest, seconds: Double) -> IOResult {
     return IOResult(iops: iops, mbps: bw * 1024 / 1e6)
 }
 
-/// The same pattern through the blk server: a detached channel and a region,
-/// `depth` requests kept in flight, for `seconds`.
-func runFos(_ t: IOTest, seconds: Double) throws -> IOResult {
+/// The client side of the blk tests: one detached channel and one region big
+/// enough for every test, for the whole benchmark (the channel used to be
+/// opened per test and never closed, piling up channels and registered
+/// buffers in the server).
+struct BlkConnection {
+    var channel: Channel
+    var region: Region
+    /// Core fosd pinned the server to (-1 if unknown).
+    var serverCore: Int32
+}
+
+func connectBlk(regionBytes: Int) throws -> BlkConnection {
     let e = try awaitBlocking { try await rt.lookup("/sys/blk/0") }
     let ch = try rt.connectDetached(e.addr, key: e.key)
-    let region = try rt.attach(ch, bytes: t.blockSize * t.depth)
+    let region = try rt.attach(ch, bytes: regionBytes)
+    return BlkConnection(channel: ch, region: region, serverCore: ch.peer.core)
+}
+
+/// The same pattern through the blk server: `depth` requests kept in flight
+/// for `seconds`; each reply is answered at once with the next request into
+/// the region slot it freed.
+func runFos(_ c: BlkConnection, _ t: IOTest, seconds: Double) throws -> IOResult {
+    let ch = c.channel
+    precondition(t.blockSize * t.depth <= c.region.size)
     let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + 64, alignment: 16)
     defer { buf.deallocate() }
     let count = UInt32(t.blockSize / Int(FOS_BLK_BLOCK))
@@ -68,7 +95,7 @@ func runFos(_ t: IOTest, seconds: Double) throws -> IOResult {
             unit = next
             next = (next + 1) % span
         }
-        var io = fos_blk_io(block: unit * UInt64(count), count: count, slot: 0, offset: UInt64(slot * t.blockSize))
+        var io = fos_blk_io(block: unit * UInt64(count), count: count, slot: c.region.slot, offset: UInt64(slot * t.blockSize))
         let h = fos_msg_hdr(opcode: op, requestID: UInt64(slot), payloadLength: MemoryLayout<fos_blk_io>.size)
         try withUnsafeBytes(of: &io) { try ch.send(h, $0) }
     }
@@ -90,7 +117,6 @@ func runFos(_ t: IOTest, seconds: Double) throws -> IOResult {
         }
     }
     let dt = Double(monotonicNanos() - start) / 1e9
-    withExtendedLifetime(region) {}
     let iops = Double(done) / dt
     return IOResult(iops: iops, mbps: iops * Double(t.blockSize) / 1e6)
 }
@@ -117,7 +143,7 @@ final class ResultBox<T: Sendable>: @unchecked Sendable {
 
 @MainActor
 func blockBench(image: String) async throws {
-    let tests = [
+    let allTests = [
         IOTest(name: "4 KiB random read, QD 1", fioRW: "randread", blockSize: 4096, depth: 1),
         IOTest(name: "4 KiB random read, QD 32", fioRW: "randread", blockSize: 4096, depth: 32),
         IOTest(name: "4 KiB random write, QD 1", fioRW: "randwrite", blockSize: 4096, depth: 1),
@@ -125,16 +151,33 @@ func blockBench(image: String) async throws {
         IOTest(name: "1 MiB sequential read, QD 4", fioRW: "read", blockSize: 1 << 20, depth: 4),
         IOTest(name: "1 MiB sequential write, QD 4", fioRW: "write", blockSize: 1 << 20, depth: 4),
     ]
+    // Knobs for experiments (profiling one test): FOS_BENCH_ONLY=TEXT runs the
+    // tests whose name contains TEXT, FOS_BENCH_NOFIO=1 skips fio (ratios are
+    // then meaningless).
+    let only = ProcessInfo.processInfo.environment["FOS_BENCH_ONLY"]
+    let skipFio = ProcessInfo.processInfo.environment["FOS_BENCH_NOFIO"] != nil
+    let tests = only.map { o in allTests.filter { $0.name.contains(o) } } ?? allTests
     // Fill the working set once so that reads hit allocated blocks.
-    _ = runFio(image, IOTest(name: "fill", fioRW: "write", blockSize: 1 << 20, depth: 8), seconds: 0)
+    _ = runFio(image, IOTest(name: "fill", fioRW: "write", blockSize: 1 << 20, depth: 8), seconds: 0, cpus: "\(clientCore)")
+    let blk = try connectBlk(regionBytes: tests.map { $0.blockSize * $0.depth }.max() ?? 4096)
+    // The client must not share a core with the server it spins waiting for.
+    if blk.serverCore == clientCore && cores > 1 {
+        die("the blk server runs on the client's core \(clientCore): the comparison would be meaningless")
+    }
+    let fioCPUs = blk.serverCore >= 0 && blk.serverCore != clientCore ? "\(clientCore),\(blk.serverCore)" : "\(clientCore)"
     var fio: [[IOResult]] = Array(repeating: [], count: tests.count)
     var fos: [[IOResult]] = Array(repeating: [], count: tests.count)
-    for _ in 0..<runs {
+    for r in 0..<runs {
         for (i, t) in tests.enumerated() {
-            fio[i].append(runFio(image, t, seconds: seconds))
-            fos[i].append(try runFos(t, seconds: seconds))
+            // Alternate who goes first: the device's speed drifts (host cache,
+            // neighbours), and a fixed order would bias every ratio one way.
+            if r % 2 == 1 { fos[i].append(try runFos(blk, t, seconds: seconds)) }
+            fio[i].append(skipFio ? IOResult(iops: 1, mbps: 1) : runFio(image, t, seconds: seconds, cpus: fioCPUs))
+            if r % 2 == 0 { fos[i].append(try runFos(blk, t, seconds: seconds)) }
         }
     }
+    rt.closeDetached(blk.channel)
+    withExtendedLifetime(blk) {}
     struct Row: Codable {
         var test: String
         var fioIOPS: Double

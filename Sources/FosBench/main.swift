@@ -76,7 +76,6 @@ guard runs >= 1, iterations >= 100, seconds >= 0.2 else {
 let cores = Int(fos_sys_cpu_count())
 let clientCore: Int32 = 0
 let peerCore: Int32 = cores > 1 ? 1 : 0
-_ = fos_sys_pin_self(clientCore)
 
 struct Child {
     var pid: pid_t
@@ -112,6 +111,10 @@ if let r = runtimeDir {
     runtime = t + "/run"
     nodeChild = spawn([selfDir + "/fosd", "--runtime", runtime, "--state", t + "/state", "--disk-size", "2G"], keep: [], core: -1)
 }
+// Pin the driver only now: fosd inherits the driver's affinity and spreads its
+// members over the cores it may use, so pinning first would put every member
+// (fos-blk included) on the client's core, where the spinning client starves it.
+_ = fos_sys_pin_self(clientCore)
 func cleanup() {
     if let n = nodeChild {
         _ = fos_sys_pidfd_kill(n.pidfd, SIGTERM)

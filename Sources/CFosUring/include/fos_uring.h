@@ -17,6 +17,10 @@ typedef struct fos_uring fos_uring;
 fos_uring *fos_uring_open(unsigned entries, unsigned buffer_slots, int *err);
 void fos_uring_close(fos_uring *u);
 
+/* Starts the ring; the calling thread becomes the only one that may submit
+ * and reap. Registrations may come before, I/O only after. */
+int fos_uring_enable(fos_uring *u);
+
 /* The one file this ring does I/O on (registered, used as fixed file 0). */
 int fos_uring_register_file(fos_uring *u, int fd);
 /* Install (len > 0) or remove (base NULL) a registered buffer. */
