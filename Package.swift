@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "fos-echo", targets: ["FosEcho"]),
         .executable(name: "fos-bench", targets: ["FosBench"]),
         .executable(name: "fos-blk", targets: ["FosBlockServer"]),
+        .executable(name: "fos-fs", targets: ["FosFSServer"]),
+        .library(name: "FosFSClient", targets: ["FosFSClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -35,7 +37,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "FosCtl",
-            dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["FosCore", "FosFS", "FosBlock", "FosFSClient",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // io_uring behind prefixed names; liburing's headers stay in this target.
         .target(name: "CFosUring", linkerSettings: [.linkedLibrary("uring")]),
@@ -46,14 +49,17 @@ let package = Package(
         .executableTarget(name: "FosEcho", dependencies: ["FosCore"]),
         .executableTarget(
             name: "FosBench",
-            dependencies: ["FosCore", "FosBlock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient"]),
         // CRC-32C for the file system's on-disk checksums.
         .target(name: "CFosCRC"),
         // The fos file system: format, buffer cache, journal, POSIX operations (no processes).
         .target(name: "FosFS", dependencies: ["CFosCRC", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "FosFSTests", dependencies: ["FosFS"]),
+        // The fs fleet (/sys/fs): FosFS behind messages, its client, and its server.
+        .target(name: "FosFSClient", dependencies: ["FosCore", "FosFS", "CFosWire"]),
+        .executableTarget(name: "FosFSServer", dependencies: ["FosFSClient", "FosFS", "FosBlock", "FosCore", "CFosWire"]),
     ]
 )

@@ -109,7 +109,7 @@ if let r = runtimeDir {
     let t = FileManager.default.temporaryDirectory.appendingPathComponent("fos-bench-\(getpid())").path
     tempDir = t
     runtime = t + "/run"
-    nodeChild = spawn([selfDir + "/fosd", "--runtime", runtime, "--state", t + "/state", "--disk-size", "2G"], keep: [], core: -1)
+    nodeChild = spawn([selfDir + "/fosd", "--runtime", runtime, "--state", t + "/state", "--disk-size", "2G", "--no-fs"], keep: [], core: -1)
 }
 // Pin the driver only now: fosd inherits the driver's affinity and spreads its
 // members over the cores it may use, so pinning first would put every member
@@ -135,6 +135,8 @@ for _ in 0..<200 {
 if rt == nil { die("no node on \(runtime)") }
 if mode == "fs" {
     try await blockBench(image: tempDir! + "/state/disk.img")
+    // File system operations vs the host's (FSBench.swift; text output only for now).
+    if !json { try await fsBench(runs: runs, seconds: seconds, json: json) }
     exit(0)
 }
 

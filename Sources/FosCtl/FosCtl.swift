@@ -191,5 +191,5 @@ struct FosCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fosctl",
         abstract: "Inspect and steer a fos node and its fleets.",
-        subcommands: [Status.self, Fleets.self, Names.self, Kill.self, Call.self])
+        subcommands: [Status.self, Fleets.self, Names.self, Kill.self, Call.self, FS.self, Mkfs.self, Fsck.self])
 }

@@ -84,8 +84,13 @@ final class Registry: @unchecked Sendable {
         }
         guard var e else { return Reply(status: EINVAL) }
         guard allowed(e.name, r.sender) else { return Reply(status: EPERM) }
-        // Internal mailboxes and policy choosers speak for the fleet itself.
-        if e.flags & UInt32(FOS_NAME_INTERNAL | FOS_NAME_POLICY) != 0 && r.sender.fleet != e.name {
+        // Internal mailboxes and policy choosers speak for the fleet itself
+        // (internal ones also under its sub-names: /sys/fs/1 is member 1).
+        let underOwnFleet = !r.sender.fleet.isEmpty && e.name.hasPrefix(r.sender.fleet + "/")
+        if e.flags & UInt32(FOS_NAME_POLICY) != 0 && r.sender.fleet != e.name {
+            return Reply(status: EPERM)
+        }
+        if e.flags & UInt32(FOS_NAME_INTERNAL) != 0 && r.sender.fleet != e.name && !underOwnFleet {
             return Reply(status: EPERM)
         }
         guard e.flags & ~UInt32(FOS_NAME_INTERNAL | FOS_NAME_POLICY) == 0,

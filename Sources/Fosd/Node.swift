@@ -253,9 +253,15 @@ final class Node {
 
     func beginShutdown() {
         stopping = true
+        // The supervisor says goodbye (broadcastShutdown) once the fleets
+        // that need others to stop cleanly (/sys/fs needs /sys/blk/0) are gone.
+        supervisor.stopAll()
+    }
+
+    /// Tells every connected process that the node is stopping.
+    func broadcastShutdown() {
         let bye = ControlMessage.encode(op: Int32(FOS_CTL_SHUTDOWN), requestID: 0, payload: [])
         for c in conns.values { _ = deliver(c, bye) }
-        supervisor.stopAll()
     }
 
     func shutdownFinish() {

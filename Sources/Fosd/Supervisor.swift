@@ -165,25 +165,53 @@ final class Supervisor {
     }
 
     var stopDeadline: UInt64 = 0
+    /// Fleets stopped first, each alone, before the rest are told: the file
+    /// system unmounts (commit, checkpoint, flush) through the block server,
+    /// which must still be there.
+    static let stopFirst: Set<String> = ["/sys/fs"]
+    var firstStageDone = false
 
     func stopAll() {
+        let early = members.filter { Supervisor.stopFirst.contains($0.fleet.name) && $0.pid > 0 }
+        if early.isEmpty {
+            stopRest()
+            return
+        }
+        stopDeadline = monotonicNanos() + 6_000_000_000
+        for m in early { _ = fos_sys_pidfd_kill(m.pidfd, SIGTERM) }
+    }
+
+    private func stopRest() {
+        firstStageDone = true
+        node.broadcastShutdown()
         stopDeadline = monotonicNanos() + 3_000_000_000
         for m in members where m.pid > 0 { _ = fos_sys_pidfd_kill(m.pidfd, SIGTERM) }
     }
 
     var allGone: Bool {
+        if !firstStageDone {
+            let early = members.filter { Supervisor.stopFirst.contains($0.fleet.name) && $0.pid > 0 }
+            if !early.isEmpty && monotonicNanos() <= stopDeadline { return false }
+            if !early.isEmpty {
+                log("\(early.map(\.label).joined(separator: ", ")) did not stop in time: killing")
+                for m in early { kill(m) }
+            }
+            stopRest()
+        }
         if members.allSatisfy({ $0.pid == 0 }) { return true }
         if monotonicNanos() > stopDeadline {
-            for m in members where m.pid > 0 {
-                _ = fos_sys_pidfd_kill(m.pidfd, SIGKILL)
-                // Never block here: a member stuck in the kernel (D state)
-                // must not keep the node from stopping; init reaps it later.
-                _ = fos_sys_reap(m.pid, 1)
-                m.pid = 0
-            }
+            for m in members where m.pid > 0 { kill(m) }
             return true
         }
         return false
+    }
+
+    private func kill(_ m: Member) {
+        _ = fos_sys_pidfd_kill(m.pidfd, SIGKILL)
+        // Never block here: a member stuck in the kernel (D state)
+        // must not keep the node from stopping; init reaps it later.
+        _ = fos_sys_reap(m.pid, 1)
+        m.pid = 0
     }
 
     func member(pid: Int32) -> Member? { members.first { $0.pid == pid && pid > 0 } }

@@ -57,8 +57,14 @@ struct Fosd: ParsableCommand {
     @Option(help: "io_uring queue depth of the block server (1...4096).")
     var blkQueueDepth: Int = 64
 
-    @Flag(help: "Run without a disk (no block server): messaging only.")
+    @Flag(help: "Run without a disk (no block server, no file system): messaging only.")
     var noDisk = false
+
+    @Option(help: "Members of the file system fleet /sys/fs (1...4; default: one per core, at most 4).")
+    var fsMembers: Int?
+
+    @Flag(help: "Start the block server but no file system fleet (raw-disk benchmarks).")
+    var noFs = false
 
     func validate() throws {
         guard ringKib <= 65536, fos_ring_bytes_valid(ringKib * 1024) != 0 else {
@@ -70,11 +76,45 @@ struct Fosd: ParsableCommand {
         }
         _ = size
         guard (1...4096).contains(blkQueueDepth) else { throw ValidationError("--blk-queue-depth must be 1...4096") }
+        if let n = fsMembers, !(1...4).contains(n) { throw ValidationError("--fs-members must be 1...4") }
     }
 
     static func selfDirectory() -> String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return (exe as NSString).deletingLastPathComponent
+    }
+
+    /// A node that just stopped may still hold its disk for a moment: the
+    /// kernel tears the blk server's io_uring (and with it the disk's flock)
+    /// down asynchronously. Wait up to 2 s for that before opening the disk,
+    /// which then refuses a disk that is really in use.
+    static func waitForDiskLock(_ path: String) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        for _ in 0..<100 {
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 {
+                flock(fd, LOCK_UN)
+                return
+            }
+            if errno != EWOULDBLOCK { return }
+            usleep(20_000)
+        }
+    }
+
+    /// The pid in the runtime directory's lock file if a fosd holds it.
+    static func runningNode(_ runtimeDir: String) -> String? {
+        let fd = open(runtimeDir + "/fosd.lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return nil
+        }
+        guard errno == EWOULDBLOCK else { return nil }
+        var buf = [UInt8](repeating: 0, count: 32)
+        let n = pread(fd, &buf, 31, 0)
+        return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
     }
 
     static func parseFleet(_ s: String) throws -> FleetSpec {
@@ -99,11 +139,18 @@ struct Fosd: ParsableCommand {
         _ = fos_sys_raise_nofile()
         var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1)]
         let stateDir = state ?? NodePaths.defaultState()
+        let runtimeDir = runtime ?? NodePaths.defaultRuntime()
         if !noDisk {
+            // A node already running here holds the disk too: say which one is in the way.
+            if let pid = Fosd.runningNode(runtimeDir) {
+                FileHandle.standardError.write(Data("fosd: a node is already running on \(runtimeDir) (fosd pid \(pid))\n".utf8))
+                throw ExitCode(1)
+            }
             // Check the disk here, so a bad one is one clear line, not a crash loop.
             let path = disk ?? stateDir + "/disk.img"
             do {
                 try Node.makeDirectory(stateDir, mode: 0o700)
+                Fosd.waitForDiskLock(path)
                 _ = try Disk(path: path, createBytes: disk == nil ? Disk.parseSize(diskSize) : nil)
             } catch let e as Disk.Problem {
                 FileHandle.standardError.write(Data("fosd: \(e.description)\n".utf8))
@@ -114,9 +161,16 @@ struct Fosd: ParsableCommand {
             }
             specs.append(FleetSpec(name: "/sys/blk/0", executable: Fosd.selfDirectory() + "/fos-blk", count: 1,
                                    env: ["FOS_BLK_DISK": path, "FOS_BLK_QUEUE_DEPTH": String(blkQueueDepth)]))
+            // The file system on that disk: a fleet whose members each home a
+            // share of the allocation groups (at most 4: one journal slot each).
+            let n = fsMembers ?? min(max(Int(fos_sys_cpu_count()), 1), 4)
+            if !noFs {
+                specs.append(FleetSpec(name: "/sys/fs", executable: Fosd.selfDirectory() + "/fos-fs", count: n,
+                                       env: ["FOS_FS_MEMBERS": String(n)]))
+            }
         }
         specs += try fleets.map(Fosd.parseFleet)
-        let config = NodeConfig(runtimeDir: runtime ?? NodePaths.defaultRuntime(),
+        let config = NodeConfig(runtimeDir: runtimeDir,
                                 stateDir: stateDir,
                                 fleets: specs, ringBytes: ringKib * 1024, pin: !noPin)
         do {

@@ -313,6 +313,8 @@ actor NodeSlots {
 
 final class TestNode: Sendable {
     let echoMembers: Int
+    /// Members of the file system fleet /sys/fs (`fosd --fs-members`).
+    let fsMembers: Int
     let root: String
     let runtimeDir: String
     let stateDir: String
@@ -332,8 +334,9 @@ final class TestNode: Sendable {
     }
     private let state = Mutex(State())
 
-    private init(members: Int, slots: Int) throws {
+    private init(members: Int, slots: Int, fsMembers: Int) throws {
         echoMembers = members
+        self.fsMembers = fsMembers
         self.slots = slots
         fosdPath = try BuildProducts.path("fosd")
         fosctlPath = try BuildProducts.path("fosctl")
@@ -348,11 +351,12 @@ final class TestNode: Sendable {
     }
 
     /// Starts a node, runs `body`, and stops the node whatever happens.
-    static func with<T>(members: Int = 3, slots: Int = 1, _ body: (TestNode) async throws -> T) async throws -> T {
+    static func with<T>(members: Int = 3, slots: Int = 1, fsMembers: Int = 1,
+                        _ body: (TestNode) async throws -> T) async throws -> T {
         await NodeSlots.shared.acquire(slots)
         let node: TestNode
         do {
-            node = try TestNode(members: members, slots: slots)
+            node = try TestNode(members: members, slots: slots, fsMembers: fsMembers)
         } catch {
             await NodeSlots.shared.release(slots)
             throw error
@@ -396,7 +400,7 @@ final class TestNode: Sendable {
         env["FOS_STATE"] = nil
         let argv = ["/bin/sh", "-c", "exec 2>>\"$0\"; exec \"$@\"", logPath,
                     fosdPath, "--runtime", runtimeDir, "--state", stateDir, "--disk-size", "256M",
-                    "--fleet", "/app/echo=fos-echo:\(echoMembers)"]
+                    "--fs-members", String(fsMembers), "--fleet", "/app/echo=fos-echo:\(echoMembers)"]
         let (pid, pidfd) = try Spawner.shared.spawn(argv, env: env)
         state.withLock {
             $0.pid = pid
@@ -422,7 +426,8 @@ final class TestNode: Sendable {
 
     var exitStatus: Int32? { state.withLock { $0.exitStatus } }
 
-    /// Waits until the name service is up and `/app/echo` has all its external members.
+    /// Waits until the name service is up, `/app/echo` has all its external
+    /// members and every /sys/fs member has mounted the disk and registered.
     func waitReady(timeout: Duration = .seconds(10)) async throws {
         let deadline = ContinuousClock.now + timeout
         var probe: FosRuntime?
@@ -438,7 +443,9 @@ final class TestNode: Sendable {
                 if let p = probe {
                     let entries = try await p.listNames(prefix: "/app/echo").filter { $0.name == "/app/echo" }
                     let ext = entries.filter { !$0.isInternal && $0.flags & UInt32(FOS_NAME_POLICY) == 0 }
-                    if ext.count == echoMembers {
+                    // Every fs member mounted and registered (/sys/fs/<i> comes last).
+                    let fs = try await p.listNames(prefix: "/sys/fs/").count
+                    if ext.count == echoMembers && fs == fsMembers {
                         state.withLock {
                             $0.probe = p
                             $0.memberPids.formUnion(entries.map(\.pid))

@@ -85,6 +85,219 @@ typedef struct fos_blk_info {
     uint32_t reserved;
 } fos_blk_info;
 
+/* ------------------------------------------------------------------ */
+/* File system service (/sys/fs)                                       */
+/* ------------------------------------------------------------------ */
+/*
+ * Requests name inodes by number (the root is 1) or, for OPEN and RESOLVE,
+ * by absolute path. Names and paths travel as length + bytes (UTF-8, no
+ * NUL) right after the fixed struct; a payload must be exactly the struct
+ * plus the lengths it announces. Replies carry 0 or the errno Linux would
+ * give (EINVAL/ENAMETOOLONG/EPROTO for malformed requests). The caller's
+ * credentials are the kernel's (attested by fosd), never message fields.
+ * There is no open-file state: READ and WRITE check access on every call
+ * against the caller's credentials (like NFSv3).
+ */
+#define FOS_FS_NAME_MAX 255u
+#define FOS_FS_PATH_MAX 4096u
+#define FOS_FS_MAX_IO (60u * 1024u)        /* bytes of one READ or WRITE */
+#define FOS_FS_MAX_GROUPS 64u
+#define FOS_FS_ROOT_INO 1u
+
+#define FOS_OP_FS_LOOKUP 0x400u      /* fos_fs_name_req + name -> fos_fs_stat */
+#define FOS_OP_FS_GETATTR 0x401u     /* fos_fs_ino -> fos_fs_stat */
+#define FOS_OP_FS_SETATTR 0x402u     /* fos_fs_setattr -> fos_fs_stat (chmod, chown, truncate, utimens) */
+#define FOS_OP_FS_CREATE 0x403u      /* fos_fs_create + name -> fos_fs_stat (flags: open(2) O_EXCL etc.) */
+#define FOS_OP_FS_MKDIR 0x404u       /* fos_fs_create + name -> fos_fs_stat */
+#define FOS_OP_FS_MKNOD 0x405u       /* fos_fs_create + name -> fos_fs_stat (mode with S_IFMT, rdev) */
+#define FOS_OP_FS_SYMLINK 0x406u     /* fos_fs_create + name + target -> fos_fs_stat */
+#define FOS_OP_FS_LINK 0x407u        /* fos_fs_link + name -> fos_fs_stat */
+#define FOS_OP_FS_UNLINK 0x408u      /* fos_fs_name_req + name -> empty */
+#define FOS_OP_FS_RMDIR 0x409u       /* fos_fs_name_req + name -> empty */
+#define FOS_OP_FS_RENAME 0x40au      /* fos_fs_rename + old name + new name -> empty */
+#define FOS_OP_FS_READLINK 0x40bu    /* fos_fs_ino -> target bytes */
+#define FOS_OP_FS_READ 0x40cu        /* fos_fs_io -> data (short at end of file) */
+#define FOS_OP_FS_WRITE 0x40du       /* fos_fs_io + count bytes -> fos_fs_write_reply */
+#define FOS_OP_FS_FSYNC 0x40eu       /* fos_fs_fsync -> empty */
+#define FOS_OP_FS_READDIR 0x40fu     /* fos_fs_readdir -> fos_fs_readdir_reply + entries */
+#define FOS_OP_FS_STATFS 0x410u      /* empty -> fos_fs_statfs */
+#define FOS_OP_FS_GETXATTR 0x411u    /* fos_fs_xattr + name -> value */
+#define FOS_OP_FS_SETXATTR 0x412u    /* fos_fs_xattr + name + value -> empty */
+#define FOS_OP_FS_LISTXATTR 0x413u   /* fos_fs_ino -> names, each followed by a NUL */
+#define FOS_OP_FS_REMOVEXATTR 0x414u /* fos_fs_xattr + name -> empty */
+#define FOS_OP_FS_OPEN 0x415u        /* fos_fs_open + path -> fos_fs_stat of the opened inode */
+#define FOS_OP_FS_RESOLVE 0x416u     /* fos_fs_open (flags: O_NOFOLLOW only) + path -> fos_fs_ino */
+/* Fleet-internal only (the internal mailbox, fleet members as attested by
+ * fosd): a member hands a request for an inode homed on a peer to that peer,
+ * with the original caller's credentials. Payload: fos_fs_forward, ngroups
+ * u32 group ids, then the original payload; the reply is passed back as is. */
+#define FOS_OP_FS_FORWARD 0x4ffu
+
+typedef struct fos_fs_stat {
+    uint64_t ino;
+    uint32_t mode;       /* S_IFMT | permission bits */
+    uint32_t nlink;
+    uint32_t uid;
+    uint32_t gid;
+    uint64_t rdev;
+    uint64_t size;
+    uint64_t blocks;     /* 512-byte units, like st_blocks */
+    uint32_t blksize;
+    uint32_t generation;
+    int64_t atime_ns;    /* nanoseconds since the epoch */
+    int64_t mtime_ns;
+    int64_t ctime_ns;
+    int64_t btime_ns;
+} fos_fs_stat;
+
+_Static_assert(sizeof(fos_fs_stat) == 88, "fos_fs_stat layout");
+
+typedef struct fos_fs_ino {
+    uint64_t ino;
+} fos_fs_ino;
+
+typedef struct fos_fs_name_req {
+    uint64_t dir;
+    uint32_t name_len;   /* 1...FOS_FS_NAME_MAX, bytes follow */
+    uint32_t reserved;
+} fos_fs_name_req;
+
+typedef struct fos_fs_create {
+    uint64_t dir;
+    uint64_t rdev;       /* MKNOD of a device */
+    uint32_t mode;
+    uint32_t flags;      /* CREATE: open(2) flags (O_EXCL, O_TRUNC, access mode) */
+    uint32_t name_len;
+    uint32_t target_len; /* SYMLINK: target bytes after the name; otherwise 0 */
+} fos_fs_create;
+
+_Static_assert(sizeof(fos_fs_create) == 32, "fos_fs_create layout");
+
+typedef struct fos_fs_link {
+    uint64_t ino;        /* existing file */
+    uint64_t dir;        /* directory of the new name */
+    uint32_t name_len;
+    uint32_t reserved;
+} fos_fs_link;
+
+typedef struct fos_fs_rename {
+    uint64_t old_dir;
+    uint64_t new_dir;
+    uint32_t flags;      /* RENAME_NOREPLACE 1, RENAME_EXCHANGE 2 */
+    uint16_t old_len;
+    uint16_t new_len;
+} fos_fs_rename;
+
+/* Between directories homed on different members a RENAME or LINK replies
+ * EXDEV (no cross-member transactions yet). */
+
+#define FOS_FS_SET_MODE 0x01u
+#define FOS_FS_SET_UID 0x02u
+#define FOS_FS_SET_GID 0x04u
+#define FOS_FS_SET_SIZE 0x08u
+#define FOS_FS_SET_ATIME 0x10u      /* to atime_ns */
+#define FOS_FS_SET_MTIME 0x20u      /* to mtime_ns */
+#define FOS_FS_SET_ATIME_NOW 0x40u
+#define FOS_FS_SET_MTIME_NOW 0x80u
+#define FOS_FS_SET_ALL 0xffu
+
+typedef struct fos_fs_setattr {
+    uint64_t ino;
+    uint32_t valid;      /* FOS_FS_SET_* */
+    uint32_t mode;
+    uint32_t uid;
+    uint32_t gid;
+    uint64_t size;
+    int64_t atime_ns;
+    int64_t mtime_ns;
+} fos_fs_setattr;
+
+_Static_assert(sizeof(fos_fs_setattr) == 48, "fos_fs_setattr layout");
+
+#define FOS_FS_IO_APPEND 0x1u       /* WRITE at the end of the file (offset ignored) */
+
+typedef struct fos_fs_io {
+    uint64_t ino;
+    uint64_t offset;
+    uint32_t count;      /* READ: at most FOS_FS_MAX_IO; WRITE: bytes that follow */
+    uint32_t flags;      /* FOS_FS_IO_* */
+} fos_fs_io;
+
+typedef struct fos_fs_write_reply {
+    uint64_t offset;     /* where the data went (APPEND) */
+    uint32_t count;
+    uint32_t reserved;
+} fos_fs_write_reply;
+
+typedef struct fos_fs_fsync {
+    uint64_t ino;
+    uint32_t datasync;   /* 1: fdatasync */
+    uint32_t reserved;
+} fos_fs_fsync;
+
+typedef struct fos_fs_readdir {
+    uint64_t ino;
+    uint64_t cookie;     /* 0 = start, else next_cookie of the last entry seen */
+    uint32_t max;        /* entries wanted, 1...1024; the reply may hold fewer */
+    uint32_t reserved;
+} fos_fs_readdir;
+
+/* READDIR reply: fos_fs_readdir_reply, then count × (fos_fs_dirent + name,
+ * padded to 8 bytes). count 0: end of directory. */
+typedef struct fos_fs_readdir_reply {
+    uint32_t count;
+    uint32_t reserved;
+} fos_fs_readdir_reply;
+
+typedef struct fos_fs_dirent {
+    uint64_t ino;
+    uint64_t next_cookie;
+    uint16_t name_len;
+    uint8_t type;        /* d_type */
+    uint8_t reserved[5];
+} fos_fs_dirent;
+
+_Static_assert(sizeof(fos_fs_dirent) == 24, "fos_fs_dirent layout");
+
+typedef struct fos_fs_statfs {
+    uint64_t total_blocks;
+    uint64_t free_blocks;
+    uint64_t avail_blocks;
+    uint64_t total_inodes;
+    uint64_t free_inodes;
+    uint32_t block_size;
+    uint32_t name_max;
+    uint32_t ag_count;
+    uint16_t member;     /* the member that answered */
+    uint16_t members;    /* members of the fleet */
+} fos_fs_statfs;
+
+_Static_assert(sizeof(fos_fs_statfs) == 56, "fos_fs_statfs layout");
+
+typedef struct fos_fs_xattr {
+    uint64_t ino;
+    uint32_t flags;      /* SETXATTR: XATTR_CREATE 1, XATTR_REPLACE 2 */
+    uint16_t name_len;
+    uint16_t reserved;
+    uint32_t value_len;  /* SETXATTR: value bytes after the name; otherwise 0 */
+    uint32_t reserved2;
+} fos_fs_xattr;
+
+typedef struct fos_fs_open {
+    uint32_t flags;      /* open(2) flags (Linux values) */
+    uint32_t mode;       /* for O_CREAT */
+    uint32_t path_len;   /* 1...FOS_FS_PATH_MAX-1, bytes follow */
+    uint32_t reserved;
+} fos_fs_open;
+
+typedef struct fos_fs_forward {
+    uint16_t opcode;     /* of the original request */
+    uint16_t ngroups;    /* supplementary groups that follow, at most FOS_FS_MAX_GROUPS */
+    uint32_t uid;        /* the original caller's, as fosd attested them */
+    uint32_t gid;
+    uint32_t hops;       /* 0: a forwarded request is never forwarded again */
+} fos_fs_forward;
+
 /* Name policies */
 #define FOS_POLICY_ROUND_ROBIN 1u
 #define FOS_POLICY_LEAST_LOADED 2u

@@ -1,0 +1,545 @@
+import CFosWire
+import FosBlock
+import FosCore
+import FosFS
+import FosFSClient
+import Foundation
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// fos-fs: a member of the file system fleet /sys/fs. fosd starts it with
+/// FOS_FS_MEMBERS (the fleet size) and FOS_MEMBER; it mounts the disk of
+/// /sys/blk/0 (making a file system on a fresh, all-zero disk) and serves
+/// the fs messages of fos_wire.h.
+func say(_ s: String) { FileHandle.standardError.write(Data("fos-fs: \(s)\n".utf8)) }
+func die(_ s: String, _ code: Int32 = 1) -> Never {
+    say(s)
+    exit(code)
+}
+
+/// Everything a handler needs; immutable after start-up but for the
+/// Mutex-protected caches.
+final class FSService: Sendable {
+    let rt: FosRuntime
+    let fs: FileSystem
+    let member: Int
+    let members: Int
+    let fleet: String
+    /// Our internal mailbox id, once created (FORWARD is accepted there only).
+    let internalMailbox = Atomic<UInt64>(0)
+    /// Channels to peers' internal mailboxes, by member index.
+    let peers = Mutex<[Int: Channel]>([:])
+    /// Supplementary groups of each client channel's process, read once.
+    let groups = Mutex<[UInt64: [UInt32]]>([:])
+
+    init(rt: FosRuntime, fs: FileSystem, member: Int, members: Int, fleet: String) {
+        self.rt = rt
+        self.fs = fs
+        self.member = member
+        self.members = members
+        self.fleet = fleet
+    }
+
+    // MARK: credentials
+
+    /// The sender's credentials: uid and gid as the kernel told fosd; the
+    /// supplementary groups best effort from /proc/<pid>/status ("Groups:"),
+    /// read at the channel's first request (a process that changes its groups
+    /// later keeps the old ones on that channel; one whose /proc entry cannot
+    /// be read — another pid namespace — has none).
+    func credentials(_ r: Request) -> Credentials {
+        let g = groups.withLock { $0[r.channelID] }
+        if let g { return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: g) }
+        let read = FSService.procGroups(r.sender.pid)
+        groups.withLock { $0[r.channelID] = read }
+        return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: read)
+    }
+
+    static func procGroups(_ pid: Int32) -> [UInt32] {
+        guard pid > 0 else { return [] }
+        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var bytes = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 16 {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+        }
+        for line in bytes.split(separator: 0x0A) where line.starts(with: Array("Groups:".utf8)) {
+            return String(decoding: line.dropFirst(7), as: UTF8.self)
+                .split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) }
+                .prefix(Int(FOS_FS_MAX_GROUPS)).map { $0 }
+        }
+        return []
+    }
+
+    // MARK: dispatch
+
+    func handle(_ r: Request) async -> Reply {
+        if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
+        return await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
+    }
+
+    /// A peer's forwarded request: only on our internal mailbox, only from a
+    /// member of our fleet (both attested by fosd).
+    func handleForward(_ r: Request) async -> Reply {
+        guard r.mailbox == internalMailbox.load(ordering: .acquiring), r.sender.fleet == fleet else {
+            return Reply(status: EPERM)
+        }
+        let parsed = r.payload.withUnsafeBytes { b -> (fos_fs_forward, [UInt32], Int)? in
+            guard let h = loadStruct(fos_fs_forward.self, from: b), h.ngroups <= FOS_FS_MAX_GROUPS else { return nil }
+            let start = MemoryLayout<fos_fs_forward>.size
+            let end = start + Int(h.ngroups) * 4
+            guard end <= b.count else { return nil }
+            let g = (0..<Int(h.ngroups)).map { loadStruct(UInt32.self, from: b, at: start + $0 * 4) ?? 0 }
+            return (h, g, end)
+        }
+        guard let (h, g, end) = parsed, h.opcode != UInt16(FOS_OP_FS_FORWARD), h.hops == 1 else {
+            return Reply(status: EPROTO)
+        }
+        return await serve(op: h.opcode, payload: Array(r.payload[end...]),
+                           cred: Credentials(uid: h.uid, gid: h.gid, groups: g), forwarded: true)
+    }
+
+    /// Runs one request; an inode homed on a peer sends the whole request
+    /// there (once: a forwarded request that needs yet another member, such
+    /// as a rename between directories of two members, gets EXDEV — there
+    /// are no cross-member transactions yet).
+    func serve(op: UInt16, payload: [UInt8], cred: Credentials, forwarded: Bool) async -> Reply {
+        do {
+            return try await dispatch(op: op, WireReader(payload), cred: cred)
+        } catch FSError.notHome(_, let home) {
+            if forwarded || home == member || home >= members { return Reply(status: EXDEV) }
+            return await forward(to: home, op: op, payload: payload, cred: cred)
+        } catch {
+            return Reply(status: status(of: error))
+        }
+    }
+
+    func status(of error: Error) -> Int32 {
+        switch error {
+        case FSError.posix(let e):
+            if e == .ioError { fatal("I/O error") }
+            return e.rawValue
+        case FSError.corrupt(let why):
+            fatal(why)
+            return EIO
+        case FSError.notHome: return EXDEV
+        case FosError.remote(let e): return e.rawValue
+        case FosError.timeout: return ETIMEDOUT
+        case let e as Errno: return e.rawValue
+        default: return EIO
+        }
+    }
+
+    /// The file system no longer trusts its in-memory state (I/O error or
+    /// corruption): leave, so that fosd restarts the member, which replays
+    /// the journal. The reply in flight goes out first.
+    func fatal(_ why: String) {
+        say("member \(member): file system failed (\(why)); restarting")
+        Task.detached {
+            try? await Task.sleep(for: .milliseconds(100))
+            exit(3)
+        }
+    }
+
+    func forward(to home: Int, op: UInt16, payload: [UInt8], cred: Credentials) async -> Reply {
+        var p = [UInt8]()
+        let groups = Array(cred.groups.prefix(Int(FOS_FS_MAX_GROUPS)))
+        appendStruct(fos_fs_forward(opcode: op, ngroups: UInt16(groups.count), uid: cred.uid, gid: cred.gid, hops: 1), to: &p)
+        for g in groups { appendStruct(g, to: &p) }
+        p += payload
+        guard p.count <= Int(FOS_MAX_PAYLOAD) else { return Reply(status: EMSGSIZE) }
+        for attempt in 0..<2 {
+            do {
+                let ch = try await peer(home)
+                return try await rt.call(ch, opcode: UInt16(FOS_OP_FS_FORWARD), payload: p, timeout: .seconds(30))
+            } catch FosError.peerGone where attempt == 0 {
+                peers.withLock { _ = $0.removeValue(forKey: home) }
+            } catch {
+                return Reply(status: error is FosError && (error as! FosError) == .timeout ? ETIMEDOUT : EAGAIN)
+            }
+        }
+        return Reply(status: EAGAIN)
+    }
+
+    /// The channel to member `i`'s internal mailbox (registered as /sys/fs/<i>).
+    func peer(_ i: Int) async throws -> Channel {
+        if let c = peers.withLock({ $0[i] }), !c.isClosed { return c }
+        let deadline = ContinuousClock.now + .seconds(10)
+        var entry: NameEntry
+        while true {
+            do {
+                entry = try await rt.lookup("\(fleet)/\(i)", fleetInternal: true)
+                break
+            } catch FosError.noSuchName(let n) {
+                // The peer is (re)starting: give it a moment.
+                if ContinuousClock.now >= deadline { throw FosError.noSuchName(n) }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        let ch = try await rt.connect(entry.addr, key: rt.fleetKey)
+        let existing = peers.withLock { p -> Channel? in
+            if let c = p[i], !c.isClosed { return c }
+            p[i] = ch
+            return nil
+        }
+        if let existing {
+            try? await rt.close(ch)
+            return existing
+        }
+        return ch
+    }
+
+    // MARK: operations
+
+    func ok(_ a: FileAttributes) -> Reply { Reply(payload: FSWire.encode(a)) }
+
+    /// Linux permission bits against `cred` (root: read/write always).
+    func check(_ a: FileAttributes, _ mask: UInt32, _ c: Credentials) throws {
+        if c.isRoot { return }
+        let bits: UInt32
+        if c.uid == a.uid { bits = (a.mode >> 6) & 7 }
+        else if c.inGroup(a.gid) { bits = (a.mode >> 3) & 7 }
+        else { bits = a.mode & 7 }
+        if bits & mask != mask { throw FSError.posix(.permissionDenied) }
+    }
+
+    func dispatch(op: UInt16, _ w: WireReader, cred: Credentials) async throws -> Reply {
+        switch UInt32(op) {
+        case FOS_OP_FS_LOOKUP:
+            let h = try w.fixed(fos_fs_name_req.self)
+            let name = try w.name(Int(h.name_len), exactEnd: true)
+            return ok(try await fs.lookup(parent: h.dir, name: name, cred: cred))
+        case FOS_OP_FS_GETATTR:
+            let h = try w.only(fos_fs_ino.self)
+            return ok(try await fs.getattr(ino: h.ino))
+        case FOS_OP_FS_SETATTR:
+            let h = try w.only(fos_fs_setattr.self)
+            guard h.valid & ~FOS_FS_SET_ALL == 0,
+                  h.valid & (FOS_FS_SET_ATIME | FOS_FS_SET_ATIME_NOW) != (FOS_FS_SET_ATIME | FOS_FS_SET_ATIME_NOW),
+                  h.valid & (FOS_FS_SET_MTIME | FOS_FS_SET_MTIME_NOW) != (FOS_FS_SET_MTIME | FOS_FS_SET_MTIME_NOW)
+            else { throw FSError.posix(.invalidArgument) }
+            var c = AttributeChanges()
+            if h.valid & FOS_FS_SET_MODE != 0 { c.mode = h.mode }
+            if h.valid & FOS_FS_SET_UID != 0 { c.uid = h.uid }
+            if h.valid & FOS_FS_SET_GID != 0 { c.gid = h.gid }
+            if h.valid & FOS_FS_SET_SIZE != 0 { c.size = h.size }
+            if h.valid & FOS_FS_SET_ATIME != 0 { c.atime = .ns(h.atime_ns) }
+            if h.valid & FOS_FS_SET_ATIME_NOW != 0 { c.atime = .now }
+            if h.valid & FOS_FS_SET_MTIME != 0 { c.mtime = .ns(h.mtime_ns) }
+            if h.valid & FOS_FS_SET_MTIME_NOW != 0 { c.mtime = .now }
+            return ok(try await fs.setattr(ino: h.ino, c, cred: cred))
+        case FOS_OP_FS_CREATE, FOS_OP_FS_MKDIR, FOS_OP_FS_MKNOD, FOS_OP_FS_SYMLINK:
+            let h = try w.fixed(fos_fs_create.self)
+            let isSymlink = UInt32(op) == FOS_OP_FS_SYMLINK
+            guard isSymlink || h.target_len == 0 else { throw FSError.posix(.invalidArgument) }
+            let name = try w.name(Int(h.name_len), exactEnd: false)
+            switch UInt32(op) {
+            case FOS_OP_FS_CREATE:
+                try w.end()
+                let flags = OpenFlags(rawValue: Int32(bitPattern: h.flags)).union(.create)
+                return ok(try await fs.create(parent: h.dir, name: name, mode: h.mode, flags: flags, cred: cred))
+            case FOS_OP_FS_MKDIR:
+                try w.end()
+                return ok(try await fs.mkdir(parent: h.dir, name: name, mode: h.mode, cred: cred))
+            case FOS_OP_FS_MKNOD:
+                try w.end()
+                return ok(try await fs.mknod(parent: h.dir, name: name, mode: h.mode, rdev: h.rdev, cred: cred))
+            default:
+                guard h.target_len > 0 else { throw FSError.posix(.noSuchFileOrDirectory) }
+                guard h.target_len < FOS_FS_PATH_MAX else { throw FSError.posix(.fileNameTooLong) }
+                let target = try w.text(Int(h.target_len))
+                try w.end()
+                return ok(try await fs.symlink(parent: h.dir, name: name, target: target, cred: cred))
+            }
+        case FOS_OP_FS_LINK:
+            let h = try w.fixed(fos_fs_link.self)
+            let name = try w.name(Int(h.name_len), exactEnd: true)
+            return ok(try await fs.link(ino: h.ino, newParent: h.dir, name: name, cred: cred))
+        case FOS_OP_FS_UNLINK, FOS_OP_FS_RMDIR:
+            let h = try w.fixed(fos_fs_name_req.self)
+            let name = try w.name(Int(h.name_len), exactEnd: true)
+            if UInt32(op) == FOS_OP_FS_UNLINK {
+                try await fs.unlink(parent: h.dir, name: name, cred: cred)
+            } else {
+                try await fs.rmdir(parent: h.dir, name: name, cred: cred)
+            }
+            return Reply()
+        case FOS_OP_FS_RENAME:
+            let h = try w.fixed(fos_fs_rename.self)
+            let old = try w.name(Int(h.old_len), exactEnd: false)
+            let new = try w.name(Int(h.new_len), exactEnd: true)
+            try await fs.rename(oldParent: h.old_dir, oldName: old, newParent: h.new_dir, newName: new,
+                                flags: RenameFlags(rawValue: h.flags), cred: cred)
+            return Reply()
+        case FOS_OP_FS_READLINK:
+            let h = try w.only(fos_fs_ino.self)
+            return Reply(payload: Array(try await fs.readlink(ino: h.ino).utf8))
+        case FOS_OP_FS_READ:
+            let h = try w.only(fos_fs_io.self)
+            guard h.flags == 0, h.count <= FOS_FS_MAX_IO, h.offset <= UInt64(Int64.max) else {
+                throw FSError.posix(.invalidArgument)
+            }
+            try check(try await fs.getattr(ino: h.ino), 4, cred)
+            return Reply(payload: try await fs.read(ino: h.ino, offset: h.offset, count: Int(h.count)))
+        case FOS_OP_FS_WRITE:
+            let h = try w.fixed(fos_fs_io.self)
+            guard h.flags & ~FOS_FS_IO_APPEND == 0, h.count <= FOS_FS_MAX_IO, h.offset <= UInt64(Int64.max) else {
+                throw FSError.posix(.invalidArgument)
+            }
+            let data = try w.bytes(Int(h.count))
+            try w.end()
+            try check(try await fs.getattr(ino: h.ino), 2, cred)
+            var r = fos_fs_write_reply()
+            if h.flags & FOS_FS_IO_APPEND != 0 {
+                let (at, n) = try await fs.append(ino: h.ino, data: data)
+                r.offset = at
+                r.count = UInt32(n)
+            } else {
+                r.offset = h.offset
+                r.count = UInt32(try await fs.write(ino: h.ino, offset: h.offset, data: data))
+            }
+            var out = [UInt8]()
+            appendStruct(r, to: &out)
+            return Reply(payload: out)
+        case FOS_OP_FS_FSYNC:
+            let h = try w.only(fos_fs_fsync.self)
+            guard h.datasync <= 1 else { throw FSError.posix(.invalidArgument) }
+            try await fs.fsync(ino: h.ino, dataOnly: h.datasync == 1)
+            return Reply()
+        case FOS_OP_FS_READDIR:
+            let h = try w.only(fos_fs_readdir.self)
+            guard (1...1024).contains(h.max) else { throw FSError.posix(.invalidArgument) }
+            let a = try await fs.getattr(ino: h.ino)
+            guard a.type == .directory else { throw FSError.posix(.notDirectory) }
+            try check(a, 4, cred)
+            let entries = try await fs.readdir(ino: h.ino, cookie: h.cookie, max: Int(h.max))
+            return Reply(payload: FSWire.encodeDirents(entries).0)
+        case FOS_OP_FS_STATFS:
+            try w.end()
+            return Reply(payload: FSWire.encodeStats(try await fs.statfs(), member: member, members: members))
+        case FOS_OP_FS_GETXATTR, FOS_OP_FS_SETXATTR, FOS_OP_FS_REMOVEXATTR:
+            let h = try w.fixed(fos_fs_xattr.self)
+            let isSet = UInt32(op) == FOS_OP_FS_SETXATTR
+            guard isSet || (h.value_len == 0 && h.flags == 0) else { throw FSError.posix(.invalidArgument) }
+            guard h.flags & ~3 == 0 else { throw FSError.posix(.invalidArgument) }
+            guard h.name_len > 0, h.name_len <= FOS_FS_NAME_MAX else { throw FSError.posix(.outOfRange) }
+            let name = try w.text(Int(h.name_len))
+            switch UInt32(op) {
+            case FOS_OP_FS_GETXATTR:
+                try w.end()
+                return Reply(payload: try await fs.getxattr(ino: h.ino, name: name, cred: cred))
+            case FOS_OP_FS_SETXATTR:
+                let value = try w.bytes(Int(h.value_len))
+                try w.end()
+                try await fs.setxattr(ino: h.ino, name: name, value: value,
+                                      flags: XattrFlags(rawValue: Int32(h.flags)), cred: cred)
+                return Reply()
+            default:
+                try w.end()
+                try await fs.removexattr(ino: h.ino, name: name, cred: cred)
+                return Reply()
+            }
+        case FOS_OP_FS_LISTXATTR:
+            let h = try w.only(fos_fs_ino.self)
+            var out = [UInt8]()
+            for n in try await fs.listxattr(ino: h.ino, cred: cred) {
+                out += Array(n.utf8)
+                out.append(0)
+            }
+            return Reply(payload: out)
+        case FOS_OP_FS_OPEN, FOS_OP_FS_RESOLVE:
+            let h = try w.fixed(fos_fs_open.self)
+            guard h.path_len > 0 else { throw FSError.posix(.noSuchFileOrDirectory) }
+            guard h.path_len < FOS_FS_PATH_MAX else { throw FSError.posix(.fileNameTooLong) }
+            let path = try w.text(Int(h.path_len))
+            try w.end()
+            if UInt32(op) == FOS_OP_FS_OPEN {
+                let flags = OpenFlags(rawValue: Int32(bitPattern: h.flags))
+                return ok(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred))
+            }
+            let noFollow = UInt32(bitPattern: OpenFlags.noFollow.rawValue)
+            guard h.flags & ~noFollow == 0, h.mode == 0 else { throw FSError.posix(.invalidArgument) }
+            let ino = try await fs.resolve(path: path, cred: cred, followLast: h.flags & noFollow == 0)
+            var out = [UInt8]()
+            appendStruct(fos_fs_ino(ino: ino), to: &out)
+            return Reply(payload: out)
+        default:
+            return Reply(status: ENOSYS)
+        }
+    }
+}
+
+/// Reads a request payload front to back; every shortfall or excess is
+/// EPROTO, a name too long ENAMETOOLONG, bytes that are not UTF-8 EINVAL.
+final class WireReader {
+    let p: [UInt8]
+    var at = 0
+    init(_ p: [UInt8]) { self.p = p }
+
+    func fixed<T>(_ t: T.Type) throws -> T {
+        guard let v = p.withUnsafeBytes({ loadStruct(T.self, from: $0, at: at) }) else { throw FSError.posix(.protocolError) }
+        at += MemoryLayout<T>.size
+        return v
+    }
+
+    /// A struct that is the whole payload.
+    func only<T>(_ t: T.Type) throws -> T {
+        let v = try fixed(t)
+        try end()
+        return v
+    }
+
+    func end() throws {
+        guard at == p.count else { throw FSError.posix(.protocolError) }
+    }
+
+    func bytes(_ n: Int) throws -> [UInt8] {
+        guard n >= 0, n <= p.count - at else { throw FSError.posix(.protocolError) }
+        defer { at += n }
+        return Array(p[at..<(at + n)])
+    }
+
+    func text(_ n: Int) throws -> String {
+        let b = try bytes(n)
+        guard !b.contains(0), let s = String(validating: b, as: UTF8.self) else { throw FSError.posix(.invalidArgument) }
+        return s
+    }
+
+    /// A directory entry name: 1...255 bytes, no '/', no NUL.
+    func name(_ n: Int, exactEnd: Bool) throws -> String {
+        if n > Int(FOS_FS_NAME_MAX) {
+            guard n <= p.count - at else { throw FSError.posix(.protocolError) }
+            throw FSError.posix(.fileNameTooLong)
+        }
+        if n == 0 { throw FSError.posix(.noSuchFileOrDirectory) }
+        let s = try text(n)
+        if exactEnd { try end() }
+        if s.utf8.contains(0x2F) { throw FSError.posix(.invalidArgument) }
+        return s
+    }
+}
+
+// MARK: start-up
+
+/// Member 0 formats a fresh disk; the others wait for its superblock.
+func prepareDisk(_ blk: BlockClient, member: Int) async throws {
+    var waited = 0
+    while true {
+        switch try await FileSystem.probe(device: blk) {
+        case .fos:
+            return
+        case .foreign:
+            die("not a fos disk: run `fosctl mkfs --disk PATH` with the node stopped", 2)
+        case .empty:
+            if member == 0 {
+                say("fresh disk (\(blk.blocks) blocks): making a file system")
+                try await FileSystem.mkfs(device: blk)
+                return
+            }
+            waited += 1
+            if waited > 1200 { die("no file system appeared on the disk (member 0 makes it)") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
+
+func runMember() -> Never {
+    // SIGTERM and SIGINT are taken by a thread of ours (sigwait): blocked
+    // here, before the runtime starts threads, so every thread inherits it.
+    var sigs = sigset_t()
+    sigemptyset(&sigs)
+    sigaddset(&sigs, SIGTERM)
+    sigaddset(&sigs, SIGINT)
+    pthread_sigmask(SIG_BLOCK, &sigs, nil)
+    let termSignals = sigs
+
+    let env = ProcessInfo.processInfo.environment
+    let members = env["FOS_FS_MEMBERS"].flatMap(Int.init) ?? 1
+    guard (1...FileSystem.maxMembers).contains(members) else { die("FOS_FS_MEMBERS must be 1...\(FileSystem.maxMembers)") }
+    let rt: FosRuntime
+    do {
+        rt = try FosRuntime.connect(ownThread: false)
+    } catch {
+        die("\(error)")
+    }
+    let member = rt.isMember ? Int(rt.memberIndex) : (env["FOS_MEMBER"].flatMap(Int.init) ?? 0)
+    guard member < members else { die("member \(member) of a fleet of \(members)") }
+    let fleetName = rt.isMember ? rt.fleet : (env["FOS_FLEET"] ?? "/sys/fs")
+    let service = Mutex<FSService?>(nil)
+
+    rt.loop.spawn {
+        do {
+            // fosd starts every fleet at once: the blk server may not be registered yet.
+            var blkClient: BlockClient?
+            for attempt in 0... {
+                do {
+                    blkClient = try await BlockClient.connect(rt)
+                    break
+                } catch FosError.noSuchName(_) where attempt < 500 {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            guard let blk = blkClient else { die("no block server") }
+            try await prepareDisk(blk, member: member)
+            let fs = try await FileSystem.mount(device: blk, member: member, members: members)
+            let svc = FSService(rt: rt, fs: fs, member: member, members: members, fleet: fleetName)
+            var handlers: [UInt16: FosServer.Handler] = [:]
+            for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {
+                handlers[UInt16(op)] = { await svc.handle($0) }
+            }
+            handlers[UInt16(FOS_OP_FS_FORWARD)] = { await svc.handle($0) }
+            let server = FosServer(runtime: rt, handlers: handlers, onDisconnect: { ch in
+                _ = svc.groups.withLock { $0.removeValue(forKey: ch.id) }
+            })
+            service.withLock { $0 = svc }
+            let a = try await server.start(name: fleetName, policy: .roundRobin)
+            if let i = a.internal {
+                svc.internalMailbox.store(i.mailbox, ordering: .releasing)
+                // Peers find member i under <fleet>/<i> (fleet-internal, no key).
+                try await rt.register(name: "\(fleetName)/\(member)", addr: i, key: .none, policy: .roundRobin,
+                                      flags: UInt32(FOS_NAME_INTERNAL))
+            }
+        } catch let e as FSError {
+            die("cannot mount the file system: \(e)")
+        } catch {
+            die("cannot start: \(error)")
+        }
+    }
+
+    // SIGTERM (fosd stopping the node): unmount — commit, checkpoint,
+    // flush — and leave.
+    let signalThread = Thread {
+        var set = termSignals
+        var sig: Int32 = 0
+        sigwait(&set, &sig)
+        rt.loop.spawn {
+            if let svc = service.withLock({ $0 }) {
+                do {
+                    try await svc.fs.unmount()
+                } catch {
+                    say("member \(member): unmount failed: \(error)")
+                    exit(1)
+                }
+            }
+            exit(0)
+        }
+        // Never linger: fosd would kill us anyway.
+        sleep(5)
+        say("member \(member): unmount did not finish in 5 s")
+        _exit(1)
+    }
+    signalThread.start()
+
+    rt.run()
+    exit(0)
+}
+
+runMember()
