@@ -142,7 +142,7 @@ final class ResultBox<T: Sendable>: @unchecked Sendable {
 }
 
 @MainActor
-func blockBench(image: String) async throws {
+func blockBench(image: String) async throws -> (rows: [BlkRow], met: Bool) {
     let allTests = [
         IOTest(name: "4 KiB random read, QD 1", fioRW: "randread", blockSize: 4096, depth: 1),
         IOTest(name: "4 KiB random read, QD 32", fioRW: "randread", blockSize: 4096, depth: 32),
@@ -178,35 +178,14 @@ func blockBench(image: String) async throws {
     }
     rt.closeDetached(blk.channel)
     withExtendedLifetime(blk) {}
-    struct Row: Codable {
-        var test: String
-        var fioIOPS: Double
-        var fosIOPS: Double
-        var fioMBps: Double
-        var fosMBps: Double
-        var ratio: Double
-    }
-    var rows: [Row] = []
+    var rows: [BlkRow] = []
     for (i, t) in tests.enumerated() {
         let a = median(fio[i].map(\.iops)), b = median(fos[i].map(\.iops))
-        rows.append(Row(test: t.name, fioIOPS: a, fosIOPS: b, fioMBps: median(fio[i].map(\.mbps)),
+        rows.append(BlkRow(test: t.name, fioIOPS: a, fosIOPS: b, fioMBps: median(fio[i].map(\.mbps)),
                         fosMBps: median(fos[i].map(\.mbps)), ratio: b / a))
     }
     let met = rows.allSatisfy { $0.ratio >= 0.9 }
-    if json {
-        struct Out: Codable {
-            var benchmark: String
-            var runs: Int
-            var secondsPerTest: Double
-            var blk: [Row]
-            var targetBlkAtLeast09xFio: Bool
-        }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        print(String(decoding: try enc.encode(Out(benchmark: "fs", runs: runs, secondsPerTest: seconds, blk: rows,
-                                                  targetBlkAtLeast09xFio: met)), as: UTF8.self))
-        return
-    }
+    if json { return (rows, met) }
     print("fos fs benchmark, blk server vs fio (io_uring, O_DIRECT) on the same \(image.hasSuffix(".img") ? "image file" : "disk"): medians of \(runs) runs, \(seconds) s per test")
     print("")
     var table = [["test", "fio IOPS", "fos IOPS", "fio MB/s", "fos MB/s", "fos/fio"]]
@@ -222,5 +201,14 @@ func blockBench(image: String) async throws {
     }
     print("")
     print("target: blk server ≥ 0.9× fio on every test: \(met ? "met" : "NOT met")")
-    print("(file-system operations through the fs fleet are not measured yet: the fs fleet is not built)")
+    return (rows, met)
+}
+
+struct BlkRow: Codable {
+    var test: String
+    var fioIOPS: Double
+    var fosIOPS: Double
+    var fioMBps: Double
+    var fosMBps: Double
+    var ratio: Double
 }

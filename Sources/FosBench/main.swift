@@ -134,9 +134,23 @@ for _ in 0..<200 {
 }
 if rt == nil { die("no node on \(runtime)") }
 if mode == "fs" {
-    try await blockBench(image: tempDir! + "/state/disk.img")
-    // File system operations vs the host's (FSBench.swift; text output only for now).
-    if !json { try await fsBench(runs: runs, seconds: seconds, json: json) }
+    let blk = try await blockBench(image: tempDir! + "/state/disk.img")
+    // File system operations vs the host's (FSBench.swift).
+    let ops = try await fsBench(runs: runs, seconds: seconds, json: json)
+    if json {
+        struct Out: Codable {
+            var benchmark: String
+            var runs: Int
+            var secondsPerTest: Double
+            var blk: [BlkRow]
+            var fsOps: [FSOpRow]
+            var targetBlkAtLeast09xFio: Bool
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try enc.encode(Out(benchmark: "fs", runs: runs, secondsPerTest: seconds, blk: blk.rows,
+                                                  fsOps: ops, targetBlkAtLeast09xFio: blk.met)), as: UTF8.self))
+    }
     exit(0)
 }
 
