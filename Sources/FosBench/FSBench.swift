@@ -32,6 +32,10 @@ func opsPerSecond(_ seconds: Double, limit: Int = .max, _ op: (Int) async throws
     return Double(n) / (Double(monotonicNanos() - start) / 1e9)
 }
 
+/// Files one create round makes at most (on both sides): bounds the
+/// directory and the journal a round builds, whatever --seconds says.
+let createLimit = 20_000
+
 @discardableResult
 func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> [FSOpRow] {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fos-bench-fs-\(getpid())").path
@@ -72,7 +76,7 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> [FSOpRow] {
     @Sendable func fosRound(_ r: Int) async throws -> [Double] {
         let d = try await fs.mkdir(parent: FSClient.rootIno, name: "r\(r)")
         var made = 0
-        let create = try await opsPerSecond(secs) { i in
+        let create = try await opsPerSecond(secs, limit: createLimit) { i in
             _ = try await fs.create(parent: d.ino, name: "f\(i)")
             made = i + 1
         }
@@ -97,7 +101,7 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> [FSOpRow] {
         let d = host + "/r\(r)"
         mkdir(d, 0o755)
         var made = 0
-        let create = try await opsPerSecond(secs) { i in
+        let create = try await opsPerSecond(secs, limit: createLimit) { i in
             let fd = open(d + "/f\(i)", O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o644)
             guard fd >= 0 else { die("host create: \(String(cString: strerror(errno)))") }
             close(fd)
