@@ -193,12 +193,7 @@ func blockBench(image: String) async throws -> (rows: [BlkRow], met: Bool) {
         table.append([r.test, String(format: "%.0f", r.fioIOPS), String(format: "%.0f", r.fosIOPS),
                       String(format: "%.1f", r.fioMBps), String(format: "%.1f", r.fosMBps), String(format: "%.2f", r.ratio)])
     }
-    var w = [Int](repeating: 0, count: table[0].count)
-    for r in table { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
-    for r in table {
-        print(r.enumerated().map { i, c in i == 0 ? c.padding(toLength: w[i], withPad: " ", startingAt: 0)
-                                         : String(repeating: " ", count: w[i] - c.count) + c }.joined(separator: "  "))
-    }
+    printTable(table, leftColumns: 1)
     print("")
     print("target: blk server ≥ 0.9× fio on every test: \(met ? "met" : "NOT met")")
     return (rows, met)

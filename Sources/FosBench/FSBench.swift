@@ -141,12 +141,7 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> [FSOpRow] {
             table.append([r.test, String(format: "%.0f", r.hostOpsPerSecond), String(format: "%.0f", r.fosOpsPerSecond),
                           String(format: "%.2f", r.ratio)])
         }
-        var w = [Int](repeating: 0, count: table[0].count)
-        for r in table { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
-        for r in table {
-            print(r.enumerated().map { i, c in i == 0 ? c.padding(toLength: w[i], withPad: " ", startingAt: 0)
-                                             : String(repeating: " ", count: w[i] - c.count) + c }.joined(separator: "  "))
-        }
+        printTable(table, leftColumns: 1)
     }
     frt.shutdown()
     return rows

@@ -406,12 +406,7 @@ if json {
         table.append([r.test, r.size == 64 ? "64 B" : "4 KiB", r.unit, f(r.fos), r.rpc.map(f) ?? "-", f(r.unixSocket),
                       f(r.pipe), String(format: "%.1f×", better), String(format: "%.1f×", betterP)])
     }
-    var w = [Int](repeating: 0, count: header.count)
-    for r in table { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
-    for r in table {
-        print(r.enumerated().map { i, c in i < 3 ? c.padding(toLength: w[i], withPad: " ", startingAt: 0)
-                                         : String(repeating: " ", count: w[i] - c.count) + c }.joined(separator: "  "))
-    }
+    printTable(table, leftColumns: 3)
     print("")
     print("(×: how many times better fos is; for throughput rows, fos rate / reference rate)")
     for (name, ok) in checks { print("target: \(name): \(ok ? "met" : "NOT met")") }

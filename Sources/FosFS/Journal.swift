@@ -86,6 +86,21 @@ enum JournalFormat {
 extension FileSystem {
     var journalStart: UInt64 { sb.journalSlotStart(member) }
 
+    /// Writes every dirty data block home and flushes the device: the
+    /// ordered-data half of a commit, and all of an fdatasync that changed
+    /// no metadata.
+    func writeDirtyDataAndFlush() async throws {
+        var writes: [(UInt64, [UInt8])] = []
+        for blk in dirtyData {
+            guard let b = cache[blk] else { continue }
+            b.dirtyData = false
+            writes.append((blk, b.data))
+        }
+        dirtyData.removeAll()
+        try await writeRuns(writes)
+        try await device.flush()
+    }
+
     /// Commits the running transaction (ordered data first). Returns whether
     /// the device was flushed.
     @discardableResult
@@ -93,15 +108,7 @@ extension FileSystem {
         try await writeDirtyInodesAsync()
         var flushed = false
         if !dirtyData.isEmpty {
-            var writes: [(UInt64, [UInt8])] = []
-            for blk in dirtyData {
-                guard let b = cache[blk] else { continue }
-                b.dirtyData = false
-                writes.append((blk, b.data))
-            }
-            dirtyData.removeAll()
-            try await writeRuns(writes)
-            try await device.flush()
+            try await writeDirtyDataAndFlush()
             flushed = true
         }
         for ino in dataMetaDirtyInodes { inodes[ino]?.dataMetaDirty = false }

@@ -422,15 +422,7 @@ extension FileSystem {
         try await op {
             let i = try await inode(ino)
             if dataOnly, !i.dataMetaDirty {
-                var writes: [(UInt64, [UInt8])] = []
-                for blk in dirtyData {
-                    guard let b = cache[blk] else { continue }
-                    b.dirtyData = false
-                    writes.append((blk, b.data))
-                }
-                dirtyData.removeAll()
-                try await writeRuns(writes)
-                try await device.flush()
+                try await writeDirtyDataAndFlush()
                 return
             }
             if !(try await commit()) { try await device.flush() }
