@@ -619,6 +619,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         try? controlSend(control.fd, ControlMessage.encode(op: Int32(FOS_CTL_CHANNEL_CLOSE), requestID: 0, payload: payload))
     }
 
+    /// The process left the node: every channel closes, every call fails,
+    /// and later calls fail at once (no channel, no fosd).
+    func leaveNode() {
+        for e in Array(st.entries.values) { drop(e, reason: "left the node", tellNode: false) }
+        failAllCalls()
+    }
+
     /// Fails every call still waiting (the process leaves the node).
     func failAllCalls() {
         let p = st.pending

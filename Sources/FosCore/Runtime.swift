@@ -80,11 +80,10 @@ public final class FosRuntime: Sendable {
     /// which closes every channel of this process and drops its registrations.
     public func shutdown() {
         _ = Glibc.shutdown(control.fd, Int32(SHUT_RDWR))
-        // The loop fails whatever still waits, then ends.
-        loop.spawn { [loop] in
-            loop.failAllCalls()
-            loop.stop()
-        }
+        // The loop stays up (idle, asleep) so that any later call still runs
+        // and fails at once instead of waiting forever on a stopped executor;
+        // it fails whatever waits and closes every channel.
+        loop.spawn { [loop] in loop.leaveNode() }
     }
 
     // MARK: Mailboxes and channels
