@@ -20,6 +20,23 @@ final class LoadState: Sendable {
     func problem(_ s: String) {
         firstProblems.withLock { if $0.count < 10 { $0.append(s) } }
     }
+
+    /// One ECHO through the name cache, counted as ok, wrong or failed.
+    func echo(_ rt: FosRuntime, _ p: [UInt8], _ what: String, since start: UInt64? = nil) async {
+        do {
+            let r = try await rt.call(name: "/app/echo", opcode: opEcho, payload: p)
+            if r.status == 0 && r.payload == p {
+                ok.add(1, ordering: .relaxed)
+            } else {
+                wrong.add(1, ordering: .relaxed)
+                problem("\(what): status \(r.status), \(r.payload.count) bytes back for \(p.count)")
+            }
+        } catch {
+            failed.add(1, ordering: .relaxed)
+            let at = start.map { " at \(String(format: "%.3f", seconds(since: $0))) s" } ?? ""
+            problem("\(what)\(at): \(error)")
+        }
+    }
 }
 
 /// Records when a process exits, from a thread blocked on its pidfd.
@@ -98,18 +115,7 @@ struct LoadTests {
                         let rt = rts[t % rts.count]
                         for i in 0..<calls {
                             let p = payloadFor(task: t, call: i)
-                            do {
-                                let r = try await rt.call(name: "/app/echo", opcode: opEcho, payload: p)
-                                if r.status == 0 && r.payload == p {
-                                    state.ok.add(1, ordering: .relaxed)
-                                } else {
-                                    state.wrong.add(1, ordering: .relaxed)
-                                    state.problem("task \(t) call \(i): status \(r.status), \(r.payload.count) bytes back for \(p.count)")
-                                }
-                            } catch {
-                                state.failed.add(1, ordering: .relaxed)
-                                state.problem("task \(t) call \(i): \(error)")
-                            }
+                            await state.echo(rt, p, "task \(t) call \(i)")
                         }
                     }
                 }
@@ -206,18 +212,7 @@ struct LoadTests {
                             while !state.stop.load(ordering: .relaxed) {
                                 let p = Array("worker\(t)-\(i)".utf8) + u32(UInt32(i))
                                 i += 1
-                                do {
-                                    let r = try await rt.call(name: "/app/echo", opcode: opEcho, payload: p)
-                                    if r.status == 0 && r.payload == p {
-                                        state.ok.add(1, ordering: .relaxed)
-                                    } else {
-                                        state.wrong.add(1, ordering: .relaxed)
-                                        state.problem("worker \(t) call \(i): status \(r.status)")
-                                    }
-                                } catch {
-                                    state.failed.add(1, ordering: .relaxed)
-                                    state.problem("worker \(t) call \(i) at \(String(format: "%.3f", seconds(since: loadStart))) s: \(error)")
-                                }
+                                await state.echo(rt, p, "worker \(t) call \(i)", since: loadStart)
                             }
                         }
                     }
