@@ -86,6 +86,34 @@ public final class BlockClient: Sendable {
         _ = try await request(FOS_OP_BLK_DISCARD, block: block, count: count)
     }
 
+    // MARK: Disk locks
+
+    /// Takes disk lock `id` (0..<FOS_BLK_LOCKS), waiting up to `wait` for
+    /// it (`nil`: only if free now). False if it was not granted in time.
+    /// The lock is this client's channel's until `unlock` or until the
+    /// channel closes.
+    public func lock(_ id: UInt32, wait: Duration? = .seconds(60)) async throws -> Bool {
+        var p = [UInt8]()
+        appendStruct(fos_blk_lock(id: id, flags: wait == nil ? FOS_BLK_LOCK_TRY : 0), to: &p)
+        do {
+            _ = try await runtime.call(channel, opcode: UInt16(FOS_OP_BLK_LOCK), payload: p,
+                                       timeout: wait ?? timeout).checked()
+            return true
+        } catch FosError.remote(let e) where e == .resourceTemporarilyUnavailable {
+            return false
+        } catch FosError.timeout {
+            // Withdraw the request; if it was granted meanwhile, this gives it back.
+            try? await unlock(id)
+            return false
+        }
+    }
+
+    public func unlock(_ id: UInt32) async throws {
+        var p = [UInt8]()
+        appendStruct(fos_blk_lock(id: id, flags: 0), to: &p)
+        _ = try await runtime.call(channel, opcode: UInt16(FOS_OP_BLK_UNLOCK), payload: p, timeout: timeout).checked()
+    }
+
     // MARK: Zero-copy
 
     /// A region shared with the server for I/O without copies.

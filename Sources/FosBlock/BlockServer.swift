@@ -55,6 +55,12 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
     private let reapUsers = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(reapBatch))
     private let reapResults = UnsafeMutablePointer<Int32>.allocate(capacity: Int(reapBatch))
     public private(set) var stats = Stats()
+    /// Disk locks (FOS_OP_BLK_LOCK): holder channel and FIFO waiters per id;
+    /// locks of closed channels wait in `draining` for their I/O to finish.
+    private var lockHolder: [UInt32: UInt64] = [:]
+    private var lockWaiters: [UInt32: [(channel: UInt64, header: fos_msg_hdr)]] = [:]
+    private var draining: [UInt64: [UInt32]] = [:]
+    static let maxLockWaiters = 1024
 
     public struct Stats: Sendable {
         public var reads: UInt64 = 0
@@ -123,6 +129,8 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             withUnsafeBytes(of: &info) { loop.reply(channel: channel, to: h, status: 0, payload: $0) }
         case Int32(FOS_OP_BLK_READ), Int32(FOS_OP_BLK_WRITE), Int32(FOS_OP_BLK_DISCARD):
             io(channel, h, payload)
+        case Int32(FOS_OP_BLK_LOCK), Int32(FOS_OP_BLK_UNLOCK):
+            lockRequest(channel, h, payload)
         case Int32(FOS_OP_BLK_FLUSH):
             let slot = freeSlots.removeLast()
             inflight[slot] = InFlight(channel: channel, header: h, bytes: 0)
@@ -216,6 +224,7 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             freeSlots.append(slot)
             complete(f, reapResults[i])
         }
+        if !draining.isEmpty { releaseDrained() }
         while !freeSlots.isEmpty && !waiting.isEmpty {
             let (ch, h, p) = waiting.removeFirst()
             p.withUnsafeBytes { start(ch, h, $0) }
@@ -267,5 +276,63 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             }
         }
         waiting.removeAll { $0.0 == channel.id }
+        for id in Array(lockWaiters.keys) { lockWaiters[id]?.removeAll { $0.channel == channel.id } }
+        let held = lockHolder.filter { $0.value == channel.id }.map(\.key)
+        if !held.isEmpty {
+            draining[channel.id] = held
+            releaseDrained()
+        }
+    }
+
+    // MARK: Disk locks
+
+    private func lockRequest(_ channel: UInt64, _ h: fos_msg_hdr, _ payload: UnsafeRawBufferPointer) {
+        guard payload.count == MemoryLayout<fos_blk_lock>.size, let r = loadStruct(fos_blk_lock.self, from: payload),
+              r.id < FOS_BLK_LOCKS else { return fail(channel, h, EINVAL) }
+        let done = UnsafeRawBufferPointer(start: nil, count: 0)
+        if h.opcode == UInt16(FOS_OP_BLK_UNLOCK) {
+            guard r.flags == 0 else { return fail(channel, h, EINVAL) }
+            if lockHolder[r.id] == channel {
+                release(r.id)
+            } else if let k = lockWaiters[r.id]?.firstIndex(where: { $0.channel == channel }) {
+                // A LOCK its sender gave up on: answer it, then the UNLOCK.
+                let w = lockWaiters[r.id]!.remove(at: k)
+                fail(w.channel, w.header, ECANCELED)
+            } else {
+                return fail(channel, h, EPERM)
+            }
+            return loop.reply(channel: channel, to: h, status: 0, payload: done)
+        }
+        guard r.flags & ~FOS_BLK_LOCK_TRY == 0 else { return fail(channel, h, EINVAL) }
+        switch lockHolder[r.id] {
+        case nil:
+            lockHolder[r.id] = channel
+            loop.reply(channel: channel, to: h, status: 0, payload: done)
+        case channel:
+            fail(channel, h, EDEADLK)
+        default:
+            if r.flags & FOS_BLK_LOCK_TRY != 0 { return fail(channel, h, EAGAIN) }
+            if lockWaiters[r.id]?.contains(where: { $0.channel == channel }) == true { return fail(channel, h, EDEADLK) }
+            guard lockWaiters[r.id, default: []].count < BlockServer.maxLockWaiters else { return fail(channel, h, EAGAIN) }
+            lockWaiters[r.id, default: []].append((channel, h))
+        }
+    }
+
+    /// Hands lock `id` to its first waiter, if any.
+    private func release(_ id: UInt32) {
+        lockHolder[id] = nil
+        guard var q = lockWaiters[id], !q.isEmpty else { return }
+        let next = q.removeFirst()
+        lockWaiters[id] = q.isEmpty ? nil : q
+        lockHolder[id] = next.channel
+        loop.reply(channel: next.channel, to: next.header, status: 0, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    /// Releases the locks of closed channels whose last I/O has completed.
+    private func releaseDrained() {
+        for (ch, ids) in draining where !inflight.contains(where: { $0?.channel == ch }) {
+            draining[ch] = nil
+            for id in ids where lockHolder[id] == ch { release(id) }
+        }
     }
 }

@@ -8,8 +8,8 @@
 // checkpoint are "reserved" (see FileSystem.swift) and skipped.
 extension FileSystem {
     /// Counts free blocks and inodes of every AG (at mount).
-    func countFree() async throws {
-        for ag in 0..<Int(sb.agCount) {
+    func countFree(ags: [Int]? = nil) async throws {
+        for ag in ags ?? Array(0..<Int(sb.agCount)) {
             agFreeBlocks[ag] = try await countZeroBits(start: sb.bbmStart(ag), bits: sb.agSize(ag))
             agFreeInodes[ag] = try await countZeroBits(start: sb.ibmStart(ag), bits: UInt64(sb.inodesPerAG))
             agBlockHint[ag] = sb.dataStart(ag) - sb.agStart(ag)

@@ -167,6 +167,9 @@ public final class FileSystem: @unchecked Sendable {
     public let members: Int
     let options: MountOptions
     let opLock = AsyncLock()
+    /// The file system whose opLock the current task holds for a whole
+    /// cross-member transaction (see Cross.swift).
+    @TaskLocal static var lockHolder: ObjectIdentifier?
 
     var cache: [UInt64: Buffer] = [:]
     var clock: UInt64 = 0
@@ -213,7 +216,9 @@ public final class FileSystem: @unchecked Sendable {
         ownedAGs = (0..<n).filter { $0 % members == member }
     }
 
-    func owns(ag: Int) -> Bool { ag % members == member }
+    /// During a cross-member transaction this member owns every AG.
+    var borrowing = false
+    func owns(ag: Int) -> Bool { borrowing || ag % members == member }
     func homeMember(of ino: UInt64) -> Int { Int(ino >> 32) % members }
 
     // MARK: operation wrapper
@@ -223,6 +228,12 @@ public final class FileSystem: @unchecked Sendable {
     /// large). A POSIX error thrown by `body` happens before any mutation, so
     /// the member stays usable; any other error (I/O, corruption) kills it.
     func op<T>(_ body: () async throws -> T) async throws -> T {
+        // Inside crossMember's body the lock is already ours, and the
+        // transaction ends there, not after each operation.
+        if FileSystem.lockHolder == ObjectIdentifier(self) {
+            if let dead { throw dead }
+            return try await body()
+        }
         await opLock.lock()
         defer { opLock.unlock() }
         if let dead { throw dead }
@@ -235,7 +246,7 @@ public final class FileSystem: @unchecked Sendable {
             case .posix(let errno) where errno != .ioError:
                 do { try await endOperation() } catch { dead = .posix(.ioError); throw error }
                 throw e
-            case .notHome:
+            case .notHome, .needsCoordination:
                 throw e
             default:
                 dead = e

@@ -4,7 +4,7 @@
 // Slot layout (`journalBlocks` blocks): block 0 is the slot's superblock
 // (magic, slot, startSeq, crc); transactions follow from block 1, each
 //
-//     [descriptor: magic, seq, count, home block numbers]
+//     [descriptor: magic, seq, count, flags, home block numbers]
 //     [count block images]
 //     [commit: magic, seq, count, crc32c(descriptor + images), crc of itself]
 //
@@ -25,6 +25,9 @@ enum JournalFormat {
     static let descMagic: UInt64 = 0x4353_4544_4A53_4F46  // "FOSJDESC"
     static let commitMagic: UInt64 = 0x5449_4D43_4A53_4F46  // "FOSJCMIT"
     static let maxDescriptorEntries = (4096 - 24) / 8
+    /// Descriptor flag: a cross-member transaction (its images include blocks
+    /// of other members' AGs; see Cross.swift).
+    static let crossFlag: UInt32 = 1
 
     static func jsb(slot: Int, startSeq: UInt64) -> [UInt8] {
         var b = [UInt8].zeroBlock()
@@ -38,6 +41,15 @@ enum JournalFormat {
     /// Replays one slot onto its home blocks. Returns the next sequence number
     /// and how many transactions were applied. Leaves the slot empty.
     static func replay(device: any BlockDevice, sb: Superblock, slot: Int) async throws -> (next: UInt64, applied: Int) {
+        let r = try await scan(device: device, sb: sb, slot: slot, apply: true)
+        return (r.next, r.applied)
+    }
+
+    /// Walks the valid transactions of a slot, applying them if `apply`.
+    /// `cross`: one of them is a cross-member transaction.
+    static func scan(device: any BlockDevice, sb: Superblock, slot: Int,
+                     apply: Bool) async throws -> (next: UInt64, applied: Int, cross: Bool) {
+        var cross = false
         let start = sb.journalSlotStart(slot)
         let size = UInt64(sb.journalBlocks)
         let j = try await device.read(block: start, count: 1)
@@ -67,19 +79,22 @@ enum JournalFormat {
                 }
                 homes.append(home)
             }
-            for (k, home) in homes.enumerated() {
-                try await device.write(block: home, data: Array(rest[(k * 4096)..<((k + 1) * 4096)]))
+            if desc.u32(20) & crossFlag != 0 { cross = true }
+            if apply {
+                for (k, home) in homes.enumerated() {
+                    try await device.write(block: home, data: Array(rest[(k * 4096)..<((k + 1) * 4096)]))
+                }
             }
             applied += 1
             seq += 1
             pos += count + 2
         }
-        if applied > 0 {
+        if apply, applied > 0 {
             try await device.flush()
             try await device.write(block: start, data: jsb(slot: slot, startSeq: seq))
             try await device.flush()
         }
-        return (seq, applied)
+        return (seq, applied, cross)
     }
 }
 
@@ -104,7 +119,7 @@ extension FileSystem {
     /// Commits the running transaction (ordered data first). Returns whether
     /// the device was flushed.
     @discardableResult
-    func commit() async throws -> Bool {
+    func commit(cross: Bool = false) async throws -> Bool {
         try await writeDirtyInodesAsync()
         var flushed = false
         if !dirtyData.isEmpty {
@@ -126,6 +141,7 @@ extension FileSystem {
         out.put64(0, JournalFormat.descMagic)
         out.put64(8, jSeq)
         out.put32(16, UInt32(blocks.count))
+        out.put32(20, cross ? JournalFormat.crossFlag : 0)
         for (k, blk) in blocks.enumerated() { out.put64(24 + 8 * k, blk) }
         var crc = crc32c(out)
         out.reserveCapacity(Int(need) * 4096)

@@ -33,7 +33,7 @@ extension FileSystem {
 
     /// Creates an inode of `mode` named `name` in `dir` (all checks done here).
     func makeNode(_ dir: Inode, _ name: String, mode: UInt32, rdev: UInt64 = 0, symlink: [UInt8]? = nil,
-                  _ cred: Credentials) async throws -> Inode {
+                  homeAG: Int? = nil, _ cred: Credentials) async throws -> Inode {
         guard dir.isDir else { throw FSError.ENOTDIR }
         try require(dir, 1, cred)
         if name == "." || name == ".." { throw FSError.EEXIST }
@@ -48,7 +48,9 @@ extension FileSystem {
         let nameLen = name.utf8.count
         let block = try await dirReserve(dir, need: DirFormat.recSize(nameLen: nameLen))
         let preferAG: Int
-        if isDir, ownedAGs.count > 1 {
+        if let homeAG {
+            preferAG = homeAG
+        } else if isDir, ownedAGs.count > 1 {
             // Spread directories over the AGs (their files follow them).
             nextDirAG = (nextDirAG + 1) % ownedAGs.count
             preferAG = ownedAGs[nextDirAG]
@@ -189,7 +191,24 @@ extension FileSystem {
 
     public func mkdir(parent: UInt64, name: String, mode: UInt32, cred: Credentials) async throws -> FileAttributes {
         try await op {
-            try await makeNode(try await inode(parent), name, mode: M.dir | (mode & M.perm), cred).attributes
+            let dir = try await inode(parent)
+            var homeAG: Int?
+            if members > 1, parent == Layout.rootIno, name != ".", name != ".." {
+                let target = placement(ofTopLevel: name)
+                if target != member {
+                    if !borrowing {
+                        // Fail the checks here rather than in a fleet-wide transaction.
+                        guard dir.isDir else { throw FSError.ENOTDIR }
+                        try require(dir, 1, cred)
+                        try checkName(name)
+                        if try await dirIndex(dir).names[name] != nil { throw FSError.EEXIST }
+                        try require(dir, 3, cred)
+                        throw FSError.needsCoordination
+                    }
+                    homeAG = placementAG(member: target)
+                }
+            }
+            return try await makeNode(dir, name, mode: M.dir | (mode & M.perm), homeAG: homeAG, cred).attributes
         }
     }
 

@@ -29,6 +29,9 @@ public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The inode lives in an AG owned by another fleet member; send the
     /// operation there.
     case notHome(ino: UInt64, member: Int)
+    /// The operation changes state of several members (thrown before any
+    /// change): run it as a cross-member transaction (Cross.swift).
+    case needsCoordination
     /// On-disk structures are inconsistent (run fsck).
     case corrupt(String)
 
@@ -36,6 +39,7 @@ public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .posix(let e): "\(e)"
         case .notHome(let ino, let m): "inode \(ino) is homed on member \(m)"
+        case .needsCoordination: "the operation spans several fleet members"
         case .corrupt(let s): "corrupt file system: \(s)"
         }
     }

@@ -204,8 +204,8 @@ public final class FSClient: Sendable {
         _ = try await call(FOS_OP_FS_RMDIR, try namePayload(parent, name))
     }
 
-    /// rename(2)/renameat2(2). Between directories homed on different
-    /// members this fails with EXDEV (no cross-member transactions yet).
+    /// rename(2)/renameat2(2); atomic also between directories homed on
+    /// different members (a cross-member transaction, durable on return).
     public func rename(oldParent: UInt64, oldName: String, newParent: UInt64, newName: String,
                        flags: RenameFlags = []) async throws {
         let o = try FSClient.nameBytes(oldName), n = try FSClient.nameBytes(newName)

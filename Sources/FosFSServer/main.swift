@@ -26,6 +26,7 @@ func die(_ s: String, _ code: Int32 = 1) -> Never {
 final class FSService: Sendable {
     let rt: FosRuntime
     let fs: FileSystem
+    let blk: BlockClient
     let member: Int
     let members: Int
     let fleet: String
@@ -35,10 +36,13 @@ final class FSService: Sendable {
     let peers = Mutex<[Int: Channel]>([:])
     /// Supplementary groups of each client channel's process, read once.
     let groups = Mutex<[UInt64: [UInt32]]>([:])
+    /// This member's part in a peer's cross-member transaction (Cross.swift).
+    let loan = Mutex<Loan>(.none)
 
-    init(rt: FosRuntime, fs: FileSystem, member: Int, members: Int, fleet: String) {
+    init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
         self.fs = fs
+        self.blk = blk
         self.member = member
         self.members = members
         self.fleet = fleet
@@ -107,16 +111,29 @@ final class FSService: Sendable {
                            cred: Credentials(uid: h.uid, gid: h.gid, groups: g), forwarded: true)
     }
 
-    /// Runs one request; an inode homed on a peer sends the whole request
-    /// there (once: a forwarded request that needs yet another member, such
-    /// as a rename between directories of two members, gets EXDEV — there
-    /// are no cross-member transactions yet).
+    /// Runs one request. An inode homed on a peer sends the whole request
+    /// there (once); lookups and opens that cross members continue leg by
+    /// leg (Distributed.swift); a change that needs several members — found
+    /// by the member the request was forwarded to — becomes a cross-member
+    /// transaction (Cross.swift).
     func serve(op: UInt16, payload: [UInt8], cred: Credentials, forwarded: Bool) async -> Reply {
         do {
-            return try await dispatch(op: op, WireReader(payload), cred: cred)
-        } catch FSError.notHome(_, let home) {
-            if forwarded || home == member || home >= members { return Reply(status: EXDEV) }
-            return await forward(to: home, op: op, payload: payload, cred: cred)
+            do {
+                return try await dispatch(op: op, WireReader(payload), cred: cred)
+            } catch FSError.notHome(_, let home) {
+                switch UInt32(op) {
+                case FOS_OP_FS_LOOKUP, FOS_OP_FS_CREATE, FOS_OP_FS_OPEN, FOS_OP_FS_RESOLVE:
+                    return try await distributed(op: op, payload: payload, cred: cred, forwarded: forwarded)
+                case _ where !forwarded && home != member && home < members:
+                    return await forward(to: home, op: op, payload: payload, cred: cred)
+                case FOS_OP_FS_RENAME, FOS_OP_FS_LINK, FOS_OP_FS_UNLINK, FOS_OP_FS_RMDIR, FOS_OP_FS_MKDIR:
+                    return await coordinate(op: op, payload: payload, cred: cred)
+                default:
+                    return Reply(status: EXDEV)
+                }
+            } catch FSError.needsCoordination {
+                return await coordinate(op: op, payload: payload, cred: cred)
+            }
         } catch {
             return Reply(status: status(of: error))
         }
@@ -130,7 +147,7 @@ final class FSService: Sendable {
         case FSError.corrupt(let why):
             fatal(why)
             return EIO
-        case FSError.notHome: return EXDEV
+        case FSError.notHome, FSError.needsCoordination: return EXDEV
         case FosError.remote(let e): return e.rawValue
         case FosError.timeout: return ETIMEDOUT
         case let e as Errno: return e.rawValue
@@ -170,9 +187,9 @@ final class FSService: Sendable {
     }
 
     /// The channel to member `i`'s internal mailbox (registered as /sys/fs/<i>).
-    func peer(_ i: Int) async throws -> Channel {
+    func peer(_ i: Int, wait: Duration = .seconds(10)) async throws -> Channel {
         if let c = peers.withLock({ $0[i] }), !c.isClosed { return c }
-        let deadline = ContinuousClock.now + .seconds(10)
+        let deadline = ContinuousClock.now + wait
         var entry: NameEntry
         while true {
             do {
@@ -356,11 +373,7 @@ final class FSService: Sendable {
             }
             return Reply(payload: out)
         case FOS_OP_FS_OPEN, FOS_OP_FS_RESOLVE:
-            let h = try w.fixed(fos_fs_open.self)
-            guard h.path_len > 0 else { throw FSError.posix(.noSuchFileOrDirectory) }
-            guard h.path_len < FOS_FS_PATH_MAX else { throw FSError.posix(.fileNameTooLong) }
-            let path = try w.text(Int(h.path_len))
-            try w.end()
+            let (h, path) = try w.pathRequest()
             if UInt32(op) == FOS_OP_FS_OPEN {
                 let flags = OpenFlags(rawValue: Int32(bitPattern: h.flags))
                 return ok(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred))
@@ -372,7 +385,7 @@ final class FSService: Sendable {
             appendStruct(fos_fs_ino(ino: ino), to: &out)
             return Reply(payload: out)
         default:
-            return Reply(status: ENOSYS)
+            return try await dispatchInternal(op: op, w, cred: cred)
         }
     }
 }
@@ -413,6 +426,16 @@ final class WireReader {
         return s
     }
 
+    /// OPEN and RESOLVE: the header and the path (1...PATH_MAX-1 bytes).
+    func pathRequest() throws -> (fos_fs_open, String) {
+        let h = try fixed(fos_fs_open.self)
+        guard h.path_len > 0 else { throw FSError.posix(.noSuchFileOrDirectory) }
+        guard h.path_len < FOS_FS_PATH_MAX else { throw FSError.posix(.fileNameTooLong) }
+        let path = try text(Int(h.path_len))
+        try end()
+        return (h, path)
+    }
+
     /// A directory entry name: 1...255 bytes, no '/', no NUL.
     func name(_ n: Int, exactEnd: Bool) throws -> String {
         if n > Int(FOS_FS_NAME_MAX) {
@@ -449,6 +472,37 @@ func prepareDisk(_ blk: BlockClient, member: Int) async throws {
             try await Task.sleep(for: .milliseconds(50))
         }
     }
+}
+
+/// Mounts under the disk locks (see Cross.swift): the fleet lock while we
+/// replay, and our slot's lock for as long as we live (a previous
+/// incarnation must be fully gone first). We replay — our journal, and the journal of any member that is
+/// not running but left a cross-member transaction (or of a slot beyond the
+/// fleet's size, whose AGs are now ours or a peer's).
+func mountUnderLocks(_ blk: BlockClient, member: Int, members: Int) async throws -> FileSystem {
+    // Fleet lock first: a coordinator (which holds it) then sees our slot
+    // lock free, takes us for not running, and replays our slot itself.
+    guard try await blk.lock(FSService.fleetLock, wait: .seconds(120)) else {
+        die("the fleet lock on the disk was not granted in 120 s")
+    }
+    guard try await blk.lock(FSService.slotLock(member), wait: .seconds(60)) else {
+        die("member \(member) of the fleet is still running (its disk lock is held)")
+    }
+    let fs = try await FileSystem.mount(device: blk, member: member, members: members)
+    if members > 1 {
+        for slot in 0..<FileSystem.journalSlots where slot != member {
+            let orphan = slot >= members
+            if !orphan, !(try await FileSystem.slotHasCrossTransaction(device: blk, slot: slot)) { continue }
+            guard try await blk.lock(FSService.slotLock(slot), wait: nil) else { continue }
+            if try await FileSystem.replaySlot(device: blk, slot: slot, onlyCross: !orphan) {
+                say("member \(member): replayed journal slot \(slot)")
+                try await fs.absorb(nil)
+            }
+            try await blk.unlock(FSService.slotLock(slot))
+        }
+    }
+    try await blk.unlock(FSService.fleetLock)
+    return fs
 }
 
 func runMember() -> Never {
@@ -489,15 +543,18 @@ func runMember() -> Never {
             }
             guard let blk = blkClient else { die("no block server") }
             try await prepareDisk(blk, member: member)
-            let fs = try await FileSystem.mount(device: blk, member: member, members: members)
-            let svc = FSService(rt: rt, fs: fs, member: member, members: members, fleet: fleetName)
+            let fs = try await mountUnderLocks(blk, member: member, members: members)
+            let svc = FSService(rt: rt, fs: fs, blk: blk, member: member, members: members, fleet: fleetName)
             var handlers: [UInt16: FosServer.Handler] = [:]
             for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {
                 handlers[UInt16(op)] = { await svc.handle($0) }
             }
             handlers[UInt16(FOS_OP_FS_FORWARD)] = { await svc.handle($0) }
+            handlers[UInt16(FOS_OP_FS_LEND)] = { await svc.handleLend($0) }
+            handlers[UInt16(FOS_OP_FS_RETURN)] = { await svc.handleReturn($0) }
             let server = FosServer(runtime: rt, handlers: handlers, onDisconnect: { ch in
                 _ = svc.groups.withLock { $0.removeValue(forKey: ch.id) }
+                svc.channelClosed(ch.id)
             })
             service.withLock { $0 = svc }
             let a = try await server.start(name: fleetName, policy: .roundRobin)

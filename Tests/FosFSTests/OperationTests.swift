@@ -216,9 +216,18 @@ import Testing
         await #expect(throws: FSError.notHome(ino: rootIno, member: 0)) { _ = try await m1.getattr(ino: rootIno) }
         await #expect(throws: FSError.posix(.invalidArgument)) { _ = try await FileSystem.mount(device: dev, member: 2, members: 2) }
         let m0 = try await FileSystem.mount(device: dev, member: 0, members: 2)
-        // Files created by member 0 live in even AGs.
+        // Top-level directories are spread by name: one placed on member 1
+        // needs a cross-member transaction; one placed on 0 stays there, and
+        // so does everything member 0 creates below it (even AGs).
+        let names = (0..<20).map { "top\($0)" }
+        let other = try #require(names.first { m0.placement(ofTopLevel: $0) == 1 })
+        let mine = try #require(names.first { m0.placement(ofTopLevel: $0) == 0 })
+        await #expect(throws: FSError.needsCoordination) {
+            _ = try await m0.mkdir(parent: rootIno, name: other, mode: 0o755, cred: root)
+        }
+        let top = try await m0.mkdir(parent: rootIno, name: mine, mode: 0o755, cred: root)
         for k in 0..<20 {
-            let a = try await m0.mkdir(parent: rootIno, name: "d\(k)", mode: 0o755, cred: root)
+            let a = try await m0.mkdir(parent: top.ino, name: "d\(k)", mode: 0o755, cred: root)
             #expect((a.ino >> 32) % 2 == 0)
         }
         try await m0.unmount()

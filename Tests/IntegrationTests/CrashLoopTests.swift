@@ -18,13 +18,14 @@ final class Durable: Sendable {
 @Suite("whole-node crashes", .serialized)
 struct CrashLoopTests {
     /// kill -9 of fosd (its members die with it: PR_SET_PDEATHSIG) at a random
-    /// point of a write-, rename- and fsync-heavy workload, again and again on
-    /// the same disk. Each restart must serve every byte that an fsync covered;
+    /// point of a write-, rename- and fsync-heavy workload on a fleet of two
+    /// fs members, with renames between directories of both, again and again
+    /// on the same disk. Each restart must serve every byte that an fsync covered;
     /// fsck must find the disk clean. FOS_CRASH_ITERATIONS overrides the count.
     @Test("kill -9 of the whole node at random points: fsck clean, every fsync'd byte present")
     func crashLoop() async throws {
         let iterations = ProcessInfo.processInfo.environment["FOS_CRASH_ITERATIONS"].flatMap(Int.init) ?? 50
-        try await TestNode.with(members: 1) { node in
+        try await TestNode.with(members: 1, fsMembers: 2) { node in
             let disk = node.stateDir + "/disk.img"
             let durable = Durable()
             var crashesMidWork = 0
@@ -35,7 +36,12 @@ struct CrashLoopTests {
                     let got = try await fs.readFile(path: path)
                     #expect(got == data, "iteration \(it): \(path) lost or changed (\(got.count) of \(data.count) bytes)")
                 }
+                // Two top-level directories on different members (the fleet
+                // places them by name): files move between them in
+                // cross-member renames.
                 let dir = try await fs.mkdir(path: "/it\(it)")
+                let otherName = topLevelNames(on: 1 - FileSystem.home(of: dir.ino, members: 2), of: 2, 1, prefix: "o\(it)-")[0]
+                let other = try await fs.mkdir(path: "/" + otherName)
                 let work = Task {
                     var k = 0
                     while !Task.isCancelled {
@@ -52,6 +58,13 @@ struct CrashLoopTests {
                         try await fs.fsync(ino: f.ino)
                         try await fs.fsync(ino: dir.ino)
                         durable.files.withLock { $0["/it\(it)/\(name)"] = data }
+                        if k % 3 == 2 {
+                            // Neither name is certain until the rename and the fsync of its target return.
+                            durable.files.withLock { $0["/it\(it)/\(name)"] = nil }
+                            try await fs.rename(oldParent: dir.ino, oldName: name, newParent: other.ino, newName: name)
+                            try await fs.fsync(ino: other.ino)
+                            durable.files.withLock { $0["/\(otherName)/\(name)"] = data }
+                        }
                         k += 1
                     }
                 }

@@ -68,6 +68,22 @@ _Static_assert(sizeof(fos_msg_hdr) == 24, "fos_msg_hdr layout");
 #define FOS_OP_BLK_WRITE 0x302u    /* fos_blk_io + data (inline) or from the region */
 #define FOS_OP_BLK_FLUSH 0x303u    /* -> empty, after every completed write is durable */
 #define FOS_OP_BLK_DISCARD 0x304u  /* fos_blk_io (region fields ignored) */
+/* Advisory locks on the disk, for the fleet that shares it (fs members use
+ * one per journal slot, held for life, and one fleet-wide lock). A lock
+ * belongs to a channel; it is released by UNLOCK or when the channel closes,
+ * and then only after every I/O the channel started has completed, so a dead
+ * holder's late writes cannot land after the next holder's. LOCK answers when
+ * the lock is granted (FIFO), or EAGAIN at once with FOS_BLK_LOCK_TRY.
+ * UNLOCK also cancels a LOCK still waiting (after a client-side timeout). */
+#define FOS_OP_BLK_LOCK 0x305u     /* fos_blk_lock -> empty */
+#define FOS_OP_BLK_UNLOCK 0x306u   /* fos_blk_lock (flags 0) -> empty; EPERM if neither held nor waited for */
+#define FOS_BLK_LOCKS 64u          /* lock ids are 0...FOS_BLK_LOCKS-1 */
+#define FOS_BLK_LOCK_TRY 0x1u
+
+typedef struct fos_blk_lock {
+    uint32_t id;
+    uint32_t flags;   /* FOS_BLK_LOCK_* */
+} fos_blk_lock;
 
 #define FOS_BLK_INLINE 0xffffffffu /* fos_blk_io.slot: data travels in the message */
 typedef struct fos_blk_io {
@@ -132,6 +148,20 @@ typedef struct fos_blk_info {
  * with the original caller's credentials. Payload: fos_fs_forward, ngroups
  * u32 group ids, then the original payload; the reply is passed back as is. */
 #define FOS_OP_FS_FORWARD 0x4ffu
+
+/* Fleet-internal, member to member (see FosFSServer/Cross.swift):
+ * LEND: quiesce for a cross-member transaction of the sender (commit,
+ * checkpoint, keep every operation out) until RETURN, or until the sender's
+ * channel closes. RETURN payload: u32 count, then count × (u32 ag, u32 pad,
+ * i64 free-block delta, i64 free-inode delta), then u64 blocks the
+ * transaction wrote (the lender drops them from its cache).
+ * WALK, OPENAT, OPENINO: the legs of a path walk and an open(2) across
+ * members, only inside FORWARD (layouts in FosFSServer/Distributed.swift). */
+#define FOS_OP_FS_LEND 0x4f0u
+#define FOS_OP_FS_RETURN 0x4f1u
+#define FOS_OP_FS_WALK 0x4f2u
+#define FOS_OP_FS_OPENAT 0x4f3u
+#define FOS_OP_FS_OPENINO 0x4f4u
 
 typedef struct fos_fs_stat {
     uint64_t ino;

@@ -1,0 +1,180 @@
+import CFosWire
+import FosCore
+import FosFS
+import FosFSClient
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Top-level directory names the fleet places on member `m` of `members`.
+func topLevelNames(on m: Int, of members: Int, _ n: Int, prefix: String = "top") -> [String] {
+    (0..<10_000).lazy.map { "\(prefix)\($0)" }.filter { FileSystem.placement(ofTopLevel: $0, members: members) == m }
+        .prefix(n).map { $0 }
+}
+
+/// The fs fleet with state on several members: top-level directories
+/// spread over the members, and lookups, opens, renames, links and removals
+/// between directories and inodes homed on different members.
+@Suite("fs fleet across members", .serialized)
+struct FSFleetTests {
+    @Test("rename, link, unlink, rmdir, symlinks and path walks between directories of two members")
+    func crossMember() async throws {
+        try await TestNode.with(members: 1, fsMembers: 2) { node in
+            let rt = try node.runtime()
+            let c0 = try await FSClient.connect(rt)
+            let c1 = try await FSClient.connect(rt, excluding: [c0.member])
+            let home = { (ino: UInt64) in FileSystem.home(of: ino, members: 2) }
+            let a = "/" + topLevelNames(on: 0, of: 2, 1)[0], b = "/" + topLevelNames(on: 1, of: 2, 1)[0]
+
+            // Top-level directories land on the member their name hashes to,
+            // whichever member the client asked.
+            let da = try await c1.mkdir(path: a), db = try await c0.mkdir(path: b)
+            #expect(home(da.ino) == 0 && home(db.ino) == 1)
+            for (i, c) in [c0, c1].enumerated() {
+                _ = try await c.writeFile(path: "\(a)/f\(i)", data: pattern(9000 + i, seed: UInt8(i)))
+                _ = try await c.writeFile(path: "\(b)/g\(i)", data: pattern(7000 + i, seed: UInt8(10 + i)))
+            }
+            #expect(home(try await c0.stat(path: "\(b)/g0").ino) == 1, "files follow their directory")
+
+            // A file bounces between the members' directories through both clients.
+            let f0 = try await c0.stat(path: "\(a)/f0")
+            var inA = true
+            for k in 0..<10 {
+                let c = [c0, c1][k % 2]
+                let (from, to) = inA ? (da.ino, db.ino) : (db.ino, da.ino)
+                try await c.rename(oldParent: from, oldName: inA ? "f0" : "f0-moved", newParent: to, newName: inA ? "f0-moved" : "f0")
+                inA.toggle()
+            }
+            #expect(inA)
+            for c in [c0, c1] {
+                #expect(try await c.readFile(path: "\(a)/f0") == pattern(9000, seed: 0))
+                #expect(await errnoOf { _ = try await c.stat(path: "\(b)/f0-moved") } == ENOENT)
+            }
+            try await c1.rename(oldParent: da.ino, oldName: "f0", newParent: db.ino, newName: "moved")
+            #expect(try await c0.stat(path: "\(b)/moved").ino == f0.ino)
+            #expect(home(f0.ino) == 0, "a renamed inode stays on its member")
+
+            // A directory tree moves to the other member's directory; paths
+            // through it walk member 0 → 1 → 0.
+            let sub = try await c0.mkdir(path: "\(a)/sub")
+            _ = try await c0.mkdir(path: "\(a)/sub/deeper")
+            _ = try await c1.writeFile(path: "\(a)/sub/deeper/x", data: pattern(5000, seed: 3))
+            try await c1.rename(oldParent: da.ino, oldName: "sub", newParent: db.ino, newName: "sub")
+            for c in [c0, c1] {
+                #expect(try await c.readFile(path: "\(b)/sub/deeper/x") == pattern(5000, seed: 3))
+                #expect(try await c.stat(path: "\(b)/sub/..").ino == db.ino)
+                #expect(try await c.lookup(parent: db.ino, name: "sub").ino == sub.ino)
+            }
+            #expect(try await c0.getattr(ino: db.ino).nlink == 3)
+            #expect(try await c0.getattr(ino: da.ino).nlink == 2)
+
+            // Symlinks across members, relative and absolute.
+            _ = try await c0.symlink(parent: da.ino, name: "abs", target: "\(b)/sub")
+            _ = try await c0.symlink(parent: da.ino, name: "rel", target: "..\(b)/sub/deeper")
+            for c in [c0, c1] {
+                #expect(try await c.readFile(path: "\(a)/abs/deeper/x") == pattern(5000, seed: 3))
+                #expect(try await c.readFile(path: "\(a)/rel/x") == pattern(5000, seed: 3))
+                #expect(try await c.resolve(path: "\(a)/abs") == sub.ino)
+                #expect(try await c.resolve(path: "\(a)/abs", followLast: false) != sub.ino)
+            }
+            // open(2) of an existing name whose inode lives on the other member.
+            #expect(try await c1.open(path: "\(b)/moved", flags: [.create, .readWrite]).ino == f0.ino)
+            #expect(await errnoOf { _ = try await c1.open(path: "\(b)/moved", flags: [.create, .exclusive, .writeOnly]) } == EEXIST)
+            #expect(await errnoOf { _ = try await c0.open(path: "\(a)/abs", flags: [.readOnly, .noFollow]) } == ELOOP)
+            #expect(try await c0.create(parent: db.ino, name: "moved", flags: [.readWrite]).ino == f0.ino)
+
+            // Hard links across members; the last name goes in a cross-member unlink.
+            let g0 = try await c0.stat(path: "\(b)/g0")
+            _ = try await c0.link(ino: g0.ino, newParent: da.ino, name: "g0-link")
+            #expect(try await c1.stat(path: "\(a)/g0-link").nlink == 2)
+            try await c1.unlink(path: "\(b)/g0")
+            #expect(try await c0.readFile(path: "\(a)/g0-link") == pattern(7000, seed: 10))
+            try await c0.unlink(path: "\(a)/g0-link")
+            #expect(await errnoOf { _ = try await c0.getattr(ino: g0.ino) } == ESTALE)
+
+            // RENAME_NOREPLACE and RENAME_EXCHANGE across members.
+            #expect(await errnoOf {
+                try await c0.rename(oldParent: da.ino, oldName: "f1", newParent: db.ino, newName: "g1", flags: .noReplace)
+            } == EEXIST)
+            try await c0.rename(oldParent: da.ino, oldName: "f1", newParent: db.ino, newName: "sub", flags: .exchange)
+            #expect(try await c1.stat(path: "\(a)/f1").ino == sub.ino)
+            #expect(try await c1.readFile(path: "\(b)/sub") == pattern(9001, seed: 1))
+            #expect(try await c1.readFile(path: "\(a)/f1/deeper/x") == pattern(5000, seed: 3))
+            #expect(await errnoOf {
+                try await c0.rename(oldParent: da.ino, oldName: "f1", newParent: db.ino, newName: "g1")
+            } == ENOTDIR)
+
+            // Removing a top-level directory of member 1 from the root (member 0).
+            for name in try await c1.listDirectory(path: b).map(\.name) where name != "." && name != ".." {
+                try await c1.unlink(path: "\(b)/\(name)")
+            }
+            try await c0.rmdir(parent: FileSystem.rootIno, name: String(b.dropFirst()))
+            #expect(await errnoOf { _ = try await c1.stat(path: b) } == ENOENT)
+            _ = try await c1.mkdir(path: b)
+            #expect(try await node.fleets().filter { $0.fleet == "/sys/fs" }.allSatisfy { $0.restarts == 0 })
+
+            // Everything is on disk and consistent.
+            #expect(await node.terminate() == 0)
+            let r = try await offline(node, ["fsck", "--disk", node.stateDir + "/disk.img"])
+            #expect(r.status == 0 && r.stdout == "clean\n", "\(r.stdout) \(r.stderr)")
+            try node.launch()
+            try await node.waitReady()
+            let c = try await FSClient.connect(try node.runtime())
+            #expect(try await c.readFile(path: "\(a)/f1/deeper/x") == pattern(5000, seed: 3))
+            #expect(try await c.readFile(path: "\(a)/f1/deeper/../../f1/deeper/x") == pattern(5000, seed: 3))
+        }
+    }
+
+    @Test("kill -9 of fs members during cross-member renames: one name, intact data, fsck clean")
+    func membersKilled() async throws {
+        try await TestNode.with(members: 1, fsMembers: 2) { node in
+            let rt = try node.runtime()
+            let c = try await FSClient.connect(rt)
+            let a = "/" + topLevelNames(on: 0, of: 2, 1)[0], b = "/" + topLevelNames(on: 1, of: 2, 1)[0]
+            let da = try await c.mkdir(path: a), db = try await c.mkdir(path: b)
+            let data = pattern(12345, seed: 9)
+            _ = try await c.writeFile(path: "\(a)/f", data: data, sync: true)
+            for round in 0..<10 {
+                let work = Task {
+                    var done = 0
+                    while !Task.isCancelled {
+                        let inA = (try? await c.lookup(parent: da.ino, name: "f")) != nil
+                        do {
+                            try await c.rename(oldParent: inA ? da.ino : db.ino, oldName: "f",
+                                               newParent: inA ? db.ino : da.ino, newName: "f")
+                            done += 1
+                        } catch {
+                            try? await Task.sleep(for: .milliseconds(5))  // a member is restarting
+                        }
+                    }
+                    return done
+                }
+                try await Task.sleep(for: .milliseconds(30 + (round * 53) % 150))
+                let victim = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" && $0.index == round % 2 })
+                kill(victim.pid, SIGKILL)
+                let killedAt = monotonicNanos()
+                // Back: restarted and registered, and serving renames again.
+                _ = try await eventually("member \(victim.index) back", timeout: .seconds(20)) { () -> Bool? in
+                    let m = try await node.fleets().first { $0.fleet == "/sys/fs" && $0.index == victim.index }
+                    guard let m, m.pid != victim.pid, m.state == "running" else { return nil }
+                    return try await rt.listNames(prefix: "/sys/fs/").count == 2 ? true : nil
+                }
+                #expect(seconds(since: killedAt) < 5, "round \(round): member \(victim.index) took \(seconds(since: killedAt)) s to return")
+                try await Task.sleep(for: .milliseconds(100))
+                work.cancel()
+                let renamed = await work.value
+                let inA = (try? await c.lookup(parent: da.ino, name: "f")) != nil
+                let inB = (try? await c.lookup(parent: db.ino, name: "f")) != nil
+                #expect(inA != inB, "round \(round): in \(a): \(inA), in \(b): \(inB)")
+                #expect(try await c.readFile(path: inA ? "\(a)/f" : "\(b)/f") == data, "round \(round)")
+                #expect(renamed > 0, "round \(round): no rename succeeded")
+            }
+            #expect(await node.terminate() == 0)
+            let r = try await offline(node, ["fsck", "--disk", node.stateDir + "/disk.img"])
+            #expect(r.status == 0 && r.stdout == "clean\n", "\(r.stdout) \(r.stderr)")
+        }
+    }
+}
