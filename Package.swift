@@ -52,7 +52,7 @@ let package = Package(
             dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient", "FosBlock"]),
         // CRC-32C for the file system's on-disk checksums.
         .target(name: "CFosCRC"),
         // The fos file system: format, buffer cache, journal, POSIX operations (no processes).

@@ -124,6 +124,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var byPriority: [[Entry]] = [[], [], []]
         var mailboxes: [UInt64: MailboxKind] = [:]
         var pending: [UInt64: Pending] = [:]
+        /// Calls that timed out, by request id and channel: their late
+        /// replies are dropped quietly (bounded, oldest forgotten first).
+        var expired: [UInt64: UInt64] = [:]
+        var expiredOrder: [UInt64] = []
         var nextRequestID: UInt64 = 1
         var nextDeadline: UInt64 = .max
         var backlogged: Set<UInt64> = []
@@ -358,6 +362,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         if h.flags & UInt32(FOS_MSG_REPLY) != 0 {
             // Only the channel that carried the request may answer it.
             guard e.channel.side == .client, let p = st.pending[h.request_id], p.channelID == e.channel.id else {
+                if e.channel.side == .client, st.expired[h.request_id] == e.channel.id {
+                    st.expired[h.request_id] = nil  // the answer to a call that gave up waiting
+                    return
+                }
                 st.rejected &+= 1
                 // A reply nobody asked for, on a channel whose replies we poll
                 // first: drop it, or a hostile server could starve our own
@@ -471,12 +479,25 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         for (id, p) in st.pending {
             if p.deadline <= now {
                 st.pending[id] = nil
+                noteExpired(id, channel: p.channelID)
                 p.continuation.resume(throwing: FosError.timeout)
             } else {
                 next = min(next, p.deadline)
             }
         }
         st.nextDeadline = next
+    }
+
+    static let maxExpired = 4096
+
+    private func noteExpired(_ id: UInt64, channel: UInt64) {
+        st.expired[id] = channel
+        st.expiredOrder.append(id)
+        if st.expiredOrder.count > EventLoop.maxExpired {
+            let drop = st.expiredOrder.count - EventLoop.maxExpired / 2
+            for old in st.expiredOrder.prefix(drop) { st.expired[old] = nil }
+            st.expiredOrder.removeFirst(drop)
+        }
     }
 
     /// epoll data of a channel's eventfd: its id with the top bit set, so that
