@@ -220,7 +220,9 @@ public struct LockTable: Sendable {
     /// Everything of a client whose connection closed. Returns the waiters removed.
     @discardableResult
     public mutating func release(client: UInt64) -> [UInt64] {
-        release { o, _ in o.client == client }
+        // Most clients that go never locked anything: no walk over every inode for them.
+        guard perClient[client] != nil else { return [] }
+        return release { o, _ in o.client == client }
     }
 
     /// Waiters granted since the last call, in the order they were granted.
@@ -262,13 +264,14 @@ public struct LockTable: Sendable {
     /// locks are followed (Linux: OFD and flock waiters are never checked).
     /// Across inodes of this table; not across fs members.
     private func deadlocks(_ me: LockOwner, waitingOn blockers: Set<LockOwner>) -> Bool {
+        let waits = Dictionary(grouping: waiting.values.filter { $0.owner.kind == .process }, by: \.owner)
         var stack = Array(blockers)
         var seen = Set<LockOwner>()
         while let o = stack.popLast() {
             if o == me { return true }
-            guard o.kind == .process, seen.insert(o).inserted else { continue }
+            guard seen.insert(o).inserted else { continue }
             if seen.count > LockTable.maxDeadlockSteps { return false }
-            for w in waiting.values where w.owner == o {
+            for w in waits[o] ?? [] {
                 stack += (inodes[w.ino]?.record ?? []).filter { $0.conflicts(with: w) }.map(\.owner)
             }
         }
