@@ -38,6 +38,7 @@ final class FSService: Sendable {
     let groups = Mutex<[UInt64: [UInt32]]>([:])
     /// This member's part in a peer's cross-member transaction (Cross.swift).
     let loan = Mutex<Loan>(.none)
+    let locks = LockService()
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -87,6 +88,7 @@ final class FSService: Sendable {
 
     func handle(_ r: Request) async -> Reply {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
+        if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
         return await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
     }
 
@@ -384,6 +386,8 @@ final class FSService: Sendable {
             var out = [UInt8]()
             appendStruct(fos_fs_ino(ino: ino), to: &out)
             return Reply(payload: out)
+        case FOS_OP_FS_LOCK_FORWARDED, FOS_OP_FS_LOCK_DROP:
+            return try await locks.fromPeer(op: op, w, cred: cred, svc: self)
         default:
             return try await dispatchInternal(op: op, w, cred: cred)
         }
@@ -552,8 +556,13 @@ func runMember() -> Never {
             handlers[UInt16(FOS_OP_FS_FORWARD)] = { await svc.handle($0) }
             handlers[UInt16(FOS_OP_FS_LEND)] = { await svc.handleLend($0) }
             handlers[UInt16(FOS_OP_FS_RETURN)] = { await svc.handleReturn($0) }
-            let server = FosServer(runtime: rt, handlers: handlers, onDisconnect: { ch in
+            handlers[UInt16(FOS_OP_FS_LOCK)] = { await svc.handle($0) }
+            let server = FosServer(runtime: rt, handlers: handlers, onConnect: { ch, stats in
+                closeFD(stats)
+                svc.locks.connected(ch.id)
+            }, onDisconnect: { ch in
                 _ = svc.groups.withLock { $0.removeValue(forKey: ch.id) }
+                svc.locks.disconnected(ch.id, svc: svc)
                 svc.channelClosed(ch.id)
             })
             service.withLock { $0 = svc }
@@ -563,6 +572,7 @@ func runMember() -> Never {
                 // Peers find member i under <fleet>/<i> (fleet-internal, no key).
                 try await rt.register(name: "\(fleetName)/\(member)", addr: i, key: .none, policy: .roundRobin,
                                       flags: UInt32(FOS_NAME_INTERNAL))
+                svc.locks.announce(svc)
             }
         } catch let e as FSError {
             die("cannot mount the file system: \(e)")

@@ -143,11 +143,18 @@ typedef struct fos_blk_info {
 #define FOS_OP_FS_REMOVEXATTR 0x414u /* fos_fs_xattr + name -> empty */
 #define FOS_OP_FS_OPEN 0x415u        /* fos_fs_open + path -> fos_fs_stat of the opened inode */
 #define FOS_OP_FS_RESOLVE 0x416u     /* fos_fs_open (flags: O_NOFOLLOW only) + path -> fos_fs_ino */
+#define FOS_OP_FS_LOCK 0x417u        /* fos_fs_lock -> GET: fos_fs_lock_reply; SET, SETWAIT: empty */
 /* Fleet-internal only (the internal mailbox, fleet members as attested by
  * fosd): a member hands a request for an inode homed on a peer to that peer,
  * with the original caller's credentials. Payload: fos_fs_forward, ngroups
  * u32 group ids, then the original payload; the reply is passed back as is. */
 #define FOS_OP_FS_FORWARD 0x4ffu
+/* Carried only inside FORWARD (never accepted on their own): a LOCK for an
+ * inode homed elsewhere, with the client it came from (fos_fs_lock_origin +
+ * fos_fs_lock); and the news that a client's channel closed, so that its
+ * locks and waiters at the home member go too (fos_fs_lock_origin -> empty). */
+#define FOS_OP_FS_LOCK_FORWARDED 0x4fdu
+#define FOS_OP_FS_LOCK_DROP 0x4feu
 
 /* Fleet-internal, member to member (see FosFSServer/Cross.swift):
  * LEND: quiesce for a cross-member transaction of the sender (commit,
@@ -327,6 +334,74 @@ typedef struct fos_fs_forward {
     uint32_t gid;
     uint32_t hops;       /* 0: a forwarded request is never forwarded again */
 } fos_fs_forward;
+
+/*
+ * Advisory locks (FOS_OP_FS_LOCK), kept in memory at the inode's home member
+ * as Linux keeps them: record locks (fcntl F_GETLK/F_SETLK/F_SETLKW and the
+ * F_OFD_* forms) and flock(2), which never conflict with each other. A lock
+ * belongs to the channel it was taken on (the server's identity for the
+ * client, never a message field) plus `owner`; it goes when that channel
+ * closes, and when the home member restarts (no lock recovery, like NFS
+ * without lockd). With no open-file state, SET of a read lock needs read
+ * permission on the inode and of a write lock write permission (Linux asks
+ * for an fd open for reading or writing); GET, unlock and flock need none.
+ *
+ * Errors: EAGAIN a conflict (SET); EDEADLK a POSIX process lock that would
+ * wait for itself (across the inodes of one member); ETIMEDOUT a SETWAIT
+ * not granted within wait_ms (send it again to keep waiting: a repeated
+ * request of the same owner is harmless); ENOLCK a client holding too many;
+ * EINVAL bad type, kind, command, pid or range (negative start or one
+ * reaching before byte 0), EOVERFLOW a range past INT64_MAX; EPROTO a
+ * payload that is not exactly the struct.
+ */
+#define FOS_FS_LOCK_READ 0u        /* F_RDLCK; flock: LOCK_SH */
+#define FOS_FS_LOCK_WRITE 1u       /* F_WRLCK; flock: LOCK_EX */
+#define FOS_FS_LOCK_UNLOCK 2u      /* F_UNLCK; flock: LOCK_UN */
+
+#define FOS_FS_LOCK_POSIX 1u       /* owned by a process: owner = its pid, pid > 0 */
+#define FOS_FS_LOCK_OFD 2u         /* owned by an open file description: owner = its id, pid 0 */
+#define FOS_FS_LOCK_FLOCK 3u       /* flock(2): owner = the open file's id, pid, start and len 0 */
+
+#define FOS_FS_LOCK_GET 1u         /* F_GETLK: the first lock that would conflict */
+#define FOS_FS_LOCK_SET 2u         /* F_SETLK, flock with LOCK_NB */
+#define FOS_FS_LOCK_SETWAIT 3u     /* F_SETLKW, flock: wait up to wait_ms */
+#define FOS_FS_LOCK_MAX_WAIT_MS 10000u /* a longer wait_ms counts as this (below every call timeout) */
+
+typedef struct fos_fs_lock {
+    uint64_t ino;
+    int64_t start;       /* absolute: the client resolves SEEK_CUR and SEEK_END */
+    int64_t len;         /* 0: to the end of file and beyond; < 0: the -len bytes before start */
+    uint64_t owner;
+    int32_t pid;         /* what GET tells others about a POSIX lock */
+    uint16_t type;       /* FOS_FS_LOCK_READ/WRITE/UNLOCK (not UNLOCK for GET) */
+    uint8_t kind;        /* FOS_FS_LOCK_POSIX/OFD/FLOCK (not FLOCK for GET) */
+    uint8_t command;     /* FOS_FS_LOCK_GET/SET/SETWAIT */
+    uint32_t wait_ms;    /* SETWAIT only; otherwise 0 */
+    uint32_t reserved;
+} fos_fs_lock;
+
+_Static_assert(sizeof(fos_fs_lock) == 48, "fos_fs_lock layout");
+
+typedef struct fos_fs_lock_reply {
+    int64_t start;       /* the conflicting lock's range, as start + len (0: to EOF) */
+    int64_t len;
+    int32_t pid;         /* its pid; -1 for an OFD lock */
+    uint16_t type;       /* its type; FOS_FS_LOCK_UNLOCK: nothing conflicts */
+    uint16_t reserved;
+} fos_fs_lock_reply;
+
+_Static_assert(sizeof(fos_fs_lock_reply) == 24, "fos_fs_lock_reply layout");
+
+typedef struct fos_fs_lock_origin {
+    uint64_t client;      /* the client's channel id at the forwarding member (unique on the node);
+                             DROP: 0 only announces `incarnation` */
+    uint64_t incarnation; /* when the forwarding member started: a newer one means every client
+                             of the older one is gone */
+    uint32_t member;      /* the forwarding member's index */
+    uint32_t reserved;
+} fos_fs_lock_origin;
+
+_Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
 
 /* Name policies */
 #define FOS_POLICY_ROUND_ROBIN 1u
