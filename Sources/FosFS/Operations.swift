@@ -458,15 +458,19 @@ extension FileSystem {
         }
     }
 
-    public func statfs() async throws -> FileSystemStats {
+    /// statfs(2) over every AG, or over the AGs of fleet member `of`:
+    /// exact for this member's own AGs, as this member last knew them for
+    /// others' (a fleet sums its members' own parts).
+    public func statfs(of m: Int? = nil) async throws -> FileSystemStats {
         try await op {
+            let ags = (0..<Int(sb.agCount)).filter { ag in m.map { ag % members == $0 } ?? true }
             var total: UInt64 = 0
-            for ag in 0..<Int(sb.agCount) { total += sb.agSize(ag) - UInt64(sb.metaBlocks) }
-            let free = agFreeBlocks.reduce(0, +)
+            for ag in ags { total += sb.agSize(ag) - UInt64(sb.metaBlocks) }
+            let free = ags.reduce(0) { $0 + agFreeBlocks[$1] }
             return FileSystemStats(
                 blockSize: UInt32(Layout.blockSize), totalBlocks: total, freeBlocks: free,
-                availableBlocks: free - reservedCount, totalInodes: UInt64(sb.agCount) * UInt64(sb.inodesPerAG - 1),
-                freeInodes: agFreeInodes.reduce(0, +), nameMax: UInt32(Layout.maxName), agCount: Int(sb.agCount))
+                availableBlocks: free - min(free, reservedCount), totalInodes: UInt64(ags.count) * UInt64(sb.inodesPerAG - 1),
+                freeInodes: ags.reduce(0) { $0 + agFreeInodes[$1] }, nameMax: UInt32(Layout.maxName), agCount: Int(sb.agCount))
         }
     }
 }

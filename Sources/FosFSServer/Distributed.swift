@@ -123,6 +123,29 @@ extension FSService {
         return await forward(to: home, op: op, payload: payload, cred: cred)
     }
 
+    /// statfs(2) of the whole file system: each member's exact part of the
+    /// AGs it owns, summed (a member that does not answer counts as it was
+    /// when we last knew: at our mount or our last cross-member transaction).
+    func fleetStats() async throws -> FileSystemStats {
+        var sum = try await fs.statfs(of: member)
+        for m in 0..<members where m != member {
+            let r = await forward(to: m, op: UInt16(FOS_OP_FS_STATFS_PART), payload: [], cred: .root)
+            var part = try await fs.statfs(of: m)
+            if r.status == 0, r.payload.count == MemoryLayout<fos_fs_statfs>.size,
+               let p = r.payload.withUnsafeBytes({ loadStruct(fos_fs_statfs.self, from: $0) }) {
+                part.freeBlocks = p.free_blocks
+                part.availableBlocks = p.avail_blocks
+                part.freeInodes = p.free_inodes
+            }
+            sum.totalBlocks += part.totalBlocks
+            sum.freeBlocks += part.freeBlocks
+            sum.availableBlocks += part.availableBlocks
+            sum.totalInodes += part.totalInodes
+            sum.freeInodes += part.freeInodes
+        }
+        return sum
+    }
+
     // MARK: the legs (dispatched for FORWARDs from peers)
 
     func dispatchInternal(op: UInt16, _ w: WireReader, cred: Credentials) async throws -> Reply {
@@ -155,6 +178,9 @@ extension FSService {
                 out += Self.encode(s)
             }
             return Reply(payload: out)
+        case FOS_OP_FS_STATFS_PART:
+            try w.end()
+            return Reply(payload: FSWire.encodeStats(try await fs.statfs(of: member), member: member, members: members))
         case FOS_OP_FS_OPENINO:
             let h = try w.only(OpenInoHeader.self)
             guard h.trailing <= 1 else { throw FSError.posix(.protocolError) }

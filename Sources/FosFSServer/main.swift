@@ -343,7 +343,7 @@ final class FSService: Sendable {
             return Reply(payload: FSWire.encodeDirents(entries).0)
         case FOS_OP_FS_STATFS:
             try w.end()
-            return Reply(payload: FSWire.encodeStats(try await fs.statfs(), member: member, members: members))
+            return Reply(payload: FSWire.encodeStats(try await fleetStats(), member: member, members: members))
         case FOS_OP_FS_GETXATTR, FOS_OP_FS_SETXATTR, FOS_OP_FS_REMOVEXATTR:
             let h = try w.fixed(fos_fs_xattr.self)
             let isSet = UInt32(op) == FOS_OP_FS_SETXATTR

@@ -39,6 +39,16 @@ struct FSFleetTests {
             }
             #expect(home(try await c0.stat(path: "\(b)/g0").ino) == 1, "files follow their directory")
 
+            // statfs sums every member's own part: both members agree, and
+            // see space used on the other.
+            let s0 = try await c0.statfs(), s1 = try await c1.statfs()
+            #expect(s0.fs.freeBlocks == s1.fs.freeBlocks && s0.fs.freeInodes == s1.fs.freeInodes)
+            _ = try await c1.writeFile(path: "\(b)/big", data: pattern(1 << 20, seed: 5))
+            let after = try await c0.statfs()
+            #expect(s0.fs.freeBlocks - after.fs.freeBlocks >= 256, "\(s0.fs.freeBlocks) → \(after.fs.freeBlocks)")
+            #expect(s0.fs.freeInodes - after.fs.freeInodes == 1)
+            try await c1.unlink(path: "\(b)/big")
+
             // A file bounces between the members' directories through both clients.
             let f0 = try await c0.stat(path: "\(a)/f0")
             var inA = true

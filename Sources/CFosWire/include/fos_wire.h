@@ -169,6 +169,7 @@ typedef struct fos_blk_info {
 #define FOS_OP_FS_WALK 0x4f2u
 #define FOS_OP_FS_OPENAT 0x4f3u
 #define FOS_OP_FS_OPENINO 0x4f4u
+#define FOS_OP_FS_STATFS_PART 0x4f5u /* empty -> fos_fs_statfs of the AGs the member owns */
 
 typedef struct fos_fs_stat {
     uint64_t ino;
