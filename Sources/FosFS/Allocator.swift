@@ -97,11 +97,19 @@ extension FileSystem {
         }
     }
 
-    /// Allocates up to `count` contiguous blocks (at least one), preferring
-    /// `goal` and the AG `preferAG`. Throws ENOSPC.
-    func allocBlocks(count: Int, goal: UInt64?, preferAG: Int) async throws -> (start: UInt64, count: Int) {
-        let order = agOrder(prefer: preferAG)
-        for ag in order where agFreeBlocks[ag] > 0 {
+    /// Allocates up to `count` contiguous blocks (at least one) for inode
+    /// `owner`, preferring `goal` and the AG `preferAG`, from the AGs of the
+    /// owner's home member: that member frees them later. Only file data in
+    /// a cross-member transaction may spill into other members' AGs (`spill`;
+    /// the inode is then marked, and whatever frees its blocks runs as a
+    /// cross-member transaction too). Throws ENOSPC.
+    func allocBlocks(count: Int, goal: UInt64?, preferAG: Int, for owner: Inode,
+                     spill: Bool = false) async throws -> (start: UInt64, count: Int) {
+        let home = homeMember(of: owner.ino)
+        var order = (0..<Int(sb.agCount)).filter { $0 % members == home }
+        if let i = order.firstIndex(of: preferAG) { order = Array(order[i...] + order[..<i]) }
+        if spill, borrowing { order += (0..<Int(sb.agCount)).filter { $0 % members != home } }
+        for ag in order where agFreeBlocks[ag] > 0 && owns(ag: ag) {
             let agStart = sb.agStart(ag)
             let lo = sb.dataStart(ag) - agStart
             let hi = sb.agSize(ag)
@@ -122,6 +130,10 @@ extension FileSystem {
             try await setBits(sb.bbmStart(ag), first, n, to: true)
             agFreeBlocks[ag] -= n
             agBlockHint[ag] = first + n
+            if ag % members != home, owner.flags & InodeFlags.foreignData == 0 {
+                owner.flags |= InodeFlags.foreignData
+                markDirty(owner)
+            }
             return (agStart + first, Int(n))
         }
         throw FSError.ENOSPC

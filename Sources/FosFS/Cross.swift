@@ -110,6 +110,7 @@ extension FileSystem {
             let before = foreign.map { (agFreeBlocks[$0], agFreeInodes[$0]) }
             borrowing = true
             ownedAGs = all
+            crossTouched = []
             defer {
                 borrowing = false
                 ownedAGs = own
@@ -125,11 +126,10 @@ extension FileSystem {
             }
             // Even a failed operation may have read (never written, but for
             // ENOSPC half-way) other members' blocks: the same end for both.
-            try await writeDirtyInodesAsync()
-            var changes = CrossChanges()
-            changes.blocks = txn.filter { b in sb.ag(ofBlock: b).map { !own.contains($0) } ?? false }.sorted()
             try await commit(cross: true)
             try await checkpoint()
+            var changes = CrossChanges()
+            changes.blocks = crossTouched.sorted()
             for (k, ag) in foreign.enumerated() {
                 let db = Int64(agFreeBlocks[ag]) - Int64(before[k].0)
                 let di = Int64(agFreeInodes[ag]) - Int64(before[k].1)

@@ -107,7 +107,7 @@ extension FileSystem {
         guard dir.size / 4096 < UInt64(UInt32.max) else { throw FSError.EFBIG }
         let l = n
         let goal = dir.extents.last.map { $0.physical + UInt64($0.length) }
-        let (p, _) = try await allocBlocks(count: 1, goal: goal, preferAG: dir.ag)
+        let (p, _) = try await allocBlocks(count: 1, goal: goal, preferAG: dir.ag, for: dir)
         dir.insertExtent(Extent(logical: UInt32(l), length: 1, physical: p))
         dir.blocks += 1
         do {

@@ -80,7 +80,7 @@ extension FileSystem {
         let need = i.extents.count <= Layout.inlineExtents ? 0 : (i.extents.count + per - 1) / per
         while i.chain.count < need {
             let goal = i.chain.last.map { $0 + 1 } ?? i.extents.first?.physical
-            let (b, _) = try await allocBlocks(count: 1, goal: goal, preferAG: i.ag)
+            let (b, _) = try await allocBlocks(count: 1, goal: goal, preferAG: i.ag, for: i)
             i.chain.append(b)
             i.blocks += 1
         }
@@ -167,7 +167,7 @@ extension FileSystem {
                 }()
                 let got: (start: UInt64, count: Int)
                 do {
-                    got = try await allocBlocks(count: want, goal: goal, preferAG: i.ag)
+                    got = try await allocBlocks(count: want, goal: goal, preferAG: i.ag, for: i, spill: true)
                 } catch FSError.posix(.noSpace) where reservedCount > 0 && !retried {
                     retried = true
                     i.size = max(i.size, pos)

@@ -218,6 +218,8 @@ public final class FileSystem: @unchecked Sendable {
 
     /// During a cross-member transaction this member owns every AG.
     var borrowing = false
+    /// Other members' blocks committed during the current cross-member transaction.
+    var crossTouched: Set<UInt64> = []
     func owns(ag: Int) -> Bool { borrowing || ag % members == member }
     func homeMember(of ino: UInt64) -> Int { Int(ino >> 32) % members }
 
@@ -477,6 +479,13 @@ public final class FileSystem: @unchecked Sendable {
         else if c.inGroup(i.gid) { bits = (i.mode >> 3) & 7 }
         else { bits = i.mode & 7 }
         return bits & mask == mask
+    }
+
+    /// Freeing `i`'s blocks (the last unlink, a truncation) needs the AGs of
+    /// other members when its data spilled there: outside a cross-member
+    /// transaction, say so before anything changes.
+    func requireLocalBlocks(_ i: Inode?) throws {
+        if let i, i.flags & InodeFlags.foreignData != 0, !borrowing { throw FSError.needsCoordination }
     }
 
     func require(_ i: Inode, _ mask: UInt32, _ c: Credentials) throws {

@@ -209,6 +209,10 @@ struct Extent: Equatable, Sendable {
 enum InodeFlags {
     /// A symlink whose target is stored in the inode's extent area.
     static let inlineSymlink: UInt32 = 1
+    /// Some data blocks are in AGs of another fleet member than the inode's
+    /// (spilled there when its own were full): freeing them takes a
+    /// cross-member transaction.
+    static let foreignData: UInt32 = 2
 }
 
 /// The 256-byte on-disk inode.

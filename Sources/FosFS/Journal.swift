@@ -119,7 +119,10 @@ extension FileSystem {
     /// Commits the running transaction (ordered data first). Returns whether
     /// the device was flushed.
     @discardableResult
-    func commit(cross: Bool = false) async throws -> Bool {
+    func commit(cross crossRequested: Bool = false) async throws -> Bool {
+        // Anything committed while borrowing other members' AGs is part of a
+        // cross-member transaction (Cross.swift), whoever asked for the commit.
+        let cross = crossRequested || borrowing
         try await writeDirtyInodesAsync()
         var flushed = false
         if !dirtyData.isEmpty {
@@ -159,6 +162,9 @@ extension FileSystem {
         out.append(contentsOf: c)
         try await device.write(block: journalStart + jHead, data: out)
         try await device.flush()
+        if borrowing {
+            crossTouched.formUnion(blocks.filter { b in sb.ag(ofBlock: b).map { $0 % members != member } ?? false })
+        }
         for blk in blocks {
             let b = cache[blk]!
             b.inTxn = false

@@ -81,7 +81,7 @@ extension FileSystem {
         _ = try await metaForWrite(sb.inodeLocation(ino).block)
         if isDir || (symlink.map { $0.count > InodeCodec.inlineBytes } ?? false) {
             do {
-                let (p, _) = try await allocBlocks(count: 1, goal: nil, preferAG: i.ag)
+                let (p, _) = try await allocBlocks(count: 1, goal: nil, preferAG: i.ag, for: i)
                 i.extents = [Extent(logical: 0, length: 1, physical: p)]
                 i.blocks = 1
                 let buf = try await metaForWrite(p, fresh: true)
@@ -156,6 +156,7 @@ extension FileSystem {
             if explicit, !owner { throw FSError.EPERM }
             if (ch.atime != nil || ch.mtime != nil), !explicit, !owner, !may(i, 2, cred) { throw FSError.EACCES }
 
+            if let size = ch.size, size < i.size { try requireLocalBlocks(i) }
             let now = nowNs()
             if let size = ch.size { try await truncateData(i, to: size) }
             if let mode = ch.mode {
@@ -289,6 +290,7 @@ extension FileSystem {
             let victim = try await inode(ino)
             if victim.isDir { throw FSError.EISDIR }
             if stickyDenies(dir, victim, cred) { throw FSError.EPERM }
+            if victim.nlink <= 1 { try requireLocalBlocks(victim) }
             try await dirRemove(dir, name: name)
             touch(dir)
             try await dropLink(victim)
@@ -383,6 +385,7 @@ extension FileSystem {
                 if src.isDir, !dst.isDir { throw FSError.ENOTDIR }
                 if !src.isDir, dst.isDir { throw FSError.EISDIR }
                 if dst.isDir, !(try await isEmptyDir(dst)) { throw FSError.ENOTEMPTY }
+                if dst.nlink <= 1 { try requireLocalBlocks(dst) }
                 try await dirRetarget(nd, name: newName, ino: src.ino, type: M.dtype(src.mode))
                 try await dirRemove(od, name: oldName)
                 if dst.isDir { nd.nlink -= 1 }

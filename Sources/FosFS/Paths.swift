@@ -128,6 +128,7 @@ extension FileSystem {
         if flags.wantsRead { try require(i, 4, cred) }
         if flags.wantsWrite { try require(i, 2, cred) }
         if flags.contains(.truncate), flags.wantsWrite, i.isReg, i.size > 0 {
+            try requireLocalBlocks(i)
             try await truncateData(i, to: 0)
         }
         return i

@@ -42,7 +42,7 @@ extension FileSystem {
             return
         }
         if i.xattrBlock == 0 {
-            let (b, _) = try await allocBlocks(count: 1, goal: nil, preferAG: i.ag)
+            let (b, _) = try await allocBlocks(count: 1, goal: nil, preferAG: i.ag, for: i)
             i.xattrBlock = b
             i.blocks += 1
         }

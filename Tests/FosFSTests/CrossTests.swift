@@ -140,3 +140,52 @@ import Testing
         try await fsckClean(base)
     }
 }
+
+/// A member whose AGs are full spills file data into another member's AGs
+/// in a cross-member transaction; freeing that data takes one too.
+@Suite struct SpillTests {
+    @Test func dataSpillsIntoPeerAGsAndIsFreedByCrossTransactions() async throws {
+        let dev = MemoryBlockDevice(blockCount: 8192)  // 32 MiB: 4 small AGs, two per member
+        try await FileSystem.mkfs(device: dev)
+        let m0 = try await FileSystem.mount(device: dev, member: 0, members: 2)
+        let m1 = try await FileSystem.mount(device: dev, member: 1, members: 2)
+        let f = try await m0.create(parent: rootIno, name: "big", mode: 0o644, cred: root)
+        let chunk = pattern(60 * 1024, seed: 4)
+        var size: UInt64 = 0
+        while true {
+            do {
+                let n = try await m0.write(ino: f.ino, offset: size, data: chunk)
+                size += UInt64(n)
+                if n < chunk.count { break }
+            } catch FSError.posix(.noSpace) {
+                break
+            }
+        }
+        let own = try await m0.statfs(of: 0)
+        #expect(own.availableBlocks < 16, "member 0's AGs are full: \(own.availableBlocks) left")
+        let peerFree = try await m1.statfs(of: 1).freeBlocks
+        // The same write in a cross-member transaction goes through.
+        let spilled = try await CrossTests.cross(m0, m1) { try await m0.write(ino: f.ino, offset: size, data: chunk) }
+        #expect(spilled == chunk.count)
+        #expect(try await m1.statfs(of: 1).freeBlocks <= peerFree - 15, "member 1 saw its blocks go")
+        #expect(try await m0.read(ino: f.ino, offset: size, count: chunk.count) == chunk)
+        // Freeing it: not alone, but in a cross-member transaction.
+        await #expect(throws: FSError.needsCoordination) { try await m0.unlink(parent: rootIno, name: "big", cred: root) }
+        await #expect(throws: FSError.needsCoordination) { _ = try await m0.truncate(f.ino, to: 0) }
+        try await CrossTests.cross(m0, m1) { try await m0.unlink(parent: rootIno, name: "big", cred: root) }
+        #expect(try await m1.statfs(of: 1).freeBlocks == peerFree, "member 1 has its blocks back")
+        // Both members allocate again, and everything is consistent.
+        _ = try await m1.statfs()
+        try await m0.unmount()
+        try await m1.unmount()
+        try await fsckClean(dev)
+    }
+}
+
+extension FileSystem {
+    func truncate(_ ino: UInt64, to size: UInt64) async throws -> FileAttributes {
+        var c = AttributeChanges()
+        c.size = size
+        return try await setattr(ino: ino, c, cred: .root)
+    }
+}
