@@ -23,6 +23,18 @@
 // Lenders that lose their coordinator, and members that mount, replay such a
 // slot (`replaySlot`) under the fleet lock, once the slot's owner is known
 // dead (its per-slot disk lock is free).
+//
+// Members joining and leaving: AG ownership is a function of the fleet's
+// size (AG a belongs to member a mod N), so a new size moves AGs between
+// members. Across a restart of the fleet this is safe as it stands: every
+// member mounts under the fleet lock and replays the slots of all members
+// not running, so no slot holds images of an AG that changed hands by the
+// time anyone serves it. A live change is the same move as a cross-member
+// transaction with every member lent: all commit and checkpoint, the new
+// size is handed out with the loan's end (each member recomputes its AGs
+// and drops its caches, as after a lost coordinator), members beyond the new
+// size exit, new ones mount. fosd cannot yet change a fleet's size while it
+// runs; that comes with the watchdog.
 extension FileSystem {
     public struct AGDelta: Sendable, Equatable {
         public var ag: Int
@@ -183,26 +195,13 @@ extension FileSystem {
 
     // MARK: recovery
 
-    /// Replays journal slot `slot` of another member (or of none: a slot
-    /// beyond the fleet's size) if it holds a transaction — only one with a
-    /// cross-member transaction if `onlyCross`. The caller holds the fleet
-    /// lock and the slot's own disk lock (its owner is not running).
-    /// Returns whether anything was applied.
-    public static func replaySlot(device: any BlockDevice, slot: Int, onlyCross: Bool) async throws -> Bool {
+    /// Replays journal slot `slot` of a member that is not running (or of
+    /// none: a slot beyond the fleet's size). The caller holds the fleet lock
+    /// and the slot's own disk lock. Returns whether anything was applied.
+    public static func replaySlot(device: any BlockDevice, slot: Int) async throws -> Bool {
         let sb = try await readSuperblock(device)
         guard (0..<Layout.journalSlots).contains(slot) else { throw FSError.EINVAL }
-        if onlyCross {
-            let s = try await JournalFormat.scan(device: device, sb: sb, slot: slot, apply: false)
-            guard s.cross else { return false }
-        }
         return try await JournalFormat.replay(device: device, sb: sb, slot: slot).applied > 0
-    }
-
-    /// Whether slot `slot` holds an unfinished cross-member transaction.
-    public static func slotHasCrossTransaction(device: any BlockDevice, slot: Int) async throws -> Bool {
-        let sb = try await readSuperblock(device)
-        guard (0..<Layout.journalSlots).contains(slot) else { throw FSError.EINVAL }
-        return try await JournalFormat.scan(device: device, sb: sb, slot: slot, apply: false).cross
     }
 
     public static var journalSlots: Int { Layout.journalSlots }

@@ -101,7 +101,7 @@ extension FSService {
         let deadline = ContinuousClock.now + .seconds(20)
         while true {
             if try await blk.lock(Self.slotLock(m), wait: nil) {
-                _ = try await FileSystem.replaySlot(device: blk, slot: m, onlyCross: false)
+                _ = try await FileSystem.replaySlot(device: blk, slot: m)
                 return nil
             }
             do {
@@ -225,7 +225,7 @@ extension FSService {
     /// that itself), then forgets everything cached.
     func recover(from dead: Int) async throws {
         if try await blk.lock(Self.slotLock(dead), wait: nil) {
-            _ = try await FileSystem.replaySlot(device: blk, slot: dead, onlyCross: true)
+            _ = try await FileSystem.replaySlot(device: blk, slot: dead)
             try await blk.unlock(Self.slotLock(dead))
         }
         try await fs.absorb(nil)

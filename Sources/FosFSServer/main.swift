@@ -497,9 +497,12 @@ func prepareDisk(_ blk: BlockClient, member: Int) async throws {
 
 /// Mounts under the disk locks (see Cross.swift): the fleet lock while we
 /// replay, and our slot's lock for as long as we live (a previous
-/// incarnation must be fully gone first). We replay — our journal, and the journal of any member that is
-/// not running but left a cross-member transaction (or of a slot beyond the
-/// fleet's size, whose AGs are now ours or a peer's).
+/// incarnation must be fully gone first). Besides our own journal slot we
+/// replay every slot whose member is not running (its lock is free): a
+/// coordinator that died mid-transaction left images of our blocks there,
+/// and after a change of the fleet's size a slot may hold images of AGs
+/// that are now ours. Replay is by block address, so whose slot it is does
+/// not matter; the owner, when it comes, finds it empty.
 func mountUnderLocks(_ blk: BlockClient, member: Int, members: Int) async throws -> FileSystem {
     // Fleet lock first: a coordinator (which holds it) then sees our slot
     // lock free, takes us for not running, and replays our slot itself.
@@ -509,19 +512,14 @@ func mountUnderLocks(_ blk: BlockClient, member: Int, members: Int) async throws
     guard try await blk.lock(FSService.slotLock(member), wait: .seconds(60)) else {
         die("member \(member) of the fleet is still running (its disk lock is held)")
     }
-    let fs = try await FileSystem.mount(device: blk, member: member, members: members)
-    if members > 1 {
-        for slot in 0..<FileSystem.journalSlots where slot != member {
-            let orphan = slot >= members
-            if !orphan, !(try await FileSystem.slotHasCrossTransaction(device: blk, slot: slot)) { continue }
-            guard try await blk.lock(FSService.slotLock(slot), wait: nil) else { continue }
-            if try await FileSystem.replaySlot(device: blk, slot: slot, onlyCross: !orphan) {
-                say("member \(member): replayed journal slot \(slot)")
-                try await fs.absorb(nil)
-            }
-            try await blk.unlock(FSService.slotLock(slot))
+    for slot in 0..<FileSystem.journalSlots where slot != member {
+        guard try await blk.lock(FSService.slotLock(slot), wait: nil) else { continue }
+        if try await FileSystem.replaySlot(device: blk, slot: slot) {
+            say("member \(member): replayed journal slot \(slot) (its member is not running)")
         }
+        try await blk.unlock(FSService.slotLock(slot))
     }
+    let fs = try await FileSystem.mount(device: blk, member: member, members: members)
     try await blk.unlock(FSService.fleetLock)
     return fs
 }

@@ -124,7 +124,7 @@ import Testing
         } catch {
             // The coordinator died with member 1 lent: what member 1 does.
             #expect(dev.hasCrashed, "\(error)")
-            _ = try await FileSystem.replaySlot(device: base, slot: 0, onlyCross: true)
+            _ = try await FileSystem.replaySlot(device: base, slot: 0)
             try await m1.absorb(nil)
             m1.resume()
         }

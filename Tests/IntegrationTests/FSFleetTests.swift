@@ -187,4 +187,38 @@ struct FSFleetTests {
             #expect(r.status == 0 && r.stdout == "clean\n", "\(r.stdout) \(r.stderr)")
         }
     }
+
+    @Test("the fleet's size changes across kill -9 of the node: 2 → 3 → 1 → 4 members, nothing lost, fsck clean")
+    func resizedAcrossCrashes() async throws {
+        try await TestNode.with(members: 1, fsMembers: 2) { node in
+            var durable: [String: [UInt8]] = [:]
+            for (round, next) in [3, 1, 4, 2].enumerated() {
+                let c = try await FSClient.connect(try node.runtime())
+                for (path, data) in durable {
+                    #expect(try await c.readFile(path: path) == data, "round \(round) (\(node.fsMembers) members): \(path)")
+                }
+                // Top-level directories over every member, files fsync'd into
+                // their journals (committed, not yet checkpointed), then kill -9.
+                for d in 0..<6 {
+                    let dir = try await c.mkdir(path: "/r\(round)d\(d)")
+                    for f in 0..<3 {
+                        let data = pattern(3000 + 1000 * f + d, seed: UInt8(round * 16 + d * 3 + f))
+                        let path = "/r\(round)d\(d)/f\(f)"
+                        _ = try await c.writeFile(path: path, data: data, sync: true)
+                        durable[path] = data
+                    }
+                    try await c.fsync(ino: dir.ino)
+                }
+                await node.killHard()
+                node.fsMembers = next
+                try node.launch()
+                try await node.waitReady()
+            }
+            let c = try await FSClient.connect(try node.runtime())
+            for (path, data) in durable { #expect(try await c.readFile(path: path) == data, "at the end: \(path)") }
+            #expect(await node.terminate() == 0)
+            let r = try await offline(node, ["fsck", "--disk", node.stateDir + "/disk.img"])
+            #expect(r.status == 0 && r.stdout == "clean\n", "\(r.stdout) \(r.stderr)")
+        }
+    }
 }

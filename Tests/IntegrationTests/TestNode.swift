@@ -313,8 +313,13 @@ actor NodeSlots {
 
 final class TestNode: Sendable {
     let echoMembers: Int
-    /// Members of the file system fleet /sys/fs (`fosd --fs-members`).
-    let fsMembers: Int
+    /// Members of the file system fleet /sys/fs (`fosd --fs-members`), from
+    /// the next `launch` on.
+    var fsMembers: Int {
+        get { fsMembersNow.load(ordering: .relaxed) }
+        set { fsMembersNow.store(newValue, ordering: .relaxed) }
+    }
+    private let fsMembersNow: Atomic<Int>
     let root: String
     let runtimeDir: String
     let stateDir: String
@@ -336,7 +341,7 @@ final class TestNode: Sendable {
 
     private init(members: Int, slots: Int, fsMembers: Int) throws {
         echoMembers = members
-        self.fsMembers = fsMembers
+        fsMembersNow = Atomic(fsMembers)
         self.slots = slots
         fosdPath = try BuildProducts.path("fosd")
         fosctlPath = try BuildProducts.path("fosctl")
