@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "fos-blk", targets: ["FosBlockServer"]),
         .executable(name: "fos-fs", targets: ["FosFSServer"]),
         .library(name: "FosFSClient", targets: ["FosFSClient"]),
+        .executable(name: "fos-spawn", targets: ["FosSpawnServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -67,5 +68,8 @@ let package = Package(
         .target(name: "FosFSClient", dependencies: ["FosCore", "FosFS", "CFosWire"]),
         .executableTarget(name: "FosFSServer", dependencies: ["FosFSClient", "FosFS", "FosBlock", "FosCore", "CFosWire"],
                           swiftSettings: [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
+        // The spawn service (/sys/spawn): starts programs as their callers.
+        .executableTarget(name: "FosSpawnServer", dependencies: ["FosCore", "CFosWire", "CFosSys",
+                                                                 .product(name: "SystemPackage", package: "swift-system")]),
     ]
 )

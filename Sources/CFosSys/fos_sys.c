@@ -204,14 +204,8 @@ pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], in
     if (nkeep < 0 || nkeep > FOS_SYS_MAX_FDS) return -EINVAL;
     pid_t parent = getpid();
     int errpipe[2];
-    if (pipe2(errpipe, O_CLOEXEC) < 0) return -errno;
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(errpipe[0]);
-        close(errpipe[1]);
-        return -e;
-    }
+    pid_t pid = fos_sys_fork_reporting(errpipe);
+    if (pid < 0) return pid;
     if (pid == 0) {
         /* Child: async-signal-safe calls only. */
         int e;
@@ -223,12 +217,7 @@ pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], in
             (void)!write(errpipe[1], &e, sizeof e);
             _exit(127);
         }
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        for (int s = 1; s < NSIG; s++) {
-            if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
-        }
+        fos_sys_child_clean_signals();
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) goto fail;
         if (getppid() != parent) _exit(127);
         setpgid(0, 0);
@@ -253,12 +242,37 @@ pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], in
         _exit(127);
     }
     close(errpipe[1]);
+    return fos_sys_spawn_collect(pid, errpipe[0], pidfd);
+}
+
+pid_t fos_sys_fork_reporting(int errpipe[2]) {
+    if (pipe2(errpipe, O_CLOEXEC) < 0) return -errno;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(errpipe[0]);
+        close(errpipe[1]);
+        return -e;
+    }
+    return pid;
+}
+
+void fos_sys_child_clean_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+}
+
+pid_t fos_sys_spawn_collect(pid_t pid, int errfd, int *pidfd) {
     int childerr = 0;
     ssize_t r;
     do {
-        r = read(errpipe[0], &childerr, sizeof childerr);
+        r = read(errfd, &childerr, sizeof childerr);
     } while (r < 0 && errno == EINTR);
-    close(errpipe[0]);
+    close(errfd);
     if (r == sizeof childerr) {
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}

@@ -24,6 +24,31 @@ public struct PeerInfo: Sendable, Hashable {
     }
 }
 
+extension PeerInfo {
+    /// A process's supplementary groups, best effort, from /proc/<pid>/status
+    /// ("Groups:"): fosd attests uid and gid only. Empty when the entry
+    /// cannot be read (another pid namespace, a process that is gone).
+    public static func supplementaryGroups(of pid: Int32, max: Int) -> [UInt32] {
+        guard pid > 0 else { return [] }
+        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var bytes = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 16 {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+        }
+        for line in bytes.split(separator: 0x0A) where line.starts(with: Array("Groups:".utf8)) {
+            return String(decoding: line.dropFirst(7), as: UTF8.self)
+                .split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) }
+                .prefix(max).map { $0 }
+        }
+        return []
+    }
+}
+
 /// One side of a channel: a memfd holding two single-producer rings, plus the
 /// eventfd this side sleeps on and the eventfd that wakes the peer.
 ///

@@ -1,3 +1,5 @@
+import CFosWire
+
 /// What fosd reports to `fosctl`; JSON on the control socket.
 
 public struct NodeStatus: Codable, Sendable {
@@ -67,5 +69,39 @@ public struct KillResult: Codable, Sendable {
     public init(member: String, pid: Int32) {
         self.member = member
         self.pid = pid
+    }
+}
+
+/// A process the spawn service started (`fosctl ps`).
+public struct ProcessRow: Codable, Sendable {
+    /// Global process id, "<node>:<n>".
+    public var gpid: String
+    public var node: String
+    public var pid: Int32
+    public var uid: UInt32
+    public var command: String
+    /// "running", "exited N" or "killed by signal N".
+    public var state: String
+    public var startedSecondsAgo: Double
+
+    public init(gpid: String, node: String, pid: Int32, uid: UInt32, command: String, state: String,
+                startedSecondsAgo: Double) {
+        self.gpid = gpid
+        self.node = node
+        self.pid = pid
+        self.uid = uid
+        self.command = command
+        self.state = state
+        self.startedSecondsAgo = startedSecondsAgo
+    }
+
+    public static func format(_ gpid: UInt64, node: String) -> String { "\(node):\(gpid & 0xFFFF_FFFF)" }
+
+    public static func stateName(_ state: UInt32, _ code: Int32) -> String {
+        switch state {
+        case UInt32(FOS_SPAWN_EXITED): "exited \(code)"
+        case UInt32(FOS_SPAWN_SIGNALED): "killed by signal \(code)"
+        default: "running"
+        }
     }
 }

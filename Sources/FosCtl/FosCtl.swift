@@ -79,6 +79,85 @@ struct Fleets: ParsableCommand {
     }
 }
 
+struct Ps: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the processes the spawn service started (running, and recently ended).")
+    @OptionGroup var common: Common
+
+    func run() async throws {
+        let rt = try common.connect()
+        let rows: [ProcessRow]
+        do {
+            rows = try await SpawnClient.connect(rt).list()
+        } catch {
+            fail("cannot list processes: \(error)")
+        }
+        if common.json { return printJSON(rows) }
+        table(["GPID", "NODE", "PID", "UID", "STATE", "COMMAND"],
+              rows.map { [$0.gpid, $0.node, String($0.pid), String($0.uid), $0.state, $0.command] })
+    }
+}
+
+struct Spawn: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a program through the spawn service, as you, with this terminal's stdin, stdout and stderr.",
+        discussion: "Prints the global process id; with --wait, waits and exits with the program's status (128+N if signal N killed it).")
+    @OptionGroup var common: Common
+    @Option(help: "Working directory of the program (default: the current one).")
+    var cwd: String?
+    @Option(help: "Pin the program to this CPU.")
+    var cpu: Int32?
+    @Flag(help: "Wait for the program and exit with its status.")
+    var wait = false
+    @Argument(parsing: .captureForPassthrough, help: "The program (a path, or a name looked up in PATH) and its arguments.")
+    var command: [String] = []
+
+    func run() async throws {
+        var argv = command
+        if argv.first == "--" { argv.removeFirst() }
+        guard let name = argv.first else { fail("spawn: no program given") }
+        guard let path = Spawn.resolve(name) else { fail("spawn: \(name): command not found") }
+        let rt = try common.connect()
+        let client: SpawnClient
+        do {
+            client = try await SpawnClient.connect(rt)
+        } catch {
+            fail("spawn: the spawn service is not running: \(error)")
+        }
+        let env = Foundation.ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        let request = SpawnRequest(path: path, arguments: argv, environment: env,
+                                   cwd: cwd ?? FileManager.default.currentDirectoryPath,
+                                   descriptors: [(0, 0), (1, 1), (2, 2)], cpu: cpu)
+        let gpid: UInt64
+        do {
+            gpid = try await client.spawn(request).gpid
+        } catch {
+            fail("spawn: \(path): \(error)")
+        }
+        guard wait else {
+            print(ProcessRow.format(gpid, node: String(rt.node, radix: 16)))
+            return
+        }
+        switch try await client.wait(gpid, timeout: .seconds(365 * 86400)) {
+        case .exited(let c): throw ExitCode(c)
+        case .signaled(let s): throw ExitCode(128 + s)
+        case nil: throw ExitCode(1)
+        }
+    }
+
+    /// execvp's lookup: a name with a slash as is, else the first executable in PATH.
+    static func resolve(_ name: String) -> String? {
+        if name.contains("/") {
+            return name.hasPrefix("/") ? name : FileManager.default.currentDirectoryPath + "/" + name
+        }
+        let path = Foundation.ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") where access("\(dir)/\(name)", X_OK) == 0 {
+            return "\(dir)/\(name)"
+        }
+        return nil
+    }
+}
+
 struct NameRow: Codable {
     var name: String
     var mailbox: String
@@ -191,5 +270,5 @@ struct FosCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fosctl",
         abstract: "Inspect and steer a fos node and its fleets.",
-        subcommands: [Status.self, Fleets.self, Names.self, Kill.self, Call.self, FS.self, Mkfs.self, Fsck.self])
+        subcommands: [Status.self, Fleets.self, Names.self, Ps.self, Spawn.self, Kill.self, Call.self, FS.self, Mkfs.self, Fsck.self])
 }

@@ -61,29 +61,9 @@ final class FSService: Sendable {
     func credentials(_ r: Request) -> Credentials {
         let g = groups.withLock { $0[r.channelID] }
         if let g { return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: g) }
-        let read = FSService.procGroups(r.sender.pid)
+        let read = PeerInfo.supplementaryGroups(of: r.sender.pid, max: Int(FOS_FS_MAX_GROUPS))
         groups.withLock { $0[r.channelID] = read }
         return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: read)
-    }
-
-    static func procGroups(_ pid: Int32) -> [UInt32] {
-        guard pid > 0 else { return [] }
-        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        var bytes = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while bytes.count < 1 << 16 {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            bytes += buf[0..<n]
-        }
-        for line in bytes.split(separator: 0x0A) where line.starts(with: Array("Groups:".utf8)) {
-            return String(decoding: line.dropFirst(7), as: UTF8.self)
-                .split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) }
-                .prefix(Int(FOS_FS_MAX_GROUPS)).map { $0 }
-        }
-        return []
     }
 
     // MARK: dispatch

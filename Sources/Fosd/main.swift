@@ -137,7 +137,8 @@ struct Fosd: ParsableCommand {
 
     func run() throws {
         _ = fos_sys_raise_nofile()
-        var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1)]
+        var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1),
+                     FleetSpec(name: "/sys/spawn", executable: Fosd.selfDirectory() + "/fos-spawn", count: 1)]
         let stateDir = state ?? NodePaths.defaultState()
         let runtimeDir = runtime ?? NodePaths.defaultRuntime()
         if !noDisk {

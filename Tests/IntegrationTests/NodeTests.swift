@@ -19,14 +19,14 @@ struct NodeTests {
             #expect(s.pid == node.pid)
             #expect(s.runtimeDir == node.runtimeDir)
             #expect(s.stateDir == node.stateDir)
-            #expect(s.members == 6)  // name, blk, one fs member, three echo members
+            #expect(s.members == 7)  // name, spawn, blk, one fs member, three echo members
             #expect(s.cores >= 1)
 
             // fleets
             let fleets = try await node.fleets()
-            #expect(Set(fleets.map(\.member)) == ["/sys/name#0", "/sys/blk/0#0", "/sys/fs#0",
+            #expect(Set(fleets.map(\.member)) == ["/sys/name#0", "/sys/spawn#0", "/sys/blk/0#0", "/sys/fs#0",
                                                   "/app/echo#0", "/app/echo#1", "/app/echo#2"])
-            #expect(fleets.count == 6)
+            #expect(fleets.count == 7)
             let pids = fleets.map(\.pid)
             #expect(pids.allSatisfy { $0 > 0 })
             #expect(Set(pids).count == pids.count, "member pids must be distinct: \(pids)")
@@ -101,7 +101,7 @@ struct NodeTests {
         try await TestNode.with(members: 2) { node in
             let before = try await node.status()
             let oldPids = try await node.fleets().map(\.pid)
-            #expect(oldPids.count == 5)  // name, blk, fs, two echo members
+            #expect(oldPids.count == 6)  // name, spawn, blk, fs, two echo members
 
             await node.killHard()
             // The members die with it (PR_SET_PDEATHSIG)...
@@ -121,7 +121,7 @@ struct NodeTests {
             #expect(after.node == before.node, "the node id persists in the state directory")
             #expect(after.nameService)
             let newPids = try await node.fleets().map(\.pid)
-            #expect(newPids.count == 5)
+            #expect(newPids.count == 6)
             #expect(Set(newPids).isDisjoint(with: oldPids))
             #expect(node.log.contains("recovered leftovers"))
 

@@ -432,7 +432,8 @@ final class TestNode: Sendable {
     var exitStatus: Int32? { state.withLock { $0.exitStatus } }
 
     /// Waits until the name service is up, `/app/echo` has all its external
-    /// members and every /sys/fs member has mounted the disk and registered.
+    /// members, every /sys/fs member has mounted the disk and registered, and
+    /// /sys/spawn is there.
     func waitReady(timeout: Duration = .seconds(10)) async throws {
         let deadline = ContinuousClock.now + timeout
         var probe: FosRuntime?
@@ -450,7 +451,8 @@ final class TestNode: Sendable {
                     let ext = entries.filter { !$0.isInternal && $0.flags & UInt32(FOS_NAME_POLICY) == 0 }
                     // Every fs member mounted and registered (/sys/fs/<i> comes last).
                     let fs = try await p.listNames(prefix: "/sys/fs/").count
-                    if ext.count == echoMembers && fs == fsMembers {
+                    let spawn = try await p.listNames(prefix: "/sys/spawn").count
+                    if ext.count == echoMembers && fs == fsMembers && spawn > 0 {
                         state.withLock {
                             $0.probe = p
                             $0.memberPids.formUnion(entries.map(\.pid))

@@ -66,6 +66,37 @@ int fos_sys_pidfd_kill(int pidfd, int sig);
 pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], int cpu,
                     const int *keep, int nkeep, int *pidfd);
 
+/* fork with a close-on-exec pipe for the child's exec error: pid (0 in the
+ * child) or -errno. */
+pid_t fos_sys_fork_reporting(int errpipe[2]);
+/* In a fresh child: empty signal mask, default dispositions. */
+void fos_sys_child_clean_signals(void);
+/* The parent's half of a fork+exec: the exec error the child wrote to
+ * `errfd` (closed here) as -errno, else the pid with *pidfd set. */
+pid_t fos_sys_spawn_collect(pid_t pid, int errfd, int *pidfd);
+
+/* For the spawn fleet (fos_spawn.c). */
+#define FOS_SYS_MAX_SPAWN_FDS 64
+#define FOS_SYS_MAX_GROUPS 64
+struct fos_sys_identity {
+    uint32_t uid;
+    uint32_t gid;
+    int ngroups;
+    uint32_t groups[FOS_SYS_MAX_GROUPS];
+};
+/* A copy of descriptor `fd` of the process behind `pidfd` (pidfd_getfd). */
+int fos_sys_pidfd_getfd(int pidfd, int fd);
+/* fork+exec as `id` (NULL: as the caller): own session, descriptors src[i]
+ * at dst[i] (0..2 not given: /dev/null), all others closed, cwd, clean
+ * signals, pinned to `cpu` unless < 0. Returns the pid, *pidfd, or -errno
+ * (also exec and chdir failures). */
+pid_t fos_sys_spawn_as(const char *path, char *const argv[], char *const envp[], const char *cwd,
+                       const struct fos_sys_identity *id, const int *src, const int *dst, int nfds,
+                       int cpu, int *pidfd);
+/* Reaps the process of a pidfd if it ended: 1 (and *code, *signaled), 0 if
+ * it still runs, or -errno. */
+int fos_sys_pidfd_wait(int pidfd, int *code, int *signaled);
+
 int fos_sys_pin_self(int cpu);
 int fos_sys_current_cpu(void);
 int fos_sys_cpu_count(void);

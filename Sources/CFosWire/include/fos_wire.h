@@ -404,6 +404,73 @@ typedef struct fos_fs_lock_origin {
 
 _Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
 
+/* ------------------------------------------------------------------ */
+/* Spawn service (/sys/spawn)                                          */
+/* ------------------------------------------------------------------ */
+/*
+ * SPAWN starts a program as the caller (uid, gid and groups as fosd and
+ * the kernel attest them) in its own session. Payload: fos_spawn_req, then
+ * path_len bytes of path (absolute), cwd_len bytes of cwd (absolute; empty:
+ * /), node_len bytes of node hint, argc NUL-terminated arguments, envc
+ * NUL-terminated NAME=VALUE entries, then nfds × fos_spawn_fd: descriptor `from` of the caller
+ * becomes `to` in the child (the server copies it with pidfd_getfd, so it
+ * shares the open file description, offsets included). Hints: `cpu` pins the
+ * child (-1: anywhere); `node` names the node to run on (empty: here; only
+ * this node today, another one is EHOSTUNREACH).
+ * Global process ids: the high 32 bits name the node (a hash of its id),
+ * the low 32 count its spawns.
+ */
+#define FOS_OP_SPAWN 0x500u      /* fos_spawn_req + … -> fos_spawn_reply */
+#define FOS_OP_SPAWN_WAIT 0x501u /* fos_spawn_wait -> fos_spawn_status (ETIMEDOUT if still running) */
+#define FOS_OP_SPAWN_KILL 0x502u /* fos_spawn_kill -> empty */
+#define FOS_OP_SPAWN_LIST 0x503u /* empty -> JSON: the node's processes */
+#define FOS_SPAWN_MAX_ARGS 4096u
+#define FOS_SPAWN_MAX_FDS 64u
+#define FOS_SPAWN_MAX_WAIT_MS 10000u
+
+typedef struct fos_spawn_req {
+    uint32_t path_len;
+    uint32_t cwd_len;
+    uint32_t argc;
+    uint32_t envc;
+    uint32_t nfds;
+    int32_t cpu;
+    uint32_t node_len;  /* node hint bytes follow the cwd */
+    uint32_t reserved;
+} fos_spawn_req;
+
+typedef struct fos_spawn_fd {
+    int32_t from;
+    int32_t to;
+} fos_spawn_fd;
+
+typedef struct fos_spawn_reply {
+    uint64_t gpid;
+    int32_t pid;     /* the child's pid on its node */
+    uint32_t reserved;
+} fos_spawn_reply;
+
+typedef struct fos_spawn_wait {
+    uint64_t gpid;
+    uint32_t wait_ms;  /* 0: just look; at most FOS_SPAWN_MAX_WAIT_MS */
+    uint32_t reserved;
+} fos_spawn_wait;
+
+#define FOS_SPAWN_RUNNING 0u
+#define FOS_SPAWN_EXITED 1u
+#define FOS_SPAWN_SIGNALED 2u
+
+typedef struct fos_spawn_status {
+    uint32_t state;  /* FOS_SPAWN_* */
+    int32_t code;    /* exit code or signal number */
+} fos_spawn_status;
+
+typedef struct fos_spawn_kill {
+    uint64_t gpid;
+    int32_t signal;
+    uint32_t reserved;
+} fos_spawn_kill;
+
 /* Name policies */
 #define FOS_POLICY_ROUND_ROBIN 1u
 #define FOS_POLICY_LEAST_LOADED 2u

@@ -1,0 +1,103 @@
+/*
+ * fork+exec on behalf of another user (the spawn fleet): the child drops to
+ * the caller's uid, gid and groups, starts its own session, gets exactly the
+ * descriptors it was given (at the numbers asked for; 0..2 that were not
+ * given read and write /dev/null), the caller's cwd, and a clean signal
+ * state. Exec failures come back as -errno through a close-on-exec pipe.
+ */
+#define _GNU_SOURCE
+#include "fos_sys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+int fos_sys_pidfd_getfd(int pidfd, int fd) {
+    int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    return r < 0 ? -errno : r;
+}
+
+static void child_fail(int ep) {
+    int e = errno;
+    (void)!write(ep, &e, sizeof e);
+    _exit(127);
+}
+
+pid_t fos_sys_spawn_as(const char *path, char *const argv[], char *const envp[], const char *cwd,
+                       const struct fos_sys_identity *id, const int *src, const int *dst, int nfds,
+                       int cpu, int *pidfd) {
+    if (nfds < 0 || nfds > FOS_SYS_MAX_SPAWN_FDS) return -EINVAL;
+    if (id && (id->ngroups < 0 || id->ngroups > FOS_SYS_MAX_GROUPS)) return -EINVAL;
+    for (int i = 0; i < nfds; i++) {
+        if (dst[i] < 0 || dst[i] >= 1024 || src[i] < 0) return -EBADF;
+    }
+    int errpipe[2];
+    pid_t pid = fos_sys_fork_reporting(errpipe);
+    if (pid < 0) return pid;
+    if (pid == 0) {
+        /* Child: async-signal-safe calls only. */
+        int tmp[FOS_SYS_MAX_SPAWN_FDS];
+        int ep = fcntl(errpipe[1], F_DUPFD_CLOEXEC, 1100);
+        if (ep < 0) child_fail(errpipe[1]);
+        fos_sys_child_clean_signals();
+        if (setsid() < 0) child_fail(ep);
+        if (cpu >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(cpu, &set);
+            if (sched_setaffinity(0, sizeof set, &set) < 0) child_fail(ep);
+        }
+        /* Park the given descriptors above every target before placing them. */
+        for (int i = 0; i < nfds; i++) {
+            tmp[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 1024);
+            if (tmp[i] < 0) child_fail(ep);
+        }
+        syscall(SYS_close_range, 0, ~0U, CLOSE_RANGE_CLOEXEC);
+        for (int t = 0; t < 3; t++) {
+            int given = 0;
+            for (int i = 0; i < nfds; i++) given |= dst[i] == t;
+            if (given) continue;
+            int n = open("/dev/null", O_RDWR);
+            if (n < 0) child_fail(ep);
+            if (n != t && (dup2(n, t) < 0 || close(n) < 0)) child_fail(ep);
+        }
+        for (int i = 0; i < nfds; i++) {
+            if (dup2(tmp[i], dst[i]) < 0) child_fail(ep); /* dup2 clears close-on-exec */
+        }
+        if (id) {
+            if (setgroups((size_t)id->ngroups, id->groups) < 0) child_fail(ep);
+            if (setresgid(id->gid, id->gid, id->gid) < 0) child_fail(ep);
+            if (setresuid(id->uid, id->uid, id->uid) < 0) child_fail(ep);
+        }
+        if (cwd && chdir(cwd) < 0) child_fail(ep);
+        execve(path, argv, envp);
+        child_fail(ep);
+    }
+    close(errpipe[1]);
+    return fos_sys_spawn_collect(pid, errpipe[0], pidfd);
+}
+
+int fos_sys_pidfd_wait(int pidfd, int *code, int *signaled) {
+    siginfo_t info = {0};
+    int r;
+    do {
+        r = waitid(P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    if (info.si_pid == 0) return 0;
+    *signaled = info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED;
+    *code = info.si_status;
+    return 1;
+}

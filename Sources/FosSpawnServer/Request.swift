@@ -1,0 +1,56 @@
+import CFosWire
+import FosCore
+import SystemPackage
+
+/// A SPAWN payload, validated field by field (see fos_wire.h).
+struct SpawnRequestParser {
+    var path = ""
+    var cwd = ""
+    var node = ""
+    var arguments: [String] = []
+    var environment: [String] = []
+    var fds: [fos_spawn_fd] = []
+    var cpu: Int32 = -1
+
+    init(_ p: [UInt8]) throws {
+        guard let h = p.withUnsafeBytes({ loadStruct(fos_spawn_req.self, from: $0) }), h.reserved == 0 else {
+            throw Errno.invalidArgument
+        }
+        guard (1..<4096).contains(h.path_len), h.cwd_len < 4096, h.node_len <= 255,
+              (1...FOS_SPAWN_MAX_ARGS).contains(h.argc), h.envc <= FOS_SPAWN_MAX_ARGS, h.nfds <= FOS_SPAWN_MAX_FDS
+        else { throw Errno.invalidArgument }
+        cpu = h.cpu
+        var at = MemoryLayout<fos_spawn_req>.size
+        let fdBytes = Int(h.nfds) * MemoryLayout<fos_spawn_fd>.size
+        guard p.count >= at + Int(h.path_len) + Int(h.cwd_len) + Int(h.node_len) + fdBytes else { throw Errno.invalidArgument }
+        func text(_ n: Int) throws -> String {
+            let b = p[at..<(at + n)]
+            at += n
+            guard !b.contains(0), let s = String(validating: b, as: UTF8.self) else { throw Errno.invalidArgument }
+            return s
+        }
+        path = try text(Int(h.path_len))
+        cwd = try text(Int(h.cwd_len))
+        node = try text(Int(h.node_len))
+        guard path.hasPrefix("/"), cwd.isEmpty || cwd.hasPrefix("/") else { throw Errno.invalidArgument }
+        // Exactly argc + envc NUL-terminated strings up to the descriptor map.
+        let stringsEnd = p.count - fdBytes
+        var strings: [String] = []
+        var start = at
+        for k in at..<stringsEnd where p[k] == 0 {
+            guard let s = String(validating: p[start..<k], as: UTF8.self) else { throw Errno.invalidArgument }
+            strings.append(s)
+            start = k + 1
+        }
+        guard start == stringsEnd, strings.count == Int(h.argc + h.envc) else { throw Errno.invalidArgument }
+        arguments = Array(strings[..<Int(h.argc)])
+        environment = Array(strings[Int(h.argc)...])
+        guard environment.allSatisfy({ $0.contains("=") }) else { throw Errno.invalidArgument }
+        var seen = Set<Int32>()
+        for k in 0..<Int(h.nfds) {
+            let f = p.withUnsafeBytes { loadStruct(fos_spawn_fd.self, from: $0, at: stringsEnd + k * 8)! }
+            guard f.from >= 0, (0..<1024).contains(f.to), seen.insert(f.to).inserted else { throw Errno.invalidArgument }
+            fds.append(f)
+        }
+    }
+}
