@@ -69,7 +69,23 @@ public final class FSClient: Sendable {
 
     /// Sends one request; if the member died, reconnects to another one and
     /// retries once.
+    /// Requests made in this task act for this user (FOS_OP_FS_AS): the
+    /// fleet checks permissions and sets owners as for them. Only a client
+    /// running as root may (others get EPERM); the FUSE daemon does.
+    @TaskLocal public static var actingAs: Credentials?
+
     func call(_ op: UInt32, _ payload: [UInt8]) async throws -> [UInt8] {
+        var op = op, payload = payload
+        if let who = FSClient.actingAs {
+            var p = [UInt8]()
+            let groups = Array(who.groups.prefix(Int(FOS_FS_MAX_GROUPS)))
+            appendStruct(fos_fs_forward(opcode: UInt16(op), ngroups: UInt16(groups.count), uid: who.uid, gid: who.gid, hops: 0),
+                         to: &p)
+            for g in groups { appendStruct(g, to: &p) }
+            p += payload
+            guard p.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.messageTooLong) }
+            (op, payload) = (FOS_OP_FS_AS, p)
+        }
         let (ch, addr) = state.withLock { ($0.channel, $0.addr) }
         do {
             return try await runtime.call(ch, opcode: UInt16(op), payload: payload, timeout: timeout).checked()

@@ -70,6 +70,7 @@ final class FSService: Sendable {
 
     func handle(_ r: Request) async -> Reply {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
+        if r.opcode == UInt16(FOS_OP_FS_AS) { return await handleAs(r) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
         return await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
     }
@@ -80,19 +81,34 @@ final class FSService: Sendable {
         guard r.mailbox == internalMailbox.load(ordering: .acquiring), r.sender.fleet == fleet else {
             return Reply(status: EPERM)
         }
-        let parsed = r.payload.withUnsafeBytes { b -> (fos_fs_forward, [UInt32], Int)? in
+        guard let (h, cred, end) = Self.parseEnvelope(r.payload), h.opcode != UInt16(FOS_OP_FS_FORWARD),
+              h.opcode != UInt16(FOS_OP_FS_AS), h.hops == 1 else {
+            return Reply(status: EPROTO)
+        }
+        return await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: true)
+    }
+
+    /// A root client's request on behalf of a user (FOS_OP_FS_AS): root could
+    /// become that user anyway, so nothing is granted that it lacks.
+    func handleAs(_ r: Request) async -> Reply {
+        guard r.sender.uid == 0 else { return Reply(status: EPERM) }
+        guard let (h, cred, end) = Self.parseEnvelope(r.payload), h.hops == 0,
+              (FOS_OP_FS_LOOKUP...FOS_OP_FS_RESOLVE).contains(UInt32(h.opcode)) else {
+            return Reply(status: EPROTO)
+        }
+        return await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: false)
+    }
+
+    /// fos_fs_forward, its groups, and where the inner payload starts.
+    static func parseEnvelope(_ p: [UInt8]) -> (fos_fs_forward, Credentials, Int)? {
+        p.withUnsafeBytes { b -> (fos_fs_forward, Credentials, Int)? in
             guard let h = loadStruct(fos_fs_forward.self, from: b), h.ngroups <= FOS_FS_MAX_GROUPS else { return nil }
             let start = MemoryLayout<fos_fs_forward>.size
             let end = start + Int(h.ngroups) * 4
             guard end <= b.count else { return nil }
             let g = (0..<Int(h.ngroups)).map { loadStruct(UInt32.self, from: b, at: start + $0 * 4) ?? 0 }
-            return (h, g, end)
+            return (h, Credentials(uid: h.uid, gid: h.gid, groups: g), end)
         }
-        guard let (h, g, end) = parsed, h.opcode != UInt16(FOS_OP_FS_FORWARD), h.hops == 1 else {
-            return Reply(status: EPROTO)
-        }
-        return await serve(op: h.opcode, payload: Array(r.payload[end...]),
-                           cred: Credentials(uid: h.uid, gid: h.gid, groups: g), forwarded: true)
     }
 
     /// Runs one request. An inode homed on a peer sends the whole request
@@ -549,6 +565,7 @@ func runMember() -> Never {
                 handlers[UInt16(op)] = { await svc.handle($0) }
             }
             handlers[UInt16(FOS_OP_FS_FORWARD)] = { await svc.handle($0) }
+            handlers[UInt16(FOS_OP_FS_AS)] = { await svc.handle($0) }
             handlers[UInt16(FOS_OP_FS_LEND)] = { await svc.handleLend($0) }
             handlers[UInt16(FOS_OP_FS_RETURN)] = { await svc.handleReturn($0) }
             handlers[UInt16(FOS_OP_FS_LOCK)] = { await svc.handle($0) }

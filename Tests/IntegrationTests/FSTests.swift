@@ -260,6 +260,25 @@ struct FSTests {
         }
     }
 
+    @Test("a root client acting for a user (FOS_OP_FS_AS): that user's permissions and ownership")
+    func actingAs() async throws {
+        try await TestNode.with(members: 1) { node in
+            let fs = try await FSClient.connect(try node.runtime())
+            _ = try await fs.mkdir(path: "/closed", mode: 0o755)
+            _ = try await fs.mkdir(path: "/open", mode: 0o777)
+            let nobody = Credentials(uid: 65534, gid: 65534, groups: [100])
+            try await FSClient.$actingAs.withValue(nobody) {
+                #expect(await errnoOf { _ = try await fs.writeFile(path: "/closed/x", data: [1]) } == EACCES)
+                let a = try await fs.writeFile(path: "/open/mine", data: [1, 2, 3])
+                #expect(a.uid == 65534 && a.gid == 65534)
+                #expect(await errnoOf { _ = try await fs.chown(ino: a.ino, uid: 0) } == EPERM)
+                _ = try await fs.chown(ino: a.ino, gid: 100)  // a supplementary group of the user
+            }
+            let a = try await fs.stat(path: "/open/mine")
+            #expect(a.uid == 65534 && a.gid == 100)
+        }
+    }
+
     @Test("two members: files in several directories, written and read through both")
     func twoMembers() async throws {
         try await TestNode.with(members: 1, fsMembers: 2) { node in

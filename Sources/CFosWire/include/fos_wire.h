@@ -144,6 +144,11 @@ typedef struct fos_blk_info {
 #define FOS_OP_FS_OPEN 0x415u        /* fos_fs_open + path -> fos_fs_stat of the opened inode */
 #define FOS_OP_FS_RESOLVE 0x416u     /* fos_fs_open (flags: O_NOFOLLOW only) + path -> fos_fs_ino */
 #define FOS_OP_FS_LOCK 0x417u        /* fos_fs_lock -> GET: fos_fs_lock_reply; SET, SETWAIT: empty */
+/* A root client (attested uid 0; e.g. the FUSE daemon) acting for a user:
+ * fos_fs_forward (hops 0) with the user's uid, gid and groups, then the
+ * groups, then a request LOOKUP...RESOLVE; it is checked and owned as that
+ * user's. Anyone else gets EPERM. */
+#define FOS_OP_FS_AS 0x418u
 /* Fleet-internal only (the internal mailbox, fleet members as attested by
  * fosd): a member hands a request for an inode homed on a peer to that peer,
  * with the original caller's credentials. Payload: fos_fs_forward, ngroups
