@@ -240,7 +240,8 @@ public final class FSClient: Sendable {
         return out
     }
 
-    /// pwrite(2): all of `data`, split into messages of at most `maxIO` bytes.
+    /// pwrite(2): all of `data`, split into messages of at most `maxIO`
+    /// bytes; fewer (the count written) if the disk fills up part-way.
     @discardableResult
     public func write(ino: UInt64, offset: UInt64, data: [UInt8]) async throws -> Int {
         var done = 0
@@ -250,7 +251,14 @@ public final class FSClient: Sendable {
             p.reserveCapacity(MemoryLayout<fos_fs_io>.size + n)
             appendStruct(fos_fs_io(ino: ino, offset: offset + UInt64(done), count: UInt32(n), flags: 0), to: &p)
             p += data[done..<(done + n)]
-            let r = try await call(FOS_OP_FS_WRITE, p)
+            let r: [UInt8]
+            do {
+                r = try await call(FOS_OP_FS_WRITE, p)
+            } catch _ where done > 0 {
+                // As pwrite(2): bytes already written are the result; the
+                // error (ENOSPC, EFBIG) comes with the next call.
+                break
+            }
             guard let w = r.withUnsafeBytes({ loadStruct(fos_fs_write_reply.self, from: $0) }), Int(w.count) <= n else {
                 throw FosError.badMessage("bad write reply")
             }
@@ -271,7 +279,12 @@ public final class FSClient: Sendable {
             var p = [UInt8]()
             appendStruct(fos_fs_io(ino: ino, offset: 0, count: UInt32(n), flags: FOS_FS_IO_APPEND), to: &p)
             p += data[done..<(done + n)]
-            let r = try await call(FOS_OP_FS_WRITE, p)
+            let r: [UInt8]
+            do {
+                r = try await call(FOS_OP_FS_WRITE, p)
+            } catch _ where done > 0 {
+                break  // as in `write`
+            }
             guard let w = r.withUnsafeBytes({ loadStruct(fos_fs_write_reply.self, from: $0) }), Int(w.count) <= n else {
                 throw FosError.badMessage("bad write reply")
             }
