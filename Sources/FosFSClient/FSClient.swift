@@ -427,11 +427,18 @@ public final class FSClient: Sendable {
         }
     }
 
-    /// Creates or truncates `path` and writes `data`; with `sync`, fsyncs it.
+    /// Creates or truncates `path` and writes all of `data` (or throws, as
+    /// ENOSPC when the disk fills up part-way); with `sync`, fsyncs it.
     @discardableResult
     public func writeFile(path: String, data: [UInt8], mode: UInt32 = 0o644, sync: Bool = false) async throws -> FileAttributes {
         let a = try await open(path: path, flags: [.writeOnly, .create, .truncate], mode: mode)
-        try await write(ino: a.ino, offset: 0, data: data)
+        var done = 0
+        while done < data.count {
+            // After a short write the next one says why.
+            let n = try await write(ino: a.ino, offset: UInt64(done), data: Array(data[done...]))
+            if n == 0 { throw FosError.remote(.noSpace) }
+            done += n
+        }
         if sync { try await fsync(ino: a.ino) }
         return try await getattr(ino: a.ino)
     }

@@ -173,8 +173,16 @@ struct FSSpaceTests {
             var wrote = -1
             let overErr = await errnoOf { wrote = try await fs.write(ino: o.ino, offset: 0, data: over) }
             #expect(overErr == nil && wrote == 30 * 4096, "seed \(seed): write of \(over.count) bytes into 30 free blocks: errno \(overErr ?? 0), returned \(wrote)")
-            let oSize = Int(try await fs.getattr(ino: o.ino).size)
-            fill.files["/fill/over"] = Checksum(Array(over.prefix(oSize)))
+            // Give those blocks back: `fosctl fs put` of more than fits must
+            // fail (not leave a short file behind and say nothing).
+            _ = try await fs.truncate(ino: o.ino, size: 0)
+            fill.files["/fill/over"] = Checksum([])
+            let put = try await runCommand("/bin/sh", ["-c", "head -c 200000 /dev/zero | \"$0\" fs put /fill/put --runtime \"$1\"",
+                                                       node.fosctlPath, node.runtimeDir], outputIn: node.root)
+            #expect(put.status == 1 && put.stderr.contains("No space left"),
+                    "seed \(seed): put of 200000 bytes into 30 free blocks: status \(put.status), \(put.stderr)")
+            let putSize = Int(try await fs.stat(path: "/fill/put").size)
+            fill.files["/fill/put"] = Checksum([UInt8](repeating: 0, count: putSize))
 
             // Deleting a file makes room at once: no fsync, no wait.
             let victims = fill.files.sorted { $0.value.count > $1.value.count }.prefix(3).map(\.key)
