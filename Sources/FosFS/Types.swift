@@ -209,7 +209,7 @@ public struct MountOptions: Sendable {
 
 /// A FIFO lock for async code: waiters are resumed in arrival order, and the
 /// lock is handed over directly so a newcomer cannot barge past a waiter.
-final class AsyncLock: Sendable {
+public final class AsyncLock: Sendable {
     private struct State {
         var locked = false
         var waiters: [CheckedContinuation<Void, Never>] = []
@@ -217,7 +217,9 @@ final class AsyncLock: Sendable {
     }
     private let state = Mutex(State())
 
-    func lock() async {
+    public init() {}
+
+    public func lock() async {
         let acquired = state.withLock { s -> Bool in
             if !s.locked { s.locked = true; return true }
             return false
@@ -233,7 +235,7 @@ final class AsyncLock: Sendable {
         }
     }
 
-    func unlock() {
+    public func unlock() {
         let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
             if s.head < s.waiters.count {
                 let c = s.waiters[s.head]

@@ -256,7 +256,8 @@ public final class FSClient: Sendable {
         return out
     }
 
-    /// pwrite(2): all of `data`, split into messages of at most `maxIO` bytes.
+    /// pwrite(2): all of `data`, split into messages of at most `maxIO`
+    /// bytes; fewer (the count written) if the disk fills up part-way.
     @discardableResult
     public func write(ino: UInt64, offset: UInt64, data: [UInt8]) async throws -> Int {
         var done = 0
@@ -266,7 +267,14 @@ public final class FSClient: Sendable {
             p.reserveCapacity(MemoryLayout<fos_fs_io>.size + n)
             appendStruct(fos_fs_io(ino: ino, offset: offset + UInt64(done), count: UInt32(n), flags: 0), to: &p)
             p += data[done..<(done + n)]
-            let r = try await call(FOS_OP_FS_WRITE, p)
+            let r: [UInt8]
+            do {
+                r = try await call(FOS_OP_FS_WRITE, p)
+            } catch _ where done > 0 {
+                // As pwrite(2): bytes already written are the result; the
+                // error (ENOSPC, EFBIG) comes with the next call.
+                break
+            }
             guard let w = r.withUnsafeBytes({ loadStruct(fos_fs_write_reply.self, from: $0) }), Int(w.count) <= n else {
                 throw FosError.badMessage("bad write reply")
             }
@@ -287,7 +295,12 @@ public final class FSClient: Sendable {
             var p = [UInt8]()
             appendStruct(fos_fs_io(ino: ino, offset: 0, count: UInt32(n), flags: FOS_FS_IO_APPEND), to: &p)
             p += data[done..<(done + n)]
-            let r = try await call(FOS_OP_FS_WRITE, p)
+            let r: [UInt8]
+            do {
+                r = try await call(FOS_OP_FS_WRITE, p)
+            } catch _ where done > 0 {
+                break  // as in `write`
+            }
             guard let w = r.withUnsafeBytes({ loadStruct(fos_fs_write_reply.self, from: $0) }), Int(w.count) <= n else {
                 throw FosError.badMessage("bad write reply")
             }
@@ -430,11 +443,18 @@ public final class FSClient: Sendable {
         }
     }
 
-    /// Creates or truncates `path` and writes `data`; with `sync`, fsyncs it.
+    /// Creates or truncates `path` and writes all of `data` (or throws, as
+    /// ENOSPC when the disk fills up part-way); with `sync`, fsyncs it.
     @discardableResult
     public func writeFile(path: String, data: [UInt8], mode: UInt32 = 0o644, sync: Bool = false) async throws -> FileAttributes {
         let a = try await open(path: path, flags: [.writeOnly, .create, .truncate], mode: mode)
-        try await write(ino: a.ino, offset: 0, data: data)
+        var done = 0
+        while done < data.count {
+            // After a short write the next one says why.
+            let n = try await write(ino: a.ino, offset: UInt64(done), data: Array(data[done...]))
+            if n == 0 { throw FosError.remote(.noSpace) }
+            done += n
+        }
         if sync { try await fsync(ino: a.ino) }
         return try await getattr(ino: a.ino)
     }

@@ -35,10 +35,26 @@ extension FSService {
     /// cross-member transaction coordinated by this member.
     func coordinate(op: UInt16, payload: [UInt8], cred: Credentials) async -> Reply {
         guard members > 1 else { return Reply(status: EXDEV) }
+        // Disk locks belong to our one blk channel: one holder per member at a time.
+        await diskLockUsers.lock()
+        defer { diskLockUsers.unlock() }
         do {
             guard try await blk.lock(Self.fleetLock, wait: .seconds(30)) else { return Reply(status: EAGAIN) }
         } catch {
             return Reply(status: EIO)
+        }
+        // A loan orphaned by a dead coordinator still holds our opLock: the
+        // fleet lock is ours now, so recover here (the recovery task that
+        // waits for it then finds nothing to do).
+        if case .orphaned(let dead, _) = loan.withLock({ $0 }), await quiesced(after: dead) {
+            do {
+                try await recover(from: dead)
+            } catch {
+                fatal("recovery from member \(dead) failed: \(error)")
+                return Reply(status: EIO)
+            }
+            loan.withLock { $0 = .none }
+            fs.resume()
         }
         var lent: [(member: Int, channel: Channel)] = []
         var deadSlots: [Int] = []
@@ -195,6 +211,8 @@ extension FSService {
         guard let dead else { return }
         say("member \(member): coordinator \(dead) went away during a cross-member transaction; recovering")
         _ = rt.loop.spawn {
+            await self.diskLockUsers.lock()
+            defer { self.diskLockUsers.unlock() }
             do {
                 guard try await self.blk.lock(Self.fleetLock, wait: .seconds(3600)) else { return }
                 if await self.quiesced(after: dead) {

@@ -38,6 +38,8 @@ final class FSService: Sendable {
     let groups = Mutex<[UInt64: [UInt32]]>([:])
     /// This member's part in a peer's cross-member transaction (Cross.swift).
     let loan = Mutex<Loan>(.none)
+    /// Coordinations and recoveries of this member, one at a time.
+    let diskLockUsers = AsyncLock()
     let locks = LockService()
     /// Until when ENOSPC is final (a cross-member retry found no space).
     let fullUntil = Atomic<UInt64>(0)

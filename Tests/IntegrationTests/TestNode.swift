@@ -320,6 +320,8 @@ final class TestNode: Sendable {
         set { fsMembersNow.store(newValue, ordering: .relaxed) }
     }
     private let fsMembersNow: Atomic<Int>
+    /// Size of the sparse disk image (`fosd --disk-size`).
+    let diskSize: String
     let root: String
     let runtimeDir: String
     let stateDir: String
@@ -339,9 +341,10 @@ final class TestNode: Sendable {
     }
     private let state = Mutex(State())
 
-    private init(members: Int, slots: Int, fsMembers: Int) throws {
+    private init(members: Int, slots: Int, fsMembers: Int, diskSize: String) throws {
         echoMembers = members
         fsMembersNow = Atomic(fsMembers)
+        self.diskSize = diskSize
         self.slots = slots
         fosdPath = try BuildProducts.path("fosd")
         fosctlPath = try BuildProducts.path("fosctl")
@@ -356,12 +359,12 @@ final class TestNode: Sendable {
     }
 
     /// Starts a node, runs `body`, and stops the node whatever happens.
-    static func with<T>(members: Int = 3, slots: Int = 1, fsMembers: Int = 1,
+    static func with<T>(members: Int = 3, slots: Int = 1, fsMembers: Int = 1, diskSize: String = "256M",
                         _ body: (TestNode) async throws -> T) async throws -> T {
         await NodeSlots.shared.acquire(slots)
         let node: TestNode
         do {
-            node = try TestNode(members: members, slots: slots, fsMembers: fsMembers)
+            node = try TestNode(members: members, slots: slots, fsMembers: fsMembers, diskSize: diskSize)
         } catch {
             await NodeSlots.shared.release(slots)
             throw error
@@ -404,7 +407,7 @@ final class TestNode: Sendable {
         env["FOS_RUNTIME"] = nil
         env["FOS_STATE"] = nil
         let argv = ["/bin/sh", "-c", "exec 2>>\"$0\"; exec \"$@\"", logPath,
-                    fosdPath, "--runtime", runtimeDir, "--state", stateDir, "--disk-size", "256M",
+                    fosdPath, "--runtime", runtimeDir, "--state", stateDir, "--disk-size", diskSize,
                     "--fs-members", String(fsMembers), "--fleet", "/app/echo=fos-echo:\(echoMembers)"]
         let (pid, pidfd) = try Spawner.shared.spawn(argv, env: env)
         state.withLock {
