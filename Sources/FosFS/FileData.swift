@@ -110,6 +110,21 @@ extension FileSystem {
         markDirty(i)
     }
 
+    /// Most blocks one read of file data asks the device for at once.
+    static let readBatch = 256
+
+    /// Caches blocks just read (small files: they are read again; a large
+    /// file streamed through would only push everything else out).
+    func keep(_ data: [UInt8], from first: UInt64, count: UInt64) async throws {
+        for k in 0..<count where cache[first + k] == nil {
+            try await makeRoom()
+            clock &+= 1
+            let b = Buffer(block: first + k, data: Array(data[Int(k) * 4096..<Int(k + 1) * 4096]))
+            b.lastUse = clock
+            cache[first + k] = b
+        }
+    }
+
     func readData(_ i: Inode, offset: UInt64, count: Int) async throws -> [UInt8] {
         guard offset < i.size, count > 0 else { return [] }
         let end = min(i.size, offset + UInt64(count))
@@ -123,17 +138,30 @@ extension FileSystem {
                 var p = pos
                 var blk = phys
                 while p < runEnd {
+                    // Blocks not in the cache, up to the next cached one:
+                    // one device read for all of them.
+                    var k: UInt64 = 0
+                    let blocksLeft = (runEnd - (p - p % 4096) + 4095) / 4096
+                    while k < blocksLeft, k < UInt64(Self.readBatch), cache[blk + k] == nil { k += 1 }
+                    let src: [UInt8]
+                    let count: UInt64
+                    if k == 0 {
+                        src = try await cached(blk).data
+                        count = 1
+                    } else {
+                        src = try await device.read(block: blk, count: Int(k))
+                        count = k
+                        if i.blocks <= UInt64(options.cacheBlocks / 8) { try await keep(src, from: blk, count: k) }
+                    }
+                    // Copy what falls inside [p, runEnd) from the `count` blocks read.
                     let ib = Int(p % 4096)
-                    let n = min(4096 - ib, Int(runEnd - p))
-                    let buf = try await cached(blk)
+                    let n = min(Int(count) * 4096 - ib, Int(runEnd - p))
                     let dst = Int(p - offset)
                     out.withUnsafeMutableBytes { o in
-                        buf.data.withUnsafeBytes { s in
-                            (o.baseAddress! + dst).copyMemory(from: s.baseAddress! + ib, byteCount: n)
-                        }
+                        src.withUnsafeBytes { s in (o.baseAddress! + dst).copyMemory(from: s.baseAddress! + ib, byteCount: n) }
                     }
                     p += UInt64(n)
-                    blk += 1
+                    blk += count
                 }
             }
             pos = runEnd
