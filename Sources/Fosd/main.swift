@@ -137,8 +137,7 @@ struct Fosd: ParsableCommand {
 
     func run() throws {
         _ = fos_sys_raise_nofile()
-        var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1),
-                     FleetSpec(name: "/sys/spawn", executable: Fosd.selfDirectory() + "/fos-spawn", count: 1)]
+        var specs = [FleetSpec(name: "/sys/name", executable: Fosd.selfDirectory() + "/fos-name", count: 1)]
         let stateDir = state ?? NodePaths.defaultState()
         let runtimeDir = runtime ?? NodePaths.defaultRuntime()
         if !noDisk {
@@ -170,6 +169,9 @@ struct Fosd: ParsableCommand {
                                        env: ["FOS_FS_MEMBERS": String(n)]))
             }
         }
+        // After the disk's fleets: members are spread over the cores in this
+        // order, and the blk server is best off a core away from the name server.
+        specs.append(FleetSpec(name: "/sys/spawn", executable: Fosd.selfDirectory() + "/fos-spawn", count: 1))
         specs += try fleets.map(Fosd.parseFleet)
         let config = NodeConfig(runtimeDir: runtimeDir,
                                 stateDir: stateDir,
