@@ -1,6 +1,13 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// swiftc links every product with the Swift runtime: a start-up object
+// (swiftrt.o) and -lswiftCore. The shim must load into any program with
+// nothing but libc, so its product drops both: -nostartfiles drops the
+// object, and -static-stdlib with a resource directory whose
+// static-stdlib-args.lnk is empty (Shim/link) adds no library at all.
+let shimLinkFlags = ["-nostartfiles", "-static-stdlib", "-resource-dir", Context.packageDirectory + "/Shim/link/swift"]
+
 let package = Package(
     name: "fos",
     platforms: [.macOS(.v15)],
@@ -14,6 +21,7 @@ let package = Package(
         .executable(name: "fos-blk", targets: ["FosBlockServer"]),
         .executable(name: "fos-fs", targets: ["FosFSServer"]),
         .library(name: "FosFSClient", targets: ["FosFSClient"]),
+        .library(name: "fosshim", type: .dynamic, targets: ["FosShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -67,5 +75,19 @@ let package = Package(
         .target(name: "FosFSClient", dependencies: ["FosCore", "FosFS", "CFosWire"]),
         .executableTarget(name: "FosFSServer", dependencies: ["FosFSClient", "FosFS", "FosBlock", "FosCore", "CFosWire"],
                           swiftSettings: [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
+        // The shim (libfosshim.so): C11, no Swift runtime inside, only the
+        // libc wrappers exported. It shares the wire headers of CFosWire.
+        .target(
+            name: "FosShim",
+            path: "Shim",
+            exclude: ["tests", "link"],
+            sources: ["src"],
+            publicHeadersPath: "include",
+            cSettings: [
+                .headerSearchPath("../Sources/CFosWire/include"),
+                .unsafeFlags(["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
+            ],
+            linkerSettings: [.unsafeFlags(shimLinkFlags)]
+        ),
     ]
 )
