@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "fos-fs", targets: ["FosFSServer"]),
         .library(name: "FosFSClient", targets: ["FosFSClient"]),
         .library(name: "fosshim", type: .dynamic, targets: ["FosShim"]),
+        .executable(name: "fos-run", targets: ["FosRun"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -89,5 +90,7 @@ let package = Package(
             ],
             linkerSettings: [.unsafeFlags(shimLinkFlags)]
         ),
+        // fos-run: runs a program with the shim preloaded.
+        .executableTarget(name: "FosRun", dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ]
 )
