@@ -18,6 +18,7 @@ static mode_t fos_shim_mask;
 
 void fos_shim_conn_atfork_child(void);
 void fos_shim_vcwd_atfork_child(void);
+void fos_shim_files_atfork_child(void);
 void fos_shim_vcwd_init(const char *host_cwd);
 
 /* In the child of fork every lock of the shim may have been held by a
@@ -25,6 +26,7 @@ void fos_shim_vcwd_init(const char *host_cwd);
 static void fos_shim_atfork_child(void) {
     fos_shim_conn_atfork_child();
     fos_shim_vcwd_atfork_child();
+    fos_shim_files_atfork_child();
 }
 
 /* "/fos" unless FOS_PREFIX names another absolute directory ("/" would
@@ -84,6 +86,9 @@ __attribute__((constructor)) static void fos_shim_init(void) {
     pthread_atfork(NULL, NULL, fos_shim_atfork_child);
     fos_shim_vcwd_init(getenv("FOS_CWD"));
     fos_shim_fd_rediscover();
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fos_shim_fd_marked(fd)) fos_shim_std_rebind(fd);
+    }
     errno = saved;
 }
 

@@ -235,6 +235,10 @@ int fos_shim_op_mknod(char *fspath, uint32_t mode, uint64_t rdev);
 int fos_shim_op_link(uint64_t ino, char *fspath);
 int fos_shim_op_statfs(fos_fs_statfs *s);
 
+/* w_stdio.c: point stdin, stdout or stderr (fd 0, 1, 2) at a stream over
+ * the fos file fd now is, or back at the original one. */
+void fos_shim_std_rebind(int fd);
+
 /* stat.c helpers shared by the wrappers. */
 void fos_shim_fill_stat(struct stat *out, const fos_fs_stat *st);
 /* Does st grant `mask` (R_OK 4, W_OK 2, X_OK 1) to uid/gid (and groups)? */

@@ -22,6 +22,7 @@ static int fos_shim_dup_done(int from, int to, int saved) {
         FOS_REAL(close)(to);
         return (int)fos_shim_ret(r, saved);
     }
+    if (to <= 2) fos_shim_std_rebind(to);
     errno = saved;
     return to;
 }
@@ -41,7 +42,9 @@ static int fos_shim_dup3_any(int from, int to, int flags, int is_dup2) {
     int r = is_dup2 ? FOS_REAL(dup2)(from, to) : FOS_REAL(dup3)(from, to, flags);
     if (r < 0 || from == to) return r;
     fos_shim_fd_forget(to);
-    return live ? fos_shim_dup_done(from, r, saved) : r;
+    if (live) return fos_shim_dup_done(from, r, saved);
+    if (to <= 2) fos_shim_std_rebind(to);
+    return r;
 }
 
 FOS_SHIM_EXPORT int dup2(int from, int to) {

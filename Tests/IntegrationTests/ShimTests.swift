@@ -7,7 +7,8 @@ import Glibc
 #endif
 
 // The shim (libfosshim.so) and fos-run on real nodes: the C tests of
-// Shim/tests, compiled here with cc.
+// Shim/tests, compiled here with cc, and unmodified coreutils, each checked
+// against the same commands on a host directory.
 
 enum Shim {
     static var library: String { get throws { try BuildProducts.path("libfosshim.so") } }
@@ -123,6 +124,72 @@ struct ShimTests {
             #expect(prefix.status == 0 && prefix.stdout == "/data/sub\n/data/sub\n", "\(prefix)")
             let help = try await runCommand(try Shim.fosRun, ["--help"], outputIn: node.root)
             #expect(help.status == 0 && help.stdout.contains("--prefix") && help.stdout.contains("128+N"))
+        }
+    }
+
+    @Test("coreutils on /fos match the same commands on a host directory")
+    func coreutils() async throws {
+        try await TestNode.with(members: 1) { node in
+            let host = node.root + "/host"
+            let setup = """
+                set -e
+                mkdir -p \(host)/tree/sub/deep
+                head -c 300000 /dev/urandom > \(host)/tree/big.bin
+                head -c 4096 /dev/urandom > \(host)/tree/page.bin
+                : > \(host)/tree/empty
+                seq 1 20000 > \(host)/tree/sub/nums
+                printf 'zeta\\nalpha\\nmu\\nbeta\\n' > \(host)/tree/sub/words
+                echo deep > \(host)/tree/sub/deep/x
+                ln -s nums \(host)/tree/sub/link
+                """
+            let s = try await runCommand("/bin/sh", ["-c", setup], outputIn: node.root)
+            #expect(s.status == 0, "\(s.stderr)")
+
+            /// The same script on the host tree and on the fos tree ($T), outputs compared.
+            func same(_ what: String, _ script: String) async throws {
+                let h = try await runCommand("/bin/sh", ["-c", "T=\(host)/tree; " + script], outputIn: node.root)
+                let f = try await Shim.sh(node, "T=/fos/tree; " + script)
+                let hostOut = h.stdout.replacingOccurrences(of: host + "/tree", with: "$T")
+                let fosOut = f.stdout.replacingOccurrences(of: "/fos/tree", with: "$T")
+                #expect(h.status == 0 && f.status == 0 && hostOut == fosOut,
+                        "\(what): host \(h.status) fos \(f.status)\n--- host:\n\(hostOut)\(h.stderr)\n--- fos:\n\(fosOut)\(f.stderr)")
+            }
+
+            // cp into /fos, then out again: checksums equal the host's.
+            let cpIn = try await Shim.run(node, ["cp", "-a", host + "/tree", "/fos/tree"])
+            #expect(cpIn.status == 0, "cp -a in: \(cpIn.stderr)")
+            try await same("sha256sum", "cd $T && sha256sum big.bin page.bin empty sub/nums sub/words sub/deep/x")
+            let cpOut = try await Shim.run(node, ["cp", "/fos/tree/big.bin", host + "/big.back"])
+            #expect(cpOut.status == 0, "cp out: \(cpOut.stderr)")
+            let cmp = try await runCommand("/usr/bin/cmp", [host + "/tree/big.bin", host + "/big.back"], outputIn: node.root)
+            #expect(cmp.status == 0, "cp out differs: \(cmp.stdout)")
+            let cpBack = try await Shim.run(node, ["cp", "-a", "/fos/tree", host + "/back"])
+            let diff = try await runCommand("/usr/bin/diff", ["-r", host + "/tree", host + "/back"], outputIn: node.root)
+            #expect(cpBack.status == 0 && diff.status == 0, "cp -a out: \(cpBack.stderr) \(diff.stdout)")
+
+            try await same("cat", "cat $T/sub/words $T/sub/deep/x | cat")
+            try await same("head", "head -n 3 $T/sub/nums; head -c 10 $T/big.bin | od -An -tx1")
+            try await same("tail", "tail -n 4 $T/sub/nums; tail -c 7 $T/sub/nums | od -c")
+            try await same("wc", "wc $T/sub/nums $T/sub/words; wc -c < $T/big.bin")
+            // cp -a kept modes, owners and times: ls -l shows the same, totals included.
+            try await same("ls -l", "ls -lnR --time-style=+%s $T")
+            try await same("stat", "cd $T && stat -c '%n %s %a %F %U %G' big.bin empty sub/nums sub/link sub")
+            try await same("find", "cd $T && find . | sort && find . -type f -size +10k | sort")
+            try await same("du", "cd $T && du -a --apparent-size -b . | sort -k2")
+            try await same("sort into a file", "sort $T/sub/words > $T/sorted && cat $T/sorted && rm $T/sorted")
+            try await same("readlink", "readlink $T/sub/link; cat $T/sub/link | head -1")
+            try await same("mkdir -p", "mkdir -p $T/m/n/o && ls -d $T/m/n/o && mkdir -p $T/m/n/o && echo again")
+            try await same("touch, chmod", "touch $T/t && chmod 600 $T/t && stat -c '%a %s' $T/t && touch -d @1000000000 $T/t && stat -c %Y $T/t")
+            try await same("mv", "mv $T/m/n $T/moved && ls $T/m $T/moved && mv $T/t $T/moved/t2 && ls $T/moved")
+            try await same("ln -s", "ln -s ../sub/words $T/moved/w && cat $T/moved/w | wc -l && ls -l $T/moved/w | awk '{print $NF}'")
+            try await same("rm -r", "rm -r $T/m $T/moved && ls $T")
+            try await same("tar and gzip", "cd $T && tar czf ../t.tgz . && mkdir ../un && cd ../un && tar xzf ../t.tgz && find . -type f | sort | xargs sha256sum && cd .. && rm -r un t.tgz")
+            try await same("shell redirections, here-document, pipes", """
+                cd $T && cat > here <<EOF
+                line $((6*7))
+                EOF
+                echo more >> here && sort -r here | tee copy | wc -l && cat copy && rm here copy
+                """)
         }
     }
 }
