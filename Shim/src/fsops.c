@@ -65,13 +65,19 @@ int fos_shim_op_getattr(uint64_t ino, fos_fs_stat *st) {
 /* An OPEN with access mode 3 (Linux's "no access" mode) checks nothing on
  * the file itself and returns its attributes: stat in one message. With
  * O_NOFOLLOW a final symlink is ELOOP; then the symlink's own attributes
- * take a RESOLVE and a GETATTR. */
+ * take a RESOLVE and a GETATTR, and its size a READLINK: readlink shows an
+ * absolute target with the prefix (w_link.c), and st_size must be the
+ * length readlink returns. */
 int fos_shim_op_stat_path(const char *fspath, int follow, fos_fs_stat *st) {
     int r = fos_shim_op_open(fspath, (uint32_t)(O_ACCMODE | (follow ? 0 : O_NOFOLLOW)), 0, st);
     if (r != -ELOOP || follow) return r;
     uint64_t ino;
     r = fos_shim_op_resolve(fspath, 0, &ino);
-    return r ? r : fos_shim_op_getattr(ino, st);
+    if (r == 0) r = fos_shim_op_getattr(ino, st);
+    char t[FOS_FS_PATH_MAX];
+    int64_t n = r == 0 && S_ISLNK(st->mode) ? fos_shim_op_readlink(ino, t, sizeof t) : 0;
+    if (n > 0 && t[0] == '/') st->size = (uint64_t)n + fos_shim_cfg.prefix_len - (n == 1);
+    return r;
 }
 
 int fos_shim_op_setattr(const fos_fs_setattr *sa, fos_fs_stat *st) {

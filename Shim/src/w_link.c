@@ -1,25 +1,22 @@
 /*
- * Links and special files (readlink, symlink, link, mknod, mkfifo),
- * remove(3), and statfs/statvfs of the fos file system.
+ * Links and special files (readlink, symlink, link, mknod, mkfifo) and
+ * remove(3).
  *
- * A symlink's target is stored as written and resolved by the fs inside
- * its own tree: an absolute target names a path from the fs root, not
- * from the host's (so "/fos/a" stored in a link means "/fos/a" below the
- * fs root). readlink of /proc/self/fd/N for a fos descriptor names the
- * fos file, as the kernel would name a host one.
+ * The fs resolves a symlink inside its own tree: an absolute target is a
+ * path from the fs root. So a target under the prefix is stored without it
+ * ("/fos/a/b" as "/a/b") and readlink puts the prefix back on every
+ * absolute target: what readlink shows is what the fs follows. A target
+ * elsewhere on the host cannot be followed by the fs (readlink shows it
+ * under the prefix, where the fs looks for it). readlink of
+ * /proc/self/fd/N for a fos directory descriptor names the directory, as
+ * the kernel would name a host one.
  */
 #include "shim.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statfs.h>
-#include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 
 void __chk_fail(void) __attribute__((noreturn));
-
-/* "FOS!" as the file system type statfs reports. */
-#define FOS_SHIM_FS_MAGIC 0x464f5321
 
 static const char fos_shim_self_fd[] = "/proc/self/fd/";
 
@@ -58,11 +55,19 @@ static ssize_t fos_shim_readlink_slow(int dirfd, const char *path, char *buf, si
     uint64_t ino;
     int r = fos_shim_op_resolve(p, 0, &ino);
     if (r) return fos_shim_ret(r, saved);
-    char target[FOS_FS_PATH_MAX];
-    int64_t n = fos_shim_op_readlink(ino, target, sizeof target);
+    char target[FOS_FS_PATH_MAX + 1], host[FOS_FS_PATH_MAX + 256];
+    int64_t n = fos_shim_op_readlink(ino, target, sizeof target - 1);
     if (n < 0) return fos_shim_ret(n, saved);
+    const char *shown = target;
+    target[n] = 0;
+    if (n > 0 && target[0] == '/') {
+        int h = fos_shim_host_path(target, host, sizeof host);
+        if (h < 0) return fos_shim_ret(h, saved);
+        shown = host;
+        n = h;
+    }
     size_t c = (size_t)n < size ? (size_t)n : size;
-    memcpy(buf, target, c);
+    memcpy(buf, shown, c);
     return fos_shim_ret((long)c, saved);
 }
 
@@ -101,6 +106,8 @@ static int fos_shim_symlink_slow(const char *target, int dirfd, const char *path
     if (k == FOS_SHIM_HOST) return FOS_REAL(symlinkat)(target, dirfd, path);
     if (k == FOS_SHIM_REWRITTEN) return FOS_REAL(symlinkat)(target, AT_FDCWD, p);
     if (k < 0) return (int)fos_shim_ret(k, saved);
+    char t[FOS_SHIM_PATH_BUF];
+    if (target && target[0] == '/' && fos_shim_classify(AT_FDCWD, target, t) == FOS_SHIM_FOS) target = t;
     return (int)fos_shim_ret(fos_shim_op_symlink(target, p), saved);
 }
 
@@ -184,90 +191,3 @@ FOS_SHIM_EXPORT int remove(const char *path) {
     }
     return r;
 }
-
-/* ---- statfs ---- */
-
-/* The fleet's figures, after checking that the target exists. */
-static int fos_shim_statfs_fos(const char *fspath, fos_shim_ofd *o, fos_fs_statfs *s) {
-    fos_fs_stat st;
-    int r = o ? fos_shim_op_getattr(o->ino, &st) : fos_shim_op_stat_path(fspath, 1, &st);
-    return r ? r : fos_shim_op_statfs(s);
-}
-
-static void fos_shim_fill_statfs(void *dst, const fos_fs_statfs *s) {
-    struct statfs *out = dst;
-    memset(out, 0, sizeof *out);
-    out->f_type = FOS_SHIM_FS_MAGIC;
-    out->f_bsize = s->block_size;
-    out->f_frsize = s->block_size;
-    out->f_blocks = s->total_blocks;
-    out->f_bfree = s->free_blocks;
-    out->f_bavail = s->avail_blocks;
-    out->f_files = s->total_inodes;
-    out->f_ffree = s->free_inodes;
-    out->f_namelen = s->name_max;
-    out->f_fsid.__val[0] = (int)makedev(FOS_SHIM_DEV_MAJOR, FOS_SHIM_DEV_MINOR);
-}
-
-static void fos_shim_fill_statvfs(void *dst, const fos_fs_statfs *s) {
-    struct statvfs *out = dst;
-    memset(out, 0, sizeof *out);
-    out->f_bsize = s->block_size;
-    out->f_frsize = s->block_size;
-    out->f_blocks = s->total_blocks;
-    out->f_bfree = s->free_blocks;
-    out->f_bavail = s->avail_blocks;
-    out->f_files = s->total_inodes;
-    out->f_ffree = s->free_inodes;
-    out->f_favail = s->free_inodes;
-    out->f_fsid = makedev(FOS_SHIM_DEV_MAJOR, FOS_SHIM_DEV_MINOR);
-    out->f_namemax = s->name_max;
-}
-
-typedef void (*fos_shim_fill_fn)(void *out, const fos_fs_statfs *s);
-typedef int (*fos_shim_statfs_path_fn)(const char *path, void *out);
-typedef int (*fos_shim_statfs_fd_fn)(int fd, void *out);
-
-/* The 64 forms share the layout of the plain ones on 64-bit Linux. */
-static int fos_shim_statfs_path(const char *path, void *out, fos_shim_fill_fn fill, fos_shim_statfs_path_fn real) {
-    char buf[FOS_SHIM_PATH_BUF];
-    fos_fs_statfs s;
-    int saved = errno;
-    int k = fos_shim_classify(AT_FDCWD, path, buf);
-    if (k == FOS_SHIM_HOST || k == FOS_SHIM_REWRITTEN) return real(k == FOS_SHIM_HOST ? path : buf, out);
-    if (k < 0) return (int)fos_shim_ret(k, saved);
-    int r = fos_shim_statfs_fos(buf, NULL, &s);
-    if (r == 0) fill(out, &s);
-    return (int)fos_shim_ret(r, saved);
-}
-
-static int fos_shim_statfs_fd(int fd, void *out, fos_shim_fill_fn fill, fos_shim_statfs_fd_fn real) {
-    fos_fs_statfs s;
-    int saved = errno;
-    fos_shim_ofd *o = fos_shim_fd(fd);
-    if (o == NULL) return real(fd, out);
-    int r = fos_shim_statfs_fos(NULL, o, &s);
-    if (r == 0) fill(out, &s);
-    return (int)fos_shim_ret(r, saved);
-}
-
-#define FOS_SHIM_STATFS_PATH(name, type, fill)                                                 \
-    FOS_SHIM_EXPORT int name(const char *path, struct type *out) {                              \
-        if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL(name)(path, out); \
-        return fos_shim_statfs_path(path, out, fill, (fos_shim_statfs_path_fn)FOS_REAL(name));     \
-    }
-
-#define FOS_SHIM_STATFS_FD(name, type, fill)                                                   \
-    FOS_SHIM_EXPORT int name(int fd, struct type *out) {                                        \
-        if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(name)(fd, out);            \
-        return fos_shim_statfs_fd(fd, out, fill, (fos_shim_statfs_fd_fn)FOS_REAL(name));          \
-    }
-
-FOS_SHIM_STATFS_PATH(statfs, statfs, fos_shim_fill_statfs)
-FOS_SHIM_STATFS_PATH(statfs64, statfs64, fos_shim_fill_statfs)
-FOS_SHIM_STATFS_PATH(statvfs, statvfs, fos_shim_fill_statvfs)
-FOS_SHIM_STATFS_PATH(statvfs64, statvfs64, fos_shim_fill_statvfs)
-FOS_SHIM_STATFS_FD(fstatfs, statfs, fos_shim_fill_statfs)
-FOS_SHIM_STATFS_FD(fstatfs64, statfs64, fos_shim_fill_statfs)
-FOS_SHIM_STATFS_FD(fstatvfs, statvfs, fos_shim_fill_statvfs)
-FOS_SHIM_STATFS_FD(fstatvfs64, statvfs64, fos_shim_fill_statvfs)
