@@ -61,18 +61,24 @@ mode_t fos_shim_umask(void);
 /* real.c: the next definition of each wrapped symbol                  */
 /* ------------------------------------------------------------------ */
 
-/* The real function `name` (dlsym RTLD_NEXT, resolved once). While this
- * thread is already resolving (dlsym re-entered us), or if libc lacks it,
- * a stub that fails with ENOSYS (fos_shim_real_stub()). */
-void *fos_shim_real(void **slot, const char *name);
-void *fos_shim_real_stub(void);
-#define FOS_REAL(fn)                                                                  \
+/* The real function `name` (dlsym RTLD_NEXT, or dlvsym for `version`,
+ * resolved once). While this thread is already resolving (dlsym re-entered
+ * us), or if libc lacks it, a stub that fails with ENOSYS (returning -1,
+ * or MAP_FAILED as a pointer). */
+void *fos_shim_real(void **slot, const char *name, const char *version);
+#define FOS_REAL_V(fn, version)                                                       \
     ({                                                                                \
         static void *fos_shim_slot_;                                                  \
         void *p_ = __atomic_load_n(&fos_shim_slot_, __ATOMIC_ACQUIRE);                \
-        if (FOS_SHIM_UNLIKELY(!p_)) p_ = fos_shim_real(&fos_shim_slot_, #fn);          \
+        if (FOS_SHIM_UNLIKELY(!p_)) p_ = fos_shim_real(&fos_shim_slot_, #fn, version); \
         (__typeof__(&fn))p_;                                                          \
     })
+#define FOS_REAL(fn) FOS_REAL_V(fn, NULL)
+
+/* The versions of the symbols glibc exports twice (SHIM-CHECKLIST.md) that
+ * today's programs link against; dlvsym falls back to dlsym elsewhere. */
+#define FOS_SHIM_V_REALPATH "GLIBC_2.3"
+#define FOS_SHIM_V_POSIX_SPAWN "GLIBC_2.15"
 
 /* ------------------------------------------------------------------ */
 /* path.c: which paths are fos paths                                   */

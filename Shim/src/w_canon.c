@@ -4,8 +4,8 @@
  * the fs (one message each) and symlinks are followed the fs's way (an
  * absolute target from the fs root), at most 40, as Linux allows.
  *
- * realpath exists in two versions (GLIBC_2.3, and the older one that
- * refuses a NULL buffer): the default one is the real one here.
+ * realpath exists in two versions (GLIBC_2.3, and an older one that
+ * refuses a NULL buffer): the real one here is GLIBC_2.3's.
  */
 #include "shim.h"
 
@@ -85,7 +85,7 @@ static int fos_shim_canon(const char *path, char *out) {
 }
 
 FOS_SHIM_EXPORT char *realpath(const char *path, char *resolved) {
-    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL(realpath)(path, resolved);
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL_V(realpath, FOS_SHIM_V_REALPATH)(path, resolved);
     char out[FOS_SHIM_PATH_BUF];
     int saved = errno;
     if (path == NULL) {
@@ -93,7 +93,7 @@ FOS_SHIM_EXPORT char *realpath(const char *path, char *resolved) {
         return NULL;
     }
     int r = fos_shim_canon(path, out);
-    if (r == 1) return FOS_REAL(realpath)(out, resolved);
+    if (r == 1) return FOS_REAL_V(realpath, FOS_SHIM_V_REALPATH)(out, resolved);
     if (r < 0) {
         errno = -r;
         return NULL;

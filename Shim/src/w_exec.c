@@ -187,12 +187,12 @@ FOS_SHIM_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_
     int r = fos_shim_exec_path(path, buf, &use);
     if (r < 0) return -r;
     FOS_SHIM_FIXED_ENV(envp, env);
-    return FOS_REAL(posix_spawn)(pid, use, fa, attr, argv, env);
+    return FOS_REAL_V(posix_spawn, FOS_SHIM_V_POSIX_SPAWN)(pid, use, fa, attr, argv, env);
 }
 
 FOS_SHIM_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                                  const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     if (strchr(file, '/')) return posix_spawn(pid, file, fa, attr, argv, envp);
     FOS_SHIM_FIXED_ENV(envp, env);
-    return FOS_REAL(posix_spawnp)(pid, file, fa, attr, argv, env);
+    return FOS_REAL_V(posix_spawnp, FOS_SHIM_V_POSIX_SPAWN)(pid, file, fa, attr, argv, env);
 }
