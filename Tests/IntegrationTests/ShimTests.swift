@@ -127,6 +127,31 @@ struct ShimTests {
         }
     }
 
+    @Test("the fs member killed under a shim workload: every call still succeeds, nothing fsync'd is lost")
+    func memberKilled() async throws {
+        try await TestNode.with(members: 1) { node in
+            // Each file is fsync'd (sync FILE): the fs commits its journal
+            // only then (or when a transaction grows large), and a member
+            // killed with -9 loses what was not committed, so a file whose
+            // sync met the kill is written again.
+            let script = "mkdir /fos/loop && sync /fos/loop && i=0 && fails=0 && while [ $i -lt 300 ]; do "
+                + "{ echo $i > /fos/loop/f$i && sync /fos/loop/f$i; } 2>/dev/null || "
+                + "{ echo $i > /fos/loop/f$i && sync /fos/loop/f$i; } || fails=$((fails+1)); i=$((i+1)); done; "
+                + "echo fails=$fails; ls /fos/loop | wc -l; cat /fos/loop/f299"
+            let p = try Subprocess(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "/bin/sh", "-c", script],
+                                   outputIn: node.root)
+            try await eventually("the workload to be under way") {
+                Int(try await Shim.sh(node, "ls /fos/loop | wc -l").stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 20
+                    ? true : nil
+            }
+            let k = try await node.fosctl(["kill", "/sys/fs#0"])
+            #expect(k.status == 0, "\(k.stderr)")
+            let r = await p.wait(timeout: .seconds(120))
+            #expect(r.status == 0 && r.stdout == "fails=0\n300\n299\n", "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))")
+            #expect(try await node.fleets().first { $0.fleet == "/sys/fs" }?.restarts == 1)
+        }
+    }
+
     @Test("coreutils on /fos match the same commands on a host directory")
     func coreutils() async throws {
         try await TestNode.with(members: 1) { node in
