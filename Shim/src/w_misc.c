@@ -1,35 +1,16 @@
 /*
  * Calls that would otherwise reach a placeholder through the kernel and
- * act on the memfd instead of the fos file: mmap, ioctl, the in-kernel
- * copies (copy_file_range, sendfile) and space reservation. The copies run
- * as read and write through the shim; the rest fail the way a file system
- * without the feature would.
+ * act on the memfd instead of the fos file: ioctl, the in-kernel copies
+ * (copy_file_range, sendfile) and space reservation (mmap: w_mmap.c). The
+ * copies run as read and write through the shim; the rest fail the way a
+ * file system without the feature would.
  */
 #include "shim.h"
 
 #include <stdarg.h>
-#include <sys/mman.h>
 #include <sys/sendfile.h>
 
 #define FOS_SHIM_COPY_CHUNK 16384
-
-FOS_SHIM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd) || (flags & MAP_ANONYMOUS))) {
-        return FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
-    }
-    if (fos_shim_fd(fd) == NULL) return FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
-    errno = ENODEV; /* not yet: mapping a fos file (issue 4) */
-    return MAP_FAILED;
-}
-
-FOS_SHIM_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd) || (flags & MAP_ANONYMOUS))) {
-        return FOS_REAL(mmap64)(addr, len, prot, flags, fd, off);
-    }
-    if (fos_shim_fd(fd) == NULL) return FOS_REAL(mmap64)(addr, len, prot, flags, fd, off);
-    errno = ENODEV;
-    return MAP_FAILED;
-}
 
 FOS_SHIM_EXPORT int ioctl(int fd, unsigned long req, ...) {
     va_list ap;

@@ -81,11 +81,11 @@ struct ShimTests {
         #expect(!exported.contains { $0.hasPrefix("fos_") }, "internal symbols exported")
     }
 
-    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio")
+    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap")
     func cTests() async throws {
         try await TestNode.with(members: 1) { node in
             chmod(node.root, 0o755)  // t_threads drops to nobody, who must reach the socket
-            for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio"] {
+            for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio", "t_mmap"] {
                 let exe = try await Shim.compile(name, into: node.root)
                 let r = try await Shim.run(node, [exe, "/fos/" + name])
                 #expect(r.status == 0 && r.stdout.hasSuffix("ok\n"), "\(name): \(r.status)\n\(r.stdout)\n\(r.stderr)")
@@ -215,6 +215,78 @@ struct ShimTests {
                 EOF
                 echo more >> here && sort -r here | tee copy | wc -l && cat copy && rm here copy
                 """)
+        }
+    }
+
+    static func installed(_ p: String) -> Bool { FileManager.default.isExecutableFile(atPath: p) }
+
+    @Test("sqlite3 on /fos: 10 000 inserts in transactions, rollback journal and WAL, integrity_check ok",
+          .enabled(if: installed("/usr/bin/sqlite3")))
+    func sqlite() async throws {
+        try await TestNode.with(members: 1) { node in
+            let sql = "create table t(a integer, b text); begin; "
+                + "with recursive n(i) as (select 1 union all select i+1 from n where i < 10000) "
+                + "insert into t select i, 'row ' || i from n; commit; "
+                + "begin; delete from t where a > 5000; rollback; "
+                + "select count(*), sum(a) from t; pragma integrity_check;"
+            let r = try await Shim.run(node, ["sqlite3", "/fos/db.sqlite", sql])
+            #expect(r.status == 0 && r.stdout == "10000|50005000\nok\n", "\(r)")
+            // WAL: its index is a shared mapping, coherent within one process only (w_mmap.c).
+            let w = try await Shim.run(node, ["sqlite3", "/fos/db.sqlite",
+                                              "pragma journal_mode=wal; insert into t values(0, 'wal'); "
+                                              + "select count(*) from t; pragma integrity_check;"])
+            #expect(w.status == 0 && w.stdout == "wal\n10001\nok\n", "\(w)")
+        }
+    }
+
+    @Test("git on /fos: init, add, commit, log, status", .enabled(if: installed("/usr/bin/git")))
+    func git() async throws {
+        try await TestNode.with(members: 1) { node in
+            let r = try await Shim.sh(node, """
+                set -e; mkdir /fos/repo; cd /fos/repo; git init -q; echo one > a; mkdir d; echo two > d/b
+                git add a d; git -c user.email=t@fos -c user.name=t commit -qm first
+                echo more >> a; git -c user.email=t@fos -c user.name=t commit -qam second
+                git log --format=%s; git status --short; git show HEAD~1:a; git ls-files
+                """)
+            #expect(r.status == 0 && r.stdout == "second\nfirst\none\na\nd/b\n", "\(r)")
+        }
+    }
+
+    @Test("python3 on /fos: open, os.walk, shutil, tempfile", .enabled(if: installed("/usr/bin/python3")))
+    func python() async throws {
+        try await TestNode.with(members: 1) { node in
+            let script = """
+                import os, shutil, tempfile
+                os.makedirs('/fos/py/a/b')
+                with open('/fos/py/a/b/f.txt', 'w') as f: f.write('line\\n' * 1000)
+                shutil.copytree('/fos/py/a', '/fos/py/c')
+                print(sorted((r, sorted(fs)) for r, d, fs in os.walk('/fos/py')))
+                with tempfile.NamedTemporaryFile(dir='/fos/py') as t:
+                    t.write(b'x' * 100000); t.flush(); print(os.path.getsize(t.name))
+                shutil.rmtree('/fos/py/c'); print(os.listdir('/fos/py'), open('/fos/py/a/b/f.txt').read().count('line'))
+                """
+            let r = try await Shim.run(node, ["/usr/bin/python3", "-c", script])
+            let want = "[('/fos/py', []), ('/fos/py/a', []), ('/fos/py/a/b', ['f.txt']), ('/fos/py/c', []), "
+                + "('/fos/py/c/b', ['f.txt'])]\n100000\n['a'] 1000\n"
+            #expect(r.status == 0 && r.stdout == want, "\(r)")
+        }
+    }
+
+    @Test("make and cc build a program whose sources live in /fos")
+    func make() async throws {
+        try await TestNode.with(members: 1) { node in
+            let r = try await Shim.sh(node, #"""
+                set -e; mkdir /fos/mk; cd /fos/mk
+                cat > main.c <<'EOF'
+                #include <stdio.h>
+                int twice(int);
+                int main(void) { printf("%d\n", twice(21)); return 0; }
+                EOF
+                echo 'int twice(int x) { return 2 * x; }' > twice.c
+                printf 'prog: main.o twice.o\n\tcc -o prog main.o twice.o\n' > Makefile
+                make -s; ls; cp prog /tmp/fos-shim-prog-$$ && /tmp/fos-shim-prog-$$; rm /tmp/fos-shim-prog-$$
+                """#)
+            #expect(r.status == 0 && r.stdout == "Makefile\nmain.c\nmain.o\nprog\ntwice.c\ntwice.o\n42\n", "\(r)")
         }
     }
 }
