@@ -241,6 +241,12 @@ int fos_shim_op_mknod(char *fspath, uint32_t mode, uint64_t rdev);
 int fos_shim_op_link(uint64_t ino, char *fspath);
 int fos_shim_op_statfs(fos_fs_statfs *s);
 
+/* w_io.c: access checks and I/O on a live fos descriptor fd (entry o). at
+ * < 0: at the shared offset, which then advances. Bytes or -errno. */
+int fos_shim_access(const fos_shim_ofd *o, int want_write);
+int64_t fos_shim_pread_fos(int fd, const fos_shim_ofd *o, void *buf, size_t n, int64_t at);
+int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size_t n, int64_t at);
+
 /* w_stdio.c: point stdin, stdout or stderr (fd 0, 1, 2) at a stream over
  * the fos file fd now is, or back at the original one. */
 void fos_shim_std_rebind(int fd);

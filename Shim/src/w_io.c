@@ -1,6 +1,6 @@
 /*
- * Data calls on descriptors: read, write and their positional, vector and
- * fortified forms, lseek, fsync, ftruncate. A fos descriptor's offset and
+ * Data calls on descriptors: read, write and their positional and
+ * fortified forms, lseek, fsync, ftruncate (the vector forms: w_vec.c). A fos descriptor's offset and
  * status flags live in its description (shared by dup, fork and exec); the
  * fs has no open-file state and checks access on every READ and WRITE, so
  * the access mode of the descriptor is enforced here, as the kernel would.
@@ -8,15 +8,13 @@
 #include "shim.h"
 
 #include <limits.h>
-#include <sys/uio.h>
 
 /* Linux's cap on one read or write (MAX_RW_COUNT). */
 #define FOS_SHIM_MAX_RW 0x7ffff000u
 
 void __chk_fail(void) __attribute__((noreturn));
 
-/* 0 if fd (whose entry is o) may be read (want_write 0) or written, else -errno. */
-static int fos_shim_access(const fos_shim_ofd *o, int want_write) {
+int fos_shim_access(const fos_shim_ofd *o, int want_write) {
     int acc = (int)(o->flags & O_ACCMODE);
     if (o->flags & O_PATH) return -EBADF;
     if (want_write) return acc == O_WRONLY || acc == O_RDWR ? 0 : -EBADF;
@@ -24,8 +22,7 @@ static int fos_shim_access(const fos_shim_ofd *o, int want_write) {
     return S_ISDIR(o->mode) ? -EISDIR : 0;
 }
 
-/* at < 0: at the description's offset, which then advances. */
-static int64_t fos_shim_pread_fos(int fd, const fos_shim_ofd *o, void *buf, size_t n, int64_t at) {
+int64_t fos_shim_pread_fos(int fd, const fos_shim_ofd *o, void *buf, size_t n, int64_t at) {
     int r = fos_shim_access(o, 0);
     if (r) return r;
     if (n > FOS_SHIM_MAX_RW) n = FOS_SHIM_MAX_RW;
@@ -36,7 +33,7 @@ static int64_t fos_shim_pread_fos(int fd, const fos_shim_ofd *o, void *buf, size
     return got;
 }
 
-static int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size_t n, int64_t at) {
+int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size_t n, int64_t at) {
     int r = fos_shim_access(o, 1);
     if (r) return r;
     if (n > FOS_SHIM_MAX_RW) n = FOS_SHIM_MAX_RW;
@@ -121,45 +118,6 @@ FOS_SHIM_EXPORT ssize_t __pread_chk(int fd, void *buf, size_t n, off_t at, size_
 FOS_SHIM_EXPORT ssize_t __pread64_chk(int fd, void *buf, size_t n, off_t at, size_t buflen) {
     if (n > buflen) __chk_fail();
     return pread64(fd, buf, n, at);
-}
-
-/* One piece after another; a short piece ends the call, as a short read
- * of a regular file would. */
-static ssize_t fos_shim_vector(int fd, const fos_shim_ofd *o, const struct iovec *iov, int cnt, int wr) {
-    if (cnt < 0 || cnt > IOV_MAX) return -EINVAL;
-    size_t total = 0;
-    for (int i = 0; i < cnt; i++) {
-        if (iov[i].iov_len > SSIZE_MAX - total) return -EINVAL;
-        total += iov[i].iov_len;
-    }
-    int r = fos_shim_access(o, wr);
-    if (r) return r;
-    ssize_t done = 0;
-    for (int i = 0; i < cnt; i++) {
-        if (iov[i].iov_len == 0) continue;
-        int64_t n = wr ? fos_shim_pwrite_fos(fd, o, iov[i].iov_base, iov[i].iov_len, -1)
-                       : fos_shim_pread_fos(fd, o, iov[i].iov_base, iov[i].iov_len, -1);
-        if (n < 0) return done ? done : n;
-        done += n;
-        if ((size_t)n < iov[i].iov_len) break;
-    }
-    return done;
-}
-
-FOS_SHIM_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
-    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(readv)(fd, iov, cnt);
-    int saved = errno;
-    fos_shim_ofd *o = fos_shim_fd(fd);
-    if (!o) return FOS_REAL(readv)(fd, iov, cnt);
-    return fos_shim_ret(fos_shim_vector(fd, o, iov, cnt, 0), saved);
-}
-
-FOS_SHIM_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt) {
-    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(writev)(fd, iov, cnt);
-    int saved = errno;
-    fos_shim_ofd *o = fos_shim_fd(fd);
-    if (!o) return FOS_REAL(writev)(fd, iov, cnt);
-    return fos_shim_ret(fos_shim_vector(fd, o, iov, cnt, 1), saved);
 }
 
 static off_t fos_shim_seek(int fd, const fos_shim_ofd *o, off_t off, int whence) {

@@ -57,6 +57,12 @@ static void test_vectors(const char *d) {
     char x[2], y[10];
     struct iovec r[2] = {{x, 2}, {y, 10}};
     CHECK(readv(fd, r, 2) == 5 && memcmp(x, "bc", 2) == 0 && memcmp(y, "def", 3) == 0);
+    /* Positional forms leave the offset alone. */
+    struct iovec p[2] = {{"XY", 2}, {"Z", 1}};
+    CHECK(pwritev(fd, p, 2, 1) == 3 && lseek(fd, 0, SEEK_CUR) == 6);
+    CHECK(preadv(fd, r, 2, 0) == 6 && memcmp(x, "aX", 2) == 0 && memcmp(y, "YZef", 4) == 0);
+    CHECK(lseek(fd, 0, SEEK_CUR) == 6);
+    CHECK(preadv2(fd, r, 1, 0, 0) == 2 && pwritev2(fd, p, 1, -1, 0) == 2 && lseek(fd, 0, SEEK_CUR) == 8);
     close(fd);
 }
 
