@@ -12,6 +12,7 @@
 #include "shim.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -37,6 +38,7 @@ static void fos_shim_efd_drain(int fd) {
 int fos_shim_chan_map(fos_shim_chan *c, const fos_ctl_channel *info, int fds[3]) {
     memset(c, 0, sizeof *c);
     c->memfd = c->wait_fd = c->wake_fd = -1;
+    c->peer_core = -1;
     uint32_t rb = info->ring_bytes;
     size_t size = (size_t)fos_chan_size(rb);
     struct stat st;
@@ -142,7 +144,9 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
     uint64_t deadline = start + FOS_SHIM_CALL_TIMEOUT_NS;
     int err = fos_shim_chan_send(c, msg, mlen, bulk, blen, deadline);
     if (err) return err;
-    uint64_t spin_until = start + fos_shim_cfg.spin_ns;
+    /* Spinning on the server's own core only keeps it from answering. */
+    int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
+    uint64_t spin_until = start + (same_core ? 0 : fos_shim_cfg.spin_ns);
     fos_msg_hdr h;
     int ok = 0;
     for (unsigned i = 1;; i++) {

@@ -245,6 +245,7 @@ static int fos_shim_connect(const fos_mailbox_addr *dead, int ndead) {
         return err == ETIMEDOUT || err == EIO || err == ENOENT ? EHOSTDOWN : err;
     }
     C.fs_addr = e.addr;
+    C.fs.peer_core = e.core;
     C.up = 1;
     return 0;
 }

@@ -165,6 +165,7 @@ typedef struct fos_shim_chan {
     int memfd, wait_fd, wake_fd;
     uint64_t id;
     int closed;            /* fosd said the other side closed */
+    int peer_core;         /* the core the server is pinned to, -1 if unknown */
     fos_ring tx, rx;
 } fos_shim_chan;
 
