@@ -86,6 +86,7 @@ __attribute__((constructor)) static void fos_shim_init(void) {
     fos_shim_mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, fos_shim_mask);
     pthread_atfork(NULL, NULL, fos_shim_atfork_child);
+    fos_shim_rcwd_refresh();
     fos_shim_vcwd_init(getenv("FOS_CWD"));
     fos_shim_fd_rediscover();
     for (int fd = 0; fd <= 2; fd++) {

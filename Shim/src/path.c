@@ -10,8 +10,11 @@
  *
  * A cwd inside the fos tree is virtual: the kernel's cwd stays where it
  * was, the shim keeps the fos directory, and relative paths resolve
- * against it. FOS_CWD carries it across exec. Readers are lock-free (a
- * sequence counter) so a relative open in a signal handler never blocks.
+ * against it. FOS_CWD carries it across exec. Otherwise the shim keeps a
+ * copy of the kernel's cwd (read at start and after each chdir), because a
+ * relative path can reach the fos tree from there too ("fos/x" from "/",
+ * "../../fos" from anywhere). Readers are lock-free (a sequence counter)
+ * so a relative open in a signal handler never blocks.
  */
 #include "shim.h"
 
@@ -20,10 +23,18 @@
 #include <string.h>
 
 int fos_shim_vcwd_set;
-static char fos_shim_vcwd[FOS_SHIM_PATH_BUF];
-static size_t fos_shim_vcwd_len;
+int fos_shim_rcwd_near;
+/* [0] the virtual cwd, [1] the kernel's (host form, absolute). */
+static struct {
+    char path[FOS_SHIM_PATH_BUF];
+    size_t len;
+} fos_shim_cwds[2];
 static unsigned fos_shim_vcwd_seq;
 static pthread_mutex_t fos_shim_vcwd_mu = PTHREAD_MUTEX_INITIALIZER;
+
+enum { FOS_SHIM_VIRTUAL = 0, FOS_SHIM_KERNEL = 1 };
+
+static int fos_shim_cwd_copy(int which, char out[FOS_SHIM_PATH_BUF]);
 
 static int fos_shim_under_prefix(const char *p, size_t n) {
     size_t k = __atomic_load_n(&fos_shim_cfg.prefix_len, __ATOMIC_ACQUIRE);
@@ -89,8 +100,9 @@ int fos_shim_classify(int dirfd, const char *path, char out[FOS_SHIM_PATH_BUF]) 
         out[n] = 0;
     } else if (dirfd == AT_FDCWD) {
         n = (size_t)fos_shim_vcwd_get(out);
-        if (n == 0) return FOS_SHIM_HOST;
-        entered = 1;
+        entered = n > 0;
+        if (n == 0) n = (size_t)fos_shim_cwd_copy(FOS_SHIM_KERNEL, out);
+        if (n == 0) return FOS_SHIM_HOST; /* the kernel's cwd is unknown (removed): its paths stay its own */
     } else {
         fos_shim_ofd *o = fos_shim_fd(dirfd);
         if (o == NULL) return FOS_SHIM_HOST;
@@ -164,31 +176,54 @@ int fos_shim_host_path(const char *fspath, char *out, size_t cap) {
     return (int)(k + n);
 }
 
-int fos_shim_vcwd_get(char out[FOS_SHIM_PATH_BUF]) {
-    if (!__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) return 0;
+static int fos_shim_cwd_copy(int which, char out[FOS_SHIM_PATH_BUF]) {
     for (;;) {
         unsigned s1 = __atomic_load_n(&fos_shim_vcwd_seq, __ATOMIC_ACQUIRE);
         if (s1 & 1) continue;
-        size_t n = __atomic_load_n(&fos_shim_vcwd_len, __ATOMIC_RELAXED);
+        size_t n = __atomic_load_n(&fos_shim_cwds[which].len, __ATOMIC_RELAXED);
         if (n >= FOS_SHIM_PATH_BUF) n = FOS_SHIM_PATH_BUF - 1;
-        memcpy(out, fos_shim_vcwd, n);
+        memcpy(out, fos_shim_cwds[which].path, n);
         out[n] = 0;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(&fos_shim_vcwd_seq, __ATOMIC_RELAXED) == s1) return (int)n;
     }
 }
 
-static void fos_shim_vcwd_store(const char *host, size_t n) {
+int fos_shim_vcwd_get(char out[FOS_SHIM_PATH_BUF]) {
+    if (!__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) return 0;
+    return fos_shim_cwd_copy(FOS_SHIM_VIRTUAL, out);
+}
+
+/* host NULL: none. */
+static void fos_shim_cwd_store(int which, const char *host, size_t n) {
     pthread_mutex_lock(&fos_shim_vcwd_mu);
     __atomic_fetch_add(&fos_shim_vcwd_seq, 1, __ATOMIC_ACQ_REL);
-    if (host) {
-        memcpy(fos_shim_vcwd, host, n);
-        fos_shim_vcwd[n] = 0;
-        __atomic_store_n(&fos_shim_vcwd_len, n, __ATOMIC_RELAXED);
-    }
+    if (host) memcpy(fos_shim_cwds[which].path, host, n);
+    fos_shim_cwds[which].path[host ? n : 0] = 0;
+    __atomic_store_n(&fos_shim_cwds[which].len, host ? n : 0, __ATOMIC_RELAXED);
     __atomic_fetch_add(&fos_shim_vcwd_seq, 1, __ATOMIC_ACQ_REL);
-    __atomic_store_n(&fos_shim_vcwd_set, host != NULL, __ATOMIC_RELEASE);
+    if (which == FOS_SHIM_VIRTUAL) __atomic_store_n(&fos_shim_vcwd_set, host != NULL, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&fos_shim_vcwd_mu);
+}
+
+static void fos_shim_vcwd_store(const char *host, size_t n) { fos_shim_cwd_store(FOS_SHIM_VIRTUAL, host, n); }
+
+void fos_shim_rcwd_refresh(void) {
+    char buf[FOS_SHIM_PATH_BUF];
+    long n = syscall(SYS_getcwd, buf, sizeof buf);
+    /* Unreachable or removed ("(unreachable)/..."): relative paths stay the kernel's. */
+    if (n <= 1 || buf[0] != '/') {
+        fos_shim_cwd_store(FOS_SHIM_KERNEL, NULL, 0);
+        __atomic_store_n(&fos_shim_rcwd_near, 0, __ATOMIC_RELEASE);
+        return;
+    }
+    size_t len = (size_t)n - 1;
+    fos_shim_cwd_store(FOS_SHIM_KERNEL, buf, len);
+    /* From an ancestor of the prefix (or a host directory it hides) a plain
+     * relative path can reach the fos tree. */
+    const char *pfx = fos_shim_cfg.prefix;
+    int near = len == 1 || (strncmp(pfx, buf, len) == 0 && pfx[len] == '/') || fos_shim_under_prefix(buf, len);
+    __atomic_store_n(&fos_shim_rcwd_near, near, __ATOMIC_RELEASE);
 }
 
 void fos_shim_vcwd_change(const char *fspath) {

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -91,7 +92,8 @@ enum {
     FOS_SHIM_FOS,         /* a fos path: out holds the fs path ("/" = the fs root) */
 };
 
-extern int fos_shim_vcwd_set; /* a virtual cwd inside the fos tree is in effect */
+extern int fos_shim_vcwd_set;  /* a virtual cwd inside the fos tree is in effect */
+extern int fos_shim_rcwd_near; /* the kernel's cwd is an ancestor of the prefix ("/" for "/fos") */
 
 /* Cheap test, no syscall: could (dirfd, path) be a fos path? */
 static inline int fos_shim_maybe_fos(int dirfd, const char *path);
@@ -110,6 +112,8 @@ int fos_shim_split(char *fspath, const char **parent, const char **name);
 int fos_shim_vcwd_get(char out[FOS_SHIM_PATH_BUF]);
 /* Sets (fspath != NULL, an fs path) or clears the virtual cwd. */
 void fos_shim_vcwd_change(const char *fspath);
+/* Reads the kernel's cwd again (after a chdir to a host directory). */
+void fos_shim_rcwd_refresh(void);
 /* Writes prefix + fspath into out ("/fos" for "/"); -ENAMETOOLONG. */
 int fos_shim_host_path(const char *fspath, char *out, size_t cap);
 
@@ -276,7 +280,10 @@ int fos_shim_abs_maybe(const char *path);
 static inline int fos_shim_maybe_fos(int dirfd, const char *path) {
     if (FOS_SHIM_UNLIKELY(path == NULL)) return 0;
     if (path[0] == '/') return fos_shim_abs_maybe(path);
-    if (dirfd == AT_FDCWD) return __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE);
+    if (dirfd == AT_FDCWD) {
+        return __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE) ||
+               __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE) || strstr(path, "..") != NULL;
+    }
     return fos_shim_fd_marked(dirfd);
 }
 

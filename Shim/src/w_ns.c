@@ -143,8 +143,9 @@ FOS_SHIM_EXPORT int chdir(const char *path) {
     int k = fos_shim_maybe_fos(AT_FDCWD, path) ? fos_shim_classify(AT_FDCWD, path, p) : FOS_SHIM_HOST;
     if (k == FOS_SHIM_HOST || k == FOS_SHIM_REWRITTEN) {
         int r = FOS_REAL(chdir)(k == FOS_SHIM_HOST ? path : p);
-        if (r == 0 && __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) {
-            fos_shim_vcwd_change(NULL);
+        if (r == 0) {
+            if (__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) fos_shim_vcwd_change(NULL);
+            fos_shim_rcwd_refresh();
             errno = saved;
         }
         return r;
@@ -161,8 +162,9 @@ FOS_SHIM_EXPORT int fchdir(int fd) {
     fos_shim_ofd *o = fos_shim_fd(fd);
     if (!o) {
         int r = FOS_REAL(fchdir)(fd);
-        if (r == 0 && __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) {
-            fos_shim_vcwd_change(NULL);
+        if (r == 0) {
+            if (__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) fos_shim_vcwd_change(NULL);
+            fos_shim_rcwd_refresh();
             errno = saved;
         }
         return r;

@@ -42,6 +42,10 @@ int main(int argc, char **argv) {
     /* ".." out of the fos tree lands on the host. */
     CHECK(chdir("/fos") == 0 && stat("..", &st) == 0 && !is_fos_dev(st.st_dev));
     CHECK(stat("../tmp", &st) == 0 && S_ISDIR(st.st_mode) && !is_fos_dev(st.st_dev));
+    /* From a host cwd, relative paths reach the fos tree too. */
+    CHECK(chdir("/") == 0 && stat("fos", &st) == 0 && st.st_ino == 1 && is_fos_dev(st.st_dev));
+    CHECK(chdir("/tmp") == 0 && stat("../fos/.", &st) == 0 && st.st_ino == 1);
+    CHECK(stat(".", &st) == 0 && !is_fos_dev(st.st_dev));
     /* And back to the host cwd the program started in. */
     CHECK(chdir(host) == 0 && getcwd(cwd, sizeof cwd) && strcmp(cwd, host) == 0);
     CHECK(stat(".", &st) == 0 && !is_fos_dev(st.st_dev));
