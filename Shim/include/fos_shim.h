@@ -1,9 +1,10 @@
 /*
  * libfosshim.so: the fos shim, preloaded into unmodified programs by
  * fos-run (LD_PRELOAD). It has no API of its own: it exports the libc
- * file calls it redirects. This header records its contract.
+ * calls it redirects. This header records its contract.
  *
- * Environment (set by fos-run, read when each image starts):
+ * Environment (set by fos-run, read when each image starts; exec and
+ * posix_spawn put them back if a program drops them):
  *   FOS_PREFIX   where the fos file system appears (default /fos)
  *   FOS_RUNTIME  the node's runtime directory (default as libfos:
  *                $XDG_RUNTIME_DIR/fos, /run/fos for root, /tmp/fos-<uid>)
@@ -15,6 +16,12 @@
  * EHOSTDOWN when no node runs on FOS_RUNTIME or it has no fs fleet; with
  * EIO when a reply breaks the protocol; with EINTR when a signal handler
  * makes a fos call while its thread is inside one.
+ *
+ * Paths are resolved lexically ("." and ".." by name) before the fs sees
+ * them. Not served yet: exec of a program stored under the prefix
+ * (ENOEXEC), O_TMPFILE (EOPNOTSUPP), freopen onto a fos file, fos paths in
+ * posix_spawn file actions, raw system calls and static binaries (they see
+ * the host only), coherent MAP_SHARED mappings between processes.
  */
 #ifndef FOS_SHIM_PUBLIC_H
 #define FOS_SHIM_PUBLIC_H
