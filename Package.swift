@@ -1,6 +1,13 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// swiftc links every product with the Swift runtime: a start-up object
+// (swiftrt.o) and -lswiftCore. The shim must load into any program with
+// nothing but libc, so its product drops both: -nostartfiles drops the
+// object, and -static-stdlib with a resource directory whose
+// static-stdlib-args.lnk is empty (Shim/link) adds no library at all.
+let shimLinkFlags = ["-nostartfiles", "-static-stdlib", "-resource-dir", Context.packageDirectory + "/Shim/link/swift"]
+
 let package = Package(
     name: "fos",
     platforms: [.macOS(.v15)],
@@ -15,6 +22,8 @@ let package = Package(
         .executable(name: "fos-fs", targets: ["FosFSServer"]),
         .library(name: "FosFSClient", targets: ["FosFSClient"]),
         .executable(name: "fos-spawn", targets: ["FosSpawnServer"]),
+        .library(name: "fosshim", type: .dynamic, targets: ["FosShim"]),
+        .executable(name: "fos-run", targets: ["FosRun"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -71,5 +80,21 @@ let package = Package(
         // The spawn service (/sys/spawn): starts programs as their callers.
         .executableTarget(name: "FosSpawnServer", dependencies: ["FosCore", "CFosWire", "CFosSys",
                                                                  .product(name: "SystemPackage", package: "swift-system")]),
+        // The shim (libfosshim.so): C11, no Swift runtime inside, only the
+        // libc wrappers exported. It shares the wire headers of CFosWire.
+        .target(
+            name: "FosShim",
+            path: "Shim",
+            exclude: ["tests", "link"],
+            sources: ["src"],
+            publicHeadersPath: "include",
+            cSettings: [
+                .headerSearchPath("../Sources/CFosWire/include"),
+                .unsafeFlags(["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
+            ],
+            linkerSettings: [.unsafeFlags(shimLinkFlags)]
+        ),
+        // fos-run: runs a program with the shim preloaded.
+        .executableTarget(name: "FosRun", dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ]
 )

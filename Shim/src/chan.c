@@ -1,0 +1,174 @@
+/*
+ * A channel to a server, client side, as FosCore/Channel.swift keeps it: a
+ * size-sealed memfd with the request and reply rings (fos_ring.h) and two
+ * eventfds. A call is one request and its reply: the sender spins briefly
+ * for the reply, then announces sleep (consumer_sleeping, full fence,
+ * re-check: the Dekker protocol of fos_ring.h) and waits on its eventfd,
+ * and on fosd's socket, which says when the server side is gone.
+ *
+ * The shim has one call in flight per channel: any record that is not the
+ * reply to it breaks the protocol (EIO, and the caller drops the channel).
+ */
+#include "shim.h"
+
+#include <poll.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define FOS_SHIM_CALL_TIMEOUT_NS (120ull * 1000000000ull)
+
+static uint64_t fos_shim_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void fos_shim_efd_signal(int fd) {
+    uint64_t one = 1;
+    (void)syscall(SYS_write, fd, &one, sizeof one); /* EAGAIN: already signalled */
+}
+
+static void fos_shim_efd_drain(int fd) {
+    uint64_t v;
+    (void)syscall(SYS_read, fd, &v, sizeof v);
+}
+
+int fos_shim_chan_map(fos_shim_chan *c, const fos_ctl_channel *info, int fds[3]) {
+    memset(c, 0, sizeof *c);
+    c->memfd = c->wait_fd = c->wake_fd = -1;
+    c->peer_core = -1;
+    uint32_t rb = info->ring_bytes;
+    size_t size = (size_t)fos_chan_size(rb);
+    struct stat st;
+    /* Only a size-sealed memfd is safe to map: a peer that could shrink it
+     * would make our next access die of SIGBUS. */
+    long seals = syscall(SYS_fcntl, fds[0], F_GET_SEALS);
+    void *p = MAP_FAILED;
+    if (fos_ring_bytes_valid(rb) && seals >= 0 && (seals & F_SEAL_SHRINK) && syscall(SYS_fstat, fds[0], &st) == 0 &&
+        (uint64_t)st.st_size >= size) {
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    }
+    if (p == MAP_FAILED) {
+        for (int i = 0; i < 3; i++) fos_shim_sys_close(fds[i]);
+        return EIO;
+    }
+    fos_chan_shm *shm = p;
+    c->base = p;
+    c->size = size;
+    c->memfd = fds[0];
+    c->wake_fd = fds[1];
+    c->wait_fd = fds[2];
+    c->id = info->channel;
+    fos_ring_init(&c->tx, &shm->req, fos_chan_req_data(p), rb);
+    fos_ring_init(&c->rx, &shm->rep, fos_chan_rep_data(p, rb), rb);
+    return 0;
+}
+
+void fos_shim_chan_unmap(fos_shim_chan *c) {
+    if (c->base) munmap(c->base, c->size);
+    if (c->memfd >= 0) fos_shim_sys_close(c->memfd);
+    if (c->wait_fd >= 0) fos_shim_sys_close(c->wait_fd);
+    if (c->wake_fd >= 0) fos_shim_sys_close(c->wake_fd);
+    memset(c, 0, sizeof *c);
+    c->memfd = c->wait_fd = c->wake_fd = -1;
+}
+
+/* Waits up to ms for the eventfd or for fosd; 1 if the peer is gone. */
+static int fos_shim_chan_sleep(fos_shim_chan *c, int ms) {
+    struct pollfd p[2] = {{.fd = c->wait_fd, .events = POLLIN}, {.fd = fos_shim_conn_ctl_fd(), .events = POLLIN}};
+    int n = poll(p, p[1].fd >= 0 ? 2 : 1, ms);
+    if (n > 0 && (p[0].revents & POLLIN)) fos_shim_efd_drain(c->wait_fd);
+    if (n > 0 && p[1].revents) return fos_shim_conn_peer_gone(c);
+    return c->closed;
+}
+
+static int fos_shim_chan_send(fos_shim_chan *c, const void *a, uint32_t alen, const void *b, uint32_t blen,
+                              uint64_t deadline) {
+    for (int spins = 0;; spins++) {
+        int r = fos_ring_write2(&c->tx, a, alen, b, blen);
+        if (r == 0) break;
+        if (r != -EAGAIN) return EIO;
+        if (spins < 2000) {
+            fos_cpu_relax();
+            continue;
+        }
+        if (fos_shim_now_ns() > deadline) return ETIMEDOUT;
+        int gone = 0;
+        if (!fos_ring_prepare_wait_space(&c->tx, alen + blen)) gone = fos_shim_chan_sleep(c, 1);
+        fos_ring_space_done(&c->tx);
+        if (gone) return EPIPE;
+    }
+    if (fos_ring_consumer_asleep(&c->tx)) fos_shim_efd_signal(c->wake_fd);
+    return 0;
+}
+
+/* Consumes the next record if there is one: 1 (with *ok set if it is the
+ * reply to (op, id) and its payload fit in out), 0 if none, -EPROTO for a
+ * corrupt ring. fos_ring_read, but with the payload copied straight into
+ * the caller's buffer (a read's data lands in the program's memory). */
+static int fos_shim_take(fos_ring *r, uint16_t op, uint64_t id, fos_msg_hdr *h, void *out, uint32_t outcap, int *ok) {
+    int ready = fos_ring_readable(r);
+    if (ready <= 0) return ready;
+    uint64_t avail = r->other - r->pos;
+    uint32_t rec[2];
+    if (avail < FOS_RING_RECORD_HDR) return -EPROTO;
+    fos_ring_copy_out(r, r->pos, rec, sizeof rec);
+    uint32_t len = rec[0];
+    if ((rec[1] ^ FOS_RING_CHECK) != len || len == 0 || len > FOS_RING_MAX_RECORD) return -EPROTO;
+    uint64_t need = FOS_RING_RECORD_HDR + fos_ring_align8(len);
+    if (need > avail) return -EPROTO;
+    *ok = 0;
+    if (len >= sizeof *h) {
+        fos_ring_copy_out(r, r->pos + FOS_RING_RECORD_HDR, h, sizeof *h);
+        int mine = h->version == FOS_WIRE_VERSION && (h->flags & FOS_MSG_REPLY) && h->request_id == id &&
+                   (h->opcode == op || (h->opcode == FOS_OP_ERROR && h->status > 0));
+        if (mine && h->payload_len == len - sizeof *h && h->payload_len <= outcap && h->status >= 0) {
+            fos_ring_copy_out(r, r->pos + FOS_RING_RECORD_HDR + sizeof *h, out, h->payload_len);
+            *ok = 1;
+        }
+    }
+    r->pos += need;
+    return 1;
+}
+
+int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg, uint32_t mlen,
+                       const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
+                       int32_t *status) {
+    if (c->closed) return EPIPE;
+    fos_msg_hdr rq = {.version = FOS_WIRE_VERSION, .opcode = op, .request_id = id,
+                      .payload_len = mlen - (uint32_t)sizeof rq + blen};
+    memcpy(msg, &rq, sizeof rq);
+    uint64_t start = fos_shim_now_ns();
+    uint64_t deadline = start + FOS_SHIM_CALL_TIMEOUT_NS;
+    int err = fos_shim_chan_send(c, msg, mlen, bulk, blen, deadline);
+    if (err) return err;
+    /* Spinning on the server's own core only keeps it from answering. */
+    int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
+    uint64_t spin_until = start + (same_core ? 0 : fos_shim_cfg.spin_ns);
+    fos_msg_hdr h;
+    int ok = 0;
+    for (unsigned i = 1;; i++) {
+        int r = fos_shim_take(&c->rx, op, id, &h, out, outcap, &ok);
+        if (r > 0) break;
+        if (r < 0) return EIO;
+        if (i & 63) {
+            fos_cpu_relax();
+            continue;
+        }
+        uint64_t now = fos_shim_now_ns();
+        if (now < spin_until) continue;
+        if (now > deadline) return ETIMEDOUT;
+        if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
+        int gone = 0;
+        if (!fos_ring_prepare_sleep(&c->rx)) gone = fos_shim_chan_sleep(c, 1000);
+        fos_ring_wake_done(&c->rx);
+        if (gone && fos_ring_readable(&c->rx) == 0) return EPIPE;
+    }
+    if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
+    if (!ok) return EIO;
+    *outlen = h.payload_len;
+    *status = h.status;
+    return 0;
+}

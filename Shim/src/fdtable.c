@@ -1,0 +1,232 @@
+/*
+ * fos descriptors. An open fos file is a real kernel descriptor: a memfd
+ * placeholder, so the kernel gives fos files unique numbers, close-on-exec,
+ * inheritance and dup for free. The open file description is the
+ * placeholder's own, which every copy of the descriptor shares (dup, fork,
+ * exec), exactly as the kernel shares it:
+ *   - the file offset is the placeholder's file position, minus
+ *     FOS_SHIM_POS_BASE;
+ *   - the status flags (O_APPEND, O_NONBLOCK ...) are the placeholder's;
+ *   - what never changes (inode, access mode, file type) is in its name,
+ *     "fos-<ino>-<flags>-<mode>" in hex, which a new image reads back from
+ *     /proc/self/fd after exec;
+ *   - a directory's placeholder holds its readdir cookie and its fs path
+ *     (for *at, fchdir and fdopendir); a file's holds nothing, so opening
+ *     one costs no page.
+ * The placeholder's size is sealed and its position lies beyond its end, so
+ * a read that bypasses the shim (stdio's internal __read) sees end of file
+ * and a write fails (EPERM): neither can leak or corrupt anything.
+ *
+ * Per process, a table fd -> what the name says, mmap'd (no malloc before
+ * main), read without locks.
+ */
+#include "shim.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+fos_shim_ofd *fos_shim_fdtab;
+size_t fos_shim_fdtab_len;
+
+#define FOS_SHIM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+/* A directory placeholder: the cookie, then the path. */
+#define FOS_SHIM_DIR_COOKIE_AT 0
+#define FOS_SHIM_DIR_PATH_AT 8
+
+static fos_shim_ofd *fos_shim_table(void) {
+    fos_shim_ofd *t = __atomic_load_n(&fos_shim_fdtab, __ATOMIC_ACQUIRE);
+    if (t) return t;
+    struct rlimit rl;
+    size_t n = 1u << 20;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < n) {
+        n = rl.rlim_max < 1024 ? 1024 : (size_t)rl.rlim_max;
+    }
+    void *p = mmap(NULL, n * sizeof *t, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    fos_shim_ofd *expected = NULL;
+    if (!__atomic_compare_exchange_n(&fos_shim_fdtab, &expected, (fos_shim_ofd *)p, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        munmap(p, n * sizeof *t);
+        return expected;
+    }
+    __atomic_store_n(&fos_shim_fdtab_len, n, __ATOMIC_RELEASE);
+    return (fos_shim_ofd *)p;
+}
+
+void fos_shim_fd_forget(int fd) {
+    if (!fos_shim_fd_marked(fd)) return;
+    __atomic_store_n(&fos_shim_fdtab[fd].memfd_ino, 0, __ATOMIC_RELEASE);
+}
+
+/* st_ino of fd if it is a placeholder (a file with exactly our seals), else 0. */
+static uint64_t fos_shim_memfd_ino(int fd) {
+    struct stat st;
+    if (syscall(SYS_fstat, fd, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    return (uint64_t)st.st_ino;
+}
+
+fos_shim_ofd *fos_shim_fd(int fd) {
+    if (!fos_shim_fd_marked(fd)) return NULL;
+    fos_shim_ofd *o = &fos_shim_fdtab[fd];
+    /* A close we did not see (close_range, a raw syscall) and the number
+     * reused for another file: the kernel knows. */
+    if (fos_shim_memfd_ino(fd) != __atomic_load_n(&o->memfd_ino, __ATOMIC_ACQUIRE)) {
+        fos_shim_fd_forget(fd);
+        return NULL;
+    }
+    return o;
+}
+
+static int fos_shim_install(int fd, const fos_shim_ofd *o) {
+    fos_shim_ofd *t = fos_shim_table();
+    if (t == NULL || (size_t)fd >= fos_shim_fdtab_len) return -EMFILE;
+    __atomic_store_n(&t[fd].memfd_ino, 0, __ATOMIC_RELEASE);
+    t[fd].ino = o->ino;
+    t[fd].flags = o->flags;
+    t[fd].mode = o->mode;
+    __atomic_store_n(&t[fd].memfd_ino, o->memfd_ino, __ATOMIC_RELEASE);
+    return fd;
+}
+
+/* The kernel keeps these status flags in the placeholder's description. */
+#define FOS_SHIM_KERNEL_FL (O_APPEND | O_ASYNC | O_NOATIME | O_NONBLOCK)
+
+int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath) {
+    char name[64];
+    uint32_t kept = (uint32_t)(oflags & (O_ACCMODE | O_PATH));
+    snprintf(name, sizeof name, "fos-%llx-%x-%x", (unsigned long long)st->ino, kept, st->mode);
+    int fd = (int)syscall(SYS_memfd_create, name, MFD_ALLOW_SEALING | ((oflags & O_CLOEXEC) ? MFD_CLOEXEC : 0));
+    if (fd < 0) return -errno;
+    int err = 0;
+    if (S_ISDIR(st->mode)) {
+        size_t plen = strlen(fspath);
+        while (plen > 1 && fspath[plen - 1] == '/') plen--;
+        uint8_t buf[FOS_SHIM_DIR_PATH_AT + FOS_SHIM_PATH_BUF] = {0};
+        size_t n = FOS_SHIM_DIR_PATH_AT + plen;
+        if (plen >= FOS_SHIM_PATH_BUF) {
+            err = ENAMETOOLONG;
+        } else {
+            memcpy(buf + FOS_SHIM_DIR_PATH_AT, fspath, plen);
+            if (syscall(SYS_pwrite64, fd, buf, n, 0) != (long)n) err = errno ? errno : EIO;
+        }
+    }
+    fos_shim_ofd o = {.ino = st->ino, .flags = kept, .mode = st->mode};
+    if (err == 0 && (o.memfd_ino = fos_shim_memfd_ino(fd)) == 0) err = EIO;
+    if (err == 0 && syscall(SYS_fcntl, fd, F_ADD_SEALS, FOS_SHIM_SEALS) != 0) err = errno;
+    if (err == 0 && syscall(SYS_lseek, fd, (long)FOS_SHIM_POS_BASE, SEEK_SET) < 0) err = errno;
+    if (err == 0 && (oflags & FOS_SHIM_KERNEL_FL) && syscall(SYS_fcntl, fd, F_SETFL, oflags & FOS_SHIM_KERNEL_FL) != 0) {
+        err = errno;
+    }
+    if (err == 0) {
+        int r = fos_shim_install(fd, &o);
+        if (r >= 0) return r;
+        err = -r;
+    }
+    fos_shim_sys_close(fd);
+    return -err;
+}
+
+int fos_shim_fd_dup(int from, int to) {
+    fos_shim_ofd o = fos_shim_fdtab[from];
+    return fos_shim_install(to, &o);
+}
+
+int64_t fos_shim_fd_offset(int fd) {
+    long p = syscall(SYS_lseek, fd, 0L, SEEK_CUR);
+    if (p < 0) return -errno;
+    return p < (long)FOS_SHIM_POS_BASE ? 0 : p - (long)FOS_SHIM_POS_BASE;
+}
+
+int fos_shim_fd_seek(int fd, uint64_t off) {
+    if (off > (uint64_t)INT64_MAX - FOS_SHIM_POS_BASE) return -EOVERFLOW;
+    return syscall(SYS_lseek, fd, (long)(off + FOS_SHIM_POS_BASE), SEEK_SET) < 0 ? -errno : 0;
+}
+
+uint32_t fos_shim_fd_status(int fd, const fos_shim_ofd *o) {
+    long k = syscall(SYS_fcntl, fd, F_GETFL);
+    uint32_t kernel = k < 0 ? 0 : (uint32_t)k;
+    return (kernel & ~(uint32_t)O_ACCMODE) | o->flags;
+}
+
+int fos_shim_fd_set_status(int fd, uint32_t flags) {
+    long k = syscall(SYS_fcntl, fd, F_GETFL);
+    if (k < 0) return -errno;
+    long want = (k & ~(long)FOS_SHIM_KERNEL_FL) | (long)(flags & FOS_SHIM_KERNEL_FL);
+    return syscall(SYS_fcntl, fd, F_SETFL, want) < 0 ? -errno : 0;
+}
+
+int fos_shim_fd_cookie(int fd, uint64_t *cookie) {
+    return syscall(SYS_pread64, fd, cookie, sizeof *cookie, FOS_SHIM_DIR_COOKIE_AT) == sizeof *cookie ? 0 : -EBADF;
+}
+
+int fos_shim_fd_set_cookie(int fd, uint64_t cookie) {
+    return syscall(SYS_pwrite64, fd, &cookie, sizeof cookie, FOS_SHIM_DIR_COOKIE_AT) == sizeof cookie ? 0 : -EBADF;
+}
+
+int fos_shim_fd_path(int fd, const fos_shim_ofd *o, char out[FOS_SHIM_PATH_BUF]) {
+    if (!S_ISDIR(o->mode)) return -ENOTDIR;
+    long n = syscall(SYS_pread64, fd, out, FOS_SHIM_PATH_BUF - 1, FOS_SHIM_DIR_PATH_AT);
+    if (n <= 0 || out[0] != '/' || memchr(out, 0, (size_t)n) != NULL) return -EBADF;
+    out[n] = 0;
+    return (int)n;
+}
+
+/* "fos-<ino>-<flags>-<mode>" as the placeholder's name reads back. */
+static int fos_shim_parse_name(const char *s, fos_shim_ofd *o) {
+    unsigned long long v[3];
+    for (int i = 0; i < 3; i++) {
+        if (*s++ != '-') return -1;
+        char *end;
+        if (*s < '0' || (*s > '9' && *s < 'a') || *s > 'f') return -1;
+        v[i] = strtoull(s, &end, 16);
+        s = end;
+    }
+    if (strcmp(s, " (deleted)") != 0 || v[0] == 0 || v[1] > 0xffffffffu || v[2] > 0xffffffffu) return -1;
+    o->ino = v[0];
+    o->flags = (uint32_t)v[1];
+    o->mode = (uint32_t)v[2];
+    return 0;
+}
+
+struct fos_shim_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static const char fos_shim_memfd_prefix[] = "/memfd:fos";
+
+void fos_shim_fd_rediscover(void) {
+    static char buf[4096];
+    int dfd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
+        if (n <= 0) break;
+        for (long at = 0; at < n;) {
+            struct fos_shim_dirent64 *d = (struct fos_shim_dirent64 *)(buf + at);
+            at += d->d_reclen;
+            int fd = 0;
+            const char *c = d->d_name;
+            if (*c == 0 || *c == '.') continue;
+            for (; *c >= '0' && *c <= '9' && fd < (1 << 24); c++) fd = fd * 10 + (*c - '0');
+            if (*c != 0 || fd == dfd) continue;
+            char link[128];
+            long k = syscall(SYS_readlinkat, dfd, d->d_name, link, sizeof link - 1);
+            if (k <= (long)sizeof fos_shim_memfd_prefix - 1) continue;
+            link[k] = 0;
+            fos_shim_ofd o;
+            if (memcmp(link, fos_shim_memfd_prefix, sizeof fos_shim_memfd_prefix - 1) != 0 ||
+                fos_shim_parse_name(link + sizeof fos_shim_memfd_prefix - 1, &o) != 0 ||
+                syscall(SYS_fcntl, fd, F_GET_SEALS) != FOS_SHIM_SEALS || (o.memfd_ino = fos_shim_memfd_ino(fd)) == 0) {
+                continue;
+            }
+            fos_shim_install(fd, &o);
+        }
+    }
+    fos_shim_sys_close(dfd);
+}

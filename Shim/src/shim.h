@@ -1,0 +1,305 @@
+/*
+ * Internal interface of the fos shim (libfosshim.so), shared by its files.
+ *
+ * Everything here is hidden (-fvisibility=hidden); only the libc wrappers
+ * are exported, with FOS_SHIM_EXPORT. The shim runs inside unmodified
+ * programs, possibly before main, in signal handlers and in children of
+ * fork: no malloc on those paths (static buffers and mmap), errno saved on
+ * entry and set only to the real result.
+ */
+#ifndef FOS_SHIM_H
+#define FOS_SHIM_H
+
+#undef _FORTIFY_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "fos_ring.h"
+#include "fos_wire.h"
+
+#define FOS_SHIM_EXPORT __attribute__((visibility("default")))
+#define FOS_SHIM_TLS __thread __attribute__((tls_model("initial-exec")))
+#define FOS_SHIM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FOS_SHIM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* A host path or an fs path, with its NUL. */
+#define FOS_SHIM_PATH_BUF 4096
+
+/* The device number every fos file reports (st_dev): fixed, so that tools
+ * comparing devices (cp, du -x, find -xdev) see one file system. */
+#define FOS_SHIM_DEV_MAJOR 0u
+#define FOS_SHIM_DEV_MINOR 0xf05f5u
+
+/* ------------------------------------------------------------------ */
+/* init.c: configuration read once by the constructor                  */
+/* ------------------------------------------------------------------ */
+
+typedef struct fos_shim_config {
+    char prefix[256];          /* "/fos": absolute, normalised, no trailing '/' */
+    size_t prefix_len;
+    char runtime[FOS_SHIM_PATH_BUF]; /* the node's runtime directory */
+    uint64_t spin_ns;          /* how long a waiting call spins before it sleeps */
+} fos_shim_config;
+
+extern fos_shim_config fos_shim_cfg;
+
+/* umask of the process, kept by the umask wrapper: the fs applies none. */
+mode_t fos_shim_umask(void);
+
+/* ------------------------------------------------------------------ */
+/* real.c: the next definition of each wrapped symbol                  */
+/* ------------------------------------------------------------------ */
+
+/* The real function `name` (dlsym RTLD_NEXT, or dlvsym for `version`,
+ * resolved once). While this thread is already resolving (dlsym re-entered
+ * us), or if libc lacks it, a stub that fails with ENOSYS (returning -1,
+ * or MAP_FAILED as a pointer). */
+void *fos_shim_real(void **slot, const char *name, const char *version);
+#define FOS_REAL_V(fn, version)                                                       \
+    ({                                                                                \
+        static void *fos_shim_slot_;                                                  \
+        void *p_ = __atomic_load_n(&fos_shim_slot_, __ATOMIC_ACQUIRE);                \
+        if (FOS_SHIM_UNLIKELY(!p_)) p_ = fos_shim_real(&fos_shim_slot_, #fn, version); \
+        (__typeof__(&fn))p_;                                                          \
+    })
+#define FOS_REAL(fn) FOS_REAL_V(fn, NULL)
+
+/* The versions of the symbols glibc exports twice (SHIM-CHECKLIST.md) that
+ * today's programs link against; dlvsym falls back to dlsym elsewhere. */
+#define FOS_SHIM_V_REALPATH "GLIBC_2.3"
+#define FOS_SHIM_V_POSIX_SPAWN "GLIBC_2.15"
+
+/* ------------------------------------------------------------------ */
+/* path.c: which paths are fos paths                                   */
+/* ------------------------------------------------------------------ */
+
+enum {
+    FOS_SHIM_HOST = 0,    /* not fos: hand the caller's path to libc unchanged */
+    FOS_SHIM_REWRITTEN,   /* a host path, rewritten absolute into out (left the fos tree by "..",
+                             or relative to a virtual cwd) */
+    FOS_SHIM_FOS,         /* a fos path: out holds the fs path ("/" = the fs root) */
+};
+
+extern int fos_shim_vcwd_set;  /* a virtual cwd inside the fos tree is in effect */
+extern int fos_shim_rcwd_near; /* the kernel's cwd is an ancestor of the prefix ("/" for "/fos") */
+
+/* Cheap test, no syscall: could (dirfd, path) be a fos path? */
+static inline int fos_shim_maybe_fos(int dirfd, const char *path);
+
+/* Classifies (dirfd, path) and builds out. Returns FOS_SHIM_* or -errno. */
+int fos_shim_classify(int dirfd, const char *path, char out[FOS_SHIM_PATH_BUF]);
+/* Both paths of a rename or a link: 1 both fos (a and b hold the fs
+ * paths), 0 both host (the four in/out arguments then name them for
+ * libc), -EXDEV one of each, or another -errno. */
+int fos_shim_classify2(int *odir, const char **from, char *a, int *ndir, const char **to, char *b);
+/* Splits an fs path, in place, into its parent and its last name (both
+ * then point into fspath, or parent to "/"). Returns 1 for the fs root,
+ * which has no parent, else 0. */
+int fos_shim_split(char *fspath, const char **parent, const char **name);
+/* The virtual cwd (host form, "/fos/..."), or 0 if none: copied into out. */
+int fos_shim_vcwd_get(char out[FOS_SHIM_PATH_BUF]);
+/* Sets (fspath != NULL, an fs path) or clears the virtual cwd. */
+void fos_shim_vcwd_change(const char *fspath);
+/* Reads the kernel's cwd again (after a chdir to a host directory). */
+void fos_shim_rcwd_refresh(void);
+/* Writes prefix + fspath into out ("/fos" for "/"); -ENAMETOOLONG. */
+int fos_shim_host_path(const char *fspath, char *out, size_t cap);
+
+/* ------------------------------------------------------------------ */
+/* fdtable.c: fos descriptors are real kernel descriptors              */
+/* ------------------------------------------------------------------ */
+
+/* What a fos descriptor's placeholder says about its file, copied into the
+ * process's table (fdtable.c has the whole design). */
+typedef struct fos_shim_ofd {
+    uint64_t ino;
+    uint64_t memfd_ino;    /* st_ino of the placeholder; 0: no entry */
+    uint32_t flags;        /* access mode and O_PATH, fixed at open */
+    uint32_t mode;         /* S_IFMT and permissions at open */
+} fos_shim_ofd;
+
+/* The placeholder's file position is this plus the fos file's offset. */
+#define FOS_SHIM_POS_BASE (1ull << 20)
+
+/* The description of fd if it is a live fos descriptor, else NULL. The
+ * first call that sees an entry checks it against the kernel (a close that
+ * bypassed the shim leaves a stale one). */
+fos_shim_ofd *fos_shim_fd(int fd);
+/* No syscall: does the table hold an entry for fd (maybe stale)? */
+static inline int fos_shim_fd_marked(int fd);
+/* A new placeholder for an opened fs inode. Returns the fd or -errno. */
+int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath);
+/* After the kernel duplicated live fos descriptor `from` into `to`. */
+int fos_shim_fd_dup(int from, int to);
+/* The shared offset (or -errno), and setting it. */
+int64_t fos_shim_fd_offset(int fd);
+int fos_shim_fd_seek(int fd, uint64_t off);
+/* Status flags as F_GETFL shows them; F_SETFL. */
+uint32_t fos_shim_fd_status(int fd, const fos_shim_ofd *o);
+int fos_shim_fd_set_status(int fd, uint32_t flags);
+/* A directory's readdir cookie, shared like the offset. */
+int fos_shim_fd_cookie(int fd, uint64_t *cookie);
+int fos_shim_fd_set_cookie(int fd, uint64_t cookie);
+/* A directory's fs path into out: its length or -errno (-ENOTDIR for a file). */
+int fos_shim_fd_path(int fd, const fos_shim_ofd *o, char out[FOS_SHIM_PATH_BUF]);
+/* Forget fd (before the real close). */
+void fos_shim_fd_forget(int fd);
+/* Rebuild the table from inherited placeholders (after exec). */
+void fos_shim_fd_rediscover(void);
+
+/* ------------------------------------------------------------------ */
+/* conn.c and chan.c: the connection to the node and the fs channel    */
+/* ------------------------------------------------------------------ */
+
+typedef struct fos_shim_chan {
+    uint8_t *base;
+    size_t size;
+    int memfd, wait_fd, wake_fd;
+    uint64_t id;
+    int closed;            /* fosd said the other side closed */
+    int peer_core;         /* the core the server is pinned to, -1 if unknown */
+    fos_ring tx, rx;
+} fos_shim_chan;
+
+/* Maps a channel fosd handed us (fds: memfd, server eventfd, client
+ * eventfd); takes the descriptors. 0 or a positive errno. */
+int fos_shim_chan_map(fos_shim_chan *c, const fos_ctl_channel *info, int fds[3]);
+void fos_shim_chan_unmap(fos_shim_chan *c);
+/* One request and its reply on c. The request is msg[0..mlen) then
+ * bulk; msg starts with room for the fos_msg_hdr, which this fills in. The
+ * reply's payload lands in out (at most outcap bytes: a longer one is EIO).
+ * Returns 0 and the reply status in *status, or a transport errno (EPIPE:
+ * the server side is gone). */
+int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg, uint32_t mlen,
+                       const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
+                       int32_t *status);
+
+/* Control socket (ctl.c). */
+int fos_shim_ctl_open(const char *runtime);
+int fos_shim_ctl_request(int fd, uint16_t op, uint64_t id, const void *payload, uint32_t len, void *reply,
+                         uint32_t cap, uint32_t *rlen, int *fds, int maxfds, int *nfds);
+void fos_shim_ctl_notify_close(int fd, uint64_t channel);
+/* Reads what fosd sent meanwhile. -1: fosd closed the connection. */
+int fos_shim_ctl_drain(int fd);
+
+/* Called while a channel waits: reads fosd's notifications, and reports
+ * whether c has been closed or the node is gone. */
+int fos_shim_conn_peer_gone(fos_shim_chan *c);
+/* The control socket, -1 if none. */
+int fos_shim_conn_ctl_fd(void);
+
+/*
+ * One fs request: [fixed][tail] in a message, then [bulk] (the write data).
+ * Connects lazily (and again after fork or a change of credentials),
+ * serialises callers, and retries once on another member if the member
+ * died. Returns 0 or a positive errno: the fs's answer, EHOSTDOWN (no node
+ * or no fs fleet), EIO (a reply that breaks the protocol), EINTR (entered
+ * from a signal handler while this thread was inside a call).
+ */
+int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
+                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen);
+
+/* The credentials changed (setuid and friends): reconnect before the next call. */
+void fos_shim_creds_changed(void);
+/* The program is about to close or overwrite fd: if it is one of the
+ * connection's, the next call reconnects. No syscall. */
+int fos_shim_conn_owns(int fd);
+
+/* ------------------------------------------------------------------ */
+/* fsops.c: typed fs requests. Each returns 0 or a negative errno.      */
+/* ------------------------------------------------------------------ */
+
+int fos_shim_op_open(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_stat *st);
+int fos_shim_op_resolve(const char *fspath, int follow, uint64_t *ino);
+int fos_shim_op_getattr(uint64_t ino, fos_fs_stat *st);
+/* stat(2)/lstat(2) of an fs path: one message for anything but a final symlink. */
+int fos_shim_op_stat_path(const char *fspath, int follow, fos_fs_stat *st);
+int fos_shim_op_setattr(const fos_fs_setattr *sa, fos_fs_stat *st);
+int64_t fos_shim_op_read(uint64_t ino, uint64_t off, void *buf, size_t n);
+/* Writes n bytes at off (or at the end with append); *where = where the
+ * first byte went. Returns bytes written or -errno. */
+int64_t fos_shim_op_write(uint64_t ino, uint64_t off, const void *buf, size_t n, int append, uint64_t *where);
+int fos_shim_op_fsync(uint64_t ino, int datasync);
+/* These take the caller's fs path buffers and split them in place. */
+int fos_shim_op_mkdir(char *fspath, uint32_t mode);
+int fos_shim_op_remove(char *fspath, int dir);
+int fos_shim_op_rename(char *from, char *to, uint32_t flags);
+/* Fills a linux_dirent64 buffer from the directory's cookie onwards;
+ * returns bytes used (0 at the end) and advances *cookie. */
+int64_t fos_shim_op_getdents(uint64_t ino, uint64_t *cookie, void *buf, size_t cap);
+int fos_shim_op_lock(const fos_fs_lock *l, fos_fs_lock_reply *r);
+int64_t fos_shim_op_readlink(uint64_t ino, char *buf, size_t cap);
+int fos_shim_op_symlink(const char *target, char *fspath);
+int fos_shim_op_mknod(char *fspath, uint32_t mode, uint64_t rdev);
+int fos_shim_op_link(uint64_t ino, char *fspath);
+int fos_shim_op_statfs(fos_fs_statfs *s);
+
+/* w_io.c: access checks and I/O on a live fos descriptor fd (entry o). at
+ * < 0: at the shared offset, which then advances. Bytes or -errno. */
+int fos_shim_access(const fos_shim_ofd *o, int want_write);
+int64_t fos_shim_pread_fos(int fd, const fos_shim_ofd *o, void *buf, size_t n, int64_t at);
+int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size_t n, int64_t at);
+
+/* w_stdio.c: point stdin, stdout or stderr (fd 0, 1, 2) at a stream over
+ * the fos file fd now is, or back at the original one. */
+void fos_shim_std_rebind(int fd);
+
+/* stat.c helpers shared by the wrappers. */
+void fos_shim_fill_stat(struct stat *out, const fos_fs_stat *st);
+/* Does st grant `mask` (R_OK 4, W_OK 2, X_OK 1) to uid/gid (and groups)? */
+int fos_shim_permits(const fos_fs_stat *st, int mask, int effective);
+
+/* ------------------------------------------------------------------ */
+/* Inline fast paths                                                   */
+/* ------------------------------------------------------------------ */
+
+extern fos_shim_ofd *fos_shim_fdtab;
+extern size_t fos_shim_fdtab_len;
+
+static inline int fos_shim_fd_marked(int fd) {
+    if (fd < 0) return 0;
+    fos_shim_ofd *t = __atomic_load_n(&fos_shim_fdtab, __ATOMIC_ACQUIRE);
+    if (FOS_SHIM_LIKELY(t == NULL) || (size_t)fd >= __atomic_load_n(&fos_shim_fdtab_len, __ATOMIC_ACQUIRE)) return 0;
+    return __atomic_load_n(&t[fd].memfd_ino, __ATOMIC_ACQUIRE) != 0;
+}
+
+int fos_shim_abs_maybe(const char *path);
+
+static inline int fos_shim_maybe_fos(int dirfd, const char *path) {
+    if (FOS_SHIM_UNLIKELY(path == NULL)) return 0;
+    if (path[0] == '/') return fos_shim_abs_maybe(path);
+    if (dirfd == AT_FDCWD) {
+        return __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE) ||
+               __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE) || strstr(path, "..") != NULL;
+    }
+    return fos_shim_fd_marked(dirfd);
+}
+
+/* The shim's own descriptors are closed, read and written with raw
+ * syscalls: the libc names would reach the shim's own wrappers. */
+#define fos_shim_sys_close(fd) ((int)syscall(SYS_close, (fd)))
+
+/* errno discipline: a result r >= 0 restores the caller's errno; r < 0
+ * is -errno, set and -1 returned. */
+static inline long fos_shim_ret(long r, int saved) {
+    if (r < 0) {
+        errno = (int)-r;
+        return -1;
+    }
+    errno = saved;
+    return r;
+}
+
+#endif

@@ -1,0 +1,170 @@
+/*
+ * mmap of fos files. The kernel would map the placeholder, so a fos mapping
+ * is anonymous memory filled from the file at mmap time:
+ *   - MAP_PRIVATE: exact, except that pages are not refreshed by later
+ *     writes to the file (Linux shows them until a page is first written);
+ *   - MAP_SHARED: the same snapshot, and if writable, its pages are written
+ *     back to the file by msync, munmap and at exit. Another process that
+ *     maps the same file does not see them before that: no coherence
+ *     between processes (what SQLite's WAL index needs).
+ * Beyond the end of the file the mapping reads zeros (Linux: SIGBUS past
+ * the last page).
+ */
+#include "shim.h"
+
+#include <pthread.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define FOS_SHIM_MAPS 256
+
+typedef struct fos_shim_map {
+    uint8_t *addr;
+    size_t len;
+    uint64_t ino;
+    uint64_t off;
+} fos_shim_map;
+
+/* Writable shared mappings, to be written back. */
+static fos_shim_map fos_shim_maps[FOS_SHIM_MAPS];
+static int fos_shim_nmaps;
+static pthread_mutex_t fos_shim_maps_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void fos_shim_maps_atfork_child(void) { pthread_mutex_init(&fos_shim_maps_mu, NULL); }
+
+/* Writes [a, a+n) of mapping m back, up to the file's current size. */
+static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n) {
+    fos_fs_stat st;
+    int r = fos_shim_op_getattr(m->ino, &st);
+    if (r) return r;
+    uint64_t at = m->off + (uint64_t)(a - m->addr);
+    if (at >= st.size) return 0;
+    if (n > st.size - at) n = (size_t)(st.size - at);
+    uint64_t where;
+    int64_t put = fos_shim_op_write(m->ino, at, a, n, 0, &where);
+    return put < 0 ? (int)put : put == (int64_t)n ? 0 : -EIO;
+}
+
+/* Writes back every part of [addr, addr+len) that a writable shared fos
+ * mapping covers; with forget, drops those parts from the records. */
+static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget) {
+    int err = 0;
+    pthread_mutex_lock(&fos_shim_maps_mu);
+    for (int i = 0; i < FOS_SHIM_MAPS; i++) {
+        fos_shim_map *m = &fos_shim_maps[i];
+        if (m->addr == NULL || addr >= m->addr + m->len || addr + len <= m->addr) continue;
+        uint8_t *a = addr > m->addr ? addr : m->addr;
+        uint8_t *b = addr + len < m->addr + m->len ? addr + len : m->addr + m->len;
+        int r = fos_shim_write_back(m, a, (size_t)(b - a));
+        if (r && !err) err = r;
+        if (!forget) continue;
+        if (a == m->addr && b == m->addr + m->len) {
+            m->addr = NULL;
+            __atomic_sub_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
+        } else if (a == m->addr) {
+            m->off += (uint64_t)(b - m->addr);
+            m->len -= (size_t)(b - m->addr);
+            m->addr = b;
+        } else {
+            m->len = (size_t)(a - m->addr); /* the tail goes; a hole in the middle keeps the head only */
+        }
+    }
+    pthread_mutex_unlock(&fos_shim_maps_mu);
+    return err;
+}
+
+static int fos_shim_record(uint8_t *addr, size_t len, uint64_t ino, uint64_t off) {
+    int ok = -ENOMEM;
+    pthread_mutex_lock(&fos_shim_maps_mu);
+    for (int i = 0; i < FOS_SHIM_MAPS && ok; i++) {
+        if (fos_shim_maps[i].addr != NULL) continue;
+        fos_shim_maps[i] = (fos_shim_map){.addr = addr, .len = len, .ino = ino, .off = off};
+        __atomic_add_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
+        ok = 0;
+    }
+    pthread_mutex_unlock(&fos_shim_maps_mu);
+    return ok;
+}
+
+static void *fos_shim_mmap_fos(void *addr, size_t len, int prot, int flags, const fos_shim_ofd *o, off_t off) {
+    int acc = (int)(o->flags & O_ACCMODE);
+    int shared_write = (flags & MAP_SHARED) && (prot & PROT_WRITE);
+    if (len == 0 || off < 0 || (off & 4095)) return (void *)(intptr_t)-EINVAL;
+    if ((o->flags & O_PATH) || S_ISDIR(o->mode)) return (void *)(intptr_t)-EACCES;
+    if (acc == O_WRONLY || (shared_write && acc != O_RDWR)) return (void *)(intptr_t)-EACCES;
+    fos_fs_stat st;
+    int r = fos_shim_op_getattr(o->ino, &st);
+    if (r) return (void *)(intptr_t)r;
+    int keep = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_POPULATE | MAP_NORESERVE | MAP_LOCKED);
+    uint8_t *p = FOS_REAL(mmap)(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | keep, -1, 0);
+    if (p == MAP_FAILED) return (void *)(intptr_t)-errno;
+    if ((uint64_t)off < st.size) {
+        size_t want = st.size - (uint64_t)off < len ? (size_t)(st.size - (uint64_t)off) : len;
+        int64_t got = fos_shim_op_read(o->ino, (uint64_t)off, p, want);
+        r = got < 0 ? (int)got : 0;
+    }
+    if (r == 0 && prot != (PROT_READ | PROT_WRITE) && mprotect(p, len, prot) != 0) r = -errno;
+    if (r == 0 && shared_write) r = fos_shim_record(p, len, o->ino, (uint64_t)off);
+    if (r) {
+        FOS_REAL(munmap)(p, len);
+        return (void *)(intptr_t)r;
+    }
+    return p;
+}
+
+static void *fos_shim_mmap_any(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    int saved = errno;
+    fos_shim_ofd *o = fos_shim_fd(fd);
+    if (o == NULL) return FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
+    void *p = fos_shim_mmap_fos(addr, len, prot, flags, o, off);
+    intptr_t e = (intptr_t)p;
+    if (e < 0 && e > -4096) {
+        errno = (int)-e;
+        return MAP_FAILED;
+    }
+    errno = saved;
+    return p;
+}
+
+FOS_SHIM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd) || (flags & MAP_ANONYMOUS))) {
+        return FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
+    }
+    return fos_shim_mmap_any(addr, len, prot, flags, fd, off);
+}
+
+FOS_SHIM_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd) || (flags & MAP_ANONYMOUS))) {
+        return FOS_REAL(mmap64)(addr, len, prot, flags, fd, off);
+    }
+    return fos_shim_mmap_any(addr, len, prot, flags, fd, off);
+}
+
+FOS_SHIM_EXPORT int munmap(void *addr, size_t len) {
+    if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) > 0)) {
+        int saved = errno;
+        (void)fos_shim_sync_range(addr, len, 1); /* unmapping cannot report a failed write-back */
+        errno = saved;
+    }
+    return FOS_REAL(munmap)(addr, len);
+}
+
+FOS_SHIM_EXPORT int msync(void *addr, size_t len, int flags) {
+    if (FOS_SHIM_LIKELY(__atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) == 0)) return FOS_REAL(msync)(addr, len, flags);
+    int saved = errno;
+    int r = fos_shim_sync_range(addr, len, 0);
+    if (r) return (int)fos_shim_ret(r, saved);
+    return FOS_REAL(msync)(addr, len, flags);
+}
+
+/* At exit, what a writable shared mapping holds reaches the file, as the
+ * kernel would write dirty pages back. */
+__attribute__((destructor)) static void fos_shim_maps_at_exit(void) {
+    if (__atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) == 0) return;
+    int saved = errno;
+    for (int i = 0; i < FOS_SHIM_MAPS; i++) {
+        fos_shim_map m = fos_shim_maps[i];
+        if (m.addr) (void)fos_shim_write_back(&m, m.addr, m.len);
+    }
+    errno = saved;
+}

@@ -1,0 +1,131 @@
+/*
+ * open(2) and close(2) and their aliases. A fos path becomes one OPEN
+ * message (permission checks, O_CREAT, O_EXCL, O_TRUNC, O_DIRECTORY,
+ * O_NOFOLLOW done by the fs) and a placeholder descriptor; every other
+ * path goes to libc after one inline test, with no syscall added.
+ */
+#include "shim.h"
+
+#include <stdarg.h>
+
+void fos_shim_lock_release(const fos_shim_ofd *o);
+
+/* O_TMPFILE includes O_DIRECTORY: only both bits together mean it. */
+#define FOS_SHIM_NEEDS_MODE(flags) (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE)
+
+#define FOS_SHIM_MODE_ARG(flags, mode)                                                  \
+    mode_t mode = 0;                                                                    \
+    if (FOS_SHIM_NEEDS_MODE(flags)) {                                                   \
+        va_list ap;                                                                     \
+        va_start(ap, flags);                                                            \
+        mode = (mode_t)va_arg(ap, int);                                                 \
+        va_end(ap);                                                                     \
+    }
+
+static int fos_shim_open_fos(char *fspath, int flags, mode_t mode) {
+    if ((flags & O_TMPFILE) == O_TMPFILE) return -EOPNOTSUPP;
+    fos_fs_stat st;
+    int r;
+    if (flags & O_PATH) {
+        /* No access to the file itself is checked for O_PATH, as on Linux. */
+        r = fos_shim_op_stat_path(fspath, !(flags & O_NOFOLLOW), &st);
+        if (r == 0 && (flags & O_DIRECTORY) && !S_ISDIR(st.mode)) r = -ENOTDIR;
+    } else {
+        uint32_t sent = (uint32_t)(flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW));
+        r = fos_shim_op_open(fspath, sent, (uint32_t)(mode & ~fos_shim_umask() & 07777), &st);
+    }
+    if (r) return r;
+    return fos_shim_fd_create(&st, flags, fspath);
+}
+
+/* The slow path of every open: classify, then the fs or libc. */
+static int fos_shim_open_slow(int dirfd, const char *path, int flags, mode_t mode) {
+    char p[FOS_SHIM_PATH_BUF];
+    int saved = errno;
+    int k = fos_shim_classify(dirfd, path, p);
+    if (k == FOS_SHIM_HOST) return FOS_REAL(openat)(dirfd, path, flags, mode);
+    if (k == FOS_SHIM_REWRITTEN) return FOS_REAL(openat)(AT_FDCWD, p, flags, mode);
+    if (k < 0) return (int)fos_shim_ret(k, saved);
+    return (int)fos_shim_ret(fos_shim_open_fos(p, flags, mode), saved);
+}
+
+FOS_SHIM_EXPORT int open(const char *path, int flags, ...) {
+    FOS_SHIM_MODE_ARG(flags, mode);
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL(open)(path, flags, mode);
+    return fos_shim_open_slow(AT_FDCWD, path, flags, mode);
+}
+
+FOS_SHIM_EXPORT int open64(const char *path, int flags, ...) {
+    FOS_SHIM_MODE_ARG(flags, mode);
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL(open64)(path, flags, mode);
+    return fos_shim_open_slow(AT_FDCWD, path, flags, mode);
+}
+
+FOS_SHIM_EXPORT int openat(int dirfd, const char *path, int flags, ...) {
+    FOS_SHIM_MODE_ARG(flags, mode);
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(dirfd, path))) return FOS_REAL(openat)(dirfd, path, flags, mode);
+    return fos_shim_open_slow(dirfd, path, flags, mode);
+}
+
+FOS_SHIM_EXPORT int openat64(int dirfd, const char *path, int flags, ...) {
+    FOS_SHIM_MODE_ARG(flags, mode);
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(dirfd, path))) return FOS_REAL(openat64)(dirfd, path, flags, mode);
+    return fos_shim_open_slow(dirfd, path, flags, mode);
+}
+
+FOS_SHIM_EXPORT int creat(const char *path, mode_t mode) {
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL(creat)(path, mode);
+    return fos_shim_open_slow(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
+}
+
+FOS_SHIM_EXPORT int creat64(const char *path, mode_t mode) {
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path))) return FOS_REAL(creat64)(path, mode);
+    return fos_shim_open_slow(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
+}
+
+/* Fortified opens (_FORTIFY_SOURCE): no mode argument; with O_CREAT the
+ * real one reports the bug and aborts, so it gets those calls. */
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+
+FOS_SHIM_EXPORT int __open_2(const char *path, int flags) {
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path)) || FOS_SHIM_NEEDS_MODE(flags)) {
+        return FOS_REAL(__open_2)(path, flags);
+    }
+    return fos_shim_open_slow(AT_FDCWD, path, flags, 0);
+}
+
+FOS_SHIM_EXPORT int __open64_2(const char *path, int flags) {
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path)) || FOS_SHIM_NEEDS_MODE(flags)) {
+        return FOS_REAL(__open64_2)(path, flags);
+    }
+    return fos_shim_open_slow(AT_FDCWD, path, flags, 0);
+}
+
+FOS_SHIM_EXPORT int __openat_2(int dirfd, const char *path, int flags) {
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(dirfd, path)) || FOS_SHIM_NEEDS_MODE(flags)) {
+        return FOS_REAL(__openat_2)(dirfd, path, flags);
+    }
+    return fos_shim_open_slow(dirfd, path, flags, 0);
+}
+
+FOS_SHIM_EXPORT int __openat64_2(int dirfd, const char *path, int flags) {
+    if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(dirfd, path)) || FOS_SHIM_NEEDS_MODE(flags)) {
+        return FOS_REAL(__openat64_2)(dirfd, path, flags);
+    }
+    return fos_shim_open_slow(dirfd, path, flags, 0);
+}
+
+FOS_SHIM_EXPORT int close(int fd) {
+    if (FOS_SHIM_UNLIKELY(fos_shim_fd_marked(fd))) {
+        int saved = errno;
+        fos_shim_ofd *o = fos_shim_fd(fd);
+        if (o) fos_shim_lock_release(o);
+        fos_shim_fd_forget(fd);
+        errno = saved;
+    }
+    fos_shim_conn_owns(fd);
+    return FOS_REAL(close)(fd);
+}

@@ -1,0 +1,131 @@
+/* Descriptors: dup, dup2, dup3 and fcntl share the open file description
+ * (offset, status flags) as the kernel does; so do fork and the vector
+ * calls; record locks and flock between processes. */
+#include "check.h"
+
+#include <sys/file.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+
+static int make(const char *d, const char *name, const char *text) {
+    int fd = open(path_in(d, name), O_CREAT | O_RDWR | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    write_all(fd, text, strlen(text));
+    CHECK(lseek(fd, 0, SEEK_SET) == 0);
+    return fd;
+}
+
+static void test_dup(const char *d) {
+    int fd = make(d, "dup", "0123456789");
+    char b[4];
+    int a = dup(fd);
+    CHECK(a > fd);
+    CHECK(read(fd, b, 3) == 3 && lseek(a, 0, SEEK_CUR) == 3);
+    CHECK(read(a, b, 2) == 2 && memcmp(b, "34", 2) == 0 && lseek(fd, 0, SEEK_CUR) == 5);
+    int c = 50;
+    CHECK(dup2(fd, c) == c);
+    CHECK(read(c, b, 1) == 1 && b[0] == '5' && lseek(fd, 0, SEEK_CUR) == 6);
+    /* dup2 over a fos descriptor: the old one is gone, the new one shares. */
+    int other = make(d, "other", "xyz");
+    CHECK(dup2(other, c) == c);
+    CHECK(read(c, b, 1) == 1 && b[0] == 'x');
+    CHECK(dup3(fd, c, O_CLOEXEC) == c && (fcntl(c, F_GETFD) & FD_CLOEXEC));
+    CHECK(read(c, b, 1) == 1 && b[0] == '6');
+    CHECK_ERRNO(dup3(fd, fd, 0), EINVAL);
+    /* fcntl: F_DUPFD above a floor, status flags shared, descriptor flags not. */
+    int e = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+    CHECK(e >= 100 && (fcntl(e, F_GETFD) & FD_CLOEXEC) && !(fcntl(fd, F_GETFD) & FD_CLOEXEC));
+    CHECK((fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDWR && !(fcntl(fd, F_GETFL) & O_APPEND));
+    CHECK(fcntl(e, F_SETFL, O_APPEND | O_NONBLOCK) == 0);
+    CHECK((fcntl(fd, F_GETFL) & (O_APPEND | O_NONBLOCK)) == (O_APPEND | O_NONBLOCK));
+    CHECK(write(fd, "!", 1) == 1 && lseek(fd, 0, SEEK_CUR) == 11);
+    CHECK(fcntl(e, F_SETFL, 0) == 0 && !(fcntl(a, F_GETFL) & O_APPEND));
+    close(e);
+    /* Closing one copy leaves the others working. */
+    close(a);
+    CHECK(pread(fd, b, 1, 0) == 1 && b[0] == '0');
+    close(c);
+    close(fd);
+    close(other);
+}
+
+static void test_vectors(const char *d) {
+    int fd = make(d, "vec", "");
+    struct iovec w[3] = {{"ab", 2}, {"", 0}, {"cdef", 4}};
+    CHECK(writev(fd, w, 3) == 6);
+    CHECK(lseek(fd, 1, SEEK_SET) == 1);
+    char x[2], y[10];
+    struct iovec r[2] = {{x, 2}, {y, 10}};
+    CHECK(readv(fd, r, 2) == 5 && memcmp(x, "bc", 2) == 0 && memcmp(y, "def", 3) == 0);
+    /* Positional forms leave the offset alone. */
+    struct iovec p[2] = {{"XY", 2}, {"Z", 1}};
+    CHECK(pwritev(fd, p, 2, 1) == 3 && lseek(fd, 0, SEEK_CUR) == 6);
+    CHECK(preadv(fd, r, 2, 0) == 6 && memcmp(x, "aX", 2) == 0 && memcmp(y, "YZef", 4) == 0);
+    CHECK(lseek(fd, 0, SEEK_CUR) == 6);
+    CHECK(preadv2(fd, r, 1, 0, 0) == 2 && pwritev2(fd, p, 1, -1, 0) == 2 && lseek(fd, 0, SEEK_CUR) == 8);
+    close(fd);
+}
+
+static void test_fork(const char *d) {
+    int fd = make(d, "fork", "abcdefghij");
+    char b[4];
+    CHECK(read(fd, b, 2) == 2);
+    pid_t p = fork();
+    CHECK(p >= 0);
+    if (p == 0) {
+        /* The child shares the offset, and reconnects to the node on its own. */
+        if (read(fd, b, 3) != 3 || memcmp(b, "cde", 3) != 0) _exit(2);
+        int g = open(path_in(d, "from-child"), O_CREAT | O_WRONLY, 0644);
+        if (g < 0 || write(g, "child", 5) != 5) _exit(3);
+        _exit(0);
+    }
+    int st;
+    CHECK(waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(lseek(fd, 0, SEEK_CUR) == 5);
+    CHECK(read(fd, b, 1) == 1 && b[0] == 'f');
+    struct stat s;
+    CHECK(stat(path_in(d, "from-child"), &s) == 0 && s.st_size == 5);
+    close(fd);
+}
+
+static void test_locks(const char *d) {
+    int fd = make(d, "lock", "0123456789");
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 5};
+    CHECK(fcntl(fd, F_SETLK, &fl) == 0);
+    pid_t me = getpid();
+    pid_t p = fork();
+    CHECK(p >= 0);
+    if (p == 0) {
+        int g = open(path_in(d, "lock"), O_RDWR);
+        struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 2, .l_len = 1};
+        if (fcntl(g, F_GETLK, &q) != 0 || q.l_type != F_WRLCK || q.l_pid != me) _exit(2);
+        q.l_type = F_WRLCK;
+        if (fcntl(g, F_SETLK, &q) != -1 || (errno != EAGAIN && errno != EACCES)) _exit(3);
+        struct flock free = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 6, .l_len = 2};
+        if (fcntl(g, F_SETLK, &free) != 0) _exit(4);
+        if (flock(g, LOCK_EX | LOCK_NB) != 0) _exit(5);
+        _exit(0);
+    }
+    int st;
+    CHECK(waitpid(p, &st, 0) == p && WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+    /* The child's locks went with it: when the fs hears that its channel
+     * closed, a moment after the exit (not at once, as on Linux). */
+    int tries = 0;
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && tries++ < 200) usleep(10000);
+    CHECK(tries < 200 && flock(fd, LOCK_UN) == 0);
+    fl.l_type = F_UNLCK;
+    CHECK(fcntl(fd, F_SETLK, &fl) == 0);
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    umask(022);
+    CHECK(argc == 2 && mkdir(argv[1], 0755) == 0);
+    test_dup(argv[1]);
+    test_vectors(argv[1]);
+    test_fork(argv[1]);
+    test_locks(argv[1]);
+    puts("ok");
+    return 0;
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import FosCore
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The child's pid, for the signal handlers that pass SIGTERM and SIGHUP on.
+let childPID = Atomic<Int32>(0)
+
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    FileHandle.standardError.write(Data("fos-run: \(message)\n".utf8))
+    exit(code)
+}
+
+struct FosRun: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fos-run",
+        abstract: "Run a program on the fos file system.",
+        usage: "fos-run [--prefix <prefix>] [--cwd <cwd>] [--runtime <runtime>] -- COMMAND [ARGS...]",
+        discussion: """
+            Starts COMMAND with the fos shim (libfosshim.so, from fos-run's own directory) \
+            preloaded: its file calls on paths under the prefix go to the fs fleet of the node on \
+            the runtime directory; every other path goes to the host as usual. stdin, stdout, \
+            stderr and the environment pass through; fos-run exits with COMMAND's status, or \
+            128+N if a signal N killed it. SIGTERM and SIGHUP are passed on to COMMAND.
+
+            Only dynamically linked programs that call libc see the shim: a static binary or one \
+            that makes its own system calls (Go) sees the host's paths only, and nothing detects \
+            it yet. A program stored under the prefix cannot be started yet (exec of fos files \
+            needs the spawn service).
+            """)
+
+    @Option(help: "Where the fos file system appears to the program.")
+    var prefix: String = "/fos"
+
+    @Option(help: "Working directory of the program; under the prefix it is a fos directory.")
+    var cwd: String?
+
+    @Option(help: "The node's runtime directory (default: FOS_RUNTIME, $XDG_RUNTIME_DIR/fos, /run/fos for root).")
+    var runtime: String?
+
+    @Argument(parsing: .remaining, help: "COMMAND and its arguments, after --.")
+    var command: [String] = []
+
+    func run() throws {
+        var argv = command
+        if argv.first == "--" { argv.removeFirst() }
+        guard let program = argv.first else { fail("no command given (fos-run -- CMD ARGS...)", code: 2) }
+        guard let pfx = FosRun.normalise(prefix), pfx != "/" else {
+            fail("--prefix must be an absolute directory other than /", code: 2)
+        }
+        let shim = FosRun.shimPath()
+        guard access(shim, R_OK) == 0 else { fail("\(shim) is missing: build it with `swift build`") }
+        let rt = runtime ?? NodePaths.defaultRuntime()
+        do {
+            _ = try ControlConnection.connect(runtime: rt)
+        } catch {
+            fail("no fos node is running on \(rt) (start fosd, or give --runtime or FOS_RUNTIME)")
+        }
+
+        var env = ProcessInfo.processInfo.environment
+        env["LD_PRELOAD"] = [shim, env["LD_PRELOAD"]].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
+        env["FOS_PREFIX"] = pfx
+        env["FOS_RUNTIME"] = rt
+        var hostCwd: String?
+        if let c = cwd {
+            let absolute = c.hasPrefix("/") ? c : FileManager.default.currentDirectoryPath + "/" + c
+            guard let n = FosRun.normalise(absolute) else { fail("bad --cwd \(c)", code: 2) }
+            if n == pfx || n.hasPrefix(pfx + "/") {
+                env["FOS_CWD"] = n
+            } else {
+                env["FOS_CWD"] = nil
+                hostCwd = n
+            }
+        }
+        if let d = hostCwd, chdir(d) != 0 { fail("--cwd \(d): \(String(cString: strerror(errno)))") }
+        Glibc.exit(FosRun.spawnAndWait(program: program, argv: argv, env: env))
+    }
+
+    /// libfosshim.so from the directory fos-run runs from (the build directory).
+    static func shimPath() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return (exe as NSString).deletingLastPathComponent + "/libfosshim.so"
+    }
+
+    /// An absolute path with ".", ".." and repeated slashes resolved by name.
+    static func normalise(_ p: String) -> String? {
+        guard p.hasPrefix("/") else { return nil }
+        var out: [Substring] = []
+        for c in p.split(separator: "/") where c != "." {
+            if c == ".." { _ = out.popLast() } else { out.append(c) }
+        }
+        return "/" + out.joined(separator: "/")
+    }
+
+    /// posix_spawnp with the signals fos-run ignores back at their defaults
+    /// in the child; returns the exit status fos-run should give.
+    static func spawnAndWait(program: String, argv: [String], env: [String: String]) -> Int32 {
+        var attr = posix_spawnattr_t()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawnattr_init(&attr)
+        posix_spawn_file_actions_init(&actions)
+        defer {
+            posix_spawnattr_destroy(&attr)
+            posix_spawn_file_actions_destroy(&actions)
+        }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGPIPE] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+
+        // The terminal's ^C and ^\ reach the child too: its fate decides ours.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGQUIT, SIG_IGN)
+        let forward: @convention(c) (Int32) -> Void = { sig in
+            let pid = childPID.load(ordering: .relaxed)
+            if pid > 0 { kill(pid, sig) }
+        }
+        signal(SIGTERM, forward)
+        signal(SIGHUP, forward)
+
+        let envp = env.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let r = withCStrings(argv) { a in
+            withCStrings(envp) { e in posix_spawnp(&pid, program, &actions, &attr, a, e) }
+        }
+        if r != 0 { fail("\(program): \(String(cString: strerror(r)))", code: r == ENOENT ? 127 : 126) }
+        childPID.store(pid, ordering: .relaxed)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno != EINTR { fail("waitpid: \(String(cString: strerror(errno)))") }
+        }
+        let sig = status & 0x7f
+        if sig == 0 { return (status >> 8) & 0xff }
+        return 128 + sig
+    }
+}
+
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var ptrs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    ptrs.append(nil)
+    defer { ptrs.forEach { free($0) } }
+    return ptrs.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+FosRun.main()
