@@ -66,6 +66,9 @@ extension FileSystem {
         await opLock.lock()
         do {
             if let dead { throw dead }
+            // The coordinator may free and reuse our blocks: no read of ours
+            // may still be at the disk (see StreamingRead).
+            await waitForStreamingReads()
             try await commit()
             if jHead > 1 || !checkpointSet.isEmpty { try await checkpoint() }
         } catch {

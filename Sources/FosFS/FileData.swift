@@ -110,6 +110,86 @@ extension FileSystem {
         markDirty(i)
     }
 
+    /// A read whose device I/O happens outside the operation lock. Safe
+    /// because a block freed meanwhile (truncate, unlink) is not reused before
+    /// the next checkpoint, and a checkpoint waits until no such read is in
+    /// flight (`streamingReads`): every block read here still holds this
+    /// file's data, or data it held a moment ago — what a read racing a
+    /// truncate may return anyway. Cached (possibly dirty) blocks are copied
+    /// under the lock.
+    struct StreamingRead: Sendable {
+        var out: [UInt8]
+        /// (first block, blocks, byte offset in the first block, bytes, where in `out`)
+        var runs: [(block: UInt64, count: Int, skip: Int, bytes: Int, at: Int)] = []
+    }
+
+    func planRead(_ i: Inode, offset: UInt64, count: Int) async throws -> StreamingRead {
+        guard offset < i.size, count > 0 else { return StreamingRead(out: []) }
+        let end = min(i.size, offset + UInt64(count))
+        var plan = StreamingRead(out: [UInt8](repeating: 0, count: Int(end - offset)))
+        var pos = offset
+        while pos < end {
+            let l = pos / 4096
+            let (phys, run) = i.map(l)
+            let runEnd = min(end, (l + run) * 4096)
+            if let phys {
+                var p = pos
+                var blk = phys
+                while p < runEnd {
+                    let ib = Int(p % 4096)
+                    if let b = cache[blk] {
+                        let n = min(4096 - ib, Int(runEnd - p))
+                        let dst = Int(p - offset)
+                        plan.out.withUnsafeMutableBytes { o in
+                            b.data.withUnsafeBytes { s in (o.baseAddress! + dst).copyMemory(from: s.baseAddress! + ib, byteCount: n) }
+                        }
+                        p += UInt64(n)
+                        blk += 1
+                        continue
+                    }
+                    var k: UInt64 = 1
+                    let blocksLeft = (runEnd - (p - p % 4096) + 4095) / 4096
+                    while k < blocksLeft, k < UInt64(Self.readBatch), cache[blk + k] == nil { k += 1 }
+                    let n = min(Int(k) * 4096 - ib, Int(runEnd - p))
+                    plan.runs.append((blk, Int(k), ib, n, Int(p - offset)))
+                    p += UInt64(n)
+                    blk += k
+                }
+            }
+            pos = runEnd
+        }
+        return plan
+    }
+
+    /// The device half of a read: under the lock (`keep`: cache what is
+    /// read), or after it, for a plan counted in `streamingReads`.
+    func execute(_ plan: StreamingRead, keep: Bool = false) async throws -> [UInt8] {
+        var out = plan.out
+        for r in plan.runs {
+            let d = try await device.read(block: r.block, count: r.count)
+            if keep { try await self.keep(d, from: r.block, count: UInt64(r.count)) }
+            out.withUnsafeMutableBytes { o in
+                d.withUnsafeBytes { s in (o.baseAddress! + r.at).copyMemory(from: s.baseAddress! + r.skip, byteCount: r.bytes) }
+            }
+        }
+        return out
+    }
+
+    /// A streaming read's device half, outside the lock.
+    func finish(_ plan: StreamingRead) async throws -> [UInt8] {
+        guard !plan.runs.isEmpty else { return plan.out }
+        defer { streamingReads.subtract(1, ordering: .acquiringAndReleasing) }
+        return try await execute(plan)
+    }
+
+    /// Checkpoints make freed blocks reusable: not while a streaming read
+    /// may still be reading one.
+    func waitForStreamingReads() async {
+        while streamingReads.load(ordering: .acquiring) > 0 {
+            try? await Task.sleep(for: .microseconds(100))
+        }
+    }
+
     /// Most blocks one read of file data asks the device for at once.
     static let readBatch = 256
 
@@ -123,50 +203,6 @@ extension FileSystem {
             b.lastUse = clock
             cache[first + k] = b
         }
-    }
-
-    func readData(_ i: Inode, offset: UInt64, count: Int) async throws -> [UInt8] {
-        guard offset < i.size, count > 0 else { return [] }
-        let end = min(i.size, offset + UInt64(count))
-        var out = [UInt8](repeating: 0, count: Int(end - offset))
-        var pos = offset
-        while pos < end {
-            let l = pos / 4096
-            let (phys, run) = i.map(l)
-            let runEnd = min(end, (l + run) * 4096)
-            if let phys {
-                var p = pos
-                var blk = phys
-                while p < runEnd {
-                    // Blocks not in the cache, up to the next cached one:
-                    // one device read for all of them.
-                    var k: UInt64 = 0
-                    let blocksLeft = (runEnd - (p - p % 4096) + 4095) / 4096
-                    while k < blocksLeft, k < UInt64(Self.readBatch), cache[blk + k] == nil { k += 1 }
-                    let src: [UInt8]
-                    let count: UInt64
-                    if k == 0 {
-                        src = try await cached(blk).data
-                        count = 1
-                    } else {
-                        src = try await device.read(block: blk, count: Int(k))
-                        count = k
-                        if i.blocks <= UInt64(options.cacheBlocks / 8) { try await keep(src, from: blk, count: k) }
-                    }
-                    // Copy what falls inside [p, runEnd) from the `count` blocks read.
-                    let ib = Int(p % 4096)
-                    let n = min(Int(count) * 4096 - ib, Int(runEnd - p))
-                    let dst = Int(p - offset)
-                    out.withUnsafeMutableBytes { o in
-                        src.withUnsafeBytes { s in (o.baseAddress! + dst).copyMemory(from: s.baseAddress! + ib, byteCount: n) }
-                    }
-                    p += UInt64(n)
-                    blk += count
-                }
-            }
-            pos = runEnd
-        }
-        return out
     }
 
     /// Writes `data` at `offset`, allocating blocks for holes. Returns the

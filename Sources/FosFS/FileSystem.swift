@@ -34,6 +34,7 @@
 // when reserved blocks are needed for space.
 import SystemPackage
 import CFosCRC
+import Synchronization
 
 final class Buffer {
     let block: UInt64
@@ -167,6 +168,8 @@ public final class FileSystem: @unchecked Sendable {
     public let members: Int
     let options: MountOptions
     let opLock = AsyncLock()
+    /// Streaming reads doing device I/O outside the lock (FileData.swift).
+    let streamingReads = Atomic<Int>(0)
     /// The file system whose opLock the current task holds for a whole
     /// cross-member transaction (see Cross.swift).
     @TaskLocal static var lockHolder: ObjectIdentifier?

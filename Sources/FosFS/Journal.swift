@@ -181,6 +181,7 @@ extension FileSystem {
     /// Writes every committed block home, then empties the journal. Blocks
     /// freed before this point become reusable.
     func checkpoint() async throws {
+        await waitForStreamingReads()
         var writes: [(UInt64, [UInt8])] = []
         for blk in checkpointSet {
             guard let b = cache[blk] else { continue }

@@ -407,13 +407,25 @@ extension FileSystem {
 
     // MARK: data
 
+    /// pread(2). A large file's blocks that are not cached are read from the
+    /// device after the operation lock is let go (see `StreamingRead`), so
+    /// that reads of several clients overlap at the disk.
     public func read(ino: UInt64, offset: UInt64, count: Int) async throws -> [UInt8] {
-        try await op {
+        let plan = try await op { () -> StreamingRead in
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
-            return try await readData(i, offset: offset, count: count)
+            let plan = try await planRead(i, offset: offset, count: count)
+            // Small files: read under the lock and kept in the cache (they
+            // are read again); so is everything inside a cross-member
+            // transaction, which must not leave reads behind.
+            if i.blocks <= UInt64(options.cacheBlocks / 8) || FileSystem.lockHolder == ObjectIdentifier(self) {
+                return StreamingRead(out: try await execute(plan, keep: i.blocks <= UInt64(options.cacheBlocks / 8)))
+            }
+            if !plan.runs.isEmpty { streamingReads.add(1, ordering: .acquiringAndReleasing) }
+            return plan
         }
+        return try await finish(plan)
     }
 
     /// pwrite(2): returns the bytes written.

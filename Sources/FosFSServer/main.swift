@@ -41,8 +41,6 @@ final class FSService: Sendable {
     /// Coordinations and recoveries of this member, one at a time.
     let diskLockUsers = AsyncLock()
     let locks = LockService()
-    /// Until when ENOSPC is final (a cross-member retry found no space).
-    let fullUntil = Atomic<UInt64>(0)
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -137,11 +135,9 @@ final class FSService: Sendable {
                 return await coordinate(op: op, payload: payload, cred: cred)
             } catch FSError.posix(.noSpace) where members > 1 && Self.allocating.contains(UInt32(op)) {
                 // Our AGs are full: once more with every member's AGs (file
-                // data spills into them, new inodes land there).
-                guard spaceElsewhere() else { throw FSError.posix(.noSpace) }
-                let r = await coordinate(op: op, payload: payload, cred: cred)
-                if r.status == ENOSPC { fullUntil.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed) }
-                return r
+                // data spills into them, new inodes land there). Space freed
+                // on any member counts at once, so no memory of "full" here.
+                return await coordinate(op: op, payload: payload, cred: cred)
             }
         } catch {
             return Reply(status: status(of: error))
@@ -151,10 +147,6 @@ final class FSService: Sendable {
     static let allocating: Set<UInt32> = [FOS_OP_FS_CREATE, FOS_OP_FS_MKDIR, FOS_OP_FS_MKNOD, FOS_OP_FS_SYMLINK,
                                           FOS_OP_FS_LINK, FOS_OP_FS_RENAME, FOS_OP_FS_WRITE, FOS_OP_FS_SETXATTR,
                                           FOS_OP_FS_OPEN, FOS_OP_FS_SETATTR]
-
-    /// Whether a cross-member retry of an ENOSPC could help: not within a
-    /// second of one that found the whole disk full.
-    func spaceElsewhere() -> Bool { monotonicNanos() >= fullUntil.load(ordering: .relaxed) }
 
     func status(of error: Error) -> Int32 {
         switch error {
