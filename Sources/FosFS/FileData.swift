@@ -266,14 +266,14 @@ extension FileSystem {
             buf.data.withUnsafeMutableBytes { d in
                 data.withUnsafeBytes { s in (d.baseAddress! + inBlock).copyMemory(from: s.baseAddress! + src, byteCount: n) }
             }
-            markDataDirty(buf)
+            dataChanged(buf, fresh: isFresh)
             done += n
             if pos + UInt64(n) > i.size {
                 i.size = pos + UInt64(n)
                 noteMappingChanged(i)
             }
             if txn.count >= txnSoftLimit || cache.count > options.cacheBlocks + options.cacheBlocks / 2 {
-                try await commit()
+                try await commit(flush: false)
             }
         }
         if done > 0 { touch(i) }
@@ -294,7 +294,7 @@ extension FileSystem {
                 let buf = try await cached(phys)
                 let from = Int(newSize % 4096)
                 buf.data.replaceSubrange(from..<4096, with: repeatElement(0, count: 4096 - from))
-                markDataDirty(buf)
+                dataChanged(buf, fresh: false)
             }
         }
         if newSize != i.size { noteMappingChanged(i) }

@@ -17,14 +17,20 @@
 // metadata whose home copy is stale (written at checkpoint or eviction).
 // Eviction drops the least recently used quarter of the unpinned buffers.
 //
-// Journal (per member slot, see Journal.swift): physical block journaling of
-// metadata with ordered data — at commit, dirty data blocks are written home
-// and flushed before the transaction's blocks and its checksummed commit
-// record are written to the journal and flushed. All metadata changes of
-// consecutive operations accumulate in one running transaction; it commits at
-// fsync, when it passes half the slot's capacity, on cache pressure and on
-// unmount. Operations never commit half-way, except `write`, which commits
-// between blocks (a state that is consistent on its own).
+// Journal (per member slot, see Journal.swift): physical block journaling.
+// Every operation that changed something commits before it answers, without
+// a device flush: a member (or node) killed afterwards loses nothing it
+// acknowledged, since the blk server has the writes; fsync adds the flush
+// that makes them survive a power loss too. A commit writes the dirty data
+// of blocks files already had home, and the transaction — metadata, plus the
+// data of blocks newly allocated to files, journaled together with the
+// metadata that points at them (so a power loss can never expose a block's
+// previous contents) — as one journal write. A block with an image in the
+// journal since the last checkpoint is journaled again when it changes
+// (replay would otherwise put the older image back). A committed image goes
+// home (eviction, checkpoint) only after its transaction was flushed.
+// Operations never commit half-way, except `write`, which commits between
+// blocks (a state that is consistent on its own).
 //
 // Freed blocks are not reused until the next checkpoint: a block freed by the
 // running transaction must not be overwritten with new data before the free is
@@ -179,6 +185,10 @@ public final class FileSystem: @unchecked Sendable {
     var txn: Set<UInt64> = []
     var dirtyData: Set<UInt64> = []
     var checkpointSet: Set<UInt64> = []
+    /// Blocks with an image in the journal since the last checkpoint.
+    var inJournal: Set<UInt64> = []
+    /// A transaction was written to the journal without a flush since.
+    var journalUnflushed = false
     var reserved: [(start: UInt64, count: UInt64)] = []
     var reservedCount: UInt64 = 0
 
@@ -263,10 +273,13 @@ public final class FileSystem: @unchecked Sendable {
         }
     }
 
+    /// Every operation that changed something commits before it answers
+    /// (without a flush: fsync adds that): a member killed afterwards loses
+    /// nothing it acknowledged.
     func endOperation() async throws {
         try await writeDirtyInodesAsync()
-        if txn.count >= txnSoftLimit || cache.count > options.cacheBlocks + options.cacheBlocks / 2 {
-            try await commit()
+        if !txn.isEmpty || !dirtyData.isEmpty {
+            try await commit(flush: false)
         }
         // Space held back since the last checkpoint is needed: free it.
         if reservedCount > 0, reservedCount * 2 > availableBlocks + reservedCount {
@@ -342,6 +355,22 @@ public final class FileSystem: @unchecked Sendable {
         txn.insert(b.block)
     }
 
+    /// File data changed in `b`: journaled if the block is new to its file
+    /// (with the metadata that points at it) or has an image in the journal
+    /// since the last checkpoint (replay would otherwise put that older image
+    /// back over it); else written home at the end of the operation.
+    func dataChanged(_ b: Buffer, fresh: Bool) {
+        if fresh || b.inTxn || b.needsCheckpoint || inJournal.contains(b.block) {
+            if b.dirtyData {
+                b.dirtyData = false
+                dirtyData.remove(b.block)
+            }
+            joinTxn(b)
+        } else {
+            markDataDirty(b)
+        }
+    }
+
     func markDataDirty(_ b: Buffer) {
         if !b.dirtyData {
             b.dirtyData = true
@@ -363,6 +392,7 @@ public final class FileSystem: @unchecked Sendable {
         guard cache.count >= options.cacheBlocks else { return }
         let victims = cache.values.filter { !$0.inTxn }.sorted { $0.lastUse < $1.lastUse }
         let n = max(1, cache.count / 4)
+        if victims.prefix(n).contains(where: { $0.needsCheckpoint }) { try await makeJournalDurable() }
         var writes: [(UInt64, [UInt8])] = []
         for b in victims.prefix(n) {
             if b.dirtyData {

@@ -8,9 +8,9 @@
 //     [count block images]
 //     [commit: magic, seq, count, crc32c(descriptor + images), crc of itself]
 //
-// written with one device write and made durable with one flush. Because the
-// commit record checksums everything before it, no flush is needed between
-// the images and the commit record: a torn transaction fails its checksum.
+// written with one device write. Because the commit record checksums
+// everything before it, no flush is needed between the images and the commit
+// record: a torn transaction fails its checksum, and replay stops there.
 // Transactions are appended; when the next one does not fit, a checkpoint
 // writes every committed block home, flushes, records the next sequence
 // number as startSeq in the slot superblock, flushes, and the log restarts at
@@ -18,8 +18,10 @@
 // sequence numbers from startSeq until the first invalid one; anything older
 // left further in the log has a smaller sequence number and stops the scan.
 //
-// Ordered data: commit first writes every dirty data block home and flushes,
-// so metadata never points at blocks whose contents are not on disk.
+// Data: new blocks of a file are journaled with the metadata that points at
+// them; overwrites of blocks a file already had go home directly (see
+// FileSystem.swift). Transactions are written without a flush after each
+// operation; fsync flushes, and nothing journaled goes home unflushed.
 enum JournalFormat {
     static let jsbMagic: UInt64 = 0x3130_4253_4A53_4F46  // "FOSJSB01"
     static let descMagic: UInt64 = 0x4353_4544_4A53_4F46  // "FOSJDESC"
@@ -101,10 +103,8 @@ enum JournalFormat {
 extension FileSystem {
     var journalStart: UInt64 { sb.journalSlotStart(member) }
 
-    /// Writes every dirty data block home and flushes the device: the
-    /// ordered-data half of a commit, and all of an fdatasync that changed
-    /// no metadata.
-    func writeDirtyDataAndFlush() async throws {
+    /// Writes every dirty data block home.
+    func writeDirtyData() async throws {
         var writes: [(UInt64, [UInt8])] = []
         for blk in dirtyData {
             guard let b = cache[blk] else { continue }
@@ -113,25 +113,29 @@ extension FileSystem {
         }
         dirtyData.removeAll()
         try await writeRuns(writes)
-        try await device.flush()
     }
 
-    /// Commits the running transaction (ordered data first). Returns whether
-    /// the device was flushed.
-    @discardableResult
-    func commit(cross crossRequested: Bool = false) async throws -> Bool {
+    /// Commits the running transaction: dirty data (overwrites of blocks
+    /// files already had) goes home, the transaction (metadata, and the data
+    /// of newly allocated blocks, which is journaled with the metadata that
+    /// points at it) goes to the journal, and with `flush` the device makes
+    /// both durable. Without a flush the commit survives the death of this
+    /// process (the blk server has the writes) but not a power loss.
+    func commit(cross crossRequested: Bool = false, flush: Bool = true) async throws {
         // Anything committed while borrowing other members' AGs is part of a
         // cross-member transaction (Cross.swift), whoever asked for the commit.
         let cross = crossRequested || borrowing
         try await writeDirtyInodesAsync()
-        var flushed = false
-        if !dirtyData.isEmpty {
-            try await writeDirtyDataAndFlush()
-            flushed = true
-        }
+        if !dirtyData.isEmpty { try await writeDirtyData() }
         for ino in dataMetaDirtyInodes { inodes[ino]?.dataMetaDirty = false }
         dataMetaDirtyInodes.removeAll()
-        guard !txn.isEmpty else { return flushed }
+        guard !txn.isEmpty else {
+            if flush {
+                try await device.flush()
+                journalUnflushed = false
+            }
+            return
+        }
         let blocks = txn.sorted()
         guard blocks.count <= maxTxn else {
             throw FSError.corrupt("transaction of \(blocks.count) blocks exceeds the journal (\(maxTxn))")
@@ -161,7 +165,13 @@ extension FileSystem {
         c.put32(252, crc32c(c, count: 252))
         out.append(contentsOf: c)
         try await device.write(block: journalStart + jHead, data: out)
-        try await device.flush()
+        if flush {
+            try await device.flush()
+            journalUnflushed = false
+        } else {
+            journalUnflushed = true
+        }
+        inJournal.formUnion(blocks)
         if borrowing {
             crossTouched.formUnion(blocks.filter { b in sb.ag(ofBlock: b).map { $0 % members != member } ?? false })
         }
@@ -175,13 +185,22 @@ extension FileSystem {
         txn.removeAll()
         jHead += need
         jSeq += 1
-        return true
     }
 
     /// Writes every committed block home, then empties the journal. Blocks
     /// freed before this point become reusable.
+    /// A committed image may go home only once its transaction is durable:
+    /// otherwise a power loss could keep the home write and lose the
+    /// journal record (and the earlier ones replay depends on).
+    func makeJournalDurable() async throws {
+        guard journalUnflushed else { return }
+        try await device.flush()
+        journalUnflushed = false
+    }
+
     func checkpoint() async throws {
         await waitForStreamingReads()
+        try await makeJournalDurable()
         var writes: [(UInt64, [UInt8])] = []
         for blk in checkpointSet {
             guard let b = cache[blk] else { continue }
@@ -194,6 +213,7 @@ extension FileSystem {
         try await device.write(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jSeq))
         try await device.flush()
         jHead = 1
+        inJournal.removeAll()
         reserved.removeAll()
         reservedCount = 0
     }

@@ -127,7 +127,7 @@ extension FileSystem {
     /// Commits the running transaction and flushes the device (sync(2)).
     public func sync() async throws {
         try await op {
-            if !(try await commit()) { try await device.flush() }
+            try await commit()
         }
     }
 }

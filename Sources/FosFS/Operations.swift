@@ -451,15 +451,13 @@ extension FileSystem {
     }
 
     /// fsync(2) / fdatasync(2): everything written before is durable when
-    /// this returns. fdatasync skips the commit when only timestamps changed.
+    /// this returns. Every operation committed (unflushed) before it
+    /// answered, so both are one device flush; `dataOnly` is accepted for
+    /// fdatasync, which costs the same.
     public func fsync(ino: UInt64, dataOnly: Bool = false) async throws {
         try await op {
-            let i = try await inode(ino)
-            if dataOnly, !i.dataMetaDirty {
-                try await writeDirtyDataAndFlush()
-                return
-            }
-            if !(try await commit()) { try await device.flush() }
+            _ = try await inode(ino)
+            try await commit()
         }
     }
 

@@ -260,6 +260,48 @@ struct FSTests {
         }
     }
 
+    @Test("kill -9 of the fs member, then of the whole node: every acknowledged change is there, no fsync needed")
+    func acknowledgedSurvivesKill() async throws {
+        try await TestNode.with(members: 1) { node in
+            var fs = try await FSClient.connect(try node.runtime())
+            var expected: [String: [UInt8]] = [:]
+            for round in 0..<2 {
+                let dir = "/r\(round)"
+                _ = try await fs.mkdir(path: dir)
+                for k in 0..<20 {
+                    let data = pattern(1000 + 4099 * k, seed: UInt8(round * 20 + k))
+                    _ = try await fs.writeFile(path: "\(dir)/f\(k)", data: data)
+                    expected["\(dir)/f\(k)"] = data
+                }
+                let d = try await fs.resolve(path: dir)
+                try await fs.rename(oldParent: d, oldName: "f0", newParent: d, newName: "renamed")
+                expected["\(dir)/renamed"] = expected.removeValue(forKey: "\(dir)/f0")
+                try await fs.unlink(path: "\(dir)/f1")
+                expected["\(dir)/f1"] = nil
+                if round == 0 {
+                    // The member alone: fosd restarts it, the client reconnects.
+                    let m = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
+                    kill(m.pid, SIGKILL)
+                    _ = try await eventually("the fs member back", timeout: .seconds(10)) { () -> Bool? in
+                        let now = try await node.fleets().first { $0.fleet == "/sys/fs" }
+                        return now.map { $0.pid != m.pid && $0.state == "running" } == true ? true : nil
+                    }
+                    fs = try await FSClient.connect(try node.runtime())
+                } else {
+                    await node.killHard()
+                    try node.launch()
+                    try await node.waitReady()
+                    fs = try await FSClient.connect(try node.runtime())
+                }
+                for (path, data) in expected {
+                    #expect(try await fs.readFile(path: path) == data, "round \(round): \(path)")
+                }
+                #expect(await errnoOf { _ = try await fs.stat(path: "\(dir)/f1") } == ENOENT)
+                #expect(await errnoOf { _ = try await fs.stat(path: "\(dir)/f0") } == ENOENT)
+            }
+        }
+    }
+
     @Test("a root client acting for a user (FOS_OP_FS_AS): that user's permissions and ownership")
     func actingAs() async throws {
         try await TestNode.with(members: 1) { node in
