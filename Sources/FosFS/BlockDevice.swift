@@ -1,3 +1,5 @@
+import Foundation
+
 /// What the file system needs from a disk. The blk server's client
 /// (FosBlock.BlockClient) implements it over messages; tests use
 /// `MemoryBlockDevice` and `CrashingBlockDevice`.
@@ -17,4 +19,23 @@ public protocol BlockDevice: AnyObject, Sendable {
     func flush() async throws
     /// The blocks' contents become undefined (the device may free them).
     func discard(block: UInt64, count: Int) async throws
+    /// Changes whenever the device may have lost writes that were not
+    /// flushed (a power loss, a reboot): the journal replays unflushed
+    /// transactions only while it has not changed (Journal.swift).
+    var bootID: UInt64 { get }
 }
+
+extension BlockDevice {
+    /// The host's boot: a device on this host loses unflushed writes only
+    /// when the host goes down.
+    public var bootID: UInt64 { hostBootID }
+}
+
+/// /proc/sys/kernel/random/boot_id folded to 64 bits (0 if unreadable:
+/// then every boot looks alike to us, and replay trusts only flushes).
+let hostBootID: UInt64 = {
+    guard let s = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8) else { return 0 }
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in s.utf8 where b != 0x0A { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    return h | 1
+}()

@@ -17,20 +17,21 @@
 // metadata whose home copy is stale (written at checkpoint or eviction).
 // Eviction drops the least recently used quarter of the unpinned buffers.
 //
-// Journal (per member slot, see Journal.swift): physical block journaling.
-// Every operation that changed something commits before it answers, without
-// a device flush: a member (or node) killed afterwards loses nothing it
-// acknowledged, since the blk server has the writes; fsync adds the flush
-// that makes them survive a power loss too. A commit writes the dirty data
-// of blocks files already had home, and the transaction — metadata, plus the
-// data of blocks newly allocated to files, journaled together with the
-// metadata that points at them (so a power loss can never expose a block's
-// previous contents) — as one journal write. A block with an image in the
-// journal since the last checkpoint is journaled again when it changes
-// (replay would otherwise put the older image back). A committed image goes
-// home (eviction, checkpoint) only after its transaction was flushed.
-// Operations never commit half-way, except `write`, which commits between
-// blocks (a state that is consistent on its own).
+// Journal (per member slot, see Journal.swift): physical block journaling
+// of metadata. Every operation that changed something commits before it
+// answers, without a device flush: a member (or node) killed afterwards loses
+// nothing it acknowledged, since the blk server has the writes; fsync adds the
+// flush that makes them survive a power loss too. A commit first writes file
+// data home (new blocks and overwrites alike), then the transaction as one
+// journal write. A power loss may keep a transaction and lose the data it
+// maps, so a transaction that gave files new blocks without a flush before it
+// is marked, and replay in a later boot skips it unless a flush is known to
+// have followed (Journal.scan): no file ever shows a block's previous
+// contents. A data block with an image in the journal since the last
+// checkpoint is journaled again when it changes (replay would otherwise put
+// the older image back). A committed image goes home (eviction, checkpoint)
+// only after its transaction was flushed. Operations never commit half-way,
+// except `write`, which commits between blocks (consistent on its own).
 //
 // Freed blocks are not reused until the next checkpoint: a block freed by the
 // running transaction must not be overwritten with new data before the free is
@@ -189,6 +190,15 @@ public final class FileSystem: @unchecked Sendable {
     var inJournal: Set<UInt64> = []
     /// A transaction was written to the journal without a flush since.
     var journalUnflushed = false
+    /// The running transaction gives files new blocks (written home, not journaled).
+    var txnHasFreshData = false
+    /// Such data went home and no flush followed yet.
+    var freshDataUnflushed = false
+    /// Some transaction since the last checkpoint was written with new file
+    /// blocks unflushed, and the slot superblock does not yet say it is safe.
+    var lastTxnHadFreshData = false
+    /// The slot superblock's startSeq (first transaction since the checkpoint).
+    var jStartSeq: UInt64 = 1
     var reserved: [(start: UInt64, count: UInt64)] = []
     var reservedCount: UInt64 = 0
 
@@ -355,12 +365,19 @@ public final class FileSystem: @unchecked Sendable {
         txn.insert(b.block)
     }
 
-    /// File data changed in `b`: journaled if the block is new to its file
-    /// (with the metadata that points at it) or has an image in the journal
-    /// since the last checkpoint (replay would otherwise put that older image
-    /// back over it); else written home at the end of the operation.
+    /// File data changed in `b`: journaled if the block has an image in the
+    /// journal since the last checkpoint (replay would otherwise put that
+    /// older image back over it); else written home at the end of the
+    /// operation, before the transaction.
     func dataChanged(_ b: Buffer, fresh: Bool) {
-        if fresh || b.inTxn || b.needsCheckpoint || inJournal.contains(b.block) {
+        if fresh {
+            // New to its file: written home before the transaction that maps
+            // it (see Journal.swift for what a power loss then replays).
+            txnHasFreshData = true
+            markDataDirty(b)
+            return
+        }
+        if b.inTxn || b.needsCheckpoint || inJournal.contains(b.block) {
             if b.dirtyData {
                 b.dirtyData = false
                 dirtyData.remove(b.block)

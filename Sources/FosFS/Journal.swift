@@ -18,10 +18,10 @@
 // sequence numbers from startSeq until the first invalid one; anything older
 // left further in the log has a smaller sequence number and stops the scan.
 //
-// Data: new blocks of a file are journaled with the metadata that points at
-// them; overwrites of blocks a file already had go home directly (see
-// FileSystem.swift). Transactions are written without a flush after each
-// operation; fsync flushes, and nothing journaled goes home unflushed.
+// Data goes home before the transaction that maps it (see FileSystem.swift).
+// Transactions are written without a flush after each operation; each
+// records the boot it was written in and whether new file blocks were still
+// unflushed; fsync flushes, and nothing journaled goes home unflushed.
 enum JournalFormat {
     static let jsbMagic: UInt64 = 0x3130_4253_4A53_4F46  // "FOSJSB01"
     static let descMagic: UInt64 = 0x4353_4544_4A53_4F46  // "FOSJDESC"
@@ -30,12 +30,20 @@ enum JournalFormat {
     /// Descriptor flag: a cross-member transaction (its images include blocks
     /// of other members' AGs; see Cross.swift).
     static let crossFlag: UInt32 = 1
+    /// Every write issued before this transaction had been flushed.
+    static let afterFlushFlag: UInt32 = 2
+    /// Blocks newly allocated to files had their data written home, unflushed.
+    static let freshDataFlag: UInt32 = 4
 
-    static func jsb(slot: Int, startSeq: UInt64) -> [UInt8] {
+    /// The slot superblock. `flushedThrough`: transactions up to this
+    /// sequence number are known durable with their data (recorded before
+    /// any of their images go home).
+    static func jsb(slot: Int, startSeq: UInt64, flushedThrough: UInt64 = 0) -> [UInt8] {
         var b = [UInt8].zeroBlock()
         b.put64(0, jsbMagic)
         b.put32(8, UInt32(slot))
         b.put64(16, startSeq)
+        b.put64(24, flushedThrough)
         b.put32(252, crc32c(b, count: 252))
         return b
     }
@@ -49,6 +57,14 @@ enum JournalFormat {
 
     /// Walks the valid transactions of a slot, applying them if `apply`.
     /// `cross`: one of them is a cross-member transaction.
+    ///
+    /// Which transactions replay: all valid ones written in the device's
+    /// current boot (nothing unflushed was lost: a killed process loses no
+    /// completed write). After a power loss, a transaction whose new file
+    /// blocks were written home without a flush (`freshData`) replays only if
+    /// a later one was written after a flush (`afterFlush`): otherwise its
+    /// metadata could point at blocks still holding a previous file's data.
+    /// Replay stops at the first that does not, keeping a prefix.
     static func scan(device: any BlockDevice, sb: Superblock, slot: Int,
                      apply: Bool) async throws -> (next: UInt64, applied: Int, cross: Bool) {
         var cross = false
@@ -58,9 +74,17 @@ enum JournalFormat {
         guard j.u64(0) == jsbMagic, j.u32(252) == crc32c(j, count: 252), j.u32(8) == UInt32(slot) else {
             throw FSError.corrupt("journal slot \(slot): bad slot superblock")
         }
+        let flushedThrough = j.u64(24)
+        struct Found {
+            var seq: UInt64
+            var pos: UInt64
+            var homes: [UInt64]
+            var flags: UInt32
+            var boot: UInt64
+        }
+        var found: [Found] = []
         var seq = j.u64(16)
         var pos: UInt64 = 1
-        var applied = 0
         while pos + 2 <= size - 1 {
             let desc = try await device.read(block: start + pos, count: 1)
             guard desc.u64(0) == descMagic, desc.u64(8) == seq else { break }
@@ -81,22 +105,43 @@ enum JournalFormat {
                 }
                 homes.append(home)
             }
-            if desc.u32(20) & crossFlag != 0 { cross = true }
-            if apply {
-                for (k, home) in homes.enumerated() {
-                    try await device.write(block: home, data: Array(rest[(k * 4096)..<((k + 1) * 4096)]))
-                }
-            }
-            applied += 1
+            found.append(Found(seq: seq, pos: pos, homes: homes, flags: desc.u32(20), boot: commit.u64(24)))
             seq += 1
             pos += count + 2
         }
-        if apply, applied > 0 {
+        // The prefix that may replay (see above).
+        let boot = device.bootID
+        var lastAfterFlush = -1
+        for (k, t) in found.enumerated() where t.flags & afterFlushFlag != 0 { lastAfterFlush = k }
+        var replay = 0
+        while replay < found.count {
+            let t = found[replay]
+            let safe = t.boot == boot && boot != 0 || t.flags & freshDataFlag == 0 || replay <= lastAfterFlush
+                || t.seq <= flushedThrough
+            guard safe else { break }
+            replay += 1
+        }
+        let first = j.u64(16)
+        if apply {
+            for t in found.prefix(replay) {
+                if t.flags & crossFlag != 0 { cross = true }
+                let images = try await device.read(block: start + t.pos + 1, count: t.homes.count)
+                for (k, home) in t.homes.enumerated() {
+                    try await device.write(block: home, data: Array(images[(k * 4096)..<((k + 1) * 4096)]))
+                }
+            }
+        } else {
+            cross = found.prefix(replay).contains { $0.flags & crossFlag != 0 }
+        }
+        let next = first + UInt64(replay)
+        if apply, !found.isEmpty {
+            // Even with nothing replayed, the slot must not offer the dropped
+            // transactions again: the next commit reuses their sequence numbers.
             try await device.flush()
-            try await device.write(block: start, data: jsb(slot: slot, startSeq: seq))
+            try await device.write(block: start, data: jsb(slot: slot, startSeq: first + UInt64(found.count)))
             try await device.flush()
         }
-        return (seq, applied, cross)
+        return (apply ? first + UInt64(found.count) : next, replay, cross)
     }
 }
 
@@ -129,13 +174,13 @@ extension FileSystem {
         if !dirtyData.isEmpty { try await writeDirtyData() }
         for ino in dataMetaDirtyInodes { inodes[ino]?.dataMetaDirty = false }
         dataMetaDirtyInodes.removeAll()
+        if txnHasFreshData { freshDataUnflushed = true }
         guard !txn.isEmpty else {
-            if flush {
-                try await device.flush()
-                journalUnflushed = false
-            }
+            if flush { try await flushRecorded() }
             return
         }
+        // A durable commit of new file blocks: their data first.
+        if flush, freshDataUnflushed { try await flushDevice() }
         let blocks = txn.sorted()
         guard blocks.count <= maxTxn else {
             throw FSError.corrupt("transaction of \(blocks.count) blocks exceeds the journal (\(maxTxn))")
@@ -148,7 +193,7 @@ extension FileSystem {
         out.put64(0, JournalFormat.descMagic)
         out.put64(8, jSeq)
         out.put32(16, UInt32(blocks.count))
-        out.put32(20, cross ? JournalFormat.crossFlag : 0)
+        out.put32(20, (cross ? JournalFormat.crossFlag : 0) | (freshDataUnflushed ? JournalFormat.freshDataFlag : JournalFormat.afterFlushFlag))
         for (k, blk) in blocks.enumerated() { out.put64(24 + 8 * k, blk) }
         var crc = crc32c(out)
         out.reserveCapacity(Int(need) * 4096)
@@ -162,12 +207,14 @@ extension FileSystem {
         c.put64(8, jSeq)
         c.put32(16, UInt32(blocks.count))
         c.put32(20, crc)
+        c.put64(24, device.bootID)
         c.put32(252, crc32c(c, count: 252))
         out.append(contentsOf: c)
         try await device.write(block: journalStart + jHead, data: out)
+        lastTxnHadFreshData = freshDataUnflushed
+        txnHasFreshData = false
         if flush {
-            try await device.flush()
-            journalUnflushed = false
+            try await flushDevice()
         } else {
             journalUnflushed = true
         }
@@ -193,9 +240,28 @@ extension FileSystem {
     /// otherwise a power loss could keep the home write and lose the
     /// journal record (and the earlier ones replay depends on).
     func makeJournalDurable() async throws {
-        guard journalUnflushed else { return }
+        guard journalUnflushed || lastTxnHadFreshData else { return }
+        try await flushRecorded()
+    }
+
+    /// A flush after which every transaction so far replays after a power
+    /// loss: one written with new file blocks unflushed (Journal.scan drops
+    /// those) is recorded as durable in the slot superblock.
+    func flushRecorded() async throws {
+        let fresh = freshDataUnflushed || lastTxnHadFreshData
+        try await flushDevice()
+        guard fresh, jSeq > jStartSeq else { return }
+        try await device.write(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jStartSeq,
+                                                                             flushedThrough: jSeq - 1))
+        try await flushDevice()
+        lastTxnHadFreshData = false
+    }
+
+    /// Every flush makes everything written so far durable.
+    func flushDevice() async throws {
         try await device.flush()
         journalUnflushed = false
+        freshDataUnflushed = false
     }
 
     func checkpoint() async throws {
@@ -209,9 +275,11 @@ extension FileSystem {
         }
         checkpointSet.removeAll()
         try await writeRuns(writes)
-        try await device.flush()
+        try await flushDevice()
         try await device.write(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jSeq))
-        try await device.flush()
+        try await flushDevice()
+        jStartSeq = jSeq
+        lastTxnHadFreshData = false
         jHead = 1
         inJournal.removeAll()
         reserved.removeAll()

@@ -45,8 +45,14 @@ public final class MemoryBlockDevice: BlockDevice {
         var reads = 0
         var writes = 0
         var flushes = 0
+        var boot: UInt64 = UInt64.random(in: 1...UInt64.max)
     }
     private let state = Mutex(State())
+
+    public var bootID: UInt64 { state.withLock { $0.boot } }
+
+    /// A power loss or reboot happened (unflushed writes may be gone).
+    public func newBoot() { state.withLock { $0.boot = UInt64.random(in: 1...UInt64.max) } }
 
     public init(blockCount: UInt64, blockSize: Int = 4096) {
         self.blockCount = blockCount
@@ -109,6 +115,7 @@ public final class MemoryBlockDevice: BlockDevice {
         state.withLock { s in
             for b in s.pending.keys.sorted() where keep(b) { s.durable[b] = s.pending[b] }
             s.pending.removeAll()
+            s.boot = UInt64.random(in: 1...UInt64.max)
         }
     }
 
@@ -165,9 +172,12 @@ public final class CrashingBlockDevice: BlockDevice {
         return survivors
     }
 
+    public var bootID: UInt64 { inner.bootID }
+
     private func applyCrash(_ survivors: [(UInt64, [UInt8])]) async throws -> Never {
         for (b, d) in survivors { try await inner.write(block: b, data: d) }
         try await inner.flush()
+        (inner as? MemoryBlockDevice)?.newBoot()
         throw BlockDeviceError.crashed
     }
 
@@ -175,6 +185,7 @@ public final class CrashingBlockDevice: BlockDevice {
     public func crash() async throws {
         let survivors: [(UInt64, [UInt8])]? = state.withLock { s in s.crashed ? nil : Self.crashLocked(&s) }
         if let survivors {
+            (inner as? MemoryBlockDevice)?.newBoot()
             for (b, d) in survivors { try await inner.write(block: b, data: d) }
             try await inner.flush()
         }
