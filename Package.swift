@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "fos-fs", targets: ["FosFSServer"]),
         .library(name: "FosFSClient", targets: ["FosFSClient"]),
         .executable(name: "fos-spawn", targets: ["FosSpawnServer"]),
+        .executable(name: "fos-fuse", targets: ["FosFuse"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -38,7 +39,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "FosCtl",
-            dependencies: ["FosCore", "FosFS", "FosBlock", "FosFSClient",
+            dependencies: ["FosCore", "FosFS", "FosBlock", "FosFSClient", "FosMounts",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // io_uring behind prefixed names; liburing's headers stay in this target.
@@ -53,7 +54,7 @@ let package = Package(
             dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient", "FosBlock"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient", "FosBlock", "FosMounts"]),
         // CRC-32C for the file system's on-disk checksums.
         .target(name: "CFosCRC"),
         // The fos file system: format, buffer cache, journal, POSIX operations (no processes).
@@ -71,5 +72,12 @@ let package = Package(
         // The spawn service (/sys/spawn): starts programs as their callers.
         .executableTarget(name: "FosSpawnServer", dependencies: ["FosCore", "CFosWire", "CFosSys",
                                                                  .product(name: "SystemPackage", package: "swift-system")]),
+        // The FUSE mount (fosctl mount): libfuse 3 behind prefixed names in a C
+        // target of its own (its headers and liburing's clash as Clang modules
+        // of one Swift module: never import CFosFuse next to CFosUring).
+        .target(name: "CFosFuse", linkerSettings: [.linkedLibrary("fuse3")]),
+        // Where fos mounts are recorded (daemon pid per mount point), for fos-fuse and fosctl.
+        .target(name: "FosMounts"),
+        .executableTarget(name: "FosFuse", dependencies: ["CFosFuse", "FosFSClient", "FosFS", "FosCore", "FosMounts"]),
     ]
 )

@@ -1,0 +1,265 @@
+import CFosFuse
+import FosCore
+import FosFS
+import FosFSClient
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Open files: the fleet keeps no open state, so a handle is the daemon's:
+/// the inode, and the POSIX lock owners that took locks through it (their
+/// locks go when the kernel flushes the file on close).
+final class OpenFiles: Sendable {
+    struct File {
+        var ino: UInt64
+        var flags: Int32
+    }
+    private struct State {
+        var next: UInt64 = 1
+        var open: [UInt64: File] = [:]
+        var lockOwners: Set<LockKey> = []
+    }
+    struct LockKey: Hashable {
+        var ino: UInt64
+        var owner: UInt64
+    }
+    private let state = Mutex(State())
+
+    func open(ino: UInt64, flags: Int32) -> UInt64 {
+        state.withLock { s in
+            let fh = s.next
+            s.next += 1
+            s.open[fh] = File(ino: ino, flags: flags)
+            return fh
+        }
+    }
+
+    func close(_ fh: UInt64) -> File? { state.withLock { $0.open.removeValue(forKey: fh) } }
+    var count: Int { state.withLock { $0.open.count } }
+
+    func locked(ino: UInt64, owner: UInt64) { _ = state.withLock { $0.lockOwners.insert(LockKey(ino: ino, owner: owner)) } }
+
+    /// Whether `owner` may hold POSIX locks on `ino` (then they must go).
+    func takeLockOwner(ino: UInt64, owner: UInt64) -> Bool {
+        state.withLock { $0.lockOwners.remove(LockKey(ino: ino, owner: owner)) != nil }
+    }
+}
+
+extension Daemon {
+    // MARK: open, create, close
+
+    func openFile(_ r: Req, ino: UInt64, flags: Int32) {
+        // The kernel checked the caller's access (default_permissions). With
+        // atomic O_TRUNC the truncation is ours, made as the caller.
+        let truncate = flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY
+        serve(r) { r in
+            if truncate { _ = try await self.fs.truncate(ino: ino, size: 0) }
+            var o = fosfuse_open()
+            o.fh = self.files.open(ino: ino, flags: flags)
+            if fosfuse_reply_open(r.raw, &o) != 0 { _ = self.files.close(o.fh) }
+        }
+    }
+
+    func create(_ r: Req, parent: UInt64, name: String, mode: UInt32, flags: Int32) {
+        serve(r) { r in
+            let a = try await self.fs.create(parent: parent, name: name, mode: mode & 0o7777,
+                                             flags: OpenFlags(rawValue: flags))
+            var e = self.entry(a)
+            var o = fosfuse_open()
+            o.fh = self.files.open(ino: a.ino, flags: flags)
+            self.nodes.looked(a.ino)
+            if fosfuse_reply_create(r.raw, &e, &o) != 0 {
+                self.nodes.forget(a.ino, 1)
+                _ = self.files.close(o.fh)
+            }
+        }
+    }
+
+    /// close(2) of one descriptor: POSIX locks of the closing process go.
+    func flush(_ r: Req, ino: UInt64, owner: UInt64) {
+        guard files.takeLockOwner(ino: ino, owner: owner) else { return replyOK(r) }
+        serve(r, asCaller: false) { r in
+            try await self.lockClient.setlk(ino: ino, owner: .processOwner(owner, pid: 1), type: .unlock)
+            self.replyOK(r)
+        }
+    }
+
+    /// The last close of an open file: its flock goes.
+    func release(_ r: Req, fh: UInt64, ino: UInt64, owner: UInt64, flockRelease: Bool) {
+        _ = files.close(fh)
+        guard flockRelease else { return replyOK(r) }
+        serve(r, asCaller: false) { r in
+            try? await self.lockClient.flock(ino: ino, owner: owner, operation: .unlock, wait: false)
+            self.replyOK(r)
+        }
+    }
+
+    func fsync(_ r: Req, ino: UInt64, dataOnly: Bool) {
+        serve(r, asCaller: false) { r in
+            try await self.fs.fsync(ino: ino, dataOnly: dataOnly)
+            self.replyOK(r)
+        }
+    }
+
+    // MARK: data
+
+    /// Access was checked at open (by the kernel, as Linux does for a
+    /// descriptor), so data moves as root: a later chmod does not stop a
+    /// descriptor that is open. A request larger than one message becomes
+    /// several, all in flight at once.
+    func read(_ r: Req, ino: UInt64, size: Int, offset: Int64) {
+        stats.read(size)
+        serve(r, asCaller: false) { r in
+            let chunks = try await self.readChunks(ino: ino, offset: UInt64(offset), size: size)
+            var iov = [iovec]()
+            iov.reserveCapacity(chunks.count)
+            withExtendedLifetime(chunks) {
+                for c in chunks where !c.isEmpty {
+                    c.withUnsafeBytes { iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)) }
+                }
+                fosfuse_reply_iov(r.raw, iov, Int32(iov.count))
+            }
+        }
+    }
+
+    /// The chunks of a read up to the first short one (the end of the file).
+    func readChunks(ino: UInt64, offset: UInt64, size: Int) async throws -> [[UInt8]] {
+        let step = FSClient.maxIO
+        let n = (size + step - 1) / step
+        if n <= 1 { return [try await fs.read(ino: ino, offset: offset, count: size)] }
+        var parts = [[UInt8]?](repeating: nil, count: n)
+        try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
+            for i in 0..<n {
+                let count = min(step, size - i * step)
+                g.addTask { (i, try await self.fs.read(ino: ino, offset: offset + UInt64(i * step), count: count)) }
+            }
+            for try await (i, data) in g { parts[i] = data }
+        }
+        var out = [[UInt8]]()
+        for (i, p) in parts.enumerated() {
+            let part = p ?? []
+            out.append(part)
+            if part.count < min(step, size - i * step) { break }
+        }
+        return out
+    }
+
+    func write(_ r: Req, ino: UInt64, data: [[UInt8]], offset: Int64, flags: Int32) {
+        let total = data.reduce(0) { $0 + $1.count }
+        stats.wrote(total)
+        serve(r, asCaller: false) { r in
+            if flags & O_APPEND != 0 {
+                // The fleet puts it at the end it knows, which is where other
+                // clients' appends went too.
+                let at = try await self.fs.append(ino: ino, data: data.flatMap { $0 })
+                if at.offset != UInt64(offset) { self.staleData(ino) }
+                fosfuse_reply_write(r.raw, at.count)
+                return
+            }
+            let step = FSClient.maxIO
+            var written = [Int](repeating: 0, count: data.count)
+            if data.count == 1 {
+                written[0] = try await self.fs.write(ino: ino, offset: UInt64(offset), data: data[0])
+            } else {
+                try await withThrowingTaskGroup(of: (Int, Int).self) { g in
+                    for (i, chunk) in data.enumerated() {
+                        g.addTask { (i, try await self.fs.write(ino: ino, offset: UInt64(offset) + UInt64(i * step), data: chunk)) }
+                    }
+                    for try await (i, n) in g { written[i] = n }
+                }
+            }
+            // What reached the file without a gap (a full disk can stop a chunk short).
+            var done = 0
+            for (i, n) in written.enumerated() {
+                done += n
+                if n < data[i].count { break }
+            }
+            fosfuse_reply_write(r.raw, done)
+        }
+    }
+
+    /// The kernel's pages and size of `ino` may be wrong (an append that
+    /// landed elsewhere than it thought): dropped when invalidation exists.
+    func staleData(_ ino: UInt64) {}
+
+    // MARK: locks
+
+    private func lockType(_ t: Int32) -> LockType? {
+        switch t {
+        case Int32(F_RDLCK): .read
+        case Int32(F_WRLCK): .write
+        case Int32(F_UNLCK): .unlock
+        default: nil
+        }
+    }
+
+    /// A POSIX lock's pid for the fleet (which wants one > 0): the kernel
+    /// sends 0 with an unlock.
+    private func lockPid(_ r: Req, _ l: fosfuse_lock) -> Int32 {
+        if l.pid > 0 { return l.pid }
+        var c = fosfuse_ctx()
+        fosfuse_req_ctx(r.raw, &c)
+        return max(1, c.pid)
+    }
+
+    func getlk(_ r: Req, ino: UInt64, owner: UInt64, _ l: fosfuse_lock) {
+        guard let t = lockType(l.type), t != .unlock else { return replyErr(r, EINVAL) }
+        let pid = lockPid(r, l)
+        serve(r, asCaller: false) { r in
+            var out = l
+            if let c = try await self.lockClient.getlk(ino: ino, owner: .processOwner(owner, pid: pid), type: t,
+                                                       start: l.start, length: l.len) {
+                out = fosfuse_lock(type: Int32(c.type == .read ? F_RDLCK : F_WRLCK), pid: c.pid, start: c.start, len: c.length)
+            } else {
+                out.type = Int32(F_UNLCK)
+            }
+            fosfuse_reply_lock(r.raw, &out)
+        }
+    }
+
+    func setlk(_ r: Req, ino: UInt64, owner: UInt64, _ l: fosfuse_lock, wait: Bool) {
+        guard let t = lockType(l.type) else { return replyErr(r, EINVAL) }
+        let pid = lockPid(r, l)
+        if t != .unlock { files.locked(ino: ino, owner: owner) }
+        waitable(r, wait: wait) {
+            try await self.lockClient.setlk(ino: ino, owner: .processOwner(owner, pid: pid), type: t, start: l.start,
+                                            length: l.len, wait: wait)
+        }
+    }
+
+    func flock(_ r: Req, ino: UInt64, owner: UInt64, op: Int32) {
+        let t: LockType
+        switch op & ~LOCK_NB {
+        case LOCK_SH: t = .read
+        case LOCK_EX: t = .write
+        case LOCK_UN: t = .unlock
+        default: return replyErr(r, EINVAL)
+        }
+        let wait = op & LOCK_NB == 0 && t != .unlock
+        waitable(r, wait: wait) {
+            try await self.lockClient.flock(ino: ino, owner: owner, operation: t, wait: wait)
+        }
+    }
+
+    /// A lock request, cancelled if the kernel interrupts a waiting one
+    /// (the caller got a signal): it ends with EINTR.
+    private func waitable(_ r: Req, wait: Bool, _ body: @escaping @Sendable () async throws -> Void) {
+        // Registered before the task starts: the request is freed once answered.
+        let token = wait ? waits.token() : 0
+        if token != 0 { fosfuse_on_interrupt(r.raw, token) }
+        let task = rt.loop.spawn {
+            do {
+                try await body()
+                fosfuse_reply_err(r.raw, 0)
+            } catch FosError.remote(let e) where e == .timedOut {
+                fosfuse_reply_err(r.raw, EINTR)
+            } catch {
+                fosfuse_reply_err(r.raw, Task.isCancelled ? EINTR : Daemon.errno(of: error))
+            }
+            if token != 0 { self.waits.ended(token) }
+        }
+        if token != 0 { waits.started(token, task) }
+    }
+}
