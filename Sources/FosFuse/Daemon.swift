@@ -43,6 +43,7 @@ final class Daemon: Sendable {
     let timeout: Double
     let nodes = NodeTable()
     let files = OpenFiles()
+    let orphans: Orphans
     let groupCache = GroupCache()
     let waits = Interruptible()
     let stats = Stats()
@@ -52,6 +53,7 @@ final class Daemon: Sendable {
     init(rt: FosRuntime, fs: FSClient, lockClient: FSClient, timeout: Double,
          onInit: @escaping @Sendable (fosfuse_conn) -> Void) {
         self.onInit = onInit
+        self.orphans = Orphans(fs: fs, pid: getpid())
         self.rt = rt
         self.fs = fs
         self.lockClient = lockClient
@@ -130,7 +132,7 @@ final class Daemon: Sendable {
     }
 
     func replyAttr(_ r: Req, _ a: FileAttributes) {
-        var x = attr(a)
+        var x = attr(orphans.shown(a))
         fosfuse_reply_attr(r.raw, &x, timeout)
     }
 

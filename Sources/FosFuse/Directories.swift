@@ -23,6 +23,7 @@ extension Daemon {
             var counted: [UInt64] = []
             buf.withUnsafeMutableBufferPointer { b in
                 for (i, e) in entries.enumerated() {
+                    if Orphans.hides(parent: ino, name: e.name) { continue }
                     let left = size - used
                     let at = b.baseAddress! + used
                     let off = Int64(bitPattern: e.nextCookie)

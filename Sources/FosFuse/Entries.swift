@@ -12,6 +12,7 @@ extension Daemon {
     func lookup(_ r: Req, parent: UInt64, name: String) {
         serve(r) { r in
             do {
+                if Orphans.hides(parent: parent, name: name) { throw FosError.remote(.noSuchFileOrDirectory) }
                 self.replyEntry(r, try await self.fs.lookup(parent: parent, name: name))
             } catch FosError.remote(let e) where e == .noSuchFileOrDirectory {
                 // A negative entry the kernel keeps as long as a positive one.
@@ -68,7 +69,13 @@ extension Daemon {
 
     func unlink(_ r: Req, parent: UInt64, name: String) {
         serve(r) { r in
-            try await self.fs.unlink(parent: parent, name: name)
+            let kept = await self.orphans.keepIfOpen(parent: parent, name: name, openFiles: self.files)
+            do {
+                try await self.fs.unlink(parent: parent, name: name)
+            } catch {
+                if let kept { await self.orphans.released(kept) }
+                throw error
+            }
             self.replyOK(r)
         }
     }
@@ -81,9 +88,16 @@ extension Daemon {
     }
 
     func rename(_ r: Req, parent: UInt64, name: String, newParent: UInt64, newName: String, flags: UInt32) {
+        let replaces = flags == 0
         serve(r) { r in
-            try await self.fs.rename(oldParent: parent, oldName: name, newParent: newParent, newName: newName,
-                                     flags: RenameFlags(rawValue: flags))
+            let kept = replaces ? await self.orphans.keepIfOpen(parent: newParent, name: newName, openFiles: self.files) : nil
+            do {
+                try await self.fs.rename(oldParent: parent, oldName: name, newParent: newParent, newName: newName,
+                                         flags: RenameFlags(rawValue: flags))
+            } catch {
+                if let kept { await self.orphans.released(kept) }
+                throw error
+            }
             self.replyOK(r)
         }
     }

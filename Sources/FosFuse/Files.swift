@@ -19,6 +19,7 @@ final class OpenFiles: Sendable {
     private struct State {
         var next: UInt64 = 1
         var open: [UInt64: File] = [:]
+        var perInode: [UInt64: Int] = [:]
         var lockOwners: Set<LockKey> = []
     }
     struct LockKey: Hashable {
@@ -32,12 +33,27 @@ final class OpenFiles: Sendable {
             let fh = s.next
             s.next += 1
             s.open[fh] = File(ino: ino, flags: flags)
+            s.perInode[ino, default: 0] += 1
             return fh
         }
     }
 
-    func close(_ fh: UInt64) -> File? { state.withLock { $0.open.removeValue(forKey: fh) } }
+    /// Forgets a handle; returns its inode if that was the inode's last one.
+    func close(_ fh: UInt64) -> UInt64? {
+        state.withLock { s in
+            guard let f = s.open.removeValue(forKey: fh) else { return nil }
+            let left = s.perInode[f.ino, default: 1] - 1
+            if left > 0 {
+                s.perInode[f.ino] = left
+                return nil
+            }
+            s.perInode.removeValue(forKey: f.ino)
+            return f.ino
+        }
+    }
+
     var count: Int { state.withLock { $0.open.count } }
+    func isOpen(_ ino: UInt64) -> Bool { state.withLock { $0.perInode[ino] != nil } }
 
     func locked(ino: UInt64, owner: UInt64) { _ = state.withLock { $0.lockOwners.insert(LockKey(ino: ino, owner: owner)) } }
 
@@ -58,7 +74,7 @@ extension Daemon {
             if truncate { _ = try await self.fs.truncate(ino: ino, size: 0) }
             var o = fosfuse_open()
             o.fh = self.files.open(ino: ino, flags: flags)
-            if fosfuse_reply_open(r.raw, &o) != 0 { _ = self.files.close(o.fh) }
+            if fosfuse_reply_open(r.raw, &o) != 0 { self.dropHandle(o.fh) }
         }
     }
 
@@ -72,9 +88,15 @@ extension Daemon {
             self.nodes.looked(a.ino)
             if fosfuse_reply_create(r.raw, &e, &o) != 0 {
                 self.nodes.forget(a.ino, 1)
-                _ = self.files.close(o.fh)
+                self.dropHandle(o.fh)
             }
         }
+    }
+
+    /// A handle the kernel never got (its answer failed: the caller was interrupted).
+    func dropHandle(_ fh: UInt64) {
+        guard let ino = files.close(fh), orphans.isOrphan(ino) else { return }
+        rt.loop.spawn { await self.orphans.released(ino) }
     }
 
     /// close(2) of one descriptor: POSIX locks of the closing process go.
@@ -86,12 +108,15 @@ extension Daemon {
         }
     }
 
-    /// The last close of an open file: its flock goes.
+    /// The last close of an open file: its flock goes, and if it was the
+    /// inode's last handle and the inode lost its names, the inode.
     func release(_ r: Req, fh: UInt64, ino: UInt64, owner: UInt64, flockRelease: Bool) {
-        _ = files.close(fh)
-        guard flockRelease else { return replyOK(r) }
+        let last = files.close(fh)
+        let orphan = last.map { orphans.isOrphan($0) } ?? false
+        guard flockRelease || orphan else { return replyOK(r) }
         serve(r, asCaller: false) { r in
-            try? await self.lockClient.flock(ino: ino, owner: owner, operation: .unlock, wait: false)
+            if flockRelease { try? await self.lockClient.flock(ino: ino, owner: owner, operation: .unlock, wait: false) }
+            if orphan { await self.orphans.released(ino) }
             self.replyOK(r)
         }
     }

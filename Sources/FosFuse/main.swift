@@ -171,6 +171,9 @@ func main() -> Never {
         let t = Thread { announce(mountpoint: mountpoint, runtime: runtime, node: node, maxWrite: conn.max_write, ready: ready) }
         t.start()
     }
+    if daemon.actsForCallers {
+        try? onLoop(rt) { await daemon.orphans.sweep(alive: FuseMounts.daemonAlive) }
+    }
     var ops = makeOps()
     var err = [CChar](repeating: 0, count: 256)
     let fsname = FuseMounts.source(node: rt.node)

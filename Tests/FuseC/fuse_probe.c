@@ -1,8 +1,9 @@
 // Probes of a mounted file system that shell tools cannot make: mmap,
 // telldir/seekdir, record locks and flock between processes, FIFOs,
-// extended attributes, renameat2 flags, one large write. Each subcommand
+// extended attributes, renameat2 flags, one large write, files open after
+// their last name went. Each subcommand
 // prints what failed and exits 1, or exits 0.
-//   fuse_probe mmap|seekdir|locks|fifo|xattr|rename2|bigio PATH
+//   fuse_probe mmap|seekdir|locks|fifo|xattr|rename2|bigio|unlinked PATH
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -275,9 +276,39 @@ static void probe_bigio(const char *path) {
     free(r);
 }
 
+// A file open when its last name goes stays usable until closed: after
+// unlink, and after a rename over it.
+static void probe_unlinked(const char *dir) {
+    char a[4096], b[4096], c[4096];
+    snprintf(a, sizeof a, "%s/ua", dir);
+    snprintf(b, sizeof b, "%s/ub", dir);
+    snprintf(c, sizeof c, "%s/uc", dir);
+    int fd = open(a, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    EXPECT(fd >= 0, "open");
+    EXPECT(unlink(a) == 0, "unlink");
+    EXPECT(write(fd, "after unlink", 12) == 12, "write after unlink");
+    char buf[32] = {0};
+    EXPECT(pread(fd, buf, sizeof buf, 0) == 12 && !strcmp(buf, "after unlink"), "read after unlink: '%s'", buf);
+    struct stat st;
+    EXPECT(fstat(fd, &st) == 0 && st.st_nlink == 0 && st.st_size == 12, "fstat after unlink: nlink %ld",
+           (long)st.st_nlink);
+    EXPECT(access(a, F_OK) == -1 && errno == ENOENT, "the name is gone");
+    close(fd);
+    touch(b, "old");
+    touch(c, "new");
+    fd = open(b, O_RDONLY);
+    EXPECT(rename(c, b) == 0, "rename over an open file");
+    memset(buf, 0, sizeof buf);
+    EXPECT(pread(fd, buf, sizeof buf, 0) == 3 && !strcmp(buf, "old"), "the replaced file reads '%s'", buf);
+    close(fd);
+    slurp(b, buf, sizeof buf);
+    EXPECT(!strcmp(buf, "new"), "the name holds '%s'", buf);
+    unlink(b);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: fuse_probe mmap|seekdir|locks|fifo|xattr|rename2|bigio PATH\n");
+        fprintf(stderr, "usage: fuse_probe mmap|seekdir|locks|fifo|xattr|rename2|bigio|unlinked PATH\n");
         return 2;
     }
     const char *what = argv[1], *path = argv[2];
@@ -288,6 +319,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "xattr")) probe_xattr(path);
     else if (!strcmp(what, "rename2")) probe_rename2(path);
     else if (!strcmp(what, "bigio")) probe_bigio(path);
+    else if (!strcmp(what, "unlinked")) probe_unlinked(path);
     else {
         fprintf(stderr, "fuse_probe: unknown probe %s\n", what);
         return 2;
