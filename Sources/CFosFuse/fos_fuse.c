@@ -21,7 +21,7 @@ static pthread_t loop_thread;
 // Guards `looping` and the session's end: fosfuse_exit may come from any
 // thread at any time, also while fosfuse_unmount frees the session.
 static pthread_mutex_t life = PTHREAD_MUTEX_INITIALIZER;
-static int looping;
+static int looping, unmounted;
 
 #define UD(req) fuse_req_userdata(req)
 #define R(req) ((fosfuse_req)(req))
@@ -366,19 +366,21 @@ int fosfuse_loop(void) {
 // Only while the loop runs: a caller repeats it until the loop has returned.
 void fosfuse_exit(void) {
     pthread_mutex_lock(&life);
-    if (session && looping) {
+    if (session && looping && !unmounted) {
         fuse_session_exit(session);
         pthread_kill(loop_thread, SIGUSR2);
     }
     pthread_mutex_unlock(&life);
 }
 
+// The session itself stays until the process exits: a notification may
+// still be on its way on another thread (unmounting closes the device, so
+// that one fails instead of waiting).
 void fosfuse_unmount(void) {
     pthread_mutex_lock(&life);
-    if (session) {
+    if (session && !unmounted) {
         fuse_session_unmount(session);
-        fuse_session_destroy(session);
-        session = NULL;
+        unmounted = 1;
     }
     pthread_mutex_unlock(&life);
 }

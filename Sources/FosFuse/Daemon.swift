@@ -44,6 +44,10 @@ final class Daemon: Sendable {
     let nodes = NodeTable()
     let files = OpenFiles()
     let orphans: Orphans
+    /// Drops the kernel's caches when others change things (root only:
+    /// the fleet's change log is not for everyone). Without it, open files
+    /// keep no pages from one open to the next.
+    let invalidator: Invalidator?
     let groupCache = GroupCache()
     let waits = Interruptible()
     let stats = Stats()
@@ -54,6 +58,7 @@ final class Daemon: Sendable {
          onInit: @escaping @Sendable (fosfuse_conn) -> Void) {
         self.onInit = onInit
         self.orphans = Orphans(fs: fs, pid: getpid())
+        self.invalidator = geteuid() == 0 ? Invalidator(rt: rt, nodes: nodes) : nil
         self.rt = rt
         self.fs = fs
         self.lockClient = lockClient
@@ -137,6 +142,15 @@ final class Daemon: Sendable {
     }
 
     func replyOK(_ r: Req) { fosfuse_reply_err(r.raw, 0) }
+
+    /// How an open is answered: the kernel keeps a file's pages from one
+    /// open to the next while every change by others is announced.
+    func openReply(_ fh: UInt64) -> fosfuse_open {
+        var o = fosfuse_open()
+        o.fh = fh
+        o.keep_cache = invalidator?.active.load(ordering: .relaxed) == true ? 1 : 0
+        return o
+    }
     func replyErr(_ r: Req, _ e: Int32) { fosfuse_reply_err(r.raw, e) }
 }
 
@@ -156,6 +170,7 @@ final class NodeTable: Sendable {
     }
 
     func known(_ ino: UInt64) -> Bool { ino == 1 || counts.withLock { $0[ino] != nil } }
+    func all() -> [UInt64] { [1] + counts.withLock { Array($0.keys) }.filter { $0 != 1 } }
     var count: Int { counts.withLock { $0.count } }
 }
 

@@ -72,8 +72,7 @@ extension Daemon {
         let truncate = flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY
         serve(r) { r in
             if truncate { _ = try await self.fs.truncate(ino: ino, size: 0) }
-            var o = fosfuse_open()
-            o.fh = self.files.open(ino: ino, flags: flags)
+            var o = self.openReply(self.files.open(ino: ino, flags: flags))
             if fosfuse_reply_open(r.raw, &o) != 0 { self.dropHandle(o.fh) }
         }
     }
@@ -83,8 +82,7 @@ extension Daemon {
             let a = try await self.fs.create(parent: parent, name: name, mode: mode & 0o7777,
                                              flags: OpenFlags(rawValue: flags))
             var e = self.entry(a)
-            var o = fosfuse_open()
-            o.fh = self.files.open(ino: a.ino, flags: flags)
+            var o = self.openReply(self.files.open(ino: a.ino, flags: flags))
             self.nodes.looked(a.ino)
             if fosfuse_reply_create(r.raw, &e, &o) != 0 {
                 self.nodes.forget(a.ino, 1)
@@ -206,8 +204,8 @@ extension Daemon {
     }
 
     /// The kernel's pages and size of `ino` may be wrong (an append that
-    /// landed elsewhere than it thought): dropped when invalidation exists.
-    func staleData(_ ino: UInt64) {}
+    /// landed elsewhere than it thought).
+    func staleData(_ ino: UInt64) { invalidator?.drop(ino) }
 
     // MARK: locks
 

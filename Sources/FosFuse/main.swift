@@ -190,6 +190,8 @@ func main() -> Never {
         fail(ready, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + (geteuid() == 0 ? "" : " (see the log; is fusermount3 installed?)"))
     }
 
+    daemon.invalidator?.start()
+
     let signalThread = Thread {
         var set = sigset_t()
         sigemptyset(&set)

@@ -190,7 +190,7 @@ int fosfuse_session(const struct fosfuse_config *cfg, const struct fosfuse_ops *
 int fosfuse_loop(void);
 /* Ends fosfuse_loop from any thread. */
 void fosfuse_exit(void);
-/* Unmounts (lazily) and frees the session. */
+/* Unmounts (lazily). */
 void fosfuse_unmount(void);
 
 /* The sender of a request; its supplementary groups (at most max; -errno on failure). */
