@@ -93,6 +93,10 @@ final class WatchLog: Sendable {
             let start = MemoryLayout<fos_fs_rename>.size
             return [entry(r.old_dir, bytes(start, Int(r.old_len))),
                     entry(r.new_dir, bytes(start + Int(r.old_len), Int(r.new_len))), inode(r.old_dir), inode(r.new_dir)]
+        case FOS_OP_FS_SETXATTR, FOS_OP_FS_REMOVEXATTR:
+            // Clients may cache what they learnt (fos-fuse: no security.capability).
+            guard let x = at(fos_fs_xattr.self) else { return [] }
+            return [inode(x.ino)]
         case FOS_OP_FS_OPEN:
             guard let o = at(fos_fs_open.self), let a = try? FSWire.decodeAttributes(reply) else { return [] }
             var out: [Event] = []

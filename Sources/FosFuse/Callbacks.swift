@@ -23,7 +23,10 @@ func makeOps() -> fosfuse_ops {
     var o = fosfuse_ops()
     o.`init` = { ud, conn in if let c = conn?.pointee { daemon(ud).onInit(c) } }
     o.lookup = { ud, r, parent, n in withName(r, n) { daemon(ud).lookup($0, parent: parent, name: $1) } }
-    o.forget = { ud, ino, n in daemon(ud).nodes.forget(ino, n) }
+    o.forget = { ud, ino, n in
+        let d = daemon(ud)
+        if d.nodes.forget(ino, n) { d.noCapabilities.remove(ino) }
+    }
     o.getattr = { ud, r, ino in daemon(ud).getattr(Req(raw: r!), ino: ino) }
     o.setattr = { ud, r, ino, s in daemon(ud).setattr(Req(raw: r!), ino: ino, s!.pointee) }
     o.readlink = { ud, r, ino in daemon(ud).readlink(Req(raw: r!), ino: ino) }

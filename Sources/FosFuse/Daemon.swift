@@ -49,6 +49,7 @@ final class Daemon: Sendable {
     /// keep no pages from one open to the next.
     let invalidator: Invalidator?
     let groupCache = GroupCache()
+    let noCapabilities = NoCapabilities()
     let waits = Interruptible()
     let stats = Stats()
     /// Called on the worker that handles the kernel's INIT, before the answer.
@@ -58,7 +59,7 @@ final class Daemon: Sendable {
          onInit: @escaping @Sendable (fosfuse_conn) -> Void) {
         self.onInit = onInit
         self.orphans = Orphans(fs: fs, pid: getpid())
-        self.invalidator = geteuid() == 0 ? Invalidator(rt: rt, nodes: nodes) : nil
+        self.invalidator = geteuid() == 0 ? Invalidator(rt: rt, nodes: nodes, noCapabilities: noCapabilities) : nil
         self.rt = rt
         self.fs = fs
         self.lockClient = lockClient
@@ -162,10 +163,17 @@ final class NodeTable: Sendable {
 
     func looked(_ ino: UInt64) { counts.withLock { $0[ino, default: 0] += 1 } }
 
-    func forget(_ ino: UInt64, _ n: UInt64) {
+    /// Returns whether the kernel let go of the inode.
+    @discardableResult
+    func forget(_ ino: UInt64, _ n: UInt64) -> Bool {
         counts.withLock { c in
-            guard let have = c[ino] else { return }
-            if have <= n { c.removeValue(forKey: ino) } else { c[ino] = have - n }
+            guard let have = c[ino] else { return true }
+            if have <= n {
+                c.removeValue(forKey: ino)
+                return true
+            }
+            c[ino] = have - n
+            return false
         }
     }
 

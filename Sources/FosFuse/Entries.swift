@@ -2,6 +2,7 @@ import CFosFuse
 import FosCore
 import FosFS
 import FosFSClient
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -127,7 +128,16 @@ extension Daemon {
     }
 
     func getxattr(_ r: Req, ino: UInt64, name: String, size: Int) {
-        serve(r) { r in self.replySized(r, try await self.fs.getxattr(ino: ino, name: name), size: size) }
+        let capability = name == NoCapabilities.name
+        if capability && noCapabilities.contains(ino) { return replyErr(r, ENODATA) }
+        serve(r) { r in
+            do {
+                self.replySized(r, try await self.fs.getxattr(ino: ino, name: name), size: size)
+            } catch FosError.remote(let e) where capability && e == .noData {
+                self.noCapabilities.insert(ino)
+                throw FosError.remote(e)
+            }
+        }
     }
 
     func listxattr(_ r: Req, ino: UInt64, size: Int) {
@@ -139,6 +149,7 @@ extension Daemon {
     }
 
     func setxattr(_ r: Req, ino: UInt64, name: String, value: [UInt8], flags: Int32) {
+        noCapabilities.remove(ino)
         serve(r) { r in
             try await self.fs.setxattr(ino: ino, name: name, value: value, flags: XattrFlags(rawValue: flags))
             self.replyOK(r)
@@ -146,9 +157,23 @@ extension Daemon {
     }
 
     func removexattr(_ r: Req, ino: UInt64, name: String) {
+        noCapabilities.remove(ino)
         serve(r) { r in
             try await self.fs.removexattr(ino: ino, name: name)
             self.replyOK(r)
         }
     }
+}
+
+/// Inodes known to have no security.capability. The kernel asks for it
+/// before every write (to drop capabilities the write must clear): answered
+/// here, on the worker, instead of by the fleet. An inode leaves the set
+/// when its attributes change through anyone (the fleet announces xattr
+/// changes) and when the kernel forgets it.
+final class NoCapabilities: Sendable {
+    static let name = "security.capability"
+    private let inodes = Mutex<Set<UInt64>>([])
+    func contains(_ ino: UInt64) -> Bool { inodes.withLock { $0.contains(ino) } }
+    func insert(_ ino: UInt64) { _ = inodes.withLock { $0.insert(ino) } }
+    func remove(_ ino: UInt64) { _ = inodes.withLock { $0.remove(ino) } }
 }

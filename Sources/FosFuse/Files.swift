@@ -70,11 +70,17 @@ extension Daemon {
         // The kernel checked the caller's access (default_permissions). With
         // atomic O_TRUNC the truncation is ours, made as the caller.
         let truncate = flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY
+        // Nothing to ask the fleet: answered on the worker.
+        guard truncate else { return answerOpen(r, ino: ino, flags: flags) }
         serve(r) { r in
-            if truncate { _ = try await self.fs.truncate(ino: ino, size: 0) }
-            var o = self.openReply(self.files.open(ino: ino, flags: flags))
-            if fosfuse_reply_open(r.raw, &o) != 0 { self.dropHandle(o.fh) }
+            _ = try await self.fs.truncate(ino: ino, size: 0)
+            self.answerOpen(r, ino: ino, flags: flags)
         }
+    }
+
+    private func answerOpen(_ r: Req, ino: UInt64, flags: Int32) {
+        var o = openReply(files.open(ino: ino, flags: flags))
+        if fosfuse_reply_open(r.raw, &o) != 0 { dropHandle(o.fh) }
     }
 
     func create(_ r: Req, parent: UInt64, name: String, mode: UInt32, flags: Int32) {

@@ -24,15 +24,17 @@ import Glibc
 final class Invalidator: Sendable {
     let rt: FosRuntime
     let nodes: NodeTable
+    let noCapabilities: NoCapabilities
     let ownPid = getpid()
     private let watched = Mutex<Set<MailboxAddress>>([])
     /// Whether every member is watched, so that open files may keep their pages.
     let active = Atomic<Bool>(false)
     private let queue = NotifyQueue()
 
-    init(rt: FosRuntime, nodes: NodeTable) {
+    init(rt: FosRuntime, nodes: NodeTable, noCapabilities: NoCapabilities) {
         self.rt = rt
         self.nodes = nodes
+        self.noCapabilities = noCapabilities
     }
 
     func start() {
@@ -92,6 +94,7 @@ final class Invalidator: Sendable {
         for e in events where e.pid != ownPid {
             switch e {
             case .inode(let ino, let offset, let length, _):
+                noCapabilities.remove(ino)
                 guard nodes.known(ino) else { continue }
                 if length == 0 {
                     queue.push(.inode(ino: ino, offset: -1, length: 0))

@@ -24,7 +24,8 @@ struct Options {
     var allowOther = false
     var readOnly = false
     var readyFD: Int32 = -1
-    var timeout = 1.0
+    /// nil: 10 s when the daemon announces others' changes (root), else 1 s.
+    var timeout: Double?
     var threads: UInt32 = 8
     var debug = false
 
@@ -137,7 +138,11 @@ func main() -> Never {
 
     let rt: FosRuntime
     do {
-        rt = try FosRuntime.connect(runtime: opts.runtime, ownThread: false)
+        // Requests come as a stream of round trips, each waiting for the last:
+        // a loop that spins 200 µs between them is awake for the next one
+        // (waking a sleeping thread costs tens of µs, more on a VM).
+        let spin: UInt64? = ProcessInfo.processInfo.environment["FOS_SPIN_US"] == nil ? 200 : nil
+        rt = try FosRuntime.connect(runtime: opts.runtime, ownThread: false, spinMicros: spin)
     } catch {
         fail(ready, "\(error)")
     }
@@ -163,7 +168,10 @@ func main() -> Never {
     let node = String(rt.node, radix: 16)
     let mountpoint = opts.mountpoint
     let runtime = opts.runtime
-    let daemon = Daemon(rt: rt, fs: fs, lockClient: lockClient, timeout: opts.timeout) { conn in
+    // Names and attributes are cached long when every change by others is
+    // announced; without that (not root: no change log), for a second.
+    let timeout = opts.timeout ?? (geteuid() == 0 ? 10 : 1)
+    let daemon = Daemon(rt: rt, fs: fs, lockClient: lockClient, timeout: timeout) { conn in
         say("mounted \(mountpoint) for node \(node): protocol \(conn.proto_major).\(conn.proto_minor), max_write \(conn.max_write), "
             + "max_readahead \(conn.max_readahead), max_background \(conn.max_background), want 0x\(String(conn.want, radix: 16))")
         // The kernel waits for INIT's answer, which follows this call: the
@@ -182,7 +190,7 @@ func main() -> Never {
             var cfg = fosfuse_config(mountpoint: mp, fsname: name, allow_other: opts.allowOther ? 1 : 0,
                                      read_only: opts.readOnly ? 1 : 0, debug: opts.debug ? 1 : 0,
                                      max_threads: opts.threads, max_idle_threads: min(4, opts.threads),
-                                     max_background: 64)
+                                     max_background: 64, explicit_invalidation: daemon.invalidator != nil ? 1 : 0)
             return fosfuse_session(&cfg, &ops, Unmanaged.passRetained(daemon).toOpaque(), &err, err.count)
         }
     }

@@ -180,6 +180,10 @@ struct fosfuse_config {
     uint32_t max_threads;        /* libfuse worker threads at most */
     uint32_t max_idle_threads;
     uint32_t max_background;     /* asynchronous requests (readahead) in flight */
+    /* The daemon announces every change by others (fosfuse_notify_*): the
+     * kernel then keeps pages until told, instead of dropping them whenever
+     * it sees a new mtime (which its own writes make). */
+    int explicit_invalidation;
 };
 
 /* Creates the session and mounts it. On failure returns -1 with a message in err. */
