@@ -135,6 +135,11 @@ func main() -> Never {
     var st = stat()
     if stat(opts.mountpoint, &st) != 0 { fail(ready, "\(opts.mountpoint): \(String(cString: strerror(errno)))") }
     if st.st_mode & S_IFMT != S_IFDIR { fail(ready, "\(opts.mountpoint): not a directory") }
+    // libfuse mounts through fusermount3 for others than root, but only
+    // after opening /dev/fuse itself (0666 on most systems, not on all).
+    if geteuid() != 0 && access("/dev/fuse", R_OK | W_OK) != 0 {
+        fail(ready, "/dev/fuse is not open to uid \(geteuid()) (\(String(cString: strerror(errno)))): only root can mount here")
+    }
 
     let rt: FosRuntime
     do {
