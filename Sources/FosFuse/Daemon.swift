@@ -208,54 +208,6 @@ final class GroupCache: Sendable {
     }
 }
 
-/// Requests that wait (F_SETLKW, flock) by token, so that an interrupt from
-/// the kernel cancels the task that serves it. The token names the task and
-/// does not keep it: an interrupt may come before the task exists (it was
-/// registered first) or after the answer (then it is ignored).
-final class Interruptible: Sendable {
-    private struct State {
-        var next: UInt64 = 1
-        var pending: Set<UInt64> = []
-        var cancelledEarly: Set<UInt64> = []
-        var endedEarly: Set<UInt64> = []
-        var live: [UInt64: Task<Void, Never>] = [:]
-    }
-    private let state = Mutex(State())
-
-    func token() -> UInt64 {
-        state.withLock { s in
-            defer { s.next += 1 }
-            s.pending.insert(s.next)
-            return s.next
-        }
-    }
-
-    func started(_ token: UInt64, _ task: Task<Void, Never>) {
-        let cancel = state.withLock { s -> Bool in
-            s.pending.remove(token)
-            let c = s.cancelledEarly.remove(token) != nil
-            if s.endedEarly.remove(token) == nil { s.live[token] = task }
-            return c
-        }
-        if cancel { task.cancel() }
-    }
-
-    func ended(_ token: UInt64) {
-        state.withLock { s in
-            if s.live.removeValue(forKey: token) == nil && s.pending.contains(token) { s.endedEarly.insert(token) }
-        }
-    }
-
-    func interrupt(_ token: UInt64) {
-        let t = state.withLock { s -> Task<Void, Never>? in
-            if let t = s.live[token] { return t }
-            if s.pending.contains(token) { s.cancelledEarly.insert(token) }
-            return nil
-        }
-        t?.cancel()
-    }
-}
-
 /// Counters for the log and the tests.
 final class Stats: Sendable {
     let largestWrite = Atomic<Int>(0)
