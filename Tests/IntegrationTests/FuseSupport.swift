@@ -1,7 +1,6 @@
 import FosCore
 import FosMounts
 import Foundation
-import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -77,23 +76,28 @@ func sh(_ node: TestNode, _ script: String, nobody: Bool = false, check: Bool = 
     return r
 }
 
-/// The C programs of Tests/FuseC, compiled once per test process.
+/// The C programs of Tests/FuseC, compiled once for each version of their
+/// source into /tmp/fos-fusec (kept between runs, so nothing piles up).
 enum FuseC {
     static let source = ((#filePath as NSString).deletingLastPathComponent as NSString)
         .deletingLastPathComponent + "/FuseC"
-    private static let built = Mutex<[String: String]>([:])
+    static let cache = "/tmp/fos-fusec"
 
     static func program(_ name: String) async throws -> String {
-        if let p = built.withLock({ $0[name] }) { return p }
-        var template = Array("/tmp/fos-fusec-XXXXXX".utf8CString)
-        guard let d = mkdtemp(&template) else { throw TestFailure("mkdtemp failed") }
-        let dir = String(cString: d)
-        chmod(dir, 0o755)
-        let out = dir + "/" + name
-        let r = try await runCommand("/usr/bin/cc", ["-O1", "-Wall", "-o", out, "\(source)/\(name).c"], outputIn: dir,
+        guard let text = FileManager.default.contents(atPath: "\(source)/\(name).c") else {
+            throw TestFailure("no \(source)/\(name).c")
+        }
+        // FNV-1a of the source names the build.
+        let hash = text.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+        let out = "\(cache)/\(name)-\(String(hash, radix: 16))"
+        if FileManager.default.isExecutableFile(atPath: out) { return out }
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        chmod(cache, 0o755)
+        let tmp = out + ".\(getpid()).tmp"
+        let r = try await runCommand("/usr/bin/cc", ["-O1", "-Wall", "-o", tmp, "\(source)/\(name).c"], outputIn: cache,
                                      timeout: .seconds(60))
         guard r.status == 0 else { throw TestFailure("cannot compile \(name).c: \(r.stderr)") }
-        built.withLock { $0[name] = out }
+        guard rename(tmp, out) == 0 else { throw TestFailure("cannot place \(out): errno \(errno)") }
         return out
     }
 }
