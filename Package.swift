@@ -24,6 +24,7 @@ let package = Package(
         .executable(name: "fos-spawn", targets: ["FosSpawnServer"]),
         .library(name: "fosshim", type: .dynamic, targets: ["FosShim"]),
         .executable(name: "fos-run", targets: ["FosRun"]),
+        .executable(name: "fos-fuse", targets: ["FosFuse"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -47,7 +48,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "FosCtl",
-            dependencies: ["FosCore", "FosFS", "FosBlock", "FosFSClient",
+            dependencies: ["FosCore", "FosFS", "FosBlock", "FosFSClient", "FosMounts",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // io_uring behind prefixed names; liburing's headers stay in this target.
@@ -62,7 +63,7 @@ let package = Package(
             dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient", "FosBlock"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient", "FosBlock", "FosMounts"]),
         // CRC-32C for the file system's on-disk checksums.
         .target(name: "CFosCRC"),
         // The fos file system: format, buffer cache, journal, POSIX operations (no processes).
@@ -96,5 +97,12 @@ let package = Package(
         ),
         // fos-run: runs a program with the shim preloaded.
         .executableTarget(name: "FosRun", dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // The FUSE mount (fosctl mount): libfuse 3 behind prefixed names in a C
+        // target of its own (its headers and liburing's clash as Clang modules
+        // of one Swift module: never import CFosFuse next to CFosUring).
+        .target(name: "CFosFuse", linkerSettings: [.linkedLibrary("fuse3")]),
+        // Where fos mounts are recorded (daemon pid per mount point), for fos-fuse and fosctl.
+        .target(name: "FosMounts"),
+        .executableTarget(name: "FosFuse", dependencies: ["CFosFuse", "FosFSClient", "FosFS", "FosCore", "FosMounts"]),
     ]
 )

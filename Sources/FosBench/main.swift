@@ -9,6 +9,7 @@ import Foundation
 let usage = """
     usage: fos-bench messaging [--json] [--runs N] [--iterations N] [--runtime DIR]
            fos-bench fs [--json] [--runs N] [--seconds S]
+           fos-bench fuse [--json] [--runs N] [--seconds S]
 
     messaging: round trip (median, p99) and pipelined throughput at 64 B and
     4 KiB over fos channels, a Unix-domain socket and a pipe, measured in the
@@ -25,6 +26,11 @@ let usage = """
     1 MiB requests; fos: 60 KiB requests, 16 in flight). Medians over
     --runs. Always starts private nodes in a temporary directory; the fs
     node's disk image is 3 GiB (sparse): it needs about 2.5 GiB free.
+
+    fuse: 1 MiB sequential write and read, 4 KiB random read, create, stat
+    and unlink on the fos FUSE mount (fosctl mount of a private node) and on
+    the host file system, in the same run (--runs default 3, --seconds per
+    test default 2).
     """
 
 func die(_ s: String) -> Never {
@@ -48,14 +54,14 @@ if args.first == "peer" {
     }
 }
 
-guard args.first == "messaging" || args.first == "fs" else {
+guard ["messaging", "fs", "fuse"].contains(args.first ?? "") else {
     print(usage)
     exit(args.first == "--help" || args.first == "-h" ? 0 : 2)
 }
 let mode = args.removeFirst()
 // Globals of a single-threaded driver, set before any measurement starts.
 var json = false
-var runs = mode == "fs" ? 3 : 5
+var runs = mode == "messaging" ? 5 : 3
 nonisolated(unsafe) var iterations = 20_000
 var seconds = 2.0
 var runtimeDir: String?
@@ -66,7 +72,7 @@ while !args.isEmpty {
     case "--runs": runs = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
     case "--iterations": iterations = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
     case "--runtime" where mode == "messaging": runtimeDir = args.isEmpty ? nil : args.removeFirst()
-    case "--seconds" where mode == "fs": seconds = args.isEmpty ? 0 : Double(args.removeFirst()) ?? 0
+    case "--seconds" where mode != "messaging": seconds = args.isEmpty ? 0 : Double(args.removeFirst()) ?? 0
     case "--help", "-h":
         print(usage)
         exit(0)
@@ -103,6 +109,17 @@ struct Child {
     }
     if pid < 0 { die("cannot start \(argv[0]): \(String(cString: strerror(-pid)))") }
     return Child(pid: pid, pidfd: pidfd)
+}
+
+// The FUSE section starts its own node and mount (FuseBench.swift).
+if mode == "fuse" {
+    _ = fos_sys_pin_self(clientCore)
+    do {
+        try await fuseBench(runs: runs, seconds: seconds, json: json)
+    } catch {
+        die("fuse: \(error)")
+    }
+    exit(0)
 }
 
 /// A private node unless --runtime names one.

@@ -50,7 +50,13 @@ struct Status: ParsableCommand {
         let rt = try common.connect()
         let text = try rt.query(Int32(FOS_CTL_STATUS))
         let s = try JSONDecoder().decode(NodeStatus.self, from: Data(text.utf8))
-        if common.json { return printJSON(s) }
+        let mounts = mountRows(runtime: s.runtimeDir, node: rt.node)
+        if common.json {
+            var all = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(s)) as? [String: Any] ?? [:]
+            all["mounts"] = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(mounts))
+            let out = try JSONSerialization.data(withJSONObject: all, options: [.prettyPrinted, .sortedKeys])
+            return print(String(decoding: out, as: UTF8.self))
+        }
         print("node        \(s.node) (fosd pid \(s.pid), up \(String(format: "%.1f", s.uptimeSeconds)) s)")
         print("runtime     \(s.runtimeDir)")
         print("state       \(s.stateDir)")
@@ -59,6 +65,11 @@ struct Status: ParsableCommand {
         print("processes   \(s.connections) connected, \(s.mailboxes) mailboxes, \(s.channels) channels")
         print("names       \(s.nameService ? "name service up" : "name service DOWN")")
         print("rejected    \(s.rejectedMessages) messages")
+        for (i, m) in mounts.enumerated() {
+            let what = m.state == "live" ? "(fos-fuse pid \(m.pid ?? 0))"
+                : "STALE: its daemon is gone (clean it with `fosctl umount \(m.mountpoint)`)"
+            print("\(i == 0 ? "mounts " : "       ")     \(m.mountpoint) \(what)")
+        }
     }
 }
 
@@ -270,5 +281,6 @@ struct FosCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fosctl",
         abstract: "Inspect and steer a fos node and its fleets.",
-        subcommands: [Status.self, Fleets.self, Names.self, Ps.self, Spawn.self, Kill.self, Call.self, FS.self, Mkfs.self, Fsck.self])
+        subcommands: [Status.self, Fleets.self, Names.self, Ps.self, Spawn.self, Kill.self, Call.self, FS.self, Mount.self,
+                      Umount.self, Mkfs.self, Fsck.self])
 }

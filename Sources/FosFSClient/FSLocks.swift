@@ -9,6 +9,10 @@ import FosFS
 public enum RecordLockOwner: Sendable, Hashable {
     case process(pid: Int32)
     case openFile(UInt64)
+    /// A process lock whose owner is named by an id other than the pid:
+    /// the FUSE daemon passes the kernel's lock_owner (one per files_struct,
+    /// which the pid does not identify: threads, CLONE_FILES children).
+    case processOwner(UInt64, pid: Int32)
 }
 
 /// A lock as F_GETLK reports it.
@@ -79,6 +83,10 @@ extension FSClient {
         case .openFile(let id):
             l.kind = UInt8(FOS_FS_LOCK_OFD)
             l.owner = id
+        case .processOwner(let id, let pid):
+            l.kind = UInt8(FOS_FS_LOCK_POSIX)
+            l.owner = id
+            l.pid = pid
         }
         return l
     }

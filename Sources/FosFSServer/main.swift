@@ -41,6 +41,7 @@ final class FSService: Sendable {
     /// Coordinations and recoveries of this member, one at a time.
     let diskLockUsers = AsyncLock()
     let locks = LockService()
+    let watch = WatchLog()
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -70,9 +71,10 @@ final class FSService: Sendable {
 
     func handle(_ r: Request) async -> Reply {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
-        if r.opcode == UInt16(FOS_OP_FS_AS) { return await handleAs(r) }
+        if r.opcode == UInt16(FOS_OP_FS_AS) { return await watch.noted(r, await handleAs(r), svc: self) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
-        return await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
+        return await watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false),
+                                 svc: self)
     }
 
     /// A peer's forwarded request: only on our internal mailbox, only from a
@@ -563,6 +565,7 @@ func runMember() -> Never {
             handlers[UInt16(FOS_OP_FS_LEND)] = { await svc.handleLend($0) }
             handlers[UInt16(FOS_OP_FS_RETURN)] = { await svc.handleReturn($0) }
             handlers[UInt16(FOS_OP_FS_LOCK)] = { await svc.handle($0) }
+            handlers[UInt16(FOS_OP_FS_WATCH)] = { await svc.watch.watch($0) }
             let server = FosServer(runtime: rt, handlers: handlers, onConnect: { ch, stats in
                 closeFD(stats)
                 svc.locks.connected(ch.id)

@@ -409,6 +409,54 @@ typedef struct fos_fs_lock_origin {
 
 _Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
 
+/*
+ * Change notifications (FOS_OP_FS_WATCH), for clients that cache: the FUSE
+ * daemon drops the kernel's caches when another client changes something.
+ * Each member keeps a bounded log of the changes it was asked to make
+ * (by whom: the sender's pid); a watcher long-polls every member: WATCH
+ * with the cursor it has returns the events after it as soon as there are
+ * any, or none after wait_ms. Cursor 0 asks for the current cursor alone.
+ * FOS_FS_WATCH_LOST: events between the cursor and the reply's first one
+ * are gone (the log overflowed, or the member restarted: `epoch` changed);
+ * the watcher must drop everything it caches. Root clients only (events
+ * name files of every user); others get EPERM.
+ */
+#define FOS_OP_FS_WATCH 0x419u       /* fos_fs_watch -> fos_fs_watch_reply + events */
+#define FOS_FS_WATCH_MAX_WAIT_MS 10000u
+#define FOS_FS_WATCH_LOST 0x1u
+
+/* An inode's attributes changed, and its data in [offset, offset+length)
+ * (length 0: none; UINT64_MAX: all of it). */
+#define FOS_FS_EVENT_INODE 1u
+/* The name `name` in directory `parent` now names something else, or nothing. */
+#define FOS_FS_EVENT_ENTRY 2u
+
+typedef struct fos_fs_watch {
+    uint64_t cursor;
+    uint32_t wait_ms;    /* at most FOS_FS_WATCH_MAX_WAIT_MS */
+    uint32_t max;        /* events at most, 1...1024 */
+} fos_fs_watch;
+
+typedef struct fos_fs_watch_reply {
+    uint64_t cursor;     /* of the last event in the reply (or the current one) */
+    uint64_t epoch;      /* the member's start; changes when it restarts */
+    uint32_t count;
+    uint32_t flags;      /* FOS_FS_WATCH_LOST */
+} fos_fs_watch_reply;
+
+typedef struct fos_fs_event {
+    uint64_t ino;        /* INODE: the inode; ENTRY: 0 */
+    uint64_t parent;     /* ENTRY: the directory; INODE: 0 */
+    uint64_t offset;
+    uint64_t length;
+    int32_t origin_pid;  /* the process that asked for the change */
+    uint8_t kind;        /* FOS_FS_EVENT_* */
+    uint8_t reserved;
+    uint16_t name_len;   /* ENTRY: bytes of the name that follow, padded to 8 */
+} fos_fs_event;
+
+_Static_assert(sizeof(fos_fs_event) == 40, "fos_fs_event layout");
+
 /* ------------------------------------------------------------------ */
 /* Spawn service (/sys/spawn)                                          */
 /* ------------------------------------------------------------------ */

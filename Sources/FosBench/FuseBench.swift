@@ -1,0 +1,159 @@
+import CFosSys
+import FosCore
+import Foundation
+
+// fos-bench fuse: the same POSIX workload on the fos FUSE mount and on the
+// host file system (a temporary directory), in one run: 1 MiB sequential
+// write and read, 4 KiB random read, and create, stat and unlink per second.
+// A private node (one fs member, fresh disk) is mounted with fosctl mount
+// and unmounted at the end.
+
+struct FuseRow: Codable {
+    var test: String
+    var unit: String
+    var host: Double
+    var fos: Double
+    var ratio: Double
+    var target: Double
+    var met: Bool
+}
+
+/// Bytes of the sequential file: large enough for a steady rate, small
+/// enough for the 2 GiB disk and the host's page cache.
+let fuseSeqBytes = 256 << 20
+
+/// One side's measurements, in the order of `fuseTests`.
+func fuseRound(_ dir: String, seconds: Double) async throws -> [Double] {
+    mkdir(dir, 0o755)
+    let file = dir + "/seq"
+    let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    defer { chunk.deallocate() }
+    for i in 0..<chunk.count { chunk[i] = UInt8(truncatingIfNeeded: i &* 7) }
+    func fail(_ what: String) -> Never { die("\(what) \(dir): \(String(cString: strerror(errno)))") }
+
+    // Sequential write: write(2) of 1 MiB at a time, then close.
+    var t0 = monotonicNanos()
+    var fd = open(file, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o644)
+    if fd < 0 { fail("open") }
+    for _ in 0..<(fuseSeqBytes >> 20) where write(fd, chunk.baseAddress, chunk.count) != chunk.count { fail("write") }
+    close(fd)
+    let writeMBs = Double(fuseSeqBytes) / 1e6 / (Double(monotonicNanos() - t0) / 1e9)
+
+    // Sequential read of what was just written.
+    t0 = monotonicNanos()
+    fd = open(file, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { fail("open") }
+    var total = 0
+    while true {
+        let n = read(fd, chunk.baseAddress, chunk.count)
+        if n < 0 { fail("read") }
+        if n == 0 { break }
+        total += n
+    }
+    close(fd)
+    if total != fuseSeqBytes { die("read \(total) bytes of \(fuseSeqBytes) in \(dir)") }
+    let readMBs = Double(fuseSeqBytes) / 1e6 / (Double(monotonicNanos() - t0) / 1e9)
+
+    // 4 KiB random reads in that file.
+    fd = open(file, O_RDONLY | O_CLOEXEC)
+    var rng = SystemRandomNumberGenerator()
+    let blocks = UInt64(fuseSeqBytes / 4096)
+    let random = try await opsPerSecond(seconds) { _ in
+        if pread(fd, chunk.baseAddress, 4096, off_t(rng.next(upperBound: blocks) * 4096)) != 4096 { fail("pread") }
+    }
+    close(fd)
+    unlink(file)
+
+    // Metadata: create (open O_CREAT|O_EXCL, close), stat, unlink.
+    var made = 0
+    let create = try await opsPerSecond(seconds, limit: createLimit) { i in
+        let fd = open(dir + "/f\(i)", O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o644)
+        if fd < 0 { fail("create") }
+        close(fd)
+        made = i + 1
+    }
+    var st = stat()
+    let statRate = try await opsPerSecond(seconds) { i in
+        if lstat(dir + "/f\(i % max(made, 1))", &st) != 0 { fail("stat") }
+    }
+    let unlinkRate = try await opsPerSecond(seconds, limit: made) { i in
+        if unlink(dir + "/f\(i)") != 0 { fail("unlink") }
+    }
+    rmdir(dir)
+    return [writeMBs, readMBs, random, create, statRate, unlinkRate]
+}
+
+let fuseTests: [(name: String, unit: String, target: Double)] = [
+    ("1 MiB sequential write", "MB/s", 0.9), ("1 MiB sequential read", "MB/s", 0.9), ("4 KiB random read", "ops/s", 0.9),
+    ("create (empty file)", "ops/s", 0.5), ("stat", "ops/s", 0.5), ("unlink", "ops/s", 0.5),
+]
+
+func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fos-bench-fuse-\(getpid())").path
+    let mp = dir + "/mnt", host = dir + "/host"
+    for d in [mp, host] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+    // fosd and the daemon get every core (the driver is pinned to one).
+    let pinned = threadAffinity()
+    setThreadAffinity(allCPUs())
+    let node = spawn([selfDir + "/fosd", "--runtime", dir + "/run", "--state", dir + "/state", "--disk-size", "2G",
+                      "--fs-members", "1"], keep: [], core: -1)
+    var mounted = false
+    defer {
+        if mounted {
+            let u = spawn([selfDir + "/fosctl", "umount", "--runtime", dir + "/run", mp], keep: [], core: -1)
+            _ = fos_sys_reap(u.pid, 0)
+        }
+        _ = fos_sys_pidfd_kill(node.pidfd, SIGTERM)
+        _ = fos_sys_reap(node.pid, 0)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+    // fosctl mount fails until the node's fs fleet answers.
+    for _ in 0..<300 where !mounted {
+        let m = spawn([selfDir + "/fosctl", "mount", "--runtime", dir + "/run", mp], keep: [], core: -1)
+        mounted = fos_sys_reap(m.pid, 0) == 0
+        if !mounted { usleep(100_000) }
+    }
+    setThreadAffinity(pinned)
+    guard mounted else { die("cannot mount the fos file system on \(mp)") }
+    // Let the daemon watch the fleet, so that open files keep their pages.
+    usleep(500_000)
+
+    let secs = max(0.2, seconds / 2)
+    var fos: [[Double]] = Array(repeating: [], count: fuseTests.count)
+    var hostRuns = fos
+    for r in 0..<runs {
+        // Alternate who goes first.
+        if r % 2 == 1 { for (i, v) in try await fuseRound(mp + "/r\(r)", seconds: secs).enumerated() { fos[i].append(v) } }
+        for (i, v) in try await fuseRound(host + "/r\(r)", seconds: secs).enumerated() { hostRuns[i].append(v) }
+        if r % 2 == 0 { for (i, v) in try await fuseRound(mp + "/r\(r)", seconds: secs).enumerated() { fos[i].append(v) } }
+    }
+    let rows = fuseTests.indices.map { i in
+        let h = median(hostRuns[i]), f = median(fos[i])
+        let ratio = f / max(h, 1e-9)
+        return FuseRow(test: fuseTests[i].name, unit: fuseTests[i].unit, host: h, fos: f, ratio: ratio,
+                       target: fuseTests[i].target, met: ratio >= fuseTests[i].target)
+    }
+    if json {
+        struct Out: Codable {
+            var benchmark: String
+            var runs: Int
+            var secondsPerTest: Double
+            var sequentialBytes: Int
+            var rows: [FuseRow]
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try enc.encode(Out(benchmark: "fuse", runs: runs, secondsPerTest: secs,
+                                                  sequentialBytes: fuseSeqBytes, rows: rows)), as: UTF8.self))
+        return
+    }
+    print("fos FUSE mount (\(mp)) vs the host file system (\(host)): medians of \(runs) runs; "
+          + "\(fuseSeqBytes >> 20) MiB sequential, \(secs) s per other test")
+    print("")
+    var table = [["test", "unit", "host", "fos mount", "fos/host", "target"]]
+    for r in rows {
+        table.append([r.test, r.unit, String(format: "%.0f", r.host), String(format: "%.0f", r.fos),
+                      String(format: "%.2f", r.ratio), String(format: "≥ %.1f ", r.target) + (r.met ? "met" : "missed")])
+    }
+    printTable(table, leftColumns: 2)
+}

@@ -1,0 +1,212 @@
+import CFosWire
+import FosCore
+import FosFS
+import FosFSClient
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Change notifications (FOS_OP_FS_WATCH, fos_wire.h): the changes this
+/// member was asked to make, for clients that cache (the FUSE daemon).
+///
+/// An event is logged by the member the client's request came to, after
+/// the request succeeded and before its reply leaves: a watcher that polls
+/// every member sees every change, also one that a peer carried out (a
+/// forwarded request or a cross-member transaction). The log is bounded;
+/// a watcher that falls behind is told it lost events and drops all it
+/// caches. Nothing is logged until a watcher has asked once.
+final class WatchLog: Sendable {
+    struct Event {
+        var kind: UInt8
+        var ino: UInt64 = 0
+        var parent: UInt64 = 0
+        var offset: UInt64 = 0
+        var length: UInt64 = 0
+        var pid: Int32 = 0
+        var name: [UInt8] = []
+    }
+
+    private struct State {
+        /// events[i] has the sequence number first + i.
+        var events: [Event] = []
+        var first: UInt64 = 1
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter: UInt64 = 1
+        var last: UInt64 { first + UInt64(events.count) - 1 }
+    }
+
+    static let capacity = 8192
+    /// The member's start; a restarted member has a new log.
+    let epoch = monotonicNanos() | 1
+    private let watched = Atomic<Bool>(false)
+    private let state = Mutex(State())
+
+    // MARK: logging
+
+    /// The events of a client's request that succeeded (FOS_OP_FS_AS
+    /// unwrapped): what it changed, by whom.
+    func noted(_ r: Request, _ reply: Reply, svc: FSService) async -> Reply {
+        guard reply.status == 0, watched.load(ordering: .relaxed) else { return reply }
+        var op = r.opcode, payload = r.payload
+        if op == UInt16(FOS_OP_FS_AS) {
+            guard let (h, _, end) = FSService.parseEnvelope(payload) else { return reply }
+            op = h.opcode
+            payload = Array(payload[end...])
+        }
+        var events = await Self.events(op: op, payload, reply: reply.payload, svc: svc)
+        guard !events.isEmpty else { return reply }
+        for i in events.indices { events[i].pid = r.sender.pid }
+        append(events)
+        return reply
+    }
+
+    /// What a successful request changed, from its payload (validated by
+    /// then) and its reply.
+    static func events(op: UInt16, _ p: [UInt8], reply: [UInt8], svc: FSService) async -> [Event] {
+        func at<T>(_ t: T.Type) -> T? { p.withUnsafeBytes { loadStruct(T.self, from: $0) } }
+        func bytes(_ from: Int, _ n: Int) -> [UInt8] { from >= 0 && n >= 0 && from + n <= p.count ? Array(p[from..<(from + n)]) : [] }
+        func inode(_ ino: UInt64, all: Bool = false) -> Event {
+            Event(kind: UInt8(FOS_FS_EVENT_INODE), ino: ino, length: all ? UInt64.max : 0)
+        }
+        func entry(_ dir: UInt64, _ name: [UInt8]) -> Event { Event(kind: UInt8(FOS_FS_EVENT_ENTRY), parent: dir, name: name) }
+        switch UInt32(op) {
+        case FOS_OP_FS_SETATTR:
+            guard let s = at(fos_fs_setattr.self) else { return [] }
+            return [inode(s.ino, all: s.valid & FOS_FS_SET_SIZE != 0)]
+        case FOS_OP_FS_WRITE:
+            guard let io = at(fos_fs_io.self),
+                  let w = reply.withUnsafeBytes({ loadStruct(fos_fs_write_reply.self, from: $0) }) else { return [] }
+            return [Event(kind: UInt8(FOS_FS_EVENT_INODE), ino: io.ino, offset: w.offset, length: UInt64(w.count))]
+        case FOS_OP_FS_CREATE, FOS_OP_FS_MKDIR, FOS_OP_FS_MKNOD, FOS_OP_FS_SYMLINK:
+            guard let c = at(fos_fs_create.self) else { return [] }
+            return [entry(c.dir, bytes(MemoryLayout<fos_fs_create>.size, Int(c.name_len))), inode(c.dir)]
+        case FOS_OP_FS_LINK:
+            guard let l = at(fos_fs_link.self) else { return [] }
+            return [entry(l.dir, bytes(MemoryLayout<fos_fs_link>.size, Int(l.name_len))), inode(l.dir), inode(l.ino)]
+        case FOS_OP_FS_UNLINK, FOS_OP_FS_RMDIR:
+            guard let n = at(fos_fs_name_req.self) else { return [] }
+            return [entry(n.dir, bytes(MemoryLayout<fos_fs_name_req>.size, Int(n.name_len))), inode(n.dir)]
+        case FOS_OP_FS_RENAME:
+            guard let r = at(fos_fs_rename.self) else { return [] }
+            let start = MemoryLayout<fos_fs_rename>.size
+            return [entry(r.old_dir, bytes(start, Int(r.old_len))),
+                    entry(r.new_dir, bytes(start + Int(r.old_len), Int(r.new_len))), inode(r.old_dir), inode(r.new_dir)]
+        case FOS_OP_FS_SETXATTR, FOS_OP_FS_REMOVEXATTR:
+            // Clients may cache what they learnt (fos-fuse: no security.capability).
+            guard let x = at(fos_fs_xattr.self) else { return [] }
+            return [inode(x.ino)]
+        case FOS_OP_FS_OPEN:
+            guard let o = at(fos_fs_open.self), let a = try? FSWire.decodeAttributes(reply) else { return [] }
+            var out: [Event] = []
+            if o.flags & UInt32(O_TRUNC) != 0 { out.append(inode(a.ino, all: true)) }
+            // A name O_CREAT may have made: in the directory the path names.
+            if o.flags & UInt32(O_CREAT) != 0 {
+                let path = bytes(MemoryLayout<fos_fs_open>.size, Int(o.path_len))
+                guard let slash = path.lastIndex(of: 0x2F) else { return out }
+                let name = Array(path[(slash + 1)...])
+                let dir = slash == 0 ? [0x2F] : Array(path[..<slash])
+                var q = [UInt8]()
+                appendStruct(fos_fs_open(flags: 0, mode: 0, path_len: UInt32(dir.count), reserved: 0), to: &q)
+                let r = await svc.serve(op: UInt16(FOS_OP_FS_RESOLVE), payload: q + dir, cred: .root, forwarded: false)
+                if r.status == 0, !name.isEmpty, let d = r.payload.withUnsafeBytes({ loadStruct(fos_fs_ino.self, from: $0) }) {
+                    out += [entry(d.ino, name), inode(d.ino)]
+                }
+            }
+            return out
+        default:
+            return []
+        }
+    }
+
+    private func append(_ events: [Event]) {
+        let wake = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.events += events
+            // Trimmed in halves, so that a full log costs no shift per event.
+            if s.events.count > 2 * WatchLog.capacity {
+                let drop = s.events.count - WatchLog.capacity
+                s.events.removeFirst(drop)
+                s.first += UInt64(drop)
+            }
+            let w = Array(s.waiters.values)
+            s.waiters.removeAll()
+            return w
+        }
+        for w in wake { w.resume() }
+    }
+
+    // MARK: watchers
+
+    func watch(_ r: Request) async -> Reply {
+        guard r.sender.uid == 0 else { return Reply(status: EPERM) }
+        guard r.payload.count == MemoryLayout<fos_fs_watch>.size,
+              let w = r.payload.withUnsafeBytes({ loadStruct(fos_fs_watch.self, from: $0) }) else {
+            return Reply(status: EPROTO)
+        }
+        guard w.wait_ms <= FOS_FS_WATCH_MAX_WAIT_MS, (1...1024).contains(w.max) else { return Reply(status: EINVAL) }
+        watched.store(true, ordering: .relaxed)
+        if w.cursor == 0 { return reply(cursor: state.withLock { $0.last }, events: [], lost: false) }
+        let deadline = ContinuousClock.now + .milliseconds(Int(w.wait_ms))
+        while true {
+            let (events, lost, cursor) = take(after: w.cursor, max: Int(w.max))
+            if !events.isEmpty || lost || ContinuousClock.now >= deadline {
+                return reply(cursor: cursor, events: events, lost: lost)
+            }
+            await wait(after: w.cursor, until: deadline)
+        }
+    }
+
+    /// Events after `cursor`; whether some were lost; the cursor to go on from.
+    private func take(after cursor: UInt64, max: Int) -> ([Event], Bool, UInt64) {
+        state.withLock { s in
+            let lost = cursor + 1 < s.first
+            let from = Swift.max(cursor + 1, s.first)
+            guard from <= s.last else { return ([], lost, lost ? s.last : cursor) }
+            let i = Int(from - s.first)
+            var out: [Event] = []
+            var bytes = MemoryLayout<fos_fs_watch_reply>.size
+            for e in s.events[i...] {
+                let size = MemoryLayout<fos_fs_event>.size + (e.name.count + 7) & ~7
+                if out.count == max || bytes + size > Int(FOS_MAX_PAYLOAD) { break }
+                bytes += size
+                out.append(e)
+            }
+            return (out, lost, from + UInt64(out.count) - 1)
+        }
+    }
+
+    /// Until an event after `cursor`, or the deadline.
+    private func wait(after cursor: UInt64, until deadline: ContinuousClock.Instant) async {
+        let id = state.withLock { s -> UInt64 in
+            defer { s.nextWaiter += 1 }
+            return s.nextWaiter
+        }
+        let timer = Task {
+            try? await Task.sleep(until: deadline)
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.last > cursor || cursor + 1 < s.first || ContinuousClock.now >= deadline { return true }
+                s.waiters[id] = c
+                return false
+            }
+            if now { c.resume() }
+        }
+        timer.cancel()
+    }
+
+    private func reply(cursor: UInt64, events: [Event], lost: Bool) -> Reply {
+        var out = [UInt8]()
+        appendStruct(fos_fs_watch_reply(cursor: cursor, epoch: epoch, count: UInt32(events.count),
+                                        flags: lost ? FOS_FS_WATCH_LOST : 0), to: &out)
+        for e in events {
+            appendStruct(fos_fs_event(ino: e.ino, parent: e.parent, offset: e.offset, length: e.length, origin_pid: e.pid,
+                                      kind: e.kind, reserved: 0, name_len: UInt16(e.name.count)), to: &out)
+            out += e.name
+            while out.count % 8 != 0 { out.append(0) }
+        }
+        return Reply(payload: out)
+    }
+}

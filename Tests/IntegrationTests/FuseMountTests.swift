@@ -1,0 +1,84 @@
+import FosCore
+import FosMounts
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// fosctl mount and umount: the daemon's life, and the mounts it leaves.
+@Suite("FUSE mount lifecycle", .serialized)
+struct FuseMountTests {
+    struct StatusJSON: Decodable {
+        struct Row: Decodable {
+            var mountpoint: String
+            var pid: Int32?
+            var state: String
+        }
+        var mounts: [Row]
+    }
+
+    @Test("mount, status, umount; a killed daemon's mount is stale until umount; the daemon leaves with the node")
+    func lifecycle() async throws {
+        try await TestNode.with(members: 1) { node in
+            try await withMount(node) { mp in
+                let mount = try await runCommand("/bin/mount", [], outputIn: node.root)
+                #expect(mount.stdout.contains("on \(mp) type fuse.fos"), "\(mount.stdout)")
+                let s = try await node.fosctlJSON(StatusJSON.self, ["status"])
+                #expect(s.mounts.count == 1 && s.mounts.first?.mountpoint == mp && s.mounts.first?.state == "live")
+                let again = try await node.fosctl(["mount", mp])
+                #expect(again.status == 1 && again.stderr.contains("is a fos mount already"), "\(again.stderr)")
+                #expect(again.stderr.split(separator: "\n").count == 1)
+                let log = mountLog(node, mp)
+                #expect(log.contains("max_write 1048576"), "\(log)")
+            }
+
+            // Errors are one clear line.
+            let missing = try await node.fosctl(["mount", node.root + "/nowhere"])
+            #expect(missing.status == 1 && missing.stderr == "fosctl: mount: \(node.root)/nowhere: no such directory\n")
+            let notMounted = try await node.fosctl(["umount", node.root])
+            #expect(notMounted.status == 1 && notMounted.stderr.contains("is not a fos mount"))
+
+            // kill -9 of the daemon: the mount stays, stale; umount cleans it.
+            let mp = node.root + "/killed"
+            try FileManager.default.createDirectory(atPath: mp, withIntermediateDirectories: false)
+            let m = try await node.fosctl(["mount", mp])
+            #expect(m.status == 0 && m.stdout.isEmpty && m.stderr.isEmpty, "\(m.stderr)")
+            do {
+                let rec = try #require(FuseMounts.read(runtime: node.runtimeDir, mountpoint: mp))
+                #expect(FuseMounts.daemonAlive(rec.pid))
+                kill(rec.pid, SIGKILL)
+                try await eventually("the daemon to die") { FuseMounts.daemonAlive(rec.pid) ? nil : true }
+                #expect(FuseMounts.isMounted(mp))
+                let s = try await node.fosctlJSON(StatusJSON.self, ["status"])
+                #expect(s.mounts.first { $0.mountpoint == mp }?.state == "stale")
+                let text = try await node.fosctl(["status"])
+                #expect(text.stdout.contains("STALE") && text.stdout.contains("fosctl umount \(mp)"))
+                let u = try await node.fosctl(["umount", mp])
+                #expect(u.status == 0, "\(u.stderr)")
+                #expect(!FuseMounts.isMounted(mp))
+                #expect(try await node.fosctlJSON(StatusJSON.self, ["status"]).mounts.isEmpty)
+            } catch {
+                await forceUnmount(node, mp)
+                throw error
+            }
+
+            // The node stops: the daemon unmounts and exits.
+            let m2 = try await node.fosctl(["mount", mp])
+            #expect(m2.status == 0, "\(m2.stderr)")
+            let rec = FuseMounts.read(runtime: node.runtimeDir, mountpoint: mp)
+            await node.terminate()
+            do {
+                try await eventually("the daemon to leave with the node") {
+                    (rec.map { FuseMounts.daemonAlive($0.pid) } ?? false) || FuseMounts.isMounted(mp) ? nil : true
+                }
+                #expect(FuseMounts.read(runtime: node.runtimeDir, mountpoint: mp) == nil)
+                #expect(mountLog(node, mp).contains("the node stopped"))
+            } catch {
+                await forceUnmount(node, mp)
+                throw error
+            }
+        }
+    }
+}
