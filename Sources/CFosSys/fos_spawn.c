@@ -3,7 +3,11 @@
  * the caller's uid, gid and groups, starts its own session, gets exactly the
  * descriptors it was given (at the numbers asked for; 0..2 that were not
  * given read and write /dev/null), the caller's cwd, and a clean signal
- * state. Exec failures come back as -errno through a close-on-exec pipe.
+ * state (or the mask and ignored set exec would have kept). It execs a
+ * path, or a descriptor (a program the caller materialised: the exec
+ * happens after the child dropped to the caller's credentials, so it can
+ * run nothing the caller could not run itself). Exec failures come back as
+ * -errno through a close-on-exec pipe.
  */
 #define _GNU_SOURCE
 #include "fos_sys.h"
@@ -19,6 +23,9 @@
 
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
+#endif
+#ifndef AT_EMPTY_PATH
+#define AT_EMPTY_PATH 0x1000
 #endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -37,7 +44,7 @@ static void child_fail(int ep) {
 
 pid_t fos_sys_spawn_as(const char *path, char *const argv[], char *const envp[], const char *cwd,
                        const struct fos_sys_identity *id, const int *src, const int *dst, int nfds,
-                       int cpu, int *pidfd) {
+                       int cpu, const struct fos_sys_spawn_extra *extra, int *pidfd) {
     if (nfds < 0 || nfds > FOS_SYS_MAX_SPAWN_FDS) return -EINVAL;
     if (id && (id->ngroups < 0 || id->ngroups > FOS_SYS_MAX_GROUPS)) return -EINVAL;
     for (int i = 0; i < nfds; i++) {
@@ -59,11 +66,14 @@ pid_t fos_sys_spawn_as(const char *path, char *const argv[], char *const envp[],
             CPU_SET(cpu, &set);
             if (sched_setaffinity(0, sizeof set, &set) < 0) child_fail(ep);
         }
-        /* Park the given descriptors above every target before placing them. */
+        /* Park the given descriptors above every target before placing them;
+         * the program to exec stays close-on-exec (an ELF needs no path). */
         for (int i = 0; i < nfds; i++) {
             tmp[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 1024);
             if (tmp[i] < 0) child_fail(ep);
         }
+        int xfd = -1;
+        if (extra && extra->exec_fd >= 0 && (xfd = fcntl(extra->exec_fd, F_DUPFD_CLOEXEC, 1024)) < 0) child_fail(ep);
         syscall(SYS_close_range, 0, ~0U, CLOSE_RANGE_CLOEXEC);
         for (int t = 0; t < 3; t++) {
             int given = 0;
@@ -82,7 +92,21 @@ pid_t fos_sys_spawn_as(const char *path, char *const argv[], char *const envp[],
             if (setresuid(id->uid, id->uid, id->uid) < 0) child_fail(ep);
         }
         if (cwd && chdir(cwd) < 0) child_fail(ep);
-        execve(path, argv, envp);
+        if (extra) {
+            /* Errors ignored: SIGKILL, SIGSTOP and libc's own signals stay as they are. */
+            sigset_t mask;
+            sigemptyset(&mask);
+            for (int s = 1; s <= 64 && s < NSIG; s++) {
+                if (extra->sigign & (1ull << (s - 1))) signal(s, SIG_IGN);
+                if (extra->sigmask & (1ull << (s - 1))) sigaddset(&mask, s);
+            }
+            sigprocmask(SIG_SETMASK, &mask, NULL);
+        }
+        if (xfd >= 0) {
+            syscall(SYS_execveat, xfd, "", argv, envp, AT_EMPTY_PATH);
+        } else {
+            execve(path, argv, envp);
+        }
         child_fail(ep);
     }
     close(errpipe[1]);

@@ -72,7 +72,7 @@ struct SpawnTests {
             }
             #expect(await raw([1, 2, 3]) == EINVAL)
             var p = [UInt8]()
-            appendStruct(fos_spawn_req(path_len: 7, cwd_len: 0, argc: 2, envc: 0, nfds: 0, cpu: -1, node_len: 0, reserved: 0), to: &p)
+            appendStruct(fos_spawn_req(path_len: 7, cwd_len: 0, argc: 2, envc: 0, nfds: 0, cpu: -1, node_len: 0, flags: 0), to: &p)
             p += Array("/bin/sh".utf8) + Array("sh\0".utf8)  // argc says 2, one string follows
             #expect(await raw(p) == EINVAL)
 

@@ -422,6 +422,14 @@ _Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
  * shares the open file description, offsets included). Hints: `cpu` pins the
  * child (-1: anywhere); `node` names the node to run on (empty: here; only
  * this node today, another one is EHOSTUNREACH).
+ * With FOS_SPAWN_F_EXT in `flags`, a fos_spawn_ext follows the descriptor
+ * map: the child can exec a descriptor of the caller instead of `path`
+ * (which then only names the program: a program stored in the fos file
+ * system, materialised by the shim into a sealed memfd, since the kernel
+ * cannot reach it by path), starts with the caller's signal mask and
+ * ignored signals, as exec would keep them, and can be tied to the caller:
+ * killed (SIGKILL) if the caller ends while it still runs (the shim's
+ * stand-in for an exec'd program ends first only when it was killed so).
  * Global process ids: the high 32 bits name the node (a hash of its id),
  * the low 32 count its spawns.
  */
@@ -441,8 +449,22 @@ typedef struct fos_spawn_req {
     uint32_t nfds;
     int32_t cpu;
     uint32_t node_len;  /* node hint bytes follow the cwd */
-    uint32_t reserved;
+    uint32_t flags;     /* FOS_SPAWN_F_*; other bits must be 0 */
 } fos_spawn_req;
+
+#define FOS_SPAWN_F_EXT 1u
+
+typedef struct fos_spawn_ext {
+    int32_t exec_fd;    /* >= 0: the caller's descriptor the child executes (execveat
+                           AT_EMPTY_PATH); -1: path */
+    uint32_t flags;     /* FOS_SPAWN_X_*; other bits must be 0 */
+    uint64_t sigmask;   /* signals blocked in the child: bit n-1 for signal n */
+    uint64_t sigign;    /* signals the child starts ignoring (SIGKILL, SIGSTOP never) */
+} fos_spawn_ext;
+
+_Static_assert(sizeof(fos_spawn_ext) == 24, "fos_spawn_ext layout");
+
+#define FOS_SPAWN_X_TIED 1u
 
 typedef struct fos_spawn_fd {
     int32_t from;
