@@ -47,7 +47,8 @@ struct fos_shim_conn {
     pthread_mutex_t mu;
     int up;
     int ctl;
-    pid_t pid; /* the process this connection belongs to */
+    uint64_t ctl_ino; /* the control socket's inode: is ctl still ours? */
+    pid_t pid;        /* the process this connection belongs to */
     uint64_t ctl_id;
     uint64_t msg_id;
     unsigned cred_gen;
@@ -256,6 +257,8 @@ static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int 
     if (fd < 0) return -fd;
     c->ctl = fos_shim_high(fd);
     fos_shim_own(c, c->ctl);
+    struct stat st;
+    c->ctl_ino = syscall(SYS_fstat, c->ctl, &st) == 0 ? (uint64_t)st.st_ino : 0;
     c->fs.memfd = c->fs.wait_fd = c->fs.wake_fd = -1;
     c->name.memfd = c->name.wait_fd = c->name.wake_fd = -1;
     c->spawn.memfd = c->spawn.wait_fd = c->spawn.wake_fd = -1;
@@ -289,11 +292,34 @@ static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int 
     return 0;
 }
 
+/* A vfork child's connection left behind (it _exited without exec):
+ * its descriptors were its own, its pages are ours to unmap. */
+static void fos_shim_vconn_forget(fos_shim_conn *v) {
+    fos_shim_chan *all[3] = {&v->fs, &v->name, &v->spawn};
+    for (int i = 0; i < 3; i++) {
+        if (all[i]->base) munmap(all[i]->base, all[i]->size);
+    }
+    munmap(v, sizeof *v);
+}
+
 /* The connection this thread's calls use; NULL if none can be had. */
 static fos_shim_conn *fos_shim_conn_here(void) {
-    if (FOS_SHIM_LIKELY(!fos_shim_in_vfork_child())) return &C;
     fos_shim_conn *v = fos_shim_vconn;
-    if (v && v->pid == (pid_t)syscall(SYS_getpid)) return v;
+    if (FOS_SHIM_LIKELY(!fos_shim_in_vfork_child())) {
+        if (FOS_SHIM_UNLIKELY(v != NULL)) {
+            fos_shim_vconn = NULL;
+            fos_shim_vconn_forget(v);
+        }
+        return &C;
+    }
+    if (v && v->pid == (pid_t)syscall(SYS_getpid)) {
+        /* Children of vfork close every descriptor before exec, often with
+         * close_range, which no wrapper sees: if ours went, start again
+         * (closing nothing: the numbers may be someone else's now). */
+        struct stat st;
+        if (!v->up || (syscall(SYS_fstat, v->ctl, &st) == 0 && (uint64_t)st.st_ino == v->ctl_ino)) return v;
+    }
+    if (v) fos_shim_vconn_forget(v); /* gone, or an earlier child's */
     void *p = mmap(NULL, sizeof *v, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
     v = p;

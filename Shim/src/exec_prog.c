@@ -172,7 +172,7 @@ int fos_shim_prog_reachable(const fos_shim_prog *p, char *const argv[], char *co
     if (p->kind != FOS_ELF_STATIC && p->kind != FOS_ELF_GO && p->kind != FOS_ELF_FOREIGN) return 0;
     if (fos_shim_env_allows(envp)) return 0;
     const char *why = NULL;
-    if (__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) why = "its cwd is";
+    if (fos_shim_vcwd_on()) why = "its cwd is";
     for (int i = 1; why == NULL && argv && argv[i]; i++) {
         if (fos_shim_arg_is_fos(argv[i])) why = "its arguments are";
     }

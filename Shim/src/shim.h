@@ -95,6 +95,12 @@ enum {
 
 extern int fos_shim_vcwd_set;  /* a virtual cwd inside the fos tree is in effect */
 extern int fos_shim_rcwd_near; /* the kernel's cwd is an ancestor of the prefix ("/" for "/fos") */
+/* A child of vfork that changed directory keeps its cwds here (path.c). */
+typedef struct fos_shim_child_cwds fos_shim_child_cwds;
+extern FOS_SHIM_TLS fos_shim_child_cwds *fos_shim_ccwd;
+/* Those two flags as they are for this process (a vfork child's own). */
+int fos_shim_vcwd_on(void);
+int fos_shim_rcwd_is_near(void);
 
 /* Cheap test, no syscall: could (dirfd, path) be a fos path? */
 static inline int fos_shim_maybe_fos(int dirfd, const char *path);
@@ -364,7 +370,8 @@ static inline int fos_shim_maybe_fos(int dirfd, const char *path) {
     if (path[0] == '/') return fos_shim_abs_maybe(path);
     if (dirfd == AT_FDCWD) {
         return __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE) ||
-               __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE) || strstr(path, "..") != NULL;
+               __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE) || fos_shim_ccwd != NULL ||
+               strstr(path, "..") != NULL;
     }
     return fos_shim_fd_marked(dirfd);
 }

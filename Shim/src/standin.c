@@ -266,7 +266,10 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]) {
     /* Committed: the program runs. From here on we only stand in. */
     for (int i = 0; i < nfds; i++) fos_shim_sys_close(fds[i].from);
     fos_spawn_status st;
-    fos_shim_standin_pidfd = (int)syscall(SYS_pidfd_open, rep.pid, 0);
+    int pfd = (int)syscall(SYS_pidfd_open, rep.pid, 0);
+    /* Not where the program's descriptors were: nothing should mistake it. */
+    fos_shim_standin_pidfd = pfd < 0 ? pfd : (int)syscall(SYS_fcntl, pfd, F_DUPFD_CLOEXEC, 100);
+    if (pfd >= 0) fos_shim_sys_close(pfd);
     /* The service has not reaped the program while it says it runs, so
      * its pid was not reused before our pidfd_open. */
     int err = fos_shim_wait(rep.gpid, 0, &st);

@@ -32,10 +32,10 @@ extern char **environ;
 
 /* Cheap first test of the rule: is fos in view of the new program? */
 static int fos_shim_fos_in_view(char *const argv[]) {
-    if (__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) return 1;
+    if (fos_shim_vcwd_on()) return 1;
     for (int i = 1; argv && argv[0] && argv[i]; i++) {
         if (strstr(argv[i], fos_shim_cfg.prefix) || strstr(argv[i], "..") ||
-            (argv[i][0] != '/' && __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE))) {
+            (argv[i][0] != '/' && fos_shim_rcwd_is_near())) {
             return 1;
         }
     }
@@ -139,7 +139,7 @@ static int fos_shim_search_is_ours(char *const argv[], char *const envp[]) {
         if (n < sizeof buf) {
             memcpy(buf, s, n);
             buf[n] = 0;
-            if (n == 0 ? __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)
+            if (n == 0 ? fos_shim_vcwd_on()
                        : fos_shim_maybe_fos(AT_FDCWD, buf) && fos_shim_classify(AT_FDCWD, buf, fs) == FOS_SHIM_FOS) {
                 return 1;
             }

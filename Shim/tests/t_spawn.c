@@ -33,6 +33,10 @@ static int child(int argc, char **argv) {
         fflush(stdout);
         return 7;
     }
+    if (strcmp(mode, "incwd") == 0) {
+        char cwd[4096];
+        return getcwd(cwd, sizeof cwd) && strcmp(cwd, argv[4]) == 0 ? 0 : 1;
+    }
     if (strcmp(mode, "raise") == 0) {
         raise(SIGUSR1);
         return 1;
@@ -128,6 +132,26 @@ static void test_vfork_exec(const char *self) {
     /* The parent's own connection survived the child's. */
     struct stat s;
     CHECK(stat(self, &s) == 0 && S_ISREG(s.st_mode));
+    /* A chdir in the child of vfork is the child's (python's subprocess
+     * does that for cwd=): the program starts there, the parent stays. */
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    CHECK(mkdir(sub, 0755) == 0);
+    const char *where[] = {"sub", "/tmp"};
+    for (int i = 0; i < 2; i++) {
+        p = vfork();
+        if (p == 0) {
+            if (chdir(where[i]) != 0) _exit(2);
+            char *args[] = {"self", (char *)dir, "child", "incwd", i == 0 ? sub : "/tmp", NULL};
+            execv(i == 0 ? "../self" : self, args);
+            _exit(3);
+        }
+        int st = status_of(p);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        char cwd[4200];
+        CHECK(getcwd(cwd, sizeof cwd) && strcmp(cwd, dir) == 0);
+        CHECK(stat("self", &s) == 0 && S_ISREG(s.st_mode));
+    }
 }
 
 static void test_posix_spawn(const char *self) {

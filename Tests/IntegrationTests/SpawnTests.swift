@@ -86,6 +86,39 @@ struct SpawnTests {
         }
     }
 
+    @Test("SPAWN of a descriptor (a program no path reaches), with the caller's blocked and ignored signals; bad extensions")
+    func execDescriptor() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let sp = try await SpawnClient.connect(rt)
+            let grep = open("/usr/bin/grep", O_RDONLY | O_CLOEXEC)
+            var outPipe: [CInt] = [0, 0]
+            #expect(grep >= 0 && pipe(&outPipe) == 0)
+            var r = SpawnRequest(path: "/named/by/descriptor", arguments: ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+                                 descriptors: [(outPipe[1], 1)], execDescriptor: grep)
+            r.signalMask = 1 << (SIGUSR1 - 1)
+            r.ignoredSignals = 1 << (SIGUSR2 - 1)
+            let (gpid, _) = try await sp.spawn(r)
+            close(outPipe[1])
+            #expect(try await sp.wait(gpid, timeout: .seconds(10)) == .exited(0))
+            let masks = Self.drain(outPipe[0]).split(separator: "\n").map { UInt64($0.split(separator: "\t").last ?? "", radix: 16) }
+            close(outPipe[0])
+            #expect(masks.count == 2 && masks[0]! & 0x200 != 0 && masks[1]! & 0x800 != 0, "\(masks)")
+            // The descriptor must be the caller's; extension bits it does not know are refused.
+            #expect(await remoteErrnoOf {
+                _ = try await sp.spawn(SpawnRequest(path: "/x", execDescriptor: 999))
+            } == EBADF)
+            var p = [UInt8]()
+            appendStruct(fos_spawn_req(path_len: 7, cwd_len: 0, argc: 1, envc: 0, nfds: 0, cpu: -1, node_len: 0,
+                                       flags: FOS_SPAWN_F_EXT), to: &p)
+            p += Array("/bin/sh".utf8) + Array("sh\0".utf8)
+            appendStruct(fos_spawn_ext(exec_fd: -1, flags: 0x80, sigmask: 0, sigign: 0), to: &p)
+            let ch = try await rt.connect(try await rt.lookup("/sys/spawn").addr, key: try await rt.lookup("/sys/spawn").key)
+            #expect(try await rt.call(ch, opcode: UInt16(FOS_OP_SPAWN), payload: p).status == EINVAL)
+            close(grep)
+        }
+    }
+
     @Test("fosctl spawn runs the program as the calling user, with its stdio and exit status")
     func spawnAsCaller() async throws {
         try await TestNode.with(members: 1) { node in
