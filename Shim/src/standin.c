@@ -9,9 +9,11 @@
  *   - keeps none of the program's descriptors (a pipe's reader sees end of
  *     file when the program closes its end, not when we exit);
  *   - passes every signal sent to it on to the program (through a pidfd:
- *     same node, same user), a stop as SIGSTOP (the program's own session
- *     has no job control) while stopping itself, so its shell sees the job
- *     stop and can continue it;
+ *     same node, same user); one the terminal sent (^C, ^\, ^Z, hangup,
+ *     resize) to the program's whole process group, as the terminal would
+ *     have reached the program's children in the caller's job; a stop as
+ *     SIGSTOP (the program's own session has no job control) while
+ *     stopping itself, so its shell sees the job stop and can continue it;
  *   - is tied to it: the service kills the program if we end first, which
  *     only SIGKILL makes us do (so kill -9 of the pid the parent knows
  *     ends the program, as it would have);
@@ -35,6 +37,7 @@
 #endif
 
 static int fos_shim_standin_pidfd = -1;
+static pid_t fos_shim_standin_pid; /* the program's, and its process group's (it leads a session) */
 
 int fos_shim_exec_fds(fos_spawn_fd *out, int max) {
     char buf[2048];
@@ -142,7 +145,10 @@ static void fos_shim_standin_forward(int sig, siginfo_t *si, void *uc) {
         return;
     }
     int stop = sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
-    syscall(SYS_pidfd_send_signal, fos_shim_standin_pidfd, stop ? SIGSTOP : sig, NULL, 0);
+    int fwd = stop ? SIGSTOP : sig;
+    /* The group's leader is alive or unreaped while we run, so its id is not reused. */
+    if ((si && si->si_code == SI_KERNEL) || stop || sig == SIGCONT) syscall(SYS_kill, -fos_shim_standin_pid, fwd);
+    else syscall(SYS_pidfd_send_signal, fos_shim_standin_pidfd, fwd, NULL, 0);
     if (stop) {
         /* Stop ourselves with the same signal, as the job's shell expects. */
         struct sigaction dfl = {.sa_handler = SIG_DFL}, mine;
@@ -266,6 +272,7 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]) {
     /* Committed: the program runs. From here on we only stand in. */
     for (int i = 0; i < nfds; i++) fos_shim_sys_close(fds[i].from);
     fos_spawn_status st;
+    fos_shim_standin_pid = rep.pid;
     int pfd = (int)syscall(SYS_pidfd_open, rep.pid, 0);
     /* Not where the program's descriptors were: nothing should mistake it. */
     fos_shim_standin_pidfd = pfd < 0 ? pfd : (int)syscall(SYS_fcntl, pfd, F_DUPFD_CLOEXEC, 100);

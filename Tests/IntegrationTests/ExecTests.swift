@@ -180,6 +180,44 @@ struct ExecTests {
         }
     }
 
+    @Test("^C at a terminal ends a program stored in /fos and its children, as it would end the job",
+          .enabled(if: installed("/usr/bin/python3")))
+    func terminal() async throws {
+        try await TestNode.with(members: 1) { node in
+            // bash -i on a pty runs a fos script that runs sleep; ^C on the pty.
+            let script = #"""
+                import os, pty, sys, time, subprocess, select
+                fosrun, rt = sys.argv[1], sys.argv[2]
+                pid, fd = pty.fork()
+                if pid == 0:
+                    os.execv(fosrun, [fosrun, '--runtime', rt, '--', '/bin/bash', '--norc', '--noprofile', '-i'])
+                out = b''
+                def until(cond, t=20):
+                    global out
+                    end = time.time() + t
+                    while time.time() < end and not cond():
+                        r, _, _ = select.select([fd], [], [], 0.05)
+                        if r:
+                            try: out += os.read(fd, 4096)
+                            except OSError: break
+                    return cond()
+                sleeping = lambda: subprocess.run(['pgrep', '-f', '^sleep 3171$'], capture_output=True).returncode == 0
+                os.write(fd, b"printf '#!/bin/sh\nsleep 3171\necho after\n' > /fos/sl; chmod +x /fos/sl; /fos/sl\n")
+                print('started', until(sleeping))
+                os.write(fd, b'\x03')
+                print('ended', until(lambda: not sleeping()))
+                os.write(fd, b'echo st""atus=$?\n')
+                print('status', until(lambda: b'status=' in out) and b'status=130' in out)
+                print('after', b'\nafter\r\n' in out)  # the script's own line, not the echo of its text
+                os.write(fd, b'exit\n')
+                until(lambda: False, 0.3)
+                """#
+            let r = try await runCommand("/usr/bin/python3", ["-c", script, try Shim.fosRun, node.runtimeDir],
+                                         outputIn: node.root, timeout: .seconds(60))
+            #expect(r.stdout == "started True\nended True\nstatus True\nafter False\n", "\(r)")
+        }
+    }
+
     @Test("static and Go programs: refused in one line naming fosctl mount when /fos is in view; run otherwise",
           .enabled(if: installed("/usr/bin/busybox") && installed("/usr/bin/go")))
     func unreachable() async throws {
