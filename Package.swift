@@ -100,7 +100,7 @@ let package = Package(
         .executableTarget(
             name: "FosExec",
             path: "Shim/exec",
-            cSettings: [.unsafeFlags(["-std=c11", "-Wall", "-Wextra"])],
+            cSettings: [.headerSearchPath("../include"), .unsafeFlags(["-std=c11", "-Wall", "-Wextra"])],
             linkerSettings: [.unsafeFlags(shimLinkFlags)]
         ),
         // fos-run: runs a program with the shim preloaded.

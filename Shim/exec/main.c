@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fos_shim.h"
+
 extern char **environ;
 
 int main(int argc, char **argv) {
@@ -26,6 +28,7 @@ int main(int argc, char **argv) {
     if (strchr(argv[1], '/')) execve(argv[1], argv + 2, environ);
     else execvp(argv[1], argv + 2);
     int e = errno;
+    if (e == FOS_SHIM_ERR_REFUSED) return 126;
     fprintf(stderr, "fos: %s: %s\n", argv[1], strerror(e));
     return e == ENOENT ? 127 : 126;
 }

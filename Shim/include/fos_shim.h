@@ -50,4 +50,10 @@
  */
 #ifndef FOS_SHIM_PUBLIC_H
 #define FOS_SHIM_PUBLIC_H
+
+/* What exec fails with inside fos-exec (never elsewhere) when the shim
+ * refused the program and has said why on stderr: fos-exec then ends with
+ * 126 without a second line. */
+#define FOS_SHIM_ERR_REFUSED 0x4f53
+
 #endif

@@ -23,6 +23,8 @@
  */
 #include "shim.h"
 
+#include "fos_shim.h"
+
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -226,6 +228,7 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]) {
         if (r == 0) {
             fos_shim_prog_argv(&p, path, argv, args);
             r = fos_shim_prog_reachable(&p, args, envp);
+            if (r == -EPERM) r = -FOS_SHIM_ERR_REFUSED; /* fos-exec adds no line of its own */
         }
         if (r == 0 && p.final_fos) {
             execfd = fos_shim_prog_materialise(&p);

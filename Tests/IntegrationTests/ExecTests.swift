@@ -249,6 +249,10 @@ struct ExecTests {
                                                                 "--"] + arg, outputIn: node.root)
                 #expect(opt.status == 1 && !opt.stderr.contains("fosctl mount"), "\(opt)")
             }
+            // Stored under /fos and started by fos-run: the shim in fos-exec says it, once.
+            let stored = try await Shim.run(node, ["/fos/bin/busybox", "cat", "/fos/f"])
+            #expect(stored.status == 126 && stored.stderr == refusal("/fos/bin/busybox", "is statically linked",
+                                                                      "its arguments are", tool: "fos"), "\(stored)")
             // At exec inside: EPERM, after the same line from the shim.
             let r = try await Shim.run(node, ["/bin/bash", "-c", """
                 busybox cat /fos/f; echo "status $?"
