@@ -17,10 +17,11 @@
  * Exec: a program whose file, or whose "#!" interpreter (four levels, as
  * the kernel allows), is under the prefix is started by the node's spawn
  * service as the caller, with its non-close-on-exec descriptors (fos ones
- * included), cwd (virtual too), environment, signal mask and ignored
- * signals; a fos binary goes as a sealed memfd. exec checks it first (the
- * errors exec gives: ENOENT, EACCES, ENOEXEC, ELOOP, E2BIG, EMFILE past 64
- * descriptors or one above 1023) and then execs fos-exec (beside this
+ * included), cwd (virtual too), environment, signal mask, ignored signals,
+ * umask and resource limits; a fos binary goes as a sealed memfd. exec
+ * checks it first (the errors exec gives: ENOENT, EACCES, ENOEXEC, ELOOP,
+ * E2BIG; EMFILE past 256 descriptors or one above 65535) and then execs
+ * fos-exec (beside this
  * library), which stands in for the program: same pid to the parent,
  * signals passed on, a stop as SIGSTOP, kill -9 of it kills the program,
  * and it ends with the program's exit code or by its signal. posix_spawn,

@@ -327,8 +327,8 @@ const char *fos_shim_self(void);
 extern int fos_shim_standin_mode;
 void fos_shim_exec_init(void);
 
-/* The descriptors an exec keeps (below 1024, no close-on-exec) into out:
- * how many, or -EMFILE if they are more than max or one is higher. */
+/* The descriptors an exec keeps (no close-on-exec) into out: how many, or
+ * -EMFILE if they are more than max or one is FOS_SPAWN_FD_LIMIT or above. */
 int fos_shim_exec_fds(fos_spawn_fd *out, int max);
 /* standin.c: in fos-exec, start path through the spawn service and stand
  * in for it until it ends; returns only if it could not start (-errno). */

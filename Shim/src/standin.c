@@ -2,8 +2,8 @@
  * fos-exec standing in for a program the kernel cannot exec (its file, or
  * an interpreter's, is stored under the prefix). The caller's exec became
  * an exec of fos-exec (w_exec.c), so this process has the caller's pid,
- * parent, descriptors (close-on-exec ones gone), cwd, signal mask and
- * ignored signals. It asks the spawn service to start the program as the
+ * parent, descriptors (close-on-exec ones gone), cwd, signal mask,
+ * ignored signals, umask and resource limits. It asks the spawn service to start the program as the
  * caller with all of those (a fos binary travels as a sealed memfd the
  * service copies with pidfd_getfd and execs), then:
  *   - keeps none of the program's descriptors (a pipe's reader sees end of
@@ -63,7 +63,7 @@ int fos_shim_exec_fds(fos_spawn_fd *out, int max) {
             if (d->name[0] < '0' || d->name[0] > '9' || *end || fd == dfd) continue;
             long fl = syscall(SYS_fcntl, (int)fd, F_GETFD);
             if (fl < 0 || (fl & FD_CLOEXEC)) continue;
-            if (fd >= 1024 || n == max) {
+            if (fd >= (long)FOS_SPAWN_FD_LIMIT || n == max) {
                 n = -EMFILE;
                 break;
             }
@@ -257,7 +257,8 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]) {
     sigset_t all, old;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    fos_spawn_ext x = {.exec_fd = execfd, .flags = FOS_SPAWN_X_TIED, .sigmask = fos_shim_sigbits(&old), .sigign = fos_shim_ignored()};
+    fos_spawn_ext x = {.exec_fd = execfd, .flags = FOS_SPAWN_X_TIED | FOS_SPAWN_X_UMASK | FOS_SPAWN_X_RLIMITS,
+                       .umask = (uint32_t)fos_shim_umask(), .sigmask = fos_shim_sigbits(&old), .sigign = fos_shim_ignored()};
     uint8_t *req = mmap(NULL, FOS_MAX_PAYLOAD, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     size_t len = 0;
     if (r == 0 && req == MAP_FAILED) r = -ENOMEM;

@@ -6,6 +6,7 @@
 
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 extern char **environ;
@@ -36,6 +37,16 @@ static int child(int argc, char **argv) {
     if (strcmp(mode, "incwd") == 0) {
         char cwd[4096];
         return getcwd(cwd, sizeof cwd) && strcmp(cwd, argv[4]) == 0 ? 0 : 1;
+    }
+    if (strcmp(mode, "state") == 0) {
+        /* What exec keeps besides descriptors: umask and resource limits;
+         * and a descriptor above 1023. */
+        struct rlimit rl;
+        mode_t m = umask(0);
+        if (m != (mode_t)strtol(argv[4], NULL, 8)) return 2;
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur != (rlim_t)atol(argv[5])) return 3;
+        if (getrlimit(RLIMIT_CORE, &rl) != 0 || rl.rlim_cur != 0) return 4;
+        return fcntl(atoi(argv[6]), F_GETFD) == 0 ? 0 : 5;
     }
     if (strcmp(mode, "raise") == 0) {
         raise(SIGUSR1);
@@ -181,6 +192,26 @@ static void test_posix_spawn(const char *self) {
     CHECK(posix_spawn(&p, path_in(dir, "missing"), NULL, NULL, args, environ) == ENOENT);
 }
 
+static void test_state(const char *self) {
+    struct rlimit old, rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0 && old.rlim_max >= 2000);
+    rl = old;
+    rl.rlim_cur = 2000;
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    struct rlimit core = {0, 0}, oldcore;
+    CHECK(getrlimit(RLIMIT_CORE, &oldcore) == 0 && setrlimit(RLIMIT_CORE, &core) == 0);
+    CHECK(dup2(0, 1500) == 1500);
+    mode_t m = umask(027);
+    pid_t p;
+    char *args[] = {(char *)self, (char *)dir, "child", "state", "027", "2000", "1500", NULL};
+    CHECK(posix_spawn(&p, self, NULL, NULL, args, environ) == 0);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    umask(m);
+    close(1500);
+    CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+}
+
 static void test_system_popen(const char *self) {
     char cmd[4400];
     snprintf(cmd, sizeof cmd, "%s %s child exit 4", self, dir);
@@ -276,6 +307,7 @@ int main(int argc, char **argv) {
     test_fork_exec(self);
     test_vfork_exec(self);
     test_posix_spawn(self);
+    test_state(self);
     test_system_popen(self);
     test_fexecve(self);
     test_signals(self);

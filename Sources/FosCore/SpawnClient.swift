@@ -26,6 +26,10 @@ public struct SpawnRequest: Sendable {
     public var ignoredSignals: UInt64 = 0
     /// Kill the program (SIGKILL) if we end while it still runs.
     public var tiedToCaller = false
+    /// The child's umask (nil: the service's).
+    public var umask: UInt32?
+    /// Give the child our resource limits (exec keeps them).
+    public var callerLimits = false
 
     public init(path: String, arguments: [String]? = nil, environment: [String] = [], cwd: String = "/",
                 descriptors: [(from: Int32, to: Int32)] = [], cpu: Int32? = nil, node: String? = nil,
@@ -71,6 +75,7 @@ public final class SpawnClient: Sendable {
     public func spawn(_ r: SpawnRequest) async throws -> (gpid: UInt64, pid: Int32) {
         let path = Array(r.path.utf8), cwd = Array(r.cwd.utf8), node = Array((r.node ?? "").utf8)
         let ext = r.execDescriptor != nil || r.signalMask != 0 || r.ignoredSignals != 0 || r.tiedToCaller
+            || r.umask != nil || r.callerLimits
         var p = [UInt8]()
         appendStruct(fos_spawn_req(path_len: UInt32(path.count), cwd_len: UInt32(cwd.count), argc: UInt32(r.arguments.count),
                                    envc: UInt32(r.environment.count), nfds: UInt32(r.descriptors.count),
@@ -82,8 +87,10 @@ public final class SpawnClient: Sendable {
         }
         for d in r.descriptors { appendStruct(fos_spawn_fd(from: d.from, to: d.to), to: &p) }
         if ext {
-            appendStruct(fos_spawn_ext(exec_fd: r.execDescriptor ?? -1, flags: r.tiedToCaller ? FOS_SPAWN_X_TIED : 0,
-                                       sigmask: r.signalMask, sigign: r.ignoredSignals), to: &p)
+            let flags = (r.tiedToCaller ? FOS_SPAWN_X_TIED : 0) | (r.umask != nil ? FOS_SPAWN_X_UMASK : 0)
+                | (r.callerLimits ? FOS_SPAWN_X_RLIMITS : 0)
+            appendStruct(fos_spawn_ext(exec_fd: r.execDescriptor ?? -1, flags: flags, sigmask: r.signalMask,
+                                       sigign: r.ignoredSignals, umask: r.umask ?? 0, reserved: 0), to: &p)
         }
         guard p.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.argListTooLong) }
         let b = try await call(FOS_OP_SPAWN, p)

@@ -17,6 +17,9 @@ struct SpawnRequestParser {
     var ignoredSignals: UInt64 = 0
     /// Kill the program if the caller ends first.
     var tied = false
+    var umask: Int32 = -1
+    /// Give the child the caller's resource limits.
+    var rlimits = false
 
     init(_ p: [UInt8]) throws {
         guard let h = p.withUnsafeBytes({ loadStruct(fos_spawn_req.self, from: $0) }), h.flags & ~FOS_SPAWN_F_EXT == 0 else {
@@ -58,13 +61,17 @@ struct SpawnRequestParser {
         var seen = Set<Int32>()
         for k in 0..<Int(h.nfds) {
             let f = p.withUnsafeBytes { loadStruct(fos_spawn_fd.self, from: $0, at: stringsEnd + k * 8)! }
-            guard f.from >= 0, (0..<1024).contains(f.to), seen.insert(f.to).inserted else { throw Errno.invalidArgument }
+            guard f.from >= 0, (0..<Int32(FOS_SPAWN_FD_LIMIT)).contains(f.to), seen.insert(f.to).inserted else { throw Errno.invalidArgument }
             fds.append(f)
         }
         if extBytes > 0 {
             let e = p.withUnsafeBytes { loadStruct(fos_spawn_ext.self, from: $0, at: p.count - extBytes)! }
-            guard e.flags & ~FOS_SPAWN_X_TIED == 0, e.exec_fd >= -1 else { throw Errno.invalidArgument }
+            guard e.flags & ~FOS_SPAWN_X_ALL == 0, e.reserved == 0, e.exec_fd >= -1, e.umask <= 0o777 else {
+                throw Errno.invalidArgument
+            }
             tied = e.flags & FOS_SPAWN_X_TIED != 0
+            rlimits = e.flags & FOS_SPAWN_X_RLIMITS != 0
+            if e.flags & FOS_SPAWN_X_UMASK != 0 { umask = Int32(e.umask) }
             execFD = e.exec_fd
             signalMask = e.sigmask
             ignoredSignals = e.sigign

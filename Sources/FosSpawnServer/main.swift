@@ -100,8 +100,9 @@ final class SpawnService: Sendable {
             guard tie >= 0 else { throw Errno.noSuchProcess }
         }
         let dst = q.fds.map { CInt($0.to) }
-        var extra = fos_sys_spawn_extra(exec_fd: execFD, sigmask: q.signalMask, sigign: q.ignoredSignals)
-        let hasExtra = q.execFD >= 0 || q.signalMask != 0 || q.ignoredSignals != 0
+        var extra = fos_sys_spawn_extra(exec_fd: execFD, sigmask: q.signalMask, sigign: q.ignoredSignals, umask: q.umask,
+                                        limits_from: q.rlimits ? caller.pid : 0)
+        let hasExtra = q.execFD >= 0 || q.signalMask != 0 || q.ignoredSignals != 0 || q.umask >= 0 || q.rlimits
         var pidfd: CInt = -1
         let pid: pid_t = withCStrings(q.arguments) { argv in
             withCStrings(q.environment) { envp in

@@ -76,7 +76,8 @@ void fos_sys_child_clean_signals(void);
 pid_t fos_sys_spawn_collect(pid_t pid, int errfd, int *pidfd);
 
 /* For the spawn fleet (fos_spawn.c). */
-#define FOS_SYS_MAX_SPAWN_FDS 64
+#define FOS_SYS_MAX_SPAWN_FDS 256
+#define FOS_SYS_SPAWN_FD_LIMIT 65536
 #define FOS_SYS_MAX_GROUPS 64
 struct fos_sys_identity {
     uint32_t uid;
@@ -89,6 +90,8 @@ struct fos_sys_spawn_extra {
     int exec_fd;       /* >= 0: exec this descriptor (execveat AT_EMPTY_PATH) instead of path */
     uint64_t sigmask;  /* blocked signals, bit n-1 for signal n */
     uint64_t sigign;   /* ignored signals */
+    int umask;         /* >= 0: the child's umask */
+    pid_t limits_from; /* > 0: the child gets this process's resource limits */
 };
 /* A copy of descriptor `fd` of the process behind `pidfd` (pidfd_getfd). */
 int fos_sys_pidfd_getfd(int pidfd, int fd);
