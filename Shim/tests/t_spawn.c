@@ -9,6 +9,8 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags);
+
 extern char **environ;
 
 static const char *dir;
@@ -241,6 +243,26 @@ static void test_fexecve(const char *self) {
     close(fd);
 }
 
+static void test_execveat(void) {
+    /* Relative to a fos directory descriptor, and of a fos descriptor itself. */
+    int d = open(dir, O_RDONLY | O_DIRECTORY);
+    int f = open(path_in(dir, "self"), O_RDONLY);
+    CHECK(d >= 0 && f >= 0);
+    for (int i = 0; i < 2; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            char *args[] = {"at", (char *)dir, "child", "exit", i ? "11" : "10", NULL};
+            if (i == 0) execveat(d, "self", args, environ, 0);
+            else execveat(f, "", args, environ, AT_EMPTY_PATH);
+            _exit(100 + errno);
+        }
+        int st = status_of(p);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == (i ? 11 : 10));
+    }
+    close(d);
+    close(f);
+}
+
 static void test_signals(const char *self) {
     /* Killed by a signal: the parent sees that signal. */
     pid_t p;
@@ -310,6 +332,7 @@ int main(int argc, char **argv) {
     test_state(self);
     test_system_popen(self);
     test_fexecve(self);
+    test_execveat();
     test_signals(self);
     test_errors();
     puts("ok");
