@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "fosshim", type: .dynamic, targets: ["FosShim"]),
         .executable(name: "fos-run", targets: ["FosRun"]),
         .executable(name: "fos-fuse", targets: ["FosFuse"]),
+        .executable(name: "fos-exec", targets: ["FosExec"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -95,8 +96,16 @@ let package = Package(
             ],
             linkerSettings: [.unsafeFlags(shimLinkFlags)]
         ),
+        // fos-exec: the stand-in the shim execs for a program stored under
+        // the prefix (C, libc only, linked as the shim is).
+        .executableTarget(
+            name: "FosExec",
+            path: "Shim/exec",
+            cSettings: [.headerSearchPath("../include"), .unsafeFlags(["-std=c11", "-Wall", "-Wextra"])],
+            linkerSettings: [.unsafeFlags(shimLinkFlags)]
+        ),
         // fos-run: runs a program with the shim preloaded.
-        .executableTarget(name: "FosRun", dependencies: ["FosCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "FosRun", dependencies: ["FosCore", "CFosWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         // The FUSE mount (fosctl mount): libfuse 3 behind prefixed names in a C
         // target of its own (its headers and liburing's clash as Clang modules
         // of one Swift module: never import CFosFuse next to CFosUring).

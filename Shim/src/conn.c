@@ -2,22 +2,32 @@
  * The process's connection to its node, made on the first fos call: the
  * control socket to fosd (HELLO), the name service (NAME_SERVICE, CONNECT,
  * LOOKUP of /sys/fs), then a channel to one fs member, as libfos does
- * (FosCore/Runtime.swift, Names.swift, FosFSClient/FSClient.swift).
+ * (FosCore/Runtime.swift, Names.swift, FosFSClient/FSClient.swift). A
+ * channel to the spawn service (/sys/spawn) is added on the first exec of
+ * a fos program (spawn.c).
  *
- * One channel per process, one call in flight, behind a mutex. A wrapper
+ * One connection per process, one call in flight, behind a mutex. A wrapper
  * entered again on the same thread while it is inside a call (a signal
  * handler that touches fos) fails with EINTR at once instead of
  * deadlocking; pthread cancellation is held off during a call.
  *
  * fosd attests the process's pid and credentials once, when the control
  * socket connects, and the fs fleet checks permissions with those (its
- * supplementary groups when the channel's first request arrives). So a
- * forked child drops its inherited copy (its own descriptors only: the
- * parent's connection lives on) and connects anew, and a process whose
- * credentials changed (setuid and friends, see creds.c) reconnects before
- * its next call. A descriptor of ours that the program closes or
- * overwrites (a daemon closing every descriptor) makes the next call
- * reconnect too.
+ * supplementary groups when the channel's first request arrives); the
+ * spawn service copies descriptors from the attested pid. So a forked
+ * child drops its inherited copy (its own descriptors only: the parent's
+ * connection lives on) and connects anew, and a process whose credentials
+ * changed (setuid and friends, see creds.c) reconnects before its next
+ * call. A descriptor of ours that the program closes or overwrites (a
+ * daemon closing every descriptor) makes the next call reconnect too.
+ *
+ * A child of vfork shares the parent's memory but not its descriptors, and
+ * no fork handler runs in it: it must not touch the parent's connection
+ * (its descriptors are not the child's, and whatever the child stored
+ * there would be stale in the parent after the exec). It gets one of its
+ * own, in pages it maps itself, found through a thread-local pointer (its
+ * thread's, which is the suspended parent thread's), and unmapped before
+ * it execs (fos_shim_conn_child_release).
  */
 #include "shim.h"
 
@@ -29,32 +39,42 @@
 #include <time.h>
 
 #define FOS_SHIM_FS_NAME "/sys/fs"
-#define FOS_SHIM_OWNED 8
+#define FOS_SHIM_SPAWN_NAME "/sys/spawn"
+/* ctl, and three descriptors for each of the name, fs and spawn channels. */
+#define FOS_SHIM_OWNED 10
 
-static struct {
+struct fos_shim_conn {
     pthread_mutex_t mu;
     int up;
     int ctl;
+    uint64_t ctl_ino; /* the control socket's inode: is ctl still ours? */
+    pid_t pid;        /* the process this connection belongs to */
     uint64_t ctl_id;
     uint64_t msg_id;
     unsigned cred_gen;
+    int lost;
+    int owned[FOS_SHIM_OWNED]; /* fd + 1 of each descriptor we hold; 0 = free */
     fos_mailbox_addr fs_addr;
+    fos_mailbox_addr ns_addr;
     fos_shim_chan fs;
-    fos_shim_chan name; /* open only while connecting */
-} C = {.mu = PTHREAD_MUTEX_INITIALIZER, .ctl = -1};
+    fos_shim_chan name;  /* open only while looking a name up */
+    fos_shim_chan spawn; /* open from the first spawn request on */
+    /* Requests are assembled here under the lock: [hdr][fixed][tail]. */
+    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + 64 + FOS_SHIM_PATH_BUF + 2 * FOS_FS_NAME_MAX];
+};
 
+static fos_shim_conn C = {.mu = PTHREAD_MUTEX_INITIALIZER, .ctl = -1};
 static unsigned fos_shim_cred_gen;
-static int fos_shim_lost;
-static int fos_shim_owned[FOS_SHIM_OWNED]; /* fd + 1 of each descriptor we hold; 0 = free */
 static FOS_SHIM_TLS int fos_shim_in_call;
+/* A child of vfork: its own connection (see above). */
+static FOS_SHIM_TLS fos_shim_conn *fos_shim_vconn;
 
-/* Requests are assembled here under the lock: [hdr][fixed][tail]. */
-static _Alignas(8) uint8_t fos_shim_msg[sizeof(fos_msg_hdr) + 64 + FOS_SHIM_PATH_BUF + 2 * FOS_FS_NAME_MAX];
+pid_t fos_shim_proc_pid;
 
-static void fos_shim_own(int fd) {
+static void fos_shim_own(fos_shim_conn *c, int fd) {
     for (int i = 0; i < FOS_SHIM_OWNED; i++) {
         int z = 0;
-        if (__atomic_compare_exchange_n(&fos_shim_owned[i], &z, fd + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) return;
+        if (__atomic_compare_exchange_n(&c->owned[i], &z, fd + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) return;
     }
 }
 
@@ -62,16 +82,18 @@ int fos_shim_conn_owns(int fd) {
     int hit = 0;
     for (int i = 0; i < FOS_SHIM_OWNED; i++) {
         int v = fd + 1;
-        if (__atomic_load_n(&fos_shim_owned[i], __ATOMIC_RELAXED) != v) continue;
-        if (__atomic_compare_exchange_n(&fos_shim_owned[i], &v, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) hit = 1;
+        if (FOS_SHIM_LIKELY(__atomic_load_n(&C.owned[i], __ATOMIC_RELAXED) != v)) continue;
+        /* A vfork child closing its copy leaves the parent's alone. */
+        if (fos_shim_in_vfork_child()) return 0;
+        if (__atomic_compare_exchange_n(&C.owned[i], &v, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) hit = 1;
     }
-    if (hit) __atomic_store_n(&fos_shim_lost, 1, __ATOMIC_RELEASE);
+    if (hit) __atomic_store_n(&C.lost, 1, __ATOMIC_RELEASE);
     return hit;
 }
 
-static int fos_shim_still_owned(int fd) {
+static int fos_shim_still_owned(fos_shim_conn *c, int fd) {
     for (int i = 0; i < FOS_SHIM_OWNED; i++) {
-        if (fd >= 0 && __atomic_load_n(&fos_shim_owned[i], __ATOMIC_ACQUIRE) == fd + 1) return 1;
+        if (fd >= 0 && __atomic_load_n(&c->owned[i], __ATOMIC_ACQUIRE) == fd + 1) return 1;
     }
     return 0;
 }
@@ -89,54 +111,58 @@ static int fos_shim_high(int fd) {
 
 /* Closes a channel's descriptors that are still ours (the program may have
  * closed one and reused its number) and unmaps it. */
-static void fos_shim_chan_release(fos_shim_chan *c) {
-    int *fds[3] = {&c->memfd, &c->wait_fd, &c->wake_fd};
+static void fos_shim_chan_release(fos_shim_conn *c, fos_shim_chan *ch) {
+    int *fds[3] = {&ch->memfd, &ch->wait_fd, &ch->wake_fd};
     for (int i = 0; i < 3; i++) {
-        if (!fos_shim_still_owned(*fds[i])) *fds[i] = -1;
+        if (!fos_shim_still_owned(c, *fds[i])) *fds[i] = -1;
     }
-    fos_shim_chan_unmap(c);
+    fos_shim_chan_unmap(ch);
 }
 
-static void fos_shim_drop(void) {
-    fos_shim_chan_release(&C.fs);
-    fos_shim_chan_release(&C.name);
-    if (C.ctl >= 0 && fos_shim_still_owned(C.ctl)) fos_shim_sys_close(C.ctl);
-    C.ctl = -1;
-    for (int i = 0; i < FOS_SHIM_OWNED; i++) __atomic_store_n(&fos_shim_owned[i], 0, __ATOMIC_RELEASE);
-    __atomic_store_n(&fos_shim_lost, 0, __ATOMIC_RELEASE);
-    C.up = 0;
+static void fos_shim_drop(fos_shim_conn *c) {
+    fos_shim_chan_release(c, &c->fs);
+    fos_shim_chan_release(c, &c->name);
+    fos_shim_chan_release(c, &c->spawn);
+    if (c->ctl >= 0 && fos_shim_still_owned(c, c->ctl)) fos_shim_sys_close(c->ctl);
+    c->ctl = -1;
+    for (int i = 0; i < FOS_SHIM_OWNED; i++) __atomic_store_n(&c->owned[i], 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->lost, 0, __ATOMIC_RELEASE);
+    c->up = 0;
 }
 
-int fos_shim_conn_ctl_fd(void) { return C.ctl; }
-
-void fos_shim_conn_notified(uint16_t op, const void *payload, uint32_t len) {
+void fos_shim_conn_notified(fos_shim_conn *c, uint16_t op, const void *payload, uint32_t len) {
     if (op == FOS_CTL_SHUTDOWN) {
-        C.fs.closed = C.name.closed = 1;
+        c->fs.closed = c->name.closed = c->spawn.closed = 1;
         return;
     }
     fos_ctl_channel_close cc;
     if (op != FOS_CTL_CHANNEL_CLOSE || len < sizeof cc) return;
     memcpy(&cc, payload, sizeof cc);
-    if (C.fs.base && cc.channel == C.fs.id) C.fs.closed = 1;
-    if (C.name.base && cc.channel == C.name.id) C.name.closed = 1;
+    fos_shim_chan *all[3] = {&c->fs, &c->name, &c->spawn};
+    for (int i = 0; i < 3; i++) {
+        if (all[i]->base && cc.channel == all[i]->id) all[i]->closed = 1;
+    }
 }
 
-int fos_shim_conn_peer_gone(fos_shim_chan *c) {
-    if (C.ctl >= 0 && fos_shim_ctl_drain(C.ctl) < 0) C.fs.closed = C.name.closed = 1;
-    return c->closed;
+int fos_shim_conn_peer_gone(fos_shim_chan *ch) {
+    fos_shim_conn *c = ch->conn;
+    if (c && c->ctl >= 0 && fos_shim_ctl_drain(c, c->ctl) < 0) c->fs.closed = c->name.closed = c->spawn.closed = 1;
+    return ch->closed;
 }
+
+int fos_shim_conn_ctl_fd(const fos_shim_chan *ch) { return ch->conn ? ch->conn->ctl : -1; }
 
 static void fos_shim_nap_ms(long ms) {
     struct timespec ts = {0, ms * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
-static int fos_shim_ctl(uint16_t op, const void *payload, uint32_t len, void *reply, uint32_t cap,
+static int fos_shim_ctl(fos_shim_conn *c, uint16_t op, const void *payload, uint32_t len, void *reply, uint32_t cap,
                         uint32_t *rlen, int *fds, int maxfds, int *nfds) {
-    return fos_shim_ctl_request(C.ctl, op, ++C.ctl_id, payload, len, reply, cap, rlen, fds, maxfds, nfds);
+    return fos_shim_ctl_request(c, c->ctl, op, ++c->ctl_id, payload, len, reply, cap, rlen, fds, maxfds, nfds);
 }
 
-static int fos_shim_open_chan(fos_shim_chan *c, const fos_mailbox_addr *a, const uint8_t *key) {
+static int fos_shim_open_chan(fos_shim_conn *c, fos_shim_chan *ch, const fos_mailbox_addr *a, const uint8_t *key) {
     fos_ctl_connect req;
     memset(&req, 0, sizeof req);
     req.addr = *a;
@@ -144,7 +170,7 @@ static int fos_shim_open_chan(fos_shim_chan *c, const fos_mailbox_addr *a, const
     _Alignas(8) uint8_t rep[512];
     uint32_t rl = 0;
     int fds[8], nf = 0;
-    int err = fos_shim_ctl(FOS_CTL_CONNECT, &req, sizeof req, rep, sizeof rep, &rl, fds, 3, &nf);
+    int err = fos_shim_ctl(c, FOS_CTL_CONNECT, &req, sizeof req, rep, sizeof rep, &rl, fds, 3, &nf);
     if (err) return err;
     if (nf != 3 || rl < sizeof(fos_ctl_channel)) {
         for (int i = 0; i < nf; i++) fos_shim_sys_close(fds[i]);
@@ -152,35 +178,39 @@ static int fos_shim_open_chan(fos_shim_chan *c, const fos_mailbox_addr *a, const
     }
     for (int i = 0; i < 3; i++) {
         fds[i] = fos_shim_high(fds[i]);
-        fos_shim_own(fds[i]);
+        fos_shim_own(c, fds[i]);
     }
     fos_ctl_channel info;
     memcpy(&info, rep, sizeof info);
-    return fos_shim_chan_map(c, &info, fds);
+    int r = fos_shim_chan_map(ch, &info, fds);
+    if (r == 0) ch->conn = c;
+    return r;
 }
 
-/* One member of /sys/fs, not one of `dead`; waits while the fleet is not
- * registered yet (it mounts the disk first). */
-static int fos_shim_lookup_fs(fos_name_entry *e, const fos_mailbox_addr *dead, int ndead) {
-    static _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof(fos_name_lookup) + 6 * sizeof(fos_mailbox_addr) + 16];
+/* One member of `name`, not one of `dead`; waits while the fleet is not
+ * registered yet (the fs fleet mounts the disk first). */
+static int fos_shim_lookup(fos_shim_conn *c, const char *name, fos_name_entry *e, const fos_mailbox_addr *dead,
+                           int ndead) {
+    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof(fos_name_lookup) + 6 * sizeof(fos_mailbox_addr) + 16];
     _Alignas(8) uint8_t rep[sizeof(fos_name_entry) + FOS_MAX_NAME + 8];
+    size_t nlen = strlen(name);
     fos_name_lookup l;
     memset(&l, 0, sizeof l);
-    l.client_key = (uint64_t)getpid();
+    l.client_key = (uint64_t)c->pid;
     l.client_core = sched_getcpu();
     l.exclude_count = (uint32_t)ndead;
-    l.name_len = (uint16_t)(sizeof FOS_SHIM_FS_NAME - 1);
+    l.name_len = (uint16_t)nlen;
     size_t at = sizeof(fos_msg_hdr);
     memcpy(msg + at, &l, sizeof l);
     at += sizeof l;
     memcpy(msg + at, dead, sizeof *dead * (size_t)ndead);
     at += sizeof *dead * (size_t)ndead;
-    memcpy(msg + at, FOS_SHIM_FS_NAME, sizeof FOS_SHIM_FS_NAME - 1);
-    at += sizeof FOS_SHIM_FS_NAME - 1;
+    memcpy(msg + at, name, nlen);
+    at += nlen;
     for (int tries = 0;; tries++) {
         uint32_t rl = 0;
         int32_t st = 0;
-        int err = fos_shim_chan_call(&C.name, FOS_OP_NAME_LOOKUP, ++C.msg_id, msg, (uint32_t)at, NULL, 0, rep,
+        int err = fos_shim_chan_call(&c->name, FOS_OP_NAME_LOOKUP, ++c->msg_id, msg, (uint32_t)at, NULL, 0, rep,
                                      sizeof rep, &rl, &st);
         if (err) return err;
         if (st == ENOENT && tries < 250) {
@@ -196,84 +226,160 @@ static int fos_shim_lookup_fs(fos_name_entry *e, const fos_mailbox_addr *dead, i
     }
 }
 
-static int fos_shim_connect(const fos_mailbox_addr *dead, int ndead) {
+/* A channel to a member of `name` in *ch, through the name service (a
+ * channel to it open only meanwhile). Members found dead on the way are
+ * skipped. */
+static int fos_shim_open_service(fos_shim_conn *c, const char *name, fos_shim_chan *ch, fos_name_entry *e,
+                                 const fos_mailbox_addr *dead, int ndead) {
+    int err = fos_shim_open_chan(c, &c->name, &c->ns_addr, NULL);
+    fos_mailbox_addr gone[6];
+    int ngone = ndead > 2 ? 2 : ndead;
+    memcpy(gone, dead, sizeof *dead * (size_t)ngone);
+    for (int tries = 0; err == 0; tries++) {
+        err = fos_shim_lookup(c, name, e, gone, ngone);
+        if (err == 0) err = fos_shim_open_chan(c, ch, &e->addr, e->key);
+        /* Registered but already gone: ask for another member. */
+        if ((err == ENOENT || err == ECONNREFUSED) && tries < 4) {
+            gone[ngone++] = e->addr;
+            err = 0;
+            continue;
+        }
+        break;
+    }
+    if (c->name.base) fos_shim_ctl_notify_close(c->ctl, c->name.id);
+    fos_shim_chan_release(c, &c->name);
+    return err;
+}
+
+static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int ndead) {
+    c->pid = (pid_t)syscall(SYS_getpid);
     int fd = fos_shim_ctl_open(fos_shim_cfg.runtime);
     if (fd < 0) return -fd;
-    C.ctl = fos_shim_high(fd);
-    fos_shim_own(C.ctl);
-    C.fs.memfd = C.fs.wait_fd = C.fs.wake_fd = -1;
-    C.name.memfd = C.name.wait_fd = C.name.wake_fd = -1;
+    c->ctl = fos_shim_high(fd);
+    fos_shim_own(c, c->ctl);
+    struct stat st;
+    c->ctl_ino = syscall(SYS_fstat, c->ctl, &st) == 0 ? (uint64_t)st.st_ino : 0;
+    c->fs.memfd = c->fs.wait_fd = c->fs.wake_fd = -1;
+    c->name.memfd = c->name.wait_fd = c->name.wake_fd = -1;
+    c->spawn.memfd = c->spawn.wait_fd = c->spawn.wake_fd = -1;
     _Alignas(8) uint8_t rep[512];
     uint32_t rl = 0;
     int fds[8], nf = 0;
-    int err = fos_shim_ctl(FOS_CTL_HELLO, NULL, 0, rep, sizeof rep, &rl, fds, 1, &nf);
+    int err = fos_shim_ctl(c, FOS_CTL_HELLO, NULL, 0, rep, sizeof rep, &rl, fds, 1, &nf);
     for (int i = 0; i < nf; i++) fos_shim_sys_close(fds[i]); /* the stats page: a client has none to show */
     if (err == 0 && rl < sizeof(fos_ctl_hello_reply)) err = EIO;
-    fos_mailbox_addr ns;
     for (int tries = 0; err == 0; tries++) {
-        err = fos_shim_ctl(FOS_CTL_NAME_SERVICE, NULL, 0, rep, sizeof rep, &rl, fds, 0, &nf);
+        err = fos_shim_ctl(c, FOS_CTL_NAME_SERVICE, NULL, 0, rep, sizeof rep, &rl, fds, 0, &nf);
         if (err == EAGAIN && tries < 200) {
             err = 0;
             fos_shim_nap_ms(10);
             continue;
         }
-        if (err == 0 && rl != sizeof ns) err = EIO;
-        if (err == 0) memcpy(&ns, rep, sizeof ns);
+        if (err == 0 && rl != sizeof c->ns_addr) err = EIO;
+        if (err == 0) memcpy(&c->ns_addr, rep, sizeof c->ns_addr);
         break;
     }
-    if (err == 0) err = fos_shim_open_chan(&C.name, &ns, NULL);
     fos_name_entry e;
-    fos_mailbox_addr gone[6];
-    int ngone = ndead > 2 ? 2 : ndead;
-    memcpy(gone, dead, sizeof *dead * (size_t)ngone);
-    for (int tries = 0; err == 0; tries++) {
-        err = fos_shim_lookup_fs(&e, gone, ngone);
-        if (err == 0) err = fos_shim_open_chan(&C.fs, &e.addr, e.key);
-        /* Registered but already gone: ask for another member. */
-        if ((err == ENOENT || err == ECONNREFUSED) && tries < 4) {
-            gone[ngone++] = e.addr;
-            err = 0;
-            continue;
-        }
-        break;
-    }
-    if (C.name.base) fos_shim_ctl_notify_close(C.ctl, C.name.id);
-    fos_shim_chan_release(&C.name);
+    if (err == 0) err = fos_shim_open_service(c, FOS_SHIM_FS_NAME, &c->fs, &e, dead, ndead);
     if (err) {
-        fos_shim_drop();
+        fos_shim_drop(c);
         /* A node that answers but fails the handshake is as unusable as none. */
         return err == ETIMEDOUT || err == EIO || err == ENOENT ? EHOSTDOWN : err;
     }
-    C.fs_addr = e.addr;
-    C.fs.peer_core = e.core;
-    C.up = 1;
+    c->fs_addr = e.addr;
+    c->fs.peer_core = e.core;
+    c->up = 1;
     return 0;
 }
 
-int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
+/* A vfork child's connection left behind (it _exited without exec):
+ * its descriptors were its own, its pages are ours to unmap. */
+static void fos_shim_vconn_forget(fos_shim_conn *v) {
+    fos_shim_chan *all[3] = {&v->fs, &v->name, &v->spawn};
+    for (int i = 0; i < 3; i++) {
+        if (all[i]->base) munmap(all[i]->base, all[i]->size);
+    }
+    munmap(v, sizeof *v);
+}
+
+/* The connection this thread's calls use; NULL if none can be had. */
+static fos_shim_conn *fos_shim_conn_here(void) {
+    fos_shim_conn *v = fos_shim_vconn;
+    if (FOS_SHIM_LIKELY(!fos_shim_in_vfork_child())) {
+        if (FOS_SHIM_UNLIKELY(v != NULL)) {
+            fos_shim_vconn = NULL;
+            fos_shim_vconn_forget(v);
+        }
+        return &C;
+    }
+    if (v && v->pid == (pid_t)syscall(SYS_getpid)) {
+        /* Children of vfork close every descriptor before exec, often with
+         * close_range, which no wrapper sees: if ours went, start again
+         * (closing nothing: the numbers may be someone else's now). */
+        struct stat st;
+        if (!v->up || (syscall(SYS_fstat, v->ctl, &st) == 0 && (uint64_t)st.st_ino == v->ctl_ino)) return v;
+    }
+    if (v) fos_shim_vconn_forget(v); /* gone, or an earlier child's */
+    void *p = mmap(NULL, sizeof *v, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    v = p;
+    v->ctl = -1;
+    pthread_mutex_init(&v->mu, NULL);
+    v->pid = (pid_t)syscall(SYS_getpid);
+    fos_shim_vconn = v;
+    return v;
+}
+
+void fos_shim_conn_child_release(void) {
+    fos_shim_conn *v = fos_shim_vconn;
+    if (v == NULL || !fos_shim_in_vfork_child()) return;
+    fos_shim_vconn = NULL;
+    if (v->pid == (pid_t)syscall(SYS_getpid)) fos_shim_drop(v);
+    munmap(v, sizeof *v);
+}
+
+/* One request on the service's channel: svc_fs, or the spawn service.
+ * The request is c->msg[0..mlen) then bulk. */
+static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
+                         const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
     uint32_t mlen = (uint32_t)sizeof(fos_msg_hdr) + flen + tlen;
-    if (mlen > sizeof fos_shim_msg) return ENAMETOOLONG;
+    if (mlen > sizeof C.msg) return ENAMETOOLONG;
     if (fos_shim_in_call) return EINTR;
+    fos_shim_conn *c = fos_shim_conn_here();
+    if (c == NULL) return ENOMEM;
     fos_shim_in_call = 1;
     int cancel;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    pthread_mutex_lock(&C.mu);
-    if (flen) memcpy(fos_shim_msg + sizeof(fos_msg_hdr), fixed, flen);
-    if (tlen) memcpy(fos_shim_msg + sizeof(fos_msg_hdr) + flen, tail, tlen);
+    pthread_mutex_lock(&c->mu);
+    if (flen) memcpy(c->msg + sizeof(fos_msg_hdr), fixed, flen);
+    if (tlen) memcpy(c->msg + sizeof(fos_msg_hdr) + flen, tail, tlen);
     fos_mailbox_addr dead[2];
     int ndead = 0;
     int err;
     for (int attempt = 0;; attempt++) {
         unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
-        if (C.up && (__atomic_load_n(&fos_shim_lost, __ATOMIC_ACQUIRE) || C.cred_gen != gen)) fos_shim_drop();
-        if (!C.up) {
-            err = fos_shim_connect(dead, ndead);
+        if (c->up && (__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) || c->cred_gen != gen)) fos_shim_drop(c);
+        if (!c->up) {
+            err = fos_shim_connect(c, dead, ndead);
             if (err) break;
-            C.cred_gen = gen;
+            c->cred_gen = gen;
+        }
+        if (spawn) {
+            fos_name_entry e;
+            err = c->spawn.base ? 0 : fos_shim_open_service(c, FOS_SHIM_SPAWN_NAME, &c->spawn, &e, NULL, 0);
+            if (err == 0) {
+                int32_t st = 0;
+                err = fos_shim_chan_call(&c->spawn, op, ++c->msg_id, c->msg, mlen, bulk, blen, out, outcap, outlen,
+                                         &st);
+                if (err == 0) err = st;
+                else fos_shim_chan_release(c, &c->spawn);
+            }
+            /* Not retried: a spawn that may have started must not start twice. */
+            if (err == EPIPE || err == ETIMEDOUT) err = EHOSTDOWN;
+            break;
         }
         int32_t st = 0;
-        err = fos_shim_chan_call(&C.fs, op, ++C.msg_id, fos_shim_msg, mlen, bulk, blen, out, outcap, outlen, &st);
+        err = fos_shim_chan_call(&c->fs, op, ++c->msg_id, c->msg, mlen, bulk, blen, out, outcap, outlen, &st);
         if (err == 0) {
             err = st;
             break;
@@ -281,17 +387,26 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
         /* The member died (fosd restarts it) or broke the protocol: never
          * reuse a channel whose state is unknown. Once more elsewhere, as
          * FSClient does, if it died. */
-        dead[ndead++] = C.fs_addr;
-        fos_shim_drop();
+        dead[ndead++] = c->fs_addr;
+        fos_shim_drop(c);
         if (err != EPIPE || attempt == 1) {
             if (err == EPIPE) err = EIO;
             break;
         }
     }
-    pthread_mutex_unlock(&C.mu);
+    pthread_mutex_unlock(&c->mu);
     pthread_setcancelstate(cancel, NULL);
     fos_shim_in_call = 0;
     return err;
+}
+
+int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
+                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
+    return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen);
+}
+
+int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen) {
+    return fos_shim_call(1, op, NULL, 0, NULL, 0, payload, len, out, outcap, outlen);
 }
 
 void fos_shim_creds_changed(void) { __atomic_fetch_add(&fos_shim_cred_gen, 1, __ATOMIC_ACQ_REL); }
@@ -300,7 +415,9 @@ void fos_shim_creds_changed(void) { __atomic_fetch_add(&fos_shim_cred_gen, 1, __
  * not exist here, and the connection is the parent's (fosd attested the
  * parent's pid). Close our copies only; the next call connects afresh. */
 void fos_shim_conn_atfork_child(void) {
+    fos_shim_proc_pid = (pid_t)syscall(SYS_getpid);
     pthread_mutex_init(&C.mu, NULL);
-    if (C.up || C.ctl >= 0) fos_shim_drop();
+    if (C.up || C.ctl >= 0) fos_shim_drop(&C);
     fos_shim_in_call = 0;
+    fos_shim_vconn = NULL;
 }

@@ -16,8 +16,6 @@
 #define FOS_SHIM_CTL_TIMEOUT_MS 10000
 #define FOS_SHIM_CTL_BUF 1024
 
-void fos_shim_conn_notified(uint16_t op, const void *payload, uint32_t len);
-
 int fos_shim_ctl_open(const char *runtime) {
     struct sockaddr_un a;
     memset(&a, 0, sizeof a);
@@ -105,9 +103,10 @@ static long fos_shim_ctl_recv(int fd, void *buf, size_t cap, int *fds, int *nfds
 
 /* A datagram that is not a reply we wait for: notifications go to conn.c,
  * anything else is dropped with its descriptors. */
-static void fos_shim_ctl_other(const fos_ctl_hdr *h, const uint8_t *buf, long n, const int *fds, int nfds) {
+static void fos_shim_ctl_other(fos_shim_conn *conn, const fos_ctl_hdr *h, const uint8_t *buf, long n, const int *fds,
+                               int nfds) {
     fos_shim_close_fds(fds, nfds);
-    if (h->request_id == 0) fos_shim_conn_notified(h->op, buf + sizeof *h, (uint32_t)(n - (long)sizeof *h));
+    if (h->request_id == 0) fos_shim_conn_notified(conn, h->op, buf + sizeof *h, (uint32_t)(n - (long)sizeof *h));
 }
 
 static int fos_shim_ctl_valid(const fos_ctl_hdr *h, long n) {
@@ -120,8 +119,8 @@ static uint64_t fos_shim_now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-int fos_shim_ctl_request(int fd, uint16_t op, uint64_t id, const void *payload, uint32_t len, void *reply,
-                         uint32_t cap, uint32_t *rlen, int *fds, int maxfds, int *nfds) {
+int fos_shim_ctl_request(fos_shim_conn *conn, int fd, uint16_t op, uint64_t id, const void *payload, uint32_t len,
+                         void *reply, uint32_t cap, uint32_t *rlen, int *fds, int maxfds, int *nfds) {
     _Alignas(8) uint8_t buf[FOS_SHIM_CTL_BUF];
     int got[8];
     int ng = 0;
@@ -147,7 +146,7 @@ int fos_shim_ctl_request(int fd, uint16_t op, uint64_t id, const void *payload, 
             continue;
         }
         if (h.request_id != id || h.op != op) {
-            fos_shim_ctl_other(&h, buf, n, got, ng);
+            fos_shim_ctl_other(conn, &h, buf, n, got, ng);
             continue;
         }
         uint32_t plen = (uint32_t)(n - (long)sizeof h);
@@ -163,7 +162,7 @@ int fos_shim_ctl_request(int fd, uint16_t op, uint64_t id, const void *payload, 
     }
 }
 
-int fos_shim_ctl_drain(int fd) {
+int fos_shim_ctl_drain(fos_shim_conn *conn, int fd) {
     _Alignas(8) uint8_t buf[FOS_SHIM_CTL_BUF];
     int got[8];
     int ng = 0;
@@ -175,7 +174,7 @@ int fos_shim_ctl_drain(int fd) {
         fos_ctl_hdr h = {0};
         memcpy(&h, buf, n >= (long)sizeof h ? sizeof h : 0);
         if (fos_shim_ctl_valid(&h, n)) {
-            fos_shim_ctl_other(&h, buf, n, got, ng);
+            fos_shim_ctl_other(conn, &h, buf, n, got, ng);
         } else {
             fos_shim_close_fds(got, ng);
         }

@@ -29,6 +29,8 @@
 
 fos_shim_ofd *fos_shim_fdtab;
 size_t fos_shim_fdtab_len;
+/* Above every descriptor ever entered: how far a scan of the table goes. */
+static int fos_shim_fdtab_top;
 
 #define FOS_SHIM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 /* A directory placeholder: the cookie, then the path. */
@@ -57,6 +59,9 @@ static fos_shim_ofd *fos_shim_table(void) {
 
 void fos_shim_fd_forget(int fd) {
     if (!fos_shim_fd_marked(fd)) return;
+    /* A vfork child shares the table but not the descriptors: its close
+     * leaves the parent's entry (a later lookup checks it anyway). */
+    if (fos_shim_in_vfork_child()) return;
     __atomic_store_n(&fos_shim_fdtab[fd].memfd_ino, 0, __ATOMIC_RELEASE);
 }
 
@@ -87,6 +92,9 @@ static int fos_shim_install(int fd, const fos_shim_ofd *o) {
     t[fd].flags = o->flags;
     t[fd].mode = o->mode;
     __atomic_store_n(&t[fd].memfd_ino, o->memfd_ino, __ATOMIC_RELEASE);
+    int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_RELAXED);
+    while (fd >= top && !__atomic_compare_exchange_n(&fos_shim_fdtab_top, &top, fd + 1, 0, __ATOMIC_RELEASE,
+                                                     __ATOMIC_RELAXED)) {}
     return fd;
 }
 
@@ -171,6 +179,16 @@ int fos_shim_fd_path(int fd, const fos_shim_ofd *o, char out[FOS_SHIM_PATH_BUF])
     if (n <= 0 || out[0] != '/' || memchr(out, 0, (size_t)n) != NULL) return -EBADF;
     out[n] = 0;
     return (int)n;
+}
+
+int fos_shim_fd_inherited(void) {
+    int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
+    for (int fd = 0; fd < top; fd++) {
+        if (!fos_shim_fd_marked(fd)) continue;
+        long fl = syscall(SYS_fcntl, fd, F_GETFD);
+        if (fl >= 0 && !(fl & FD_CLOEXEC) && fos_shim_fd(fd)) return 1;
+    }
+    return 0;
 }
 
 /* "fos-<ino>-<flags>-<mode>" as the placeholder's name reads back. */

@@ -79,9 +79,11 @@ static void fos_shim_init_spin(void) {
 
 __attribute__((constructor)) static void fos_shim_init(void) {
     int saved = errno;
+    fos_shim_proc_pid = (pid_t)syscall(SYS_getpid);
     fos_shim_init_prefix();
     fos_shim_init_runtime();
     fos_shim_init_spin();
+    fos_shim_exec_init();
     /* The raw syscall: the umask wrapper keeps fos_shim_mask from now on. */
     fos_shim_mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, fos_shim_mask);

@@ -15,12 +15,20 @@
  * relative path can reach the fos tree from there too ("fos/x" from "/",
  * "../../fos" from anywhere). Readers are lock-free (a sequence counter)
  * so a relative open in a signal handler never blocks.
+ *
+ * A child of vfork changes its own cwd, not its parent's (a chdir between
+ * vfork and exec, as python's subprocess does for cwd=), but shares the
+ * parent's memory: its cwds go to pages of its own, found through a
+ * thread-local pointer tagged with its pid (its thread's storage is the
+ * suspended parent thread's; the parent drops a stale one on sight), and
+ * the environment, which is the parent's too, is left alone.
  */
 #include "shim.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 int fos_shim_vcwd_set;
 int fos_shim_rcwd_near;
@@ -35,6 +43,48 @@ static pthread_mutex_t fos_shim_vcwd_mu = PTHREAD_MUTEX_INITIALIZER;
 enum { FOS_SHIM_VIRTUAL = 0, FOS_SHIM_KERNEL = 1 };
 
 static int fos_shim_cwd_copy(int which, char out[FOS_SHIM_PATH_BUF]);
+
+struct fos_shim_child_cwds {
+    pid_t pid;
+    int vset, near;
+    struct {
+        char path[FOS_SHIM_PATH_BUF];
+        size_t len;
+    } cwds[2];
+};
+FOS_SHIM_TLS fos_shim_child_cwds *fos_shim_ccwd;
+
+/* This vfork child's cwds (made from the parent's if create), or NULL.
+ * Drops one left by an earlier child. */
+static fos_shim_child_cwds *fos_shim_ccwd_here(int create) {
+    fos_shim_child_cwds *c = fos_shim_ccwd;
+    pid_t me = c || create ? (pid_t)syscall(SYS_getpid) : 0;
+    if (c && c->pid == me) return c;
+    if (c) {
+        fos_shim_ccwd = NULL;
+        munmap(c, sizeof *c);
+    }
+    if (!create || me == __atomic_load_n(&fos_shim_proc_pid, __ATOMIC_RELAXED)) return NULL;
+    c = mmap(NULL, sizeof *c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (c == MAP_FAILED) return NULL;
+    c->pid = me;
+    c->vset = __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE);
+    c->near = __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE);
+    for (int w = 0; w < 2; w++) c->cwds[w].len = (size_t)fos_shim_cwd_copy(w, c->cwds[w].path);
+    fos_shim_ccwd = c;
+    return c;
+}
+
+int fos_shim_vcwd_on(void) {
+    fos_shim_child_cwds *c = fos_shim_ccwd ? fos_shim_ccwd_here(0) : NULL;
+    return c ? c->vset : __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE);
+}
+
+int fos_shim_rcwd_is_near(void) {
+    fos_shim_child_cwds *c = fos_shim_ccwd ? fos_shim_ccwd_here(0) : NULL;
+    return c ? c->near : __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE);
+}
+
 
 static int fos_shim_under_prefix(const char *p, size_t n) {
     size_t k = __atomic_load_n(&fos_shim_cfg.prefix_len, __ATOMIC_ACQUIRE);
@@ -177,6 +227,11 @@ int fos_shim_host_path(const char *fspath, char *out, size_t cap) {
 }
 
 static int fos_shim_cwd_copy(int which, char out[FOS_SHIM_PATH_BUF]) {
+    fos_shim_child_cwds *c = fos_shim_ccwd ? fos_shim_ccwd_here(0) : NULL;
+    if (c) {
+        memcpy(out, c->cwds[which].path, c->cwds[which].len + 1);
+        return (int)c->cwds[which].len;
+    }
     for (;;) {
         unsigned s1 = __atomic_load_n(&fos_shim_vcwd_seq, __ATOMIC_ACQUIRE);
         if (s1 & 1) continue;
@@ -190,12 +245,20 @@ static int fos_shim_cwd_copy(int which, char out[FOS_SHIM_PATH_BUF]) {
 }
 
 int fos_shim_vcwd_get(char out[FOS_SHIM_PATH_BUF]) {
-    if (!__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) return 0;
+    if (!fos_shim_vcwd_on()) return 0;
     return fos_shim_cwd_copy(FOS_SHIM_VIRTUAL, out);
 }
 
 /* host NULL: none. */
 static void fos_shim_cwd_store(int which, const char *host, size_t n) {
+    fos_shim_child_cwds *c = fos_shim_in_vfork_child() ? fos_shim_ccwd_here(1) : NULL;
+    if (c) {
+        if (host) memcpy(c->cwds[which].path, host, n);
+        c->cwds[which].path[host ? n : 0] = 0;
+        c->cwds[which].len = host ? n : 0;
+        if (which == FOS_SHIM_VIRTUAL) c->vset = host != NULL;
+        return;
+    }
     pthread_mutex_lock(&fos_shim_vcwd_mu);
     __atomic_fetch_add(&fos_shim_vcwd_seq, 1, __ATOMIC_ACQ_REL);
     if (host) memcpy(fos_shim_cwds[which].path, host, n);
@@ -208,13 +271,19 @@ static void fos_shim_cwd_store(int which, const char *host, size_t n) {
 
 static void fos_shim_vcwd_store(const char *host, size_t n) { fos_shim_cwd_store(FOS_SHIM_VIRTUAL, host, n); }
 
+static void fos_shim_rcwd_set_near(int near) {
+    fos_shim_child_cwds *c = fos_shim_ccwd ? fos_shim_ccwd_here(0) : NULL;
+    if (c) c->near = near;
+    else __atomic_store_n(&fos_shim_rcwd_near, near, __ATOMIC_RELEASE);
+}
+
 void fos_shim_rcwd_refresh(void) {
     char buf[FOS_SHIM_PATH_BUF];
     long n = syscall(SYS_getcwd, buf, sizeof buf);
     /* Unreachable or removed ("(unreachable)/..."): relative paths stay the kernel's. */
     if (n <= 1 || buf[0] != '/') {
         fos_shim_cwd_store(FOS_SHIM_KERNEL, NULL, 0);
-        __atomic_store_n(&fos_shim_rcwd_near, 0, __ATOMIC_RELEASE);
+        fos_shim_rcwd_set_near(0);
         return;
     }
     size_t len = (size_t)n - 1;
@@ -223,13 +292,13 @@ void fos_shim_rcwd_refresh(void) {
      * relative path can reach the fos tree. */
     const char *pfx = fos_shim_cfg.prefix;
     int near = len == 1 || (strncmp(pfx, buf, len) == 0 && pfx[len] == '/') || fos_shim_under_prefix(buf, len);
-    __atomic_store_n(&fos_shim_rcwd_near, near, __ATOMIC_RELEASE);
+    fos_shim_rcwd_set_near(near);
 }
 
 void fos_shim_vcwd_change(const char *fspath) {
     if (fspath == NULL) {
         fos_shim_vcwd_store(NULL, 0);
-        unsetenv("FOS_CWD");
+        if (!fos_shim_in_vfork_child()) unsetenv("FOS_CWD");
         return;
     }
     char host[FOS_SHIM_PATH_BUF];
@@ -237,7 +306,7 @@ void fos_shim_vcwd_change(const char *fspath) {
     if (n < 0) return;
     while (n > 1 && host[n - 1] == '/') host[--n] = 0;
     fos_shim_vcwd_store(host, (size_t)n);
-    setenv("FOS_CWD", host, 1);
+    if (!fos_shim_in_vfork_child()) setenv("FOS_CWD", host, 1);
 }
 
 /* FOS_CWD from the process that exec'd us (fos-run, or a program whose cwd

@@ -28,6 +28,7 @@
 
 #include "fos_ring.h"
 #include "fos_wire.h"
+#include "fos_elf.h"
 
 #define FOS_SHIM_EXPORT __attribute__((visibility("default")))
 #define FOS_SHIM_TLS __thread __attribute__((tls_model("initial-exec")))
@@ -94,6 +95,12 @@ enum {
 
 extern int fos_shim_vcwd_set;  /* a virtual cwd inside the fos tree is in effect */
 extern int fos_shim_rcwd_near; /* the kernel's cwd is an ancestor of the prefix ("/" for "/fos") */
+/* A child of vfork that changed directory keeps its cwds here (path.c). */
+typedef struct fos_shim_child_cwds fos_shim_child_cwds;
+extern FOS_SHIM_TLS fos_shim_child_cwds *fos_shim_ccwd;
+/* Those two flags as they are for this process (a vfork child's own). */
+int fos_shim_vcwd_on(void);
+int fos_shim_rcwd_is_near(void);
 
 /* Cheap test, no syscall: could (dirfd, path) be a fos path? */
 static inline int fos_shim_maybe_fos(int dirfd, const char *path);
@@ -158,10 +165,14 @@ int fos_shim_fd_path(int fd, const fos_shim_ofd *o, char out[FOS_SHIM_PATH_BUF])
 void fos_shim_fd_forget(int fd);
 /* Rebuild the table from inherited placeholders (after exec). */
 void fos_shim_fd_rediscover(void);
+/* Would an exec now pass a fos descriptor on (one without close-on-exec)? */
+int fos_shim_fd_inherited(void);
 
 /* ------------------------------------------------------------------ */
-/* conn.c and chan.c: the connection to the node and the fs channel    */
+/* conn.c and chan.c: the connection to the node and its channels      */
 /* ------------------------------------------------------------------ */
+
+typedef struct fos_shim_conn fos_shim_conn;
 
 typedef struct fos_shim_chan {
     uint8_t *base;
@@ -170,6 +181,7 @@ typedef struct fos_shim_chan {
     uint64_t id;
     int closed;            /* fosd said the other side closed */
     int peer_core;         /* the core the server is pinned to, -1 if unknown */
+    fos_shim_conn *conn;   /* whose control socket says when the peer is gone */
     fos_ring tx, rx;
 } fos_shim_chan;
 
@@ -186,19 +198,20 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
                        const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
                        int32_t *status);
 
-/* Control socket (ctl.c). */
+/* Control socket (ctl.c). Notifications read on the way go to conn. */
 int fos_shim_ctl_open(const char *runtime);
-int fos_shim_ctl_request(int fd, uint16_t op, uint64_t id, const void *payload, uint32_t len, void *reply,
-                         uint32_t cap, uint32_t *rlen, int *fds, int maxfds, int *nfds);
+int fos_shim_ctl_request(fos_shim_conn *conn, int fd, uint16_t op, uint64_t id, const void *payload, uint32_t len,
+                         void *reply, uint32_t cap, uint32_t *rlen, int *fds, int maxfds, int *nfds);
 void fos_shim_ctl_notify_close(int fd, uint64_t channel);
 /* Reads what fosd sent meanwhile. -1: fosd closed the connection. */
-int fos_shim_ctl_drain(int fd);
+int fos_shim_ctl_drain(fos_shim_conn *conn, int fd);
+void fos_shim_conn_notified(fos_shim_conn *c, uint16_t op, const void *payload, uint32_t len);
 
 /* Called while a channel waits: reads fosd's notifications, and reports
  * whether c has been closed or the node is gone. */
 int fos_shim_conn_peer_gone(fos_shim_chan *c);
-/* The control socket, -1 if none. */
-int fos_shim_conn_ctl_fd(void);
+/* The control socket of c's connection, -1 if none. */
+int fos_shim_conn_ctl_fd(const fos_shim_chan *c);
 
 /*
  * One fs request: [fixed][tail] in a message, then [bulk] (the write data).
@@ -210,12 +223,26 @@ int fos_shim_conn_ctl_fd(void);
  */
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                      const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen);
+/* One request to the spawn service (/sys/spawn), never retried (a SPAWN
+ * may have started its program). Errors as fos_shim_fs_call. */
+int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen);
 
 /* The credentials changed (setuid and friends): reconnect before the next call. */
 void fos_shim_creds_changed(void);
 /* The program is about to close or overwrite fd: if it is one of the
- * connection's, the next call reconnects. No syscall. */
+ * connection's, the next call reconnects. No syscall unless it is ours. */
 int fos_shim_conn_owns(int fd);
+/* In a child of vfork, about to exec: unmap the child's own connection
+ * (its descriptors close with the exec). Nothing elsewhere. */
+void fos_shim_conn_child_release(void);
+
+/* The process the shim's state belongs to: set at start and by fork. A
+ * child of vfork (or of a raw clone) has another pid but shares, or
+ * copied, that state without a fork handler running. */
+extern pid_t fos_shim_proc_pid;
+static inline int fos_shim_in_vfork_child(void) {
+    return (pid_t)syscall(SYS_getpid) != __atomic_load_n(&fos_shim_proc_pid, __ATOMIC_RELAXED);
+}
 
 /* ------------------------------------------------------------------ */
 /* fsops.c: typed fs requests. Each returns 0 or a negative errno.      */
@@ -245,6 +272,67 @@ int fos_shim_op_symlink(const char *target, char *fspath);
 int fos_shim_op_mknod(char *fspath, uint32_t mode, uint64_t rdev);
 int fos_shim_op_link(uint64_t ino, char *fspath);
 int fos_shim_op_statfs(fos_fs_statfs *s);
+
+/* ------------------------------------------------------------------ */
+/* exec_prog.c, exec_env.c, standin.c: exec of programs under the prefix */
+/* ------------------------------------------------------------------ */
+
+#define FOS_SHIM_BINPRM 256    /* the "#!" line the kernel reads (BINPRM_BUF_SIZE) */
+#define FOS_SHIM_MAX_INTERP 4  /* interpreters of interpreters, as binfmt_script allows */
+
+/* What an exec of a path would run. */
+typedef struct fos_shim_prog {
+    int depth;                                   /* "#!" levels */
+    char line[FOS_SHIM_MAX_INTERP][FOS_SHIM_BINPRM];
+    const char *interp[FOS_SHIM_MAX_INTERP];     /* level d's interpreter (into line[d]) */
+    const char *arg[FOS_SHIM_MAX_INTERP];        /* and its argument, or NULL */
+    const char *final;                           /* the binary, as the chain names it */
+    int kind;                                    /* FOS_ELF_* of the binary */
+    int on_fos;                                  /* a file of the chain is under the prefix */
+    int final_fos;                               /* the binary is: */
+    uint64_t ino, size;                          /* its inode and size */
+} fos_shim_prog;
+
+/* Follows path and its interpreters; -errno as exec would fail (ENOEXEC
+ * for a fos file that is neither "#!" nor ELF). */
+int fos_shim_prog_resolve(const char *path, fos_shim_prog *p);
+/* Entries of the binary's argv, with its NULL. */
+int fos_shim_prog_argc(const fos_shim_prog *p, char *const argv[]);
+/* The binary's argv (out has fos_shim_prog_argc entries). */
+void fos_shim_prog_argv(const fos_shim_prog *p, const char *path, char *const argv[], char **out);
+/* The rule for programs the shim cannot reach (static, Go, foreign): with
+ * fos in view (cwd, an argument of argv, an inherited fos descriptor) and
+ * no FOS_ALLOW_UNREACHABLE=1 in envp, one line on stderr and -EPERM. */
+int fos_shim_prog_reachable(const fos_shim_prog *p, char *const argv[], char *const envp[]);
+/* The fos binary copied into a sealed, close-on-exec memfd: fd or -errno. */
+int fos_shim_prog_materialise(const fos_shim_prog *p);
+
+/* Room envp needs for fos_shim_env_fix: its entries plus these. */
+#define FOS_SHIM_ENV_EXTRA 6
+typedef struct fos_shim_envbuf {
+    char cwd[FOS_SHIM_PATH_BUF + 16];
+    char preload[2 * FOS_SHIM_PATH_BUF];
+    char prefix[300];
+    char runtime[FOS_SHIM_PATH_BUF + 16];
+} fos_shim_envbuf;
+/* envp for a new image: the shim's variables put back, FOS_CWD as the
+ * virtual cwd is now, no stand-in marker (standin adds it: fos-exec). */
+char **fos_shim_env_fix(char *const *envp, char **out, fos_shim_envbuf *b, int standin);
+size_t fos_shim_env_len(char *const *envp);
+/* fos-exec beside this library, or NULL. */
+const char *fos_shim_exec_helper(void);
+/* This library's file. */
+const char *fos_shim_self(void);
+/* This process is fos-exec standing in (it was started with the marker). */
+extern int fos_shim_standin_mode;
+void fos_shim_exec_init(void);
+
+/* The descriptors an exec keeps (no close-on-exec) into out: how many, or
+ * -EMFILE if they are more than max or one is FOS_SPAWN_FD_LIMIT or above. */
+int fos_shim_exec_fds(fos_spawn_fd *out, int max);
+/* standin.c: in fos-exec, start path through the spawn service and stand
+ * in for it until it ends; returns only if it could not start (-errno). */
+int fos_shim_standin(const char *path, char *const argv[], char *const envp[]);
 
 /* w_io.c: access checks and I/O on a live fos descriptor fd (entry o). at
  * < 0: at the shared offset, which then advances. Bytes or -errno. */
@@ -282,7 +370,8 @@ static inline int fos_shim_maybe_fos(int dirfd, const char *path) {
     if (path[0] == '/') return fos_shim_abs_maybe(path);
     if (dirfd == AT_FDCWD) {
         return __atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE) ||
-               __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE) || strstr(path, "..") != NULL;
+               __atomic_load_n(&fos_shim_rcwd_near, __ATOMIC_ACQUIRE) || fos_shim_ccwd != NULL ||
+               strstr(path, "..") != NULL;
     }
     return fos_shim_fd_marked(dirfd);
 }

@@ -144,7 +144,7 @@ FOS_SHIM_EXPORT int chdir(const char *path) {
     if (k == FOS_SHIM_HOST || k == FOS_SHIM_REWRITTEN) {
         int r = FOS_REAL(chdir)(k == FOS_SHIM_HOST ? path : p);
         if (r == 0) {
-            if (__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) fos_shim_vcwd_change(NULL);
+            if (fos_shim_vcwd_on()) fos_shim_vcwd_change(NULL);
             fos_shim_rcwd_refresh();
             errno = saved;
         }
@@ -163,7 +163,7 @@ FOS_SHIM_EXPORT int fchdir(int fd) {
     if (!o) {
         int r = FOS_REAL(fchdir)(fd);
         if (r == 0) {
-            if (__atomic_load_n(&fos_shim_vcwd_set, __ATOMIC_ACQUIRE)) fos_shim_vcwd_change(NULL);
+            if (fos_shim_vcwd_on()) fos_shim_vcwd_change(NULL);
             fos_shim_rcwd_refresh();
             errno = saved;
         }

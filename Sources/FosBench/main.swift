@@ -10,6 +10,7 @@ let usage = """
     usage: fos-bench messaging [--json] [--runs N] [--iterations N] [--runtime DIR]
            fos-bench fs [--json] [--runs N] [--seconds S]
            fos-bench fuse [--json] [--runs N] [--seconds S]
+           fos-bench shim [--json] [--runs N] [--calls N]
 
     messaging: round trip (median, p99) and pipelined throughput at 64 B and
     4 KiB over fos channels, a Unix-domain socket and a pipe, measured in the
@@ -31,6 +32,15 @@ let usage = """
     and unlink on the fos FUSE mount (fosctl mount of a private node) and on
     the host file system, in the same run (--runs default 3, --seconds per
     test default 2).
+
+    shim: per-call latency (stat of files never looked at, stat, open+close,
+    create+unlink, 4 KiB read; --calls per test, default 10000) through the
+    shim on /fos against the host file system (and the FUSE mount, once
+    `fosctl mount` exists), and workloads under fos-run against the same
+    commands on the host (untar of a generated tree, sqlite3 with 10 000
+    inserts, make -j2 of 16 C files), plus fos-run's start and exec of a
+    program stored in /fos. Needs cc, tar, sqlite3 and make; medians over
+    --runs (default 5), on a private node with one fs member.
     """
 
 func die(_ s: String) -> Never {
@@ -54,7 +64,7 @@ if args.first == "peer" {
     }
 }
 
-guard ["messaging", "fs", "fuse"].contains(args.first ?? "") else {
+guard let first = args.first, ["messaging", "fs", "fuse", "shim"].contains(first) else {
     print(usage)
     exit(args.first == "--help" || args.first == "-h" ? 0 : 2)
 }
@@ -64,6 +74,7 @@ var json = false
 var runs = mode == "messaging" ? 5 : 3
 nonisolated(unsafe) var iterations = 20_000
 var seconds = 2.0
+var calls = 10_000
 var runtimeDir: String?
 while !args.isEmpty {
     let a = args.removeFirst()
@@ -73,14 +84,15 @@ while !args.isEmpty {
     case "--iterations": iterations = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
     case "--runtime" where mode == "messaging": runtimeDir = args.isEmpty ? nil : args.removeFirst()
     case "--seconds" where mode != "messaging": seconds = args.isEmpty ? 0 : Double(args.removeFirst()) ?? 0
+    case "--calls" where mode == "shim": calls = args.isEmpty ? 0 : Int(args.removeFirst()) ?? 0
     case "--help", "-h":
         print(usage)
         exit(0)
     default: die("unknown option \(a)\n\(usage)")
     }
 }
-guard runs >= 1, iterations >= 100, seconds >= 0.2 else {
-    die("--runs must be ≥ 1, --iterations ≥ 100, --seconds ≥ 0.2")
+guard runs >= 1, iterations >= 100, seconds >= 0.2, calls >= 100 else {
+    die("--runs must be ≥ 1, --iterations ≥ 100, --seconds ≥ 0.2, --calls ≥ 100")
 }
 
 // MARK: Processes
@@ -118,6 +130,17 @@ if mode == "fuse" {
         try await fuseBench(runs: runs, seconds: seconds, json: json)
     } catch {
         die("fuse: \(error)")
+    }
+    exit(0)
+}
+
+if mode == "shim" {
+    // Its own node, with an fs fleet (ShimBench.swift).
+    let r = try await shimBench(runs: runs, calls: calls, json: json)
+    if json {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try enc.encode(r), as: UTF8.self))
     }
     exit(0)
 }

@@ -17,9 +17,23 @@ public struct SpawnRequest: Sendable {
     public var cpu: Int32?
     /// Run on this node (its id as `fosctl status` shows it; nil: here).
     public var node: String?
+    /// Exec this descriptor of ours instead of `path` (which then only
+    /// names the program): a program the kernel cannot reach by path.
+    public var execDescriptor: Int32?
+    /// Signals blocked, and ignored, in the child (bit n-1 for signal n),
+    /// as exec keeps them; a fresh child has none.
+    public var signalMask: UInt64 = 0
+    public var ignoredSignals: UInt64 = 0
+    /// Kill the program (SIGKILL) if we end while it still runs.
+    public var tiedToCaller = false
+    /// The child's umask (nil: the service's).
+    public var umask: UInt32?
+    /// Give the child our resource limits (exec keeps them).
+    public var callerLimits = false
 
     public init(path: String, arguments: [String]? = nil, environment: [String] = [], cwd: String = "/",
-                descriptors: [(from: Int32, to: Int32)] = [], cpu: Int32? = nil, node: String? = nil) {
+                descriptors: [(from: Int32, to: Int32)] = [], cpu: Int32? = nil, node: String? = nil,
+                execDescriptor: Int32? = nil) {
         self.path = path
         self.arguments = arguments ?? [path]
         self.environment = environment
@@ -27,6 +41,7 @@ public struct SpawnRequest: Sendable {
         self.descriptors = descriptors
         self.cpu = cpu
         self.node = node
+        self.execDescriptor = execDescriptor
     }
 }
 
@@ -59,16 +74,24 @@ public final class SpawnClient: Sendable {
     /// Starts a program; returns its global process id and its local pid.
     public func spawn(_ r: SpawnRequest) async throws -> (gpid: UInt64, pid: Int32) {
         let path = Array(r.path.utf8), cwd = Array(r.cwd.utf8), node = Array((r.node ?? "").utf8)
+        let ext = r.execDescriptor != nil || r.signalMask != 0 || r.ignoredSignals != 0 || r.tiedToCaller
+            || r.umask != nil || r.callerLimits
         var p = [UInt8]()
         appendStruct(fos_spawn_req(path_len: UInt32(path.count), cwd_len: UInt32(cwd.count), argc: UInt32(r.arguments.count),
                                    envc: UInt32(r.environment.count), nfds: UInt32(r.descriptors.count),
-                                   cpu: r.cpu ?? -1, node_len: UInt32(node.count), reserved: 0), to: &p)
+                                   cpu: r.cpu ?? -1, node_len: UInt32(node.count), flags: ext ? FOS_SPAWN_F_EXT : 0), to: &p)
         p += path + cwd + node
         for s in r.arguments + r.environment {
             p += Array(s.utf8)
             p.append(0)
         }
         for d in r.descriptors { appendStruct(fos_spawn_fd(from: d.from, to: d.to), to: &p) }
+        if ext {
+            let flags = (r.tiedToCaller ? FOS_SPAWN_X_TIED : 0) | (r.umask != nil ? FOS_SPAWN_X_UMASK : 0)
+                | (r.callerLimits ? FOS_SPAWN_X_RLIMITS : 0)
+            appendStruct(fos_spawn_ext(exec_fd: r.execDescriptor ?? -1, flags: flags, sigmask: r.signalMask,
+                                       sigign: r.ignoredSignals, umask: r.umask ?? 0, reserved: 0), to: &p)
+        }
         guard p.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.argListTooLong) }
         let b = try await call(FOS_OP_SPAWN, p)
         guard b.count == MemoryLayout<fos_spawn_reply>.size,

@@ -27,10 +27,12 @@ struct FosRun: ParsableCommand {
             stderr and the environment pass through; fos-run exits with COMMAND's status, or \
             128+N if a signal N killed it. SIGTERM and SIGHUP are passed on to COMMAND.
 
-            Only dynamically linked programs that call libc see the shim: a static binary or one \
-            that makes its own system calls (Go) sees the host's paths only, and nothing detects \
-            it yet. A program stored under the prefix cannot be started yet (exec of fos files \
-            needs the spawn service).
+            A program stored under the prefix (a binary, or a #! script) is started by the \
+            node's spawn service, with fos-exec standing in for it. Only dynamically linked \
+            programs that call libc see the shim: a static binary or a Go program sees the \
+            host's paths only, so fos-run (and the shim, at every exec) refuses one whose cwd \
+            or arguments are under the prefix, naming the FUSE mount (fosctl mount DIR) as the \
+            way for it; FOS_ALLOW_UNREACHABLE=1 lets it run anyway.
             """)
 
     @Option(help: "Where the fos file system appears to the program.")
@@ -77,7 +79,29 @@ struct FosRun: ParsableCommand {
             }
         }
         if let d = hostCwd, chdir(d) != 0 { fail("--cwd \(d): \(String(cString: strerror(errno)))") }
-        Glibc.exit(FosRun.spawnAndWait(program: program, argv: argv, env: env))
+        var run = argv
+        if FosRun.onFos(program, prefix: pfx, fosCwd: env["FOS_CWD"], path: env["PATH"]) {
+            // fos-exec (beside the shim) execs it under the shim, which asks
+            // the spawn service to start it and makes fos-exec its stand-in.
+            env["FOS_EXEC_STANDIN"] = "1"
+            run = [(shim as NSString).deletingLastPathComponent + "/fos-exec", program] + argv
+        } else if let line = Reach.refusal(argv, env: env, prefix: pfx, fosCwd: env["FOS_CWD"] != nil) {
+            fail(line, code: 126)
+        }
+        Glibc.exit(FosRun.spawnAndWait(program: run[0], argv: run, env: env))
+    }
+
+    /// Is `program` stored under the prefix, or may a PATH search find it there?
+    static func onFos(_ program: String, prefix: String, fosCwd: String?, path: String?) -> Bool {
+        func under(_ p: String) -> Bool {
+            guard let n = normalise(p.hasPrefix("/") ? p : (fosCwd ?? FileManager.default.currentDirectoryPath) + "/" + p)
+            else { return false }
+            return n == prefix || n.hasPrefix(prefix + "/")
+        }
+        if program.contains("/") { return under(program) }
+        return (path ?? "").split(separator: ":", omittingEmptySubsequences: false).contains { d in
+            d.isEmpty ? fosCwd != nil : under(String(d))
+        }
     }
 
     /// libfosshim.so from the directory fos-run runs from (the build directory).

@@ -24,6 +24,8 @@ final class ProcessTable: Sendable {
         var state: UInt32 = UInt32(FOS_SPAWN_RUNNING)
         var code: Int32 = 0
         var ended: Date?
+        /// A pidfd of the caller it is tied to (-1: none), in `ties`.
+        var tie: CInt = -1
     }
 
     struct State {
@@ -41,8 +43,47 @@ final class ProcessTable: Sendable {
     static let keepEnded = 1024
     static let maxRunningPerUID = 4096
 
+    /// Epoll set of the callers that running processes are tied to; its
+    /// own descriptor wakes the event loop when one of them ends.
+    let ties: CInt
+
     init(node: UInt64) {
         nodeTag = UInt64(UInt32(truncatingIfNeeded: node ^ (node >> 32))) << 32
+        ties = fos_sys_epoll_create()
+    }
+
+    /// Kills `gpid` (SIGKILL) when the process behind `callerPidfd` ends
+    /// while it runs. Takes the pidfd.
+    func tie(_ gpid: UInt64, to callerPidfd: CInt) {
+        state.withLock { s in
+            guard ties >= 0, s.entries[gpid]?.state == UInt32(FOS_SPAWN_RUNNING) else {
+                close(callerPidfd)
+                return
+            }
+            s.entries[gpid]?.tie = callerPidfd
+            _ = fos_sys_epoll_add(ties, callerPidfd, UInt32(FOS_EPOLLIN), gpid)
+        }
+    }
+
+    private func untie(_ s: inout State, _ gpid: UInt64) {
+        guard let fd = s.entries[gpid]?.tie, fd >= 0 else { return }
+        _ = fos_sys_epoll_del(ties, fd)
+        close(fd)
+        s.entries[gpid]?.tie = -1
+    }
+
+    /// Callers that ended: their tied processes die with them. Loop thread.
+    func checkTies() {
+        var data = [UInt64](repeating: 0, count: 64)
+        var events = [UInt32](repeating: 0, count: 64)
+        let n = fos_sys_epoll_wait(ties, &data, &events, 64, 0)
+        guard n > 0 else { return }
+        state.withLock { s in
+            for gpid in data[0..<Int(n)] {
+                if let e = s.entries[gpid], e.state == UInt32(FOS_SPAWN_RUNNING) { _ = fos_sys_pidfd_kill(e.pidfd, SIGKILL) }
+                untie(&s, gpid)
+            }
+        }
     }
 
     func add(pid: Int32, pidfd: CInt, uid: UInt32, command: String) -> UInt64 {
@@ -68,6 +109,7 @@ final class ProcessTable: Sendable {
                 var code: Int32 = 0, signaled: Int32 = 0
                 guard fos_sys_pidfd_wait(e.pidfd, &code, &signaled) == 1 else { continue }
                 close(e.pidfd)
+                untie(&s, gpid)
                 s.entries[gpid]?.pidfd = -1
                 s.entries[gpid]?.state = UInt32(signaled != 0 ? FOS_SPAWN_SIGNALED : FOS_SPAWN_EXITED)
                 s.entries[gpid]?.code = code

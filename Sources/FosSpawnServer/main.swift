@@ -70,10 +70,15 @@ final class SpawnService: Sendable {
             throw Errno.notPermitted
         }
 
-        // The caller's descriptors, copied from its process (same open file descriptions).
+        // The caller's descriptors, copied from its process (same open file
+        // descriptions), and the program it materialised, if any.
         var src: [CInt] = []
-        defer { for fd in src { close(fd) } }
-        if !q.fds.isEmpty {
+        var execFD: CInt = -1
+        defer {
+            for fd in src { close(fd) }
+            if execFD >= 0 { close(execFD) }
+        }
+        if !q.fds.isEmpty || q.execFD >= 0 {
             let pidfd = fos_sys_pidfd_open(caller.pid)
             guard pidfd >= 0 else { throw Errno.noSuchProcess }
             defer { close(pidfd) }
@@ -82,26 +87,48 @@ final class SpawnService: Sendable {
                 guard fd >= 0 else { throw Errno(rawValue: fd == -EBADF ? EBADF : -fd) }
                 src.append(fd)
             }
+            if q.execFD >= 0 {
+                execFD = fos_sys_pidfd_getfd(pidfd, q.execFD)
+                guard execFD >= 0 else { throw Errno(rawValue: execFD == -EBADF ? EBADF : -execFD) }
+            }
+        }
+        // A tie watches the caller from before the start: one already gone
+        // gets nothing started.
+        var tie: CInt = -1
+        if q.tied {
+            tie = fos_sys_pidfd_open(caller.pid)
+            guard tie >= 0 else { throw Errno.noSuchProcess }
         }
         let dst = q.fds.map { CInt($0.to) }
+        var extra = fos_sys_spawn_extra(exec_fd: execFD, sigmask: q.signalMask, sigign: q.ignoredSignals, umask: q.umask,
+                                        limits_from: q.rlimits ? caller.pid : 0)
+        let hasExtra = q.execFD >= 0 || q.signalMask != 0 || q.ignoredSignals != 0 || q.umask >= 0 || q.rlimits
         var pidfd: CInt = -1
         let pid: pid_t = withCStrings(q.arguments) { argv in
             withCStrings(q.environment) { envp in
                 src.withUnsafeBufferPointer { s in
                     dst.withUnsafeBufferPointer { d in
-                        if var id = identity {
-                            return fos_sys_spawn_as(q.path, argv, envp, q.cwd.isEmpty ? "/" : q.cwd, &id,
-                                                    s.baseAddress, d.baseAddress, CInt(s.count), q.cpu, &pidfd)
+                        withUnsafePointer(to: &extra) { x in
+                            let ex = hasExtra ? x : nil
+                            let cwd = q.cwd.isEmpty ? "/" : q.cwd
+                            if var id = identity {
+                                return fos_sys_spawn_as(q.path, argv, envp, cwd, &id, s.baseAddress, d.baseAddress,
+                                                        CInt(s.count), q.cpu, ex, &pidfd)
+                            }
+                            return fos_sys_spawn_as(q.path, argv, envp, cwd, nil, s.baseAddress, d.baseAddress,
+                                                    CInt(s.count), q.cpu, ex, &pidfd)
                         }
-                        return fos_sys_spawn_as(q.path, argv, envp, q.cwd.isEmpty ? "/" : q.cwd, nil,
-                                                s.baseAddress, d.baseAddress, CInt(s.count), q.cpu, &pidfd)
                     }
                 }
             }
         }
-        guard pid > 0 else { throw Errno(rawValue: -pid) }
+        guard pid > 0 else {
+            if tie >= 0 { close(tie) }
+            throw Errno(rawValue: -pid)
+        }
         let command = String(q.arguments.joined(separator: " ").prefix(200))
         let gpid = table.add(pid: pid, pidfd: pidfd, uid: caller.uid, command: command)
+        if tie >= 0 { table.tie(gpid, to: tie) }
         var out = [UInt8]()
         appendStruct(fos_spawn_reply(gpid: gpid, pid: pid, reserved: 0), to: &out)
         return Reply(payload: out)
@@ -186,6 +213,12 @@ rt.loop.addPoller(wakeFD: signals) {
     // The node is stopping: so do the processes it started.
     if stop { service.table.endAll() }
     return false
+}
+if service.table.ties >= 0 {
+    rt.loop.addPoller(wakeFD: service.table.ties) {
+        service.table.checkTies()
+        return false
+    }
 }
 let name = rt.isMember ? rt.fleet : "/sys/spawn"
 rt.loop.spawn {

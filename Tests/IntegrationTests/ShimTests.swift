@@ -81,11 +81,11 @@ struct ShimTests {
         #expect(!exported.contains { $0.hasPrefix("fos_") }, "internal symbols exported")
     }
 
-    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap")
+    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap, programs stored in /fos")
     func cTests() async throws {
         try await TestNode.with(members: 1) { node in
             chmod(node.root, 0o755)  // t_threads drops to nobody, who must reach the socket
-            for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio", "t_mmap"] {
+            for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio", "t_mmap", "t_spawn"] {
                 let exe = try await Shim.compile(name, into: node.root)
                 let r = try await Shim.run(node, [exe, "/fos/" + name])
                 #expect(r.status == 0 && r.stdout.hasSuffix("ok\n"), "\(name): \(r.status)\n\(r.stdout)\n\(r.stderr)")
@@ -272,7 +272,7 @@ struct ShimTests {
         }
     }
 
-    @Test("make and cc build a program whose sources live in /fos")
+    @Test("make and cc build a program whose sources live in /fos, which then runs from /fos")
     func make() async throws {
         try await TestNode.with(members: 1) { node in
             let r = try await Shim.sh(node, #"""
@@ -284,7 +284,7 @@ struct ShimTests {
                 EOF
                 echo 'int twice(int x) { return 2 * x; }' > twice.c
                 printf 'prog: main.o twice.o\n\tcc -o prog main.o twice.o\n' > Makefile
-                make -s; ls; cp prog /tmp/fos-shim-prog-$$ && /tmp/fos-shim-prog-$$; rm /tmp/fos-shim-prog-$$
+                make -s; ls; ./prog
                 """#)
             #expect(r.status == 0 && r.stdout == "Makefile\nmain.c\nmain.o\nprog\ntwice.c\ntwice.o\n42\n", "\(r)")
         }

@@ -72,7 +72,7 @@ struct SpawnTests {
             }
             #expect(await raw([1, 2, 3]) == EINVAL)
             var p = [UInt8]()
-            appendStruct(fos_spawn_req(path_len: 7, cwd_len: 0, argc: 2, envc: 0, nfds: 0, cpu: -1, node_len: 0, reserved: 0), to: &p)
+            appendStruct(fos_spawn_req(path_len: 7, cwd_len: 0, argc: 2, envc: 0, nfds: 0, cpu: -1, node_len: 0, flags: 0), to: &p)
             p += Array("/bin/sh".utf8) + Array("sh\0".utf8)  // argc says 2, one string follows
             #expect(await raw(p) == EINVAL)
 
@@ -83,6 +83,44 @@ struct SpawnTests {
             _ = try await eventually("the spawned sleep to end with the node", timeout: .seconds(5)) {
                 processAlive(lastPid) ? nil : true
             }
+        }
+    }
+
+    @Test("SPAWN of a descriptor (a program no path reaches), with the caller's blocked and ignored signals and umask; bad extensions")
+    func execDescriptor() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let sp = try await SpawnClient.connect(rt)
+            let grep = open("/usr/bin/grep", O_RDONLY | O_CLOEXEC)
+            var outPipe: [CInt] = [0, 0]
+            #expect(grep >= 0 && pipe(&outPipe) == 0)
+            var r = SpawnRequest(path: "/named/by/descriptor",
+                                 arguments: ["grep", "-E", "^(Sig(Blk|Ign)|Umask)", "/proc/self/status"],
+                                 descriptors: [(outPipe[1], 1)], execDescriptor: grep)
+            r.umask = 0o027
+            r.signalMask = 1 << (SIGUSR1 - 1)
+            r.ignoredSignals = 1 << (SIGUSR2 - 1)
+            let (gpid, _) = try await sp.spawn(r)
+            close(outPipe[1])
+            #expect(try await sp.wait(gpid, timeout: .seconds(10)) == .exited(0))
+            // Umask (octal), SigBlk, SigIgn (hex), in /proc's order.
+            let lines = Self.drain(outPipe[0]).split(separator: "\n").map { $0.split(separator: "\t").last ?? "" }
+            close(outPipe[0])
+            #expect(lines.count == 3 && lines[0] == "0027", "\(lines)")
+            let masks = lines.dropFirst().map { UInt64($0, radix: 16) ?? 0 }
+            #expect(masks.count == 2 && masks[0] & 0x200 != 0 && masks[1] & 0x800 != 0, "\(masks)")
+            // The descriptor must be the caller's; extension bits it does not know are refused.
+            #expect(await remoteErrnoOf {
+                _ = try await sp.spawn(SpawnRequest(path: "/x", execDescriptor: 999))
+            } == EBADF)
+            var p = [UInt8]()
+            appendStruct(fos_spawn_req(path_len: 7, cwd_len: 0, argc: 1, envc: 0, nfds: 0, cpu: -1, node_len: 0,
+                                       flags: FOS_SPAWN_F_EXT), to: &p)
+            p += Array("/bin/sh".utf8) + Array("sh\0".utf8)
+            appendStruct(fos_spawn_ext(exec_fd: -1, flags: 0x80, sigmask: 0, sigign: 0, umask: 0, reserved: 0), to: &p)
+            let ch = try await rt.connect(try await rt.lookup("/sys/spawn").addr, key: try await rt.lookup("/sys/spawn").key)
+            #expect(try await rt.call(ch, opcode: UInt16(FOS_OP_SPAWN), payload: p).status == EINVAL)
+            close(grep)
         }
     }
 

@@ -76,7 +76,8 @@ void fos_sys_child_clean_signals(void);
 pid_t fos_sys_spawn_collect(pid_t pid, int errfd, int *pidfd);
 
 /* For the spawn fleet (fos_spawn.c). */
-#define FOS_SYS_MAX_SPAWN_FDS 64
+#define FOS_SYS_MAX_SPAWN_FDS 256
+#define FOS_SYS_SPAWN_FD_LIMIT 65536
 #define FOS_SYS_MAX_GROUPS 64
 struct fos_sys_identity {
     uint32_t uid;
@@ -84,15 +85,23 @@ struct fos_sys_identity {
     int ngroups;
     uint32_t groups[FOS_SYS_MAX_GROUPS];
 };
+/* What exec would carry over that a fresh child lacks (fos_sys_spawn_as). */
+struct fos_sys_spawn_extra {
+    int exec_fd;       /* >= 0: exec this descriptor (execveat AT_EMPTY_PATH) instead of path */
+    uint64_t sigmask;  /* blocked signals, bit n-1 for signal n */
+    uint64_t sigign;   /* ignored signals */
+    int umask;         /* >= 0: the child's umask */
+    pid_t limits_from; /* > 0: the child gets this process's resource limits */
+};
 /* A copy of descriptor `fd` of the process behind `pidfd` (pidfd_getfd). */
 int fos_sys_pidfd_getfd(int pidfd, int fd);
 /* fork+exec as `id` (NULL: as the caller): own session, descriptors src[i]
  * at dst[i] (0..2 not given: /dev/null), all others closed, cwd, clean
- * signals, pinned to `cpu` unless < 0. Returns the pid, *pidfd, or -errno
- * (also exec and chdir failures). */
+ * signals (or those of `extra`), pinned to `cpu` unless < 0. Returns the
+ * pid, *pidfd, or -errno (also exec and chdir failures). */
 pid_t fos_sys_spawn_as(const char *path, char *const argv[], char *const envp[], const char *cwd,
                        const struct fos_sys_identity *id, const int *src, const int *dst, int nfds,
-                       int cpu, int *pidfd);
+                       int cpu, const struct fos_sys_spawn_extra *extra, int *pidfd);
 /* Reaps the process of a pidfd if it ended: 1 (and *code, *signaled), 0 if
  * it still runs, or -errno. */
 int fos_sys_pidfd_wait(int pidfd, int *code, int *signaled);

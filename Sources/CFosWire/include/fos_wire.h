@@ -470,6 +470,15 @@ _Static_assert(sizeof(fos_fs_event) == 40, "fos_fs_event layout");
  * shares the open file description, offsets included). Hints: `cpu` pins the
  * child (-1: anywhere); `node` names the node to run on (empty: here; only
  * this node today, another one is EHOSTUNREACH).
+ * With FOS_SPAWN_F_EXT in `flags`, a fos_spawn_ext follows the descriptor
+ * map: the child can exec a descriptor of the caller instead of `path`
+ * (which then only names the program: a program stored in the fos file
+ * system, materialised by the shim into a sealed memfd, since the kernel
+ * cannot reach it by path), starts with what exec would keep of the
+ * caller: its signal mask and ignored signals, its umask, its resource
+ * limits (read from the caller's process), and can be tied to the caller:
+ * killed (SIGKILL) if the caller ends while it still runs (the shim's
+ * stand-in for an exec'd program ends first only when it was killed so).
  * Global process ids: the high 32 bits name the node (a hash of its id),
  * the low 32 count its spawns.
  */
@@ -478,7 +487,8 @@ _Static_assert(sizeof(fos_fs_event) == 40, "fos_fs_event layout");
 #define FOS_OP_SPAWN_KILL 0x502u /* fos_spawn_kill -> empty */
 #define FOS_OP_SPAWN_LIST 0x503u /* empty -> JSON: the node's processes */
 #define FOS_SPAWN_MAX_ARGS 4096u
-#define FOS_SPAWN_MAX_FDS 64u
+#define FOS_SPAWN_MAX_FDS 256u
+#define FOS_SPAWN_FD_LIMIT 65536u /* a descriptor's number in the child is below this */
 #define FOS_SPAWN_MAX_WAIT_MS 10000u
 
 typedef struct fos_spawn_req {
@@ -489,8 +499,27 @@ typedef struct fos_spawn_req {
     uint32_t nfds;
     int32_t cpu;
     uint32_t node_len;  /* node hint bytes follow the cwd */
-    uint32_t reserved;
+    uint32_t flags;     /* FOS_SPAWN_F_*; other bits must be 0 */
 } fos_spawn_req;
+
+#define FOS_SPAWN_F_EXT 1u
+
+typedef struct fos_spawn_ext {
+    int32_t exec_fd;    /* >= 0: the caller's descriptor the child executes (execveat
+                           AT_EMPTY_PATH); -1: path */
+    uint32_t flags;     /* FOS_SPAWN_X_*; other bits must be 0 */
+    uint64_t sigmask;   /* signals blocked in the child: bit n-1 for signal n */
+    uint64_t sigign;    /* signals the child starts ignoring (SIGKILL, SIGSTOP never) */
+    uint32_t umask;     /* with FOS_SPAWN_X_UMASK: the child's umask (at most 0777) */
+    uint32_t reserved;
+} fos_spawn_ext;
+
+_Static_assert(sizeof(fos_spawn_ext) == 32, "fos_spawn_ext layout");
+
+#define FOS_SPAWN_X_TIED 1u     /* killed if the caller ends first */
+#define FOS_SPAWN_X_UMASK 2u    /* umask is set */
+#define FOS_SPAWN_X_RLIMITS 4u  /* the caller's resource limits */
+#define FOS_SPAWN_X_ALL 7u
 
 typedef struct fos_spawn_fd {
     int32_t from;

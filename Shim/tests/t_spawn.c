@@ -1,0 +1,340 @@
+/* Programs stored under the prefix, started every way libc offers: execve
+ * after fork and after vfork, fexecve, posix_spawn(p), system and popen.
+ * The program is this test itself, copied into DIR; run as
+ * `t_spawn DIR`, it starts `DIR/self DIR child MODE ...`. */
+#include "check.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags);
+
+extern char **environ;
+
+static const char *dir;
+
+/* ---- the program's side ---- */
+
+static void on_usr2(int s) {
+    (void)s;
+    _exit(12);
+}
+
+static int child(int argc, char **argv) {
+    const char *mode = argv[3];
+    if (strcmp(mode, "exit") == 0) return atoi(argv[4]);
+    if (strcmp(mode, "echo") == 0) {
+        /* args, environment, cwd, and a fos descriptor at its shared offset */
+        char cwd[4096], b[5] = {0};
+        CHECK(getcwd(cwd, sizeof cwd) && strcmp(cwd, dir) == 0);
+        int fd = argc > 4 ? atoi(argv[4]) : -1;
+        if (fd >= 0) CHECK(read(fd, b, 4) == 4);
+        if (argc > 5) CHECK(fcntl(atoi(argv[5]), F_GETFD) == -1 && errno == EBADF);
+        printf("echo %s %s %s\n", getenv("T_SPAWN") ? getenv("T_SPAWN") : "-", b, argv[0]);
+        fflush(stdout);
+        return 7;
+    }
+    if (strcmp(mode, "incwd") == 0) {
+        char cwd[4096];
+        return getcwd(cwd, sizeof cwd) && strcmp(cwd, argv[4]) == 0 ? 0 : 1;
+    }
+    if (strcmp(mode, "state") == 0) {
+        /* What exec keeps besides descriptors: umask and resource limits;
+         * and a descriptor above 1023. */
+        struct rlimit rl;
+        mode_t m = umask(0);
+        if (m != (mode_t)strtol(argv[4], NULL, 8)) return 2;
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur != (rlim_t)atol(argv[5])) return 3;
+        if (getrlimit(RLIMIT_CORE, &rl) != 0 || rl.rlim_cur != 0) return 4;
+        return fcntl(atoi(argv[6]), F_GETFD) == 0 ? 0 : 5;
+    }
+    if (strcmp(mode, "raise") == 0) {
+        raise(SIGUSR1);
+        return 1;
+    }
+    if (strcmp(mode, "wait") == 0) {
+        signal(SIGUSR2, on_usr2);
+        puts("ready");
+        fflush(stdout);
+        for (;;) pause();
+    }
+    return 99;
+}
+
+/* ---- the caller's side ---- */
+
+static int status_of(pid_t p) {
+    int st;
+    CHECK(waitpid(p, &st, 0) == p);
+    return st;
+}
+
+/* Everything a pipe gives until its writers are gone. */
+static void slurp(int fd, char *out, size_t cap) {
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < cap && (k = read(fd, out + n, cap - 1 - n)) > 0) n += (size_t)k;
+    out[n] = 0;
+    close(fd);
+}
+
+static void copy_self(const char *to) {
+    int in = open("/proc/self/exe", O_RDONLY);
+    int out = open(to, O_CREAT | O_WRONLY | O_TRUNC, 0755);
+    CHECK(in >= 0 && out >= 0);
+    char b[65536];
+    ssize_t n;
+    while ((n = read(in, b, sizeof b)) > 0) write_all(out, b, (size_t)n);
+    CHECK(n == 0 && close(in) == 0 && close(out) == 0);
+}
+
+static void test_fork_exec(const char *self) {
+    int fd = open(path_in(dir, "data"), O_CREAT | O_RDWR | O_TRUNC, 0644);
+    write_all(fd, "0123456789", 10);
+    CHECK(lseek(fd, 3, SEEK_SET) == 3);
+    int clofd = open(path_in(dir, "data"), O_RDONLY | O_CLOEXEC);
+    int p2[2];
+    CHECK(clofd >= 0 && pipe(p2) == 0);
+    char a[16], b[16];
+    snprintf(a, sizeof a, "%d", fd);
+    snprintf(b, sizeof b, "%d", clofd);
+    pid_t p = fork();
+    CHECK(p >= 0);
+    if (p == 0) {
+        dup2(p2[1], 1);
+        close(p2[0]);
+        char *args[] = {"named", (char *)dir, "child", "echo", a, b, NULL};
+        char *env[] = {"T_SPAWN=fork", "PATH=/usr/bin:/bin", NULL};
+        execve(self, args, env);
+        _exit(100 + errno);
+    }
+    close(p2[1]);
+    char out[256];
+    slurp(p2[0], out, sizeof out);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+    CHECK(strcmp(out, "echo fork 3456 named\n") == 0);
+    /* The program read at our offset, through the same open file description. */
+    CHECK(lseek(fd, 0, SEEK_CUR) == 7);
+    close(fd);
+    close(clofd);
+}
+
+static void test_vfork_exec(const char *self) {
+    pid_t p = vfork();
+    CHECK(p >= 0);
+    if (p == 0) {
+        char *args[] = {(char *)self, (char *)dir, "child", "exit", "23", NULL};
+        execv(self, args);
+        _exit(1);
+    }
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 23);
+    /* Errors come back to the child of vfork as from a real exec. */
+    volatile int err = 0; /* written by the child of vfork */
+    p = vfork();
+    if (p == 0) {
+        char *args[] = {"x", NULL};
+        execv(path_in(dir, "missing"), args);
+        err = errno;
+        _exit(0);
+    }
+    CHECK(status_of(p) == 0 && err == ENOENT);
+    /* The parent's own connection survived the child's. */
+    struct stat s;
+    CHECK(stat(self, &s) == 0 && S_ISREG(s.st_mode));
+    /* A chdir in the child of vfork is the child's (python's subprocess
+     * does that for cwd=): the program starts there, the parent stays. */
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    CHECK(mkdir(sub, 0755) == 0);
+    const char *where[] = {"sub", "/tmp"};
+    for (int i = 0; i < 2; i++) {
+        p = vfork();
+        if (p == 0) {
+            if (chdir(where[i]) != 0) _exit(2);
+            char *args[] = {"self", (char *)dir, "child", "incwd", i == 0 ? sub : "/tmp", NULL};
+            execv(i == 0 ? "../self" : self, args);
+            _exit(3);
+        }
+        int st = status_of(p);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        char cwd[4200];
+        CHECK(getcwd(cwd, sizeof cwd) && strcmp(cwd, dir) == 0);
+        CHECK(stat("self", &s) == 0 && S_ISREG(s.st_mode));
+    }
+}
+
+static void test_posix_spawn(const char *self) {
+    pid_t p;
+    char *args[] = {(char *)self, (char *)dir, "child", "exit", "5", NULL};
+    CHECK(posix_spawn(&p, self, NULL, NULL, args, environ) == 0);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 5);
+    /* posix_spawnp finds it in a fos directory of PATH. */
+    char path[4200];
+    snprintf(path, sizeof path, "%s:/usr/bin:/bin", dir);
+    setenv("PATH", path, 1);
+    char *pargs[] = {"self", (char *)dir, "child", "exit", "6", NULL};
+    CHECK(posix_spawnp(&p, "self", NULL, NULL, pargs, environ) == 0);
+    st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 6);
+    /* execvp too, in a child. */
+    p = fork();
+    if (p == 0) {
+        char *vargs[] = {"self", (char *)dir, "child", "exit", "8", NULL};
+        execvp("self", vargs);
+        _exit(1);
+    }
+    st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 8);
+    setenv("PATH", "/usr/bin:/bin", 1);
+    CHECK(posix_spawn(&p, path_in(dir, "missing"), NULL, NULL, args, environ) == ENOENT);
+}
+
+static void test_state(const char *self) {
+    struct rlimit old, rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0 && old.rlim_max >= 2000);
+    rl = old;
+    rl.rlim_cur = 2000;
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    struct rlimit core = {0, 0}, oldcore;
+    CHECK(getrlimit(RLIMIT_CORE, &oldcore) == 0 && setrlimit(RLIMIT_CORE, &core) == 0);
+    CHECK(dup2(0, 1500) == 1500);
+    mode_t m = umask(027);
+    pid_t p;
+    char *args[] = {(char *)self, (char *)dir, "child", "state", "027", "2000", "1500", NULL};
+    CHECK(posix_spawn(&p, self, NULL, NULL, args, environ) == 0);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    umask(m);
+    close(1500);
+    CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+}
+
+static void test_system_popen(const char *self) {
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "%s %s child exit 4", self, dir);
+    int st = system(cmd);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 4);
+    snprintf(cmd, sizeof cmd, "T_SPAWN=popen %s %s child echo", self, dir);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    char line[256] = {0};
+    CHECK(fgets(line, sizeof line, f) != NULL);
+    CHECK(strncmp(line, "echo popen", 10) == 0);
+    st = pclose(f);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+}
+
+static void test_fexecve(const char *self) {
+    int fd = open(self, O_RDONLY);
+    CHECK(fd >= 0);
+    pid_t p = fork();
+    if (p == 0) {
+        char *args[] = {"fexec", (char *)dir, "child", "exit", "9", NULL};
+        fexecve(fd, args, environ);
+        _exit(100 + errno);
+    }
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 9);
+    close(fd);
+}
+
+static void test_execveat(void) {
+    /* Relative to a fos directory descriptor, and of a fos descriptor itself. */
+    int d = open(dir, O_RDONLY | O_DIRECTORY);
+    int f = open(path_in(dir, "self"), O_RDONLY);
+    CHECK(d >= 0 && f >= 0);
+    for (int i = 0; i < 2; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            char *args[] = {"at", (char *)dir, "child", "exit", i ? "11" : "10", NULL};
+            if (i == 0) execveat(d, "self", args, environ, 0);
+            else execveat(f, "", args, environ, AT_EMPTY_PATH);
+            _exit(100 + errno);
+        }
+        int st = status_of(p);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == (i ? 11 : 10));
+    }
+    close(d);
+    close(f);
+}
+
+static void test_signals(const char *self) {
+    /* Killed by a signal: the parent sees that signal. */
+    pid_t p;
+    char *args[] = {(char *)self, (char *)dir, "child", "raise", NULL};
+    CHECK(posix_spawn(&p, self, NULL, NULL, args, environ) == 0);
+    int st = status_of(p);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGUSR1);
+    /* A signal to the pid we have reaches the program; so do stop and continue. */
+    int pp[2];
+    CHECK(pipe(pp) == 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pp[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pp[0]);
+    char *wargs[] = {(char *)self, (char *)dir, "child", "wait", NULL};
+    CHECK(posix_spawn(&p, self, &fa, NULL, wargs, environ) == 0);
+    close(pp[1]);
+    char b[6] = {0};
+    CHECK(read(pp[0], b, 6) == 6 && memcmp(b, "ready\n", 6) == 0);
+    CHECK(kill(p, SIGTSTP) == 0);
+    CHECK(waitpid(p, &st, WUNTRACED) == p && WIFSTOPPED(st) && WSTOPSIG(st) == SIGTSTP);
+    CHECK(kill(p, SIGCONT) == 0);
+    CHECK(kill(p, SIGUSR2) == 0);
+    st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 12);
+    close(pp[0]);
+    posix_spawn_file_actions_destroy(&fa);
+}
+
+static void test_errors(void) {
+    char *args[] = {"x", NULL};
+    int fd = open(path_in(dir, "plain"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    write_all(fd, "no program\n", 11);
+    close(fd);
+    CHECK_ERRNO(execv(path_in(dir, "missing"), args), ENOENT);
+    CHECK_ERRNO(execv(path_in(dir, "plain"), args), EACCES);
+    CHECK_ERRNO(execv(dir, args), EACCES);
+    CHECK(chmod(path_in(dir, "plain"), 0755) == 0);
+    CHECK_ERRNO(execv(path_in(dir, "plain"), args), ENOEXEC);
+    fd = open(path_in(dir, "loop"), O_CREAT | O_WRONLY | O_TRUNC, 0755);
+    char line[4200];
+    int n = snprintf(line, sizeof line, "#!%s/loop\n", dir);
+    write_all(fd, line, (size_t)n);
+    close(fd);
+    CHECK_ERRNO(execv(path_in(dir, "loop"), args), ELOOP);
+    fd = open(path_in(dir, "noint"), O_CREAT | O_WRONLY | O_TRUNC, 0755);
+    n = snprintf(line, sizeof line, "#!%s/none\n", dir);
+    write_all(fd, line, (size_t)n);
+    close(fd);
+    CHECK_ERRNO(execv(path_in(dir, "noint"), args), ENOENT);
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 4 && strcmp(argv[2], "child") == 0) {
+        dir = argv[1];
+        return child(argc, argv);
+    }
+    CHECK(argc == 2 && mkdir(argv[1], 0755) == 0);
+    dir = argv[1];
+    char self[4200];
+    snprintf(self, sizeof self, "%s/self", dir);
+    copy_self(self);
+    CHECK(chdir(dir) == 0);
+    test_fork_exec(self);
+    test_vfork_exec(self);
+    test_posix_spawn(self);
+    test_state(self);
+    test_system_popen(self);
+    test_fexecve(self);
+    test_execveat();
+    test_signals(self);
+    test_errors();
+    puts("ok");
+    return 0;
+}
