@@ -77,6 +77,25 @@ public final class BlockClient: Sendable {
         }
     }
 
+    /// Writes whole blocks through the server's page cache: they outlive
+    /// the death of this process (and the server's) once this returns, and
+    /// become durable at the next `flush`. At most one message of blocks.
+    public func writeCached(block: UInt64, data: [UInt8]) async throws {
+        guard !data.isEmpty else { return }
+        guard data.count % BlockClient.blockSize == 0 else { throw FosError.remote(.invalidArgument) }
+        let count = data.count / BlockClient.blockSize
+        guard count <= BlockClient.inlineBlocks else {
+            // Larger than a message: in pieces, each one cached.
+            for start in stride(from: 0, to: count, by: BlockClient.inlineBlocks) {
+                let n = min(BlockClient.inlineBlocks, count - start)
+                try await writeCached(block: block + UInt64(start),
+                                      data: Array(data[start * BlockClient.blockSize..<(start + n) * BlockClient.blockSize]))
+            }
+            return
+        }
+        _ = try await request(FOS_OP_BLK_WRITE_CACHED, block: block, count: count, data: data)
+    }
+
     /// Every completed write is durable when this returns.
     public func flush() async throws {
         _ = try await runtime.call(channel, opcode: UInt16(FOS_OP_BLK_FLUSH), timeout: timeout).checked()

@@ -7,4 +7,5 @@ import FosFS
 extension BlockClient: BlockDevice {
     public var blockSize: Int { BlockClient.blockSize }
     public var blockCount: UInt64 { blocks }
+    public func writeOutliving(block: UInt64, data: [UInt8]) async throws { try await writeCached(block: block, data: data) }
 }

@@ -13,6 +13,9 @@ public final class Disk: @unchecked Sendable {
     // `@unchecked Sendable`: immutable after init; the descriptor is only closed in deinit.
     public let path: String
     public let fd: CInt
+    /// The same disk through the page cache, for writes that must only
+    /// outlive the process that asked for them (FOS_OP_BLK_WRITE_CACHED).
+    public let cachedFD: CInt
     public let blocks: UInt64
 
     /// Smallest disk fos accepts: room for a superblock, journals and data.
@@ -90,12 +93,22 @@ public final class Disk: @unchecked Sendable {
             close(fd)
             throw Problem(description: "disk \(path) is not readable: \(e)")
         }
+        let cached = open(path, O_RDWR | O_CLOEXEC)
+        guard cached >= 0 else {
+            let e = String(cString: strerror(errno))
+            close(fd)
+            throw Problem(description: "disk \(path) cannot be opened for cached writes: \(e)")
+        }
         self.path = path
         self.fd = fd
+        self.cachedFD = cached
         self.blocks = bytes / UInt64(FOS_BLK_BLOCK)
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        close(cachedFD)
+    }
 
     /// Parses sizes like 8G, 512M, 65536K, 1T or plain bytes.
     public static func parseSize(_ s: String) -> UInt64? {

@@ -23,12 +23,17 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// flushed (a power loss, a reboot): the journal replays unflushed
     /// transactions only while it has not changed (Journal.swift).
     var bootID: UInt64 { get }
+    /// A write that must outlive the writing process but need not survive a
+    /// power loss before the next `flush` (the blk server: through the page
+    /// cache, microseconds instead of a device round trip).
+    func writeOutliving(block: UInt64, data: [UInt8]) async throws
 }
 
 extension BlockDevice {
     /// The host's boot: a device on this host loses unflushed writes only
     /// when the host goes down.
     public var bootID: UInt64 { hostBootID }
+    public func writeOutliving(block: UInt64, data: [UInt8]) async throws { try await write(block: block, data: data) }
 }
 
 /// /proc/sys/kernel/random/boot_id folded to 64 bits (0 if unreadable:

@@ -425,7 +425,7 @@ public final class FileSystem: @unchecked Sendable {
     }
 
     /// Writes (block, data) pairs, coalescing contiguous blocks into one call.
-    func writeRuns(_ writes: [(UInt64, [UInt8])]) async throws {
+    func writeRuns(_ writes: [(UInt64, [UInt8])], outliving: Bool = false) async throws {
         let sorted = writes.sorted { $0.0 < $1.0 }
         var i = 0
         while i < sorted.count {
@@ -435,7 +435,11 @@ public final class FileSystem: @unchecked Sendable {
                 data.append(contentsOf: sorted[j].1)
                 j += 1
             }
-            try await device.write(block: sorted[i].0, data: data)
+            if outliving {
+                try await device.writeOutliving(block: sorted[i].0, data: data)
+            } else {
+                try await device.write(block: sorted[i].0, data: data)
+            }
             i = j
         }
     }

@@ -148,8 +148,9 @@ enum JournalFormat {
 extension FileSystem {
     var journalStart: UInt64 { sb.journalSlotStart(member) }
 
-    /// Writes every dirty data block home.
-    func writeDirtyData() async throws {
+    /// Writes every dirty data block home (`outliving`: through the device's
+    /// cheap path that only has to outlive this process until a flush).
+    func writeDirtyData(outliving: Bool = false) async throws {
         var writes: [(UInt64, [UInt8])] = []
         for blk in dirtyData {
             guard let b = cache[blk] else { continue }
@@ -157,7 +158,7 @@ extension FileSystem {
             writes.append((blk, b.data))
         }
         dirtyData.removeAll()
-        try await writeRuns(writes)
+        try await writeRuns(writes, outliving: outliving)
     }
 
     /// Commits the running transaction: dirty data (overwrites of blocks
@@ -171,7 +172,7 @@ extension FileSystem {
         // cross-member transaction (Cross.swift), whoever asked for the commit.
         let cross = crossRequested || borrowing
         try await writeDirtyInodesAsync()
-        if !dirtyData.isEmpty { try await writeDirtyData() }
+        if !dirtyData.isEmpty { try await writeDirtyData(outliving: !flush) }
         for ino in dataMetaDirtyInodes { inodes[ino]?.dataMetaDirty = false }
         dataMetaDirtyInodes.removeAll()
         if txnHasFreshData { freshDataUnflushed = true }
@@ -210,7 +211,11 @@ extension FileSystem {
         c.put64(24, device.bootID)
         c.put32(252, crc32c(c, count: 252))
         out.append(contentsOf: c)
-        try await device.write(block: journalStart + jHead, data: out)
+        if flush {
+            try await device.write(block: journalStart + jHead, data: out)
+        } else {
+            try await device.writeOutliving(block: journalStart + jHead, data: out)
+        }
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
         if flush {

@@ -68,6 +68,10 @@ _Static_assert(sizeof(fos_msg_hdr) == 24, "fos_msg_hdr layout");
 #define FOS_OP_BLK_WRITE 0x302u    /* fos_blk_io + data (inline) or from the region */
 #define FOS_OP_BLK_FLUSH 0x303u    /* -> empty, after every completed write is durable */
 #define FOS_OP_BLK_DISCARD 0x304u  /* fos_blk_io (region fields ignored) */
+/* Inline data only, written through the kernel's page cache: done when the
+ * kernel has it, so it outlives the death of any fos process (not a power
+ * loss: FLUSH makes it durable like any write). For journal writes. */
+#define FOS_OP_BLK_WRITE_CACHED 0x307u
 /* Advisory locks on the disk, for the fleet that shares it (fs members use
  * one per journal slot, held for life, and one fleet-wide lock). A lock
  * belongs to a channel; it is released by UNLOCK or when the channel closes,
