@@ -191,7 +191,6 @@ extension FileSystem {
         b.data.replaceSubrange(off..<(off + Layout.inodeSize), with: repeatElement(0, count: Layout.inodeSize))
         inodes[ino] = nil
         dirtyInodes.remove(ino)
-        dataMetaDirtyInodes.remove(ino)
         if let idx = dirIndexes.removeValue(forKey: ino) { dirIndexEntries -= idx.names.count }
     }
 }

@@ -104,11 +104,7 @@ extension FileSystem {
         markDirty(i)
     }
 
-    func noteMappingChanged(_ i: Inode) {
-        i.dataMetaDirty = true
-        dataMetaDirtyInodes.insert(i.ino)
-        markDirty(i)
-    }
+    func noteMappingChanged(_ i: Inode) { markDirty(i) }
 
     /// A read whose device I/O happens outside the operation lock. Safe
     /// because a block freed meanwhile (truncate, unlink) is not reused before

@@ -80,8 +80,6 @@ final class Inode {
     var chain: [UInt64] = []
     var inlineData: [UInt8] = []
     var extentsDirty = false
-    /// Size or block mapping changed since the last commit: fdatasync must commit.
-    var dataMetaDirty = false
 
     init(ino: UInt64) { self.ino = ino }
 
@@ -207,7 +205,6 @@ public final class FileSystem: @unchecked Sendable {
 
     var inodes: [UInt64: Inode] = [:]
     var dirtyInodes: Set<UInt64> = []
-    var dataMetaDirtyInodes: Set<UInt64> = []
     var dirIndexes: [UInt64: DirIndex] = [:]
     var dirIndexEntries = 0
 
@@ -306,7 +303,7 @@ public final class FileSystem: @unchecked Sendable {
     func trimCaches() {
         if inodes.count > options.inodeCacheLimit {
             var drop = inodes.count - options.inodeCacheLimit / 2
-            for (k, _) in inodes where drop > 0 && !dirtyInodes.contains(k) && !dataMetaDirtyInodes.contains(k) {
+            for (k, _) in inodes where drop > 0 && !dirtyInodes.contains(k) {
                 inodes[k] = nil
                 drop -= 1
             }

@@ -51,12 +51,12 @@ enum JournalFormat {
     /// Replays one slot onto its home blocks. Returns the next sequence number
     /// and how many transactions were applied. Leaves the slot empty.
     static func replay(device: any BlockDevice, sb: Superblock, slot: Int) async throws -> (next: UInt64, applied: Int) {
-        let r = try await scan(device: device, sb: sb, slot: slot, apply: true)
+        let r = try await scan(device: device, sb: sb, slot: slot)
         return (r.next, r.applied)
     }
 
-    /// Walks the valid transactions of a slot, applying them if `apply`.
-    /// `cross`: one of them is a cross-member transaction.
+    /// Walks the valid transactions of a slot and applies those that may
+    /// replay. `cross`: one of them is a cross-member transaction.
     ///
     /// Which transactions replay: all valid ones written in the device's
     /// current boot (nothing unflushed was lost: a killed process loses no
@@ -65,8 +65,7 @@ enum JournalFormat {
     /// a later one was written after a flush (`afterFlush`): otherwise its
     /// metadata could point at blocks still holding a previous file's data.
     /// Replay stops at the first that does not, keeping a prefix.
-    static func scan(device: any BlockDevice, sb: Superblock, slot: Int,
-                     apply: Bool) async throws -> (next: UInt64, applied: Int, cross: Bool) {
+    static func scan(device: any BlockDevice, sb: Superblock, slot: Int) async throws -> (next: UInt64, applied: Int, cross: Bool) {
         var cross = false
         let start = sb.journalSlotStart(slot)
         let size = UInt64(sb.journalBlocks)
@@ -122,26 +121,21 @@ enum JournalFormat {
             replay += 1
         }
         let first = j.u64(16)
-        if apply {
-            for t in found.prefix(replay) {
-                if t.flags & crossFlag != 0 { cross = true }
-                let images = try await device.read(block: start + t.pos + 1, count: t.homes.count)
-                for (k, home) in t.homes.enumerated() {
-                    try await device.write(block: home, data: Array(images[(k * 4096)..<((k + 1) * 4096)]))
-                }
+        for t in found.prefix(replay) {
+            if t.flags & crossFlag != 0 { cross = true }
+            let images = try await device.read(block: start + t.pos + 1, count: t.homes.count)
+            for (k, home) in t.homes.enumerated() {
+                try await device.write(block: home, data: Array(images[(k * 4096)..<((k + 1) * 4096)]))
             }
-        } else {
-            cross = found.prefix(replay).contains { $0.flags & crossFlag != 0 }
         }
-        let next = first + UInt64(replay)
-        if apply, !found.isEmpty {
+        if !found.isEmpty {
             // Even with nothing replayed, the slot must not offer the dropped
             // transactions again: the next commit reuses their sequence numbers.
             try await device.flush()
             try await device.write(block: start, data: jsb(slot: slot, startSeq: first + UInt64(found.count)))
             try await device.flush()
         }
-        return (apply ? first + UInt64(found.count) : next, replay, cross)
+        return (first + UInt64(found.count), replay, cross)
     }
 }
 
@@ -173,8 +167,6 @@ extension FileSystem {
         let cross = crossRequested || borrowing
         try await writeDirtyInodesAsync()
         if !dirtyData.isEmpty { try await writeDirtyData(outliving: !flush) }
-        for ino in dataMetaDirtyInodes { inodes[ino]?.dataMetaDirty = false }
-        dataMetaDirtyInodes.removeAll()
         if txnHasFreshData { freshDataUnflushed = true }
         guard !txn.isEmpty else {
             if flush { try await flushRecorded() }
