@@ -1,8 +1,10 @@
-// Table-driven, slice-by-8 CRC-32C (polynomial 0x82F63B78, reflected).
-// Portable C; no CPU feature detection needed. The table is built on first use
-// under a once-guard.
+// CRC-32C (polynomial 0x82F63B78, reflected). The journal checksums every
+// committed block, once per operation: on x86-64 with SSE 4.2 the CPU's
+// crc32 instruction (~8x the table's speed); elsewhere table-driven
+// slice-by-8, its table built on first use under a once-guard.
 #include "fos_crc.h"
 #include <pthread.h>
+#include <string.h>
 
 static uint32_t fos_crc_table[8][256];
 static pthread_once_t fos_crc_once = PTHREAD_ONCE_INIT;
@@ -18,7 +20,33 @@ static void fos_crc_init(void) {
             fos_crc_table[t][i] = (fos_crc_table[t - 1][i] >> 8) ^ fos_crc_table[0][fos_crc_table[t - 1][i] & 0xff];
 }
 
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t fos_crc32c_hw(uint32_t crc, const void *data, size_t length) {
+    const uint8_t *p = data;
+    uint64_t c = ~crc;
+    while (length >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        length -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (length--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
 uint32_t fos_crc32c(uint32_t crc, const void *data, size_t length) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2")) return fos_crc32c_hw(crc, data, length);
+#endif
+    return fos_crc32c_portable(crc, data, length);
+}
+
+uint32_t fos_crc32c_portable(uint32_t crc, const void *data, size_t length) {
     pthread_once(&fos_crc_once, fos_crc_init);
     const uint8_t *p = data;
     crc = ~crc;

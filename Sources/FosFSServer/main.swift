@@ -495,7 +495,7 @@ func prepareDisk(_ blk: BlockClient, member: Int) async throws {
 /// and after a change of the fleet's size a slot may hold images of AGs
 /// that are now ours. Replay is by block address, so whose slot it is does
 /// not matter; the owner, when it comes, finds it empty.
-func mountUnderLocks(_ blk: BlockClient, member: Int, members: Int) async throws -> FileSystem {
+func mountUnderLocks(_ blk: BlockClient, device: any BlockDevice, member: Int, members: Int) async throws -> FileSystem {
     // Fleet lock first: a coordinator (which holds it) then sees our slot
     // lock free, takes us for not running, and replays our slot itself.
     guard try await blk.lock(FSService.fleetLock, wait: .seconds(120)) else {
@@ -506,12 +506,12 @@ func mountUnderLocks(_ blk: BlockClient, member: Int, members: Int) async throws
     }
     for slot in 0..<FileSystem.journalSlots where slot != member {
         guard try await blk.lock(FSService.slotLock(slot), wait: nil) else { continue }
-        if try await FileSystem.replaySlot(device: blk, slot: slot) {
+        if try await FileSystem.replaySlot(device: device, slot: slot) {
             say("member \(member): replayed journal slot \(slot) (its member is not running)")
         }
         try await blk.unlock(FSService.slotLock(slot))
     }
-    let fs = try await FileSystem.mount(device: blk, member: member, members: members)
+    let fs = try await FileSystem.mount(device: device, member: member, members: members)
     try await blk.unlock(FSService.fleetLock)
     return fs
 }
@@ -554,7 +554,12 @@ func runMember() -> Never {
             }
             guard let blk = blkClient else { die("no block server") }
             try await prepareDisk(blk, member: member)
-            let fs = try await mountUnderLocks(blk, member: member, members: members)
+            var device: any BlockDevice = blk
+            if let path = env["FOS_FS_DISK"], !path.isEmpty {
+                let (local, why) = await LocalCommitDevice.open(path: path, blk: blk)
+                if let local { device = local } else if let why { say("member \(member): commits go through the blk server: \(why)") }
+            }
+            let fs = try await mountUnderLocks(blk, device: device, member: member, members: members)
             let svc = FSService(rt: rt, fs: fs, blk: blk, member: member, members: members, fleet: fleetName)
             var handlers: [UInt16: FosServer.Handler] = [:]
             for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {

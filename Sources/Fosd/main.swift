@@ -166,7 +166,7 @@ struct Fosd: ParsableCommand {
             let n = fsMembers ?? min(max(Int(fos_sys_cpu_count()), 1), 4)
             if !noFs {
                 specs.append(FleetSpec(name: "/sys/fs", executable: Fosd.selfDirectory() + "/fos-fs", count: n,
-                                       env: ["FOS_FS_MEMBERS": String(n)]))
+                                       env: ["FOS_FS_MEMBERS": String(n), "FOS_FS_DISK": path]))
             }
         }
         // After the disk's fleets: members are spread over the cores in this

@@ -1,0 +1,86 @@
+import FosBlock
+import FosFS
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The blk server's disk as this member's `BlockDevice`, with one shortcut:
+/// writes that only have to outlive this process (every per-operation
+/// commit, FileSystem.endOperation) go straight into the kernel's page cache
+/// of the disk with a pwrite of our own, instead of a round trip to the blk
+/// server that does the same pwrite (FOS_OP_BLK_WRITE_CACHED).
+///
+/// Why: a commit is on the reply path of every change. On a machine with
+/// fewer cores than busy processes the client, this member and the blk
+/// server take turns on the cores, and each hop costs a scheduling slice,
+/// not microseconds. Done here, it outlives us exactly as the blk server's
+/// pwrite would (the kernel has the bytes before we answer; a kill -9 after
+/// that cannot take them back, and a member killed during the call never
+/// answered), and the blk server's flush (fdatasync of the same file)
+/// makes it durable. Its other I/O is O_DIRECT, which the kernel keeps
+/// coherent with the page cache (dirty cached pages are written before a
+/// direct read or write of the range). All we write is whole blocks.
+///
+/// Only where fosd told us the disk's path (FOS_FS_DISK: this machine's
+/// node, which also runs the blk server) and the file there is the disk
+/// the blk server serves: same size, same superblock (`verified`).
+final class LocalCommitDevice: BlockDevice {
+    let blk: BlockClient
+    let fd: FileDescriptor
+
+    private init(blk: BlockClient, fd: FileDescriptor) {
+        self.blk = blk
+        self.fd = fd
+    }
+
+    deinit { try? fd.close() }
+
+    /// The disk at `path` if it is the one `blk` serves, else nil (with why).
+    static func open(path: String, blk: BlockClient) async -> (LocalCommitDevice?, String?) {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec], retryOnInterrupt: true)
+        } catch {
+            return (nil, "cannot open the disk \(path): \(error)")
+        }
+        let dev = LocalCommitDevice(blk: blk, fd: fd)
+        do {
+            let end = try fd.seek(offset: 0, from: .end)
+            // A block device's size is its end too.
+            guard end >= 0, UInt64(end) / UInt64(BlockClient.blockSize) == blk.blocks else {
+                return (nil, "\(path) is not the blk server's disk (size differs)")
+            }
+            let theirs = try await blk.read(block: 0, count: 1)
+            var ours = [UInt8](repeating: 0, count: BlockClient.blockSize)
+            let n = try ours.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: 0, into: $0, retryOnInterrupt: true) }
+            guard n == ours.count, ours == theirs, theirs.contains(where: { $0 != 0 }) else {
+                return (nil, "\(path) is not the blk server's disk (superblock differs)")
+            }
+        } catch {
+            return (nil, "cannot read the disk \(path): \(error)")
+        }
+        return (dev, nil)
+    }
+
+    var blockSize: Int { blk.blockSize }
+    var blockCount: UInt64 { blk.blockCount }
+    var bootID: UInt64 { blk.bootID }
+    func read(block: UInt64, count: Int) async throws -> [UInt8] { try await blk.read(block: block, count: count) }
+    func write(block: UInt64, data: [UInt8]) async throws { try await blk.write(block: block, data: data) }
+    func flush() async throws { try await blk.flush() }
+    func discard(block: UInt64, count: Int) async throws { try await blk.discard(block: block, count: count) }
+
+    func writeOutliving(block: UInt64, data: [UInt8]) async throws {
+        guard data.count % blockSize == 0, block < blockCount,
+              UInt64(data.count / blockSize) <= blockCount - block else { throw FSError.posix(.invalidArgument) }
+        do {
+            _ = try data.withUnsafeBytes {
+                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize), $0)
+            }
+        } catch {
+            throw FSError.posix(.ioError)
+        }
+    }
+}
