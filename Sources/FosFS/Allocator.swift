@@ -181,6 +181,19 @@ extension FileSystem {
         throw FSError.ENOSPC
     }
 
+    /// The inode table block of `ino` is not cached and holds no other
+    /// allocated inode: its contents do not matter (free slots are never
+    /// read), so it can start as zeros instead of being read.
+    func inodeBlockOtherwiseFree(_ ino: UInt64) async throws -> Bool {
+        guard cache[sb.inodeLocation(ino).block] == nil else { return false }
+        let ag = Int(ino >> 32), idx = ino & 0xFFFF_FFFF
+        let first = idx - idx % UInt64(Layout.inodesPerBlock)
+        for other in first..<(first + UInt64(Layout.inodesPerBlock)) where other != idx && other < UInt64(sb.inodesPerAG) {
+            if try await !bitIsClear(sb.ibmStart(ag), other) { return false }
+        }
+        return true
+    }
+
     /// Releases an inode number and clears its on-disk slot.
     func freeInodeNumber(_ ino: UInt64) async throws {
         let ag = Int(ino >> 32)

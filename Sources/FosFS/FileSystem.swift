@@ -52,6 +52,12 @@ final class Buffer {
     /// The last committed image while the buffer is modified again by the
     /// running transaction (what a checkpoint must write home).
     var committedCopy: [UInt8]?
+    /// In the running transaction: the contents it started from (the
+    /// journal records the difference), unless `full`: recorded whole
+    /// (new metadata blocks and file data, whose earlier contents at home
+    /// do not matter or are not what replay starts from).
+    var base: [UInt8]?
+    var full = false
     var lastUse: UInt64 = 0
     init(block: UInt64, data: [UInt8]) {
         self.block = block
@@ -351,14 +357,19 @@ public final class FileSystem: @unchecked Sendable {
     /// A metadata buffer joined to the running transaction, ready to modify.
     func metaForWrite(_ block: UInt64, fresh isFresh: Bool = false) async throws -> Buffer {
         let b = isFresh ? try await fresh(block) : try await cached(block)
-        joinTxn(b)
+        joinTxn(b, full: isFresh)
         return b
     }
 
-    func joinTxn(_ b: Buffer) {
-        if b.inTxn { return }
+    func joinTxn(_ b: Buffer, full: Bool = false) {
+        if b.inTxn {
+            if full { b.full = true }
+            return
+        }
         if b.needsCheckpoint { b.committedCopy = b.data }
         b.inTxn = true
+        b.full = full
+        b.base = full ? nil : b.data
         txn.insert(b.block)
     }
 
@@ -379,7 +390,7 @@ public final class FileSystem: @unchecked Sendable {
                 b.dirtyData = false
                 dirtyData.remove(b.block)
             }
-            joinTxn(b)
+            joinTxn(b, full: true)
         } else {
             markDataDirty(b)
         }

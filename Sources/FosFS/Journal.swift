@@ -76,17 +76,26 @@ enum JournalFormat {
         let flushedThrough = j.u64(24)
         struct Found {
             var seq: UInt64
-            var pos: UInt64
-            var homes: [UInt64]
+            var records: [DeltaFormat.Record]
             var flags: UInt32
             var boot: UInt64
         }
+        let homes = sb.firstAGBlock..<sb.blockCount
         var found: [Found] = []
         var seq = j.u64(16)
         var pos: UInt64 = 1
-        while pos + 2 <= size - 1 {
+        while pos + 1 < size {
             let desc = try await device.read(block: start + pos, count: 1)
-            guard desc.u64(0) == descMagic, desc.u64(8) == seq else { break }
+            if let n = DeltaFormat.span(desc, seq: seq, maxBlocks: Int(size - pos)) {
+                let t = n == 1 ? desc : desc + (try await device.read(block: start + pos + 1, count: n - 1))
+                guard let r = try DeltaFormat.parse(t, seq: seq, homes: homes) else { break }
+                found.append(Found(seq: seq, records: r.records, flags: r.flags, boot: r.boot))
+                seq += 1
+                pos += UInt64(n)
+                continue
+            }
+            // The whole-block format of earlier versions.
+            guard pos + 2 <= size - 1, desc.u64(0) == descMagic, desc.u64(8) == seq else { break }
             let count = UInt64(desc.u32(16))
             guard count >= 1, count <= UInt64(maxDescriptorEntries), pos + count + 1 < size else { break }
             let rest = try await device.read(block: start + pos + 1, count: Int(count) + 1)
@@ -96,15 +105,15 @@ enum JournalFormat {
             var crc = crc32c(desc)
             crc = crc32c(rest, count: Int(count) * 4096, seed: crc)
             guard crc == commit.u32(20) else { break }
-            var homes: [UInt64] = []
+            var records: [DeltaFormat.Record] = []
             for k in 0..<Int(count) {
                 let home = desc.u64(24 + 8 * k)
-                guard home < sb.blockCount, home >= sb.firstAGBlock else {
+                guard homes.contains(home) else {
                     throw FSError.corrupt("journal slot \(slot): transaction \(seq) targets block \(home)")
                 }
-                homes.append(home)
+                records.append(DeltaFormat.Record(home: home, offset: 0, bytes: rest[(k * 4096)..<((k + 1) * 4096)]))
             }
-            found.append(Found(seq: seq, pos: pos, homes: homes, flags: desc.u32(20), boot: commit.u64(24)))
+            found.append(Found(seq: seq, records: records, flags: desc.u32(20), boot: commit.u64(24)))
             seq += 1
             pos += count + 2
         }
@@ -121,12 +130,24 @@ enum JournalFormat {
             replay += 1
         }
         let first = j.u64(16)
+        // Every record in order onto the home images (a delta onto what is
+        // at home: see JournalRecords.swift), then each block written once.
+        var images: [UInt64: [UInt8]] = [:]
         for t in found.prefix(replay) {
             if t.flags & crossFlag != 0 { cross = true }
-            let images = try await device.read(block: start + t.pos + 1, count: t.homes.count)
-            for (k, home) in t.homes.enumerated() {
-                try await device.write(block: home, data: Array(images[(k * 4096)..<((k + 1) * 4096)]))
+            for r in t.records {
+                if r.offset == 0, r.bytes.count == Layout.blockSize {
+                    images[r.home] = Array(r.bytes)
+                    continue
+                }
+                var img: [UInt8]
+                if let have = images[r.home] { img = have } else { img = try await device.read(block: r.home, count: 1) }
+                img.replaceSubrange(r.offset..<(r.offset + r.bytes.count), with: r.bytes)
+                images[r.home] = img
             }
+        }
+        for home in images.keys.sorted() {
+            try await device.write(block: home, data: images[home]!)
         }
         if !found.isEmpty {
             // Even with nothing replayed, the slot must not offer the dropped
@@ -178,31 +199,18 @@ extension FileSystem {
         guard blocks.count <= maxTxn else {
             throw FSError.corrupt("transaction of \(blocks.count) blocks exceeds the journal (\(maxTxn))")
         }
-        let need = UInt64(blocks.count) + 2
+        var w = DeltaFormat.Writer(seq: jSeq)
+        for blk in blocks {
+            let b = cache[blk]!
+            w.addChanges(home: blk, old: b.full ? nil : b.base, new: b.data)
+        }
+        let need = UInt64(DeltaFormat.blocks(streamBytes: w.streamBytes))
         if jHead + need > UInt64(sb.journalBlocks) {
             try await checkpoint()
         }
-        var out = [UInt8].zeroBlock()
-        out.put64(0, JournalFormat.descMagic)
-        out.put64(8, jSeq)
-        out.put32(16, UInt32(blocks.count))
-        out.put32(20, (cross ? JournalFormat.crossFlag : 0) | (freshDataUnflushed ? JournalFormat.freshDataFlag : JournalFormat.afterFlushFlag))
-        for (k, blk) in blocks.enumerated() { out.put64(24 + 8 * k, blk) }
-        var crc = crc32c(out)
-        out.reserveCapacity(Int(need) * 4096)
-        for blk in blocks {
-            let d = cache[blk]!.data
-            crc = crc32c(d, seed: crc)
-            out.append(contentsOf: d)
-        }
-        var c = [UInt8].zeroBlock()
-        c.put64(0, JournalFormat.commitMagic)
-        c.put64(8, jSeq)
-        c.put32(16, UInt32(blocks.count))
-        c.put32(20, crc)
-        c.put64(24, device.bootID)
-        c.put32(252, crc32c(c, count: 252))
-        out.append(contentsOf: c)
+        let flags = (cross ? JournalFormat.crossFlag : 0)
+            | (freshDataUnflushed ? JournalFormat.freshDataFlag : JournalFormat.afterFlushFlag)
+        let out = w.finish(flags: flags, boot: device.bootID)
         if flush {
             try await device.write(block: journalStart + jHead, data: out)
         } else {
@@ -222,6 +230,8 @@ extension FileSystem {
         for blk in blocks {
             let b = cache[blk]!
             b.inTxn = false
+            b.base = nil
+            b.full = false
             b.committedCopy = nil
             b.needsCheckpoint = true
             checkpointSet.insert(blk)

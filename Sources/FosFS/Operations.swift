@@ -77,8 +77,10 @@ extension FileSystem {
         inodes[ino] = i
         markDirty(i)
         // Load the inode table block now (write-back at the end of the
-        // operation then needs no I/O).
-        _ = try await metaForWrite(sb.inodeLocation(ino).block)
+        // operation then needs no I/O); one whose every other inode is free
+        // need not be read at all.
+        let itb = sb.inodeLocation(ino).block
+        _ = try await metaForWrite(itb, fresh: try await inodeBlockOtherwiseFree(ino))
         if isDir || (symlink.map { $0.count > InodeCodec.inlineBytes } ?? false) {
             do {
                 let (p, _) = try await allocBlocks(count: 1, goal: nil, preferAG: i.ag, for: i)

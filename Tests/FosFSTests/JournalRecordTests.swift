@@ -1,0 +1,61 @@
+@testable import FosFS
+import Testing
+
+/// The delta transaction format (JournalRecords.swift) on its own; replay
+/// through it is exercised by CrashTests and every remount test.
+@Suite struct JournalRecordTests {
+    func block(_ seed: UInt8) -> [UInt8] { (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }
+
+    @Test func changedRangesFindEveryChangeAndMergeNeighbours() {
+        let a = block(1)
+        var b = a
+        #expect(DeltaFormat.changedRanges(a, b).isEmpty)
+        b[0] ^= 1
+        b[17] ^= 1  // two words later: merged with the first
+        b[2000] ^= 1
+        b[4095] ^= 1
+        let r = DeltaFormat.changedRanges(a, b)
+        #expect(r == [0..<24, 2000..<2008, 4088..<4096])
+        // Applying the ranges of b onto a gives b.
+        var c = a
+        for x in r { c.replaceSubrange(x, with: b[x]) }
+        #expect(c == b)
+    }
+
+    @Test func roundTripAndWholeBlockWhenCheaper() throws {
+        let old = block(2)
+        var small = old
+        small.put64(512, 0xDEAD_BEEF)
+        let whole = block(9)
+        var w = DeltaFormat.Writer(seq: 7)
+        w.addChanges(home: 100, old: old, new: small)
+        w.addChanges(home: 101, old: old, new: whole)  // everything changed: one whole-block record
+        w.addChanges(home: 102, old: nil, new: whole)
+        let t = w.finish(flags: 4, boot: 99)
+        #expect(t.count % 4096 == 0)
+        #expect(DeltaFormat.span(t, seq: 7, maxBlocks: 100) == t.count / 4096)
+        #expect(DeltaFormat.span(t, seq: 8, maxBlocks: 100) == nil)
+        let p = try #require(try DeltaFormat.parse(t, seq: 7, homes: 50..<200))
+        #expect(p.flags == 4 && p.boot == 99)
+        #expect(p.records.map(\.home) == [100, 101, 102])
+        #expect(p.records[0].bytes.count < 64)
+        #expect(p.records[1].offset == 0 && p.records[1].bytes.count == 4096)
+        var img = old
+        img.replaceSubrange(p.records[0].offset..<(p.records[0].offset + p.records[0].bytes.count), with: p.records[0].bytes)
+        #expect(img == small)
+    }
+
+    @Test func tornOrForeignTransactionsAreNotReplayed() throws {
+        var w = DeltaFormat.Writer(seq: 3)
+        var new = block(3)
+        new[40] ^= 0xFF
+        w.addChanges(home: 60, old: block(3), new: new)
+        let t = w.finish(flags: 0, boot: 1)
+        var torn = t
+        torn[36] ^= 1
+        #expect(try DeltaFormat.parse(torn, seq: 3, homes: 50..<200) == nil)
+        #expect(try DeltaFormat.parse(t, seq: 4, homes: 50..<200) == nil)
+        // Checks out but names a block outside the allocation groups: corrupt.
+        #expect(throws: FSError.self) { try DeltaFormat.parse(t, seq: 3, homes: 70..<200) }
+    }
+}
