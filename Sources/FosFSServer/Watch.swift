@@ -29,9 +29,11 @@ final class WatchLog: Sendable {
     }
 
     private struct State {
-        /// events[i] has the sequence number first + i.
+        /// events[i] has the sequence number first + i. Numbers start at 2:
+        /// a cursor is never 0, which asks where the log is (a watcher at 0
+        /// would be answered at once, forever).
         var events: [Event] = []
-        var first: UInt64 = 1
+        var first: UInt64 = 2
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter: UInt64 = 1
         var last: UInt64 { first + UInt64(events.count) - 1 }

@@ -19,6 +19,27 @@ struct FuseMountTests {
         var mounts: [Row]
     }
 
+    /// A mount watches every member's change log with a long poll; a member
+    /// whose log is still empty once answered it at once, forever, and the
+    /// daemon and that member each burned a core.
+    @Test("an idle node with a mount sleeps: the daemon and every member use almost no CPU")
+    func idleMountSleeps() async throws {
+        try await TestNode.with(members: 1, fsMembers: 2) { node in
+            try await withMount(node) { mp in
+                let rec = try #require(FuseMounts.read(runtime: node.runtimeDir, mountpoint: mp))
+                // The daemon finds every member within its 2 s scan.
+                await pause(.seconds(3))
+                let pids = [rec.pid] + (try await node.fleets().map(\.pid))
+                let before = pids.map(cpuTicks)
+                await pause(.seconds(1))
+                let used = zip(pids.map(cpuTicks), before).map { $0 - $1 }
+                let hz = Int(sysconf(Int32(_SC_CLK_TCK)))
+                #expect(used.allSatisfy { $0 <= hz / 10 },
+                        "CPU ticks (of \(hz)/s) used while idle: \(zip(pids, used).map { "\($0): \($1)" })")
+            }
+        }
+    }
+
     @Test("mount, status, umount; a killed daemon's mount is stale until umount; the daemon leaves with the node")
     func lifecycle() async throws {
         try await TestNode.with(members: 1) { node in
