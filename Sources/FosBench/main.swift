@@ -29,9 +29,9 @@ let usage = """
     node's disk image is 3 GiB (sparse): it needs about 2.5 GiB free.
 
     fuse: 1 MiB sequential write and read, 4 KiB random read, create, stat
-    and unlink on the fos FUSE mount (fosctl mount of a private node) and on
-    the host file system, in the same run (--runs default 3, --seconds per
-    test default 2).
+    and unlink on the fos FUSE mount (fosctl mount of a private node), on
+    /fos through the shim (the same code under fos-run) and on the host file
+    system, in the same run (--runs default 3, --seconds per test default 2).
 
     shim: per-call latency (stat of files never looked at, stat, open+close,
     create+unlink, 4 KiB read; --calls per test, default 10000) through the
@@ -61,6 +61,19 @@ if args.first == "peer" {
     case "fos": runFosPeer(runtime: args[5], size: size, mode: args[3], count: count)
     case "rpc": runRPCPeer(runtime: args[5])
     default: die("unknown peer \(args[1])")
+    }
+}
+
+if args.first == "fuse-round" {
+    // fuse-round DIR SECONDS: one round of the fuse bench's tests in DIR,
+    // the six numbers on one line (the shim column: run under fos-run).
+    guard args.count == 3, let secs = Double(args[2]) else { die("bad fuse-round arguments") }
+    do {
+        let values = try await fuseRound(args[1], seconds: secs)
+        print(values.map { String($0) }.joined(separator: " "))
+        exit(0)
+    } catch {
+        die("fuse-round: \(error)")
     }
 }
 
