@@ -258,8 +258,9 @@ extension FileSystem {
         let fresh = freshDataUnflushed || lastTxnHadFreshData
         try await flushDevice()
         guard fresh, jSeq > jStartSeq else { return }
-        try await device.write(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jStartSeq,
-                                                                             flushedThrough: jSeq - 1))
+        // Flushed right away: the cheap write is as good.
+        try await device.writeOutliving(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jStartSeq,
+                                                                                     flushedThrough: jSeq - 1))
         try await flushDevice()
         lastTxnHadFreshData = false
     }
@@ -281,9 +282,10 @@ extension FileSystem {
             if b.committedCopy == nil { b.needsCheckpoint = false } else { b.needsCheckpoint = false; b.committedCopy = nil }
         }
         checkpointSet.removeAll()
-        try await writeRuns(writes)
+        // Each write below is flushed before anything depends on it.
+        try await writeRuns(writes, outliving: true)
         try await flushDevice()
-        try await device.write(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jSeq))
+        try await device.writeOutliving(block: journalStart, data: JournalFormat.jsb(slot: member, startSeq: jSeq))
         try await flushDevice()
         jStartSeq = jSeq
         lastTxnHadFreshData = false
