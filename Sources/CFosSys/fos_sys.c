@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -380,4 +381,8 @@ long fos_sys_raise_nofile(void) {
         if (setrlimit(RLIMIT_NOFILE, &r) < 0) return -errno;
     }
     return (long)r.rlim_cur;
+}
+
+int fos_sys_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }

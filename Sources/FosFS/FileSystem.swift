@@ -196,6 +196,9 @@ public final class FileSystem: @unchecked Sendable {
     var journalUnflushed = false
     /// The running transaction gives files new blocks (written home, not journaled).
     var txnHasFreshData = false
+    /// New file blocks journaled by the running transaction (`dataChanged`).
+    var txnJournaledData = 0
+    static let journaledDataLimit = 4
     /// Such data went home and no flush followed yet.
     var freshDataUnflushed = false
     /// Some transaction since the last checkpoint was written with new file
@@ -378,6 +381,19 @@ public final class FileSystem: @unchecked Sendable {
     /// older image back over it); else written home at the end of the
     /// operation, before the transaction.
     func dataChanged(_ b: Buffer, fresh: Bool) {
+        // The first few new blocks of a transaction are journaled with the
+        // metadata that maps them (replay writes them home): an fsync after
+        // small writes (a database page, a log line) then costs one flush
+        // instead of two (see `flushRecorded`). Larger writes go home first.
+        if fresh, txnJournaledData < FileSystem.journaledDataLimit || b.inTxn {
+            if !b.inTxn { txnJournaledData += 1 }
+            if b.dirtyData {
+                b.dirtyData = false
+                dirtyData.remove(b.block)
+            }
+            joinTxn(b, full: true)
+            return
+        }
         if fresh {
             // New to its file: written home before the transaction that maps
             // it (see Journal.swift for what a power loss then replays).

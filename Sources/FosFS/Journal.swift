@@ -218,6 +218,7 @@ extension FileSystem {
         }
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
+        txnJournaledData = 0
         if flush {
             try await flushDevice()
         } else {

@@ -38,21 +38,8 @@ enum Shim {
     }
 
     /// A process with exactly `env`, its output collected (for the shim without fos-run).
-    static func runWithEnv(_ exe: String, _ args: [String], env: [String: String]) throws -> CLIResult {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = args
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return CLIResult(status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal,
-                         stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    static func runWithEnv(_ exe: String, _ args: [String], env: [String: String]) async throws -> CLIResult {
+        try await Subprocess(exe, args, outputIn: NSTemporaryDirectory(), env: env).wait(timeout: .seconds(60))
     }
 }
 
@@ -103,7 +90,7 @@ struct ShimTests {
         #expect(r.stderr == "fos-run: no fos node is running on \(dir) (start fosd, or give --runtime or FOS_RUNTIME)\n",
                 "\(r.stderr)")
         let exe = try await Shim.compile("t_nonode", into: dir)
-        let direct = try Shim.runWithEnv(exe, [], env: ["LD_PRELOAD": try Shim.library, "FOS_RUNTIME": dir,
+        let direct = try await Shim.runWithEnv(exe, [], env: ["LD_PRELOAD": try Shim.library, "FOS_RUNTIME": dir,
                                                          "PATH": "/usr/bin:/bin"])
         #expect(direct.status == 0 && direct.stdout == "ok\n", "\(direct.stdout)\(direct.stderr)")
     }

@@ -214,38 +214,71 @@ struct CLIResult: Sendable {
 }
 
 /// A subprocess whose output goes to files (no pipe can fill up and stall it).
-final class Subprocess: @unchecked Sendable {
-    // `@unchecked Sendable`: Foundation.Process is thread-safe for the calls used here.
-    let process = Process()
+/// posix_spawn, not Foundation.Process: Process.run crashed (reading past a
+/// buffer) when the test process had some thousand descriptors open, which
+/// the parallel node tests do.
+final class Subprocess: Sendable {
+    let pid: pid_t
     let outPath: String
     let errPath: String
+    /// Set once reaped: (exit status, killed by a signal).
+    private let exit = Mutex<(Int32, Bool)?>(nil)
 
-    init(_ exe: String, _ args: [String], outputIn dir: String) throws {
+    init(_ exe: String, _ args: [String], outputIn dir: String, env: [String: String]? = nil) throws {
         let tag = UUID().uuidString.prefix(8)
         outPath = "\(dir)/cmd-\(tag).out"
         errPath = "\(dir)/cmd-\(tag).err"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["FOS_SPIN_US"] = "20"
-        process.environment = env
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle(forWritingAtPath: outPath)
-        process.standardError = FileHandle(forWritingAtPath: errPath)
-        try process.run()
+        var environment = env ?? ProcessInfo.processInfo.environment
+        if env == nil { environment["FOS_SPIN_US"] = "20" }
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&fa, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = fos_sys_spawn_actions_closefrom(&fa, 3)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t(), all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var child: pid_t = 0
+        let envp = environment.map { "\($0.key)=\($0.value)" }
+        let r = withCStringArray([exe] + args) { a in
+            withCStringArray(envp) { e in
+                posix_spawn(&child, exe, &fa, &attr, a, e)
+            }
+        }
+        guard r == 0 else { throw TestFailure("cannot start \(exe): \(String(cString: strerror(r)))") }
+        pid = child
     }
 
-    var pid: Int32 { process.processIdentifier }
+    func kill(_ sig: Int32 = SIGKILL) {
+        if exit.withLock({ $0 == nil }) { _ = Glibc.kill(pid, sig) }
+    }
 
-    func kill(_ sig: Int32 = SIGKILL) { _ = Glibc.kill(process.processIdentifier, sig) }
+    /// Reaps the child if it has exited; true once it has.
+    private func reap() -> Bool {
+        if exit.withLock({ $0 != nil }) { return true }
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        guard r == pid else { return r < 0 && errno == ECHILD }
+        // WIFSIGNALED / WEXITSTATUS, spelled out (macros do not import);
+        // a signal's number as the status, as Foundation.Process gave it.
+        let sig = status & 0x7f
+        exit.withLock { $0 = sig != 0 && sig != 0x7f ? (sig, true) : ((status >> 8) & 0xff, false) }
+        return true
+    }
 
     /// Waits for the exit (killing it after `timeout`) and collects the output.
     func wait(timeout: Duration = .seconds(15)) async -> CLIResult {
         let deadline = ContinuousClock.now + timeout
         var killed = false
-        while process.isRunning {
+        while !reap() {
             if !killed && ContinuousClock.now > deadline {
                 kill()
                 killed = true
@@ -256,8 +289,8 @@ final class Subprocess: @unchecked Sendable {
         let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
         try? FileManager.default.removeItem(atPath: outPath)
         try? FileManager.default.removeItem(atPath: errPath)
-        let signaled = process.terminationReason == .uncaughtSignal
-        return CLIResult(status: process.terminationStatus, signaled: signaled || killed,
+        let (status, signaled) = exit.withLock { $0 } ?? (-1, false)
+        return CLIResult(status: status, signaled: signaled || killed,
                          stdout: out, stderr: err + (killed ? "\n[killed by the test after \(timeout)]" : ""))
     }
 }

@@ -66,6 +66,11 @@ int fos_sys_pidfd_kill(int pidfd, int sig);
 pid_t fos_sys_spawn(const char *path, char *const argv[], char *const envp[], int cpu,
                     const int *keep, int nkeep, int *pidfd);
 
+/* posix_spawn_file_actions_addclosefrom_np (glibc 2.34; not visible to
+ * Swift): the child closes every descriptor from `from` on. 0 or an errno. */
+#include <spawn.h>
+int fos_sys_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from);
+
 /* fork with a close-on-exec pipe for the child's exec error: pid (0 in the
  * child) or -errno. */
 pid_t fos_sys_fork_reporting(int errpipe[2]);
