@@ -208,6 +208,11 @@ extension FileSystem {
         guard offset < Layout.maxFileSize, UInt64(data.count) <= Layout.maxFileSize - offset else {
             throw FSError.EFBIG
         }
+        // Only small writes journal their new blocks (`dataChanged`): a
+        // large one would pass its data through the journal twice.
+        if data.count > FileSystem.journaledDataLimit * Layout.blockSize {
+            txnJournaledData = max(txnJournaledData, FileSystem.journaledDataLimit)
+        }
         var done = 0
         var freshUntil: UInt64 = 0  // file blocks below this (and >= freshFrom) were just allocated
         var freshFrom: UInt64 = 0

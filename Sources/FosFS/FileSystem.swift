@@ -445,7 +445,7 @@ public final class FileSystem: @unchecked Sendable {
             }
             cache[b.block] = nil
         }
-        try await writeRuns(writes)
+        try await writeRuns(writes, outliving: true)
     }
 
     /// Writes (block, data) pairs, coalescing contiguous blocks into one call.

@@ -187,7 +187,9 @@ extension FileSystem {
         // cross-member transaction (Cross.swift), whoever asked for the commit.
         let cross = crossRequested || borrowing
         try await writeDirtyInodesAsync()
-        if !dirtyData.isEmpty { try await writeDirtyData(outliving: !flush) }
+        // Through the page cache either way: with `flush`, the flush below
+        // makes it durable.
+        if !dirtyData.isEmpty { try await writeDirtyData(outliving: true) }
         if txnHasFreshData { freshDataUnflushed = true }
         guard !txn.isEmpty else {
             if flush { try await flushRecorded() }
@@ -211,11 +213,7 @@ extension FileSystem {
         let flags = (cross ? JournalFormat.crossFlag : 0)
             | (freshDataUnflushed ? JournalFormat.freshDataFlag : JournalFormat.afterFlushFlag)
         let out = w.finish(flags: flags, boot: device.bootID)
-        if flush {
-            try await device.write(block: journalStart + jHead, data: out)
-        } else {
-            try await device.writeOutliving(block: journalStart + jHead, data: out)
-        }
+        try await device.writeOutliving(block: journalStart + jHead, data: out)
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
         txnJournaledData = 0

@@ -3,7 +3,7 @@
 // mkfs chooses the geometry: AGs of 128 MiB..1 GiB with at least 4 AGs when
 // the disk allows (smaller disks get 4 small AGs, tiny ones 1), one inode per
 // 16 KiB, journal slots of disk/256 (64...8192 blocks). It writes only the
-// superblocks, journal slot superblocks, bitmaps and the root directory; inode
+// superblocks, the journal slots (whole), bitmaps and the root directory; inode
 // tables are not zeroed because a free inode slot (bitmap bit clear) is never
 // read, and every allocated slot is written whole.
 extension FileSystem {
@@ -43,7 +43,19 @@ extension FileSystem {
                             uuid: uuid, createdNs: nowNs())
         guard sb.isSane else { throw FSError.EINVAL }
 
+        // The journal is written out whole, as mke2fs does: on a disk image
+        // that is a sparse file every first write of a block would otherwise
+        // make the host file system allocate it, and every fsync that
+        // flushes a journal block paid for that allocation.
+        let zeros = [UInt8](repeating: 0, count: 256 * Layout.blockSize)
         for slot in 0..<Layout.journalSlots {
+            var b: UInt64 = 1
+            while b < jb {
+                let n = min(256, jb - b)
+                try await device.write(block: sb.journalSlotStart(slot) + b,
+                                       data: n == 256 ? zeros : Array(zeros.prefix(Int(n) * Layout.blockSize)))
+                b += n
+            }
             try await device.write(block: sb.journalSlotStart(slot), data: JournalFormat.jsb(slot: slot, startSeq: 1))
         }
         let rootBlock = sb.dataStart(0)
