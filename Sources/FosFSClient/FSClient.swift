@@ -15,7 +15,9 @@ public final class FSClient: Sendable {
     public let runtime: FosRuntime
     public let name: String
     public let timeout: Duration
-    private let state: Mutex<(channel: Channel, addr: MailboxAddress)>
+    let state: Mutex<(channel: Channel, addr: MailboxAddress)>
+    /// Channels to every member by index (FSRouting.swift), once asked for.
+    let routes = Mutex(FSRoutes())
 
     public static let maxIO = FSWire.maxIO
     public static let rootIno = FSWire.rootIno
@@ -29,7 +31,7 @@ public final class FSClient: Sendable {
         return FSClient(runtime: rt, name: name, timeout: timeout, channel: ch, addr: addr)
     }
 
-    private static func open(_ rt: FosRuntime, name: String, excluding: [MailboxAddress],
+    static func open(_ rt: FosRuntime, name: String, excluding: [MailboxAddress],
                              wait: Duration) async throws -> (Channel, MailboxAddress) {
         let deadline = ContinuousClock.now + wait
         while true {
@@ -75,6 +77,7 @@ public final class FSClient: Sendable {
     @TaskLocal public static var actingAs: Credentials?
 
     func call(_ op: UInt32, _ payload: [UInt8]) async throws -> [UInt8] {
+        let route = routedChannel(FSClient.routeKey(op, payload))
         var op = op, payload = payload
         if let who = FSClient.actingAs {
             var p = [UInt8]()
@@ -85,6 +88,13 @@ public final class FSClient: Sendable {
             p += payload
             guard p.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.messageTooLong) }
             (op, payload) = (FOS_OP_FS_AS, p)
+        }
+        if let route {
+            do {
+                return try await runtime.call(route.channel, opcode: UInt16(op), payload: payload, timeout: timeout).checked()
+            } catch FosError.peerGone {
+                dropRoute(route.addr)
+            }
         }
         let (ch, addr) = state.withLock { ($0.channel, $0.addr) }
         do {

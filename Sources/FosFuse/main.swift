@@ -147,7 +147,17 @@ func main() -> Never {
     let fs: FSClient, lockClient: FSClient
     do {
         (fs, lockClient) = try onLoop(rt) {
-            (try await FSClient.connect(rt), try await FSClient.connect(rt, timeout: .seconds(2)))
+            let fs = try await FSClient.connect(rt)
+            // Requests go to their inode's home member (a restarted member
+            // is found again within two seconds).
+            await fs.routeByInode()
+            rt.loop.spawn {
+                while true {
+                    try? await Task.sleep(for: .seconds(2))
+                    await fs.routeByInode()
+                }
+            }
+            return (fs, try await FSClient.connect(rt, timeout: .seconds(2)))
         }
     } catch {
         fail(ready, "the file system fleet /sys/fs does not answer: \(error)")

@@ -138,6 +138,55 @@ struct FSFleetTests {
         }
     }
 
+    @Test("a client routing by inode reaches the home member directly, and keeps working when that member restarts")
+    func routing() async throws {
+        try await TestNode.with(members: 1, fsMembers: 2) { node in
+            let rt = try node.runtime()
+            let routed = try await FSClient.connect(rt)
+            let own = try await routed.statfs().member
+            let other = 1 - own
+            let dir = "/" + topLevelNames(on: other, of: 2, 1)[0]
+            _ = try await routed.mkdir(path: dir)
+            let f = try await routed.writeFile(path: dir + "/f", data: pattern(5000, seed: 4))
+            #expect(FileSystem.home(of: f.ino, members: 2) == other)
+            let plain = try await FSClient.connect(rt, excluding: [], wait: .seconds(5))
+            let plainOwn = try await plain.statfs().member
+
+            func handled() async throws -> [Int: UInt64] {
+                await pause(.milliseconds(300))  // members publish their counts when idle
+                return Dictionary(uniqueKeysWithValues: try await node.fleets().filter { $0.fleet == "/sys/fs" }.map { ($0.index, $0.handled) })
+            }
+            await routed.routeByInode()
+            var before = try await handled()
+            for _ in 0..<300 { _ = try await routed.getattr(ino: f.ino) }
+            var after = try await handled()
+            #expect(after[other]! - before[other]! >= 300)
+            #expect(after[own]! - before[own]! < 30, "the client's own member still saw \(after[own]! - before[own]!) requests")
+
+            // Without routing, a client on the other member goes through it.
+            if plainOwn == own {
+                before = try await handled()
+                for _ in 0..<300 { _ = try await plain.getattr(ino: f.ino) }
+                after = try await handled()
+                #expect(after[own]! - before[own]! >= 300 && after[other]! - before[other]! >= 300)
+            }
+
+            // The home member dies: the routed client falls back, then finds the new one.
+            let victim = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" && $0.index == other })
+            kill(victim.pid, SIGKILL)
+            try await eventually("the file through the routed client", timeout: .seconds(20), every: .milliseconds(100)) {
+                (try? await routed.read(ino: f.ino, offset: 0, count: 5000)) == pattern(5000, seed: 4) ? true : nil
+            }
+            try await eventually("routes to the restarted member", timeout: .seconds(20), every: .milliseconds(200)) { () -> Bool? in
+                await routed.routeByInode()
+                let b = try await handled()
+                for _ in 0..<100 { _ = try await routed.getattr(ino: f.ino) }
+                let a = try await handled()
+                return a[own]! - b[own]! < 20 ? true : nil
+            }
+        }
+    }
+
     @Test("kill -9 of fs members during cross-member renames: one name, intact data, fsck clean")
     func membersKilled() async throws {
         try await TestNode.with(members: 1, fsMembers: 2) { node in
