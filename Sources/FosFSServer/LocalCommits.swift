@@ -1,5 +1,6 @@
 import FosBlock
 import FosFS
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -31,6 +32,8 @@ import Glibc
 final class LocalCommitDevice: BlockDevice {
     let blk: BlockClient
     let fd: FileDescriptor
+    /// A write completed since the last flush began (or the last flush failed).
+    let unflushed = Atomic<Bool>(true)
 
     private init(blk: BlockClient, fd: FileDescriptor) {
         self.blk = blk
@@ -70,18 +73,26 @@ final class LocalCommitDevice: BlockDevice {
     var blockCount: UInt64 { blk.blockCount }
     var bootID: UInt64 { blk.bootID }
     func read(block: UInt64, count: Int) async throws -> [UInt8] { try await blk.read(block: block, count: count) }
-    func write(block: UInt64, data: [UInt8]) async throws { try await blk.write(block: block, data: data) }
+    func write(block: UInt64, data: [UInt8]) async throws {
+        try await blk.write(block: block, data: data)
+        unflushed.store(true, ordering: .releasing)
+    }
     /// fdatasync of our own descriptor: the same file (or block device) as
     /// the blk server's, so it makes every completed write durable, ours and
     /// the blk server's alike, without a round trip and a hand-off to an
     /// io_uring worker. It blocks this member's loop for the flush; an
     /// operation waiting for it holds the member's operation lock anyway.
     func flush() async throws {
+        // Nothing written since the last flush: already durable (a program
+        // often fsyncs twice in a row, or a file and then its directory).
+        guard unflushed.exchange(false, ordering: .acquiringAndReleasing) else { return }
         while fdatasync(fd.rawValue) != 0 {
             if errno == EINTR { continue }
+            unflushed.store(true, ordering: .releasing)
             throw FSError.posix(.ioError)
         }
     }
+
     func discard(block: UInt64, count: Int) async throws { try await blk.discard(block: block, count: count) }
 
     func writeOutliving(block: UInt64, data: [UInt8]) async throws {
@@ -94,5 +105,6 @@ final class LocalCommitDevice: BlockDevice {
         } catch {
             throw FSError.posix(.ioError)
         }
+        unflushed.store(true, ordering: .releasing)
     }
 }
