@@ -70,7 +70,7 @@ extension FileSystem {
             // may still be at the disk (see StreamingRead).
             await waitForStreamingReads()
             try await commit()
-            if jHead > 1 || !checkpointSet.isEmpty { try await checkpoint() }
+            if jPos > UInt64(Layout.blockSize) || !checkpointSet.isEmpty { try await checkpoint() }
         } catch {
             if dead == nil { dead = .posix(.ioError) }
             opLock.unlock()

@@ -210,7 +210,10 @@ public final class FileSystem: @unchecked Sendable {
     var reservedCount: UInt64 = 0
 
     var jSeq: UInt64 = 1
-    var jHead: UInt64 = 1
+    /// Where the next transaction goes: a byte offset in the slot (block 0
+    /// is the slot superblock), and the contents of the block it falls in.
+    var jPos = UInt64(Layout.blockSize)
+    var jTail: [UInt8] = []
 
     var inodes: [UInt64: Inode] = [:]
     var dirtyInodes: Set<UInt64> = []

@@ -2,7 +2,9 @@
 // per fleet member (0...3) so members commit independently.
 //
 // Slot layout (`journalBlocks` blocks): block 0 is the slot's superblock
-// (magic, slot, startSeq, crc); transactions follow from block 1, each
+// (magic, slot, startSeq, crc); transactions follow from block 1, packed one
+// after another at 64-byte boundaries (JournalRecords.swift). The earlier
+// whole-block format, still replayed, was
 //
 //     [descriptor: magic, seq, count, flags, home block numbers]
 //     [count block images]
@@ -83,22 +85,29 @@ enum JournalFormat {
         let homes = sb.firstAGBlock..<sb.blockCount
         var found: [Found] = []
         var seq = j.u64(16)
-        var pos: UInt64 = 1
-        while pos + 1 < size {
-            let desc = try await device.read(block: start + pos, count: 1)
-            if let n = DeltaFormat.span(desc, seq: seq, maxBlocks: Int(size - pos)) {
-                let t = n == 1 ? desc : desc + (try await device.read(block: start + pos + 1, count: n - 1))
+        // Transactions are packed: each starts where the last ended (64-byte
+        // aligned), so the walk is in bytes. The slot is read in chunks.
+        var reader = SlotReader(device: device, start: start, blocks: size)
+        let bytes = size * UInt64(Layout.blockSize)
+        var pos = UInt64(Layout.blockSize)
+        while pos + UInt64(DeltaFormat.headerBytes + DeltaFormat.trailerBytes) <= bytes {
+            let head = try await reader.bytes(pos, DeltaFormat.headerBytes)
+            if let n = DeltaFormat.length(head, seq: seq), pos + UInt64(n) <= bytes {
+                let t = try await reader.bytes(pos, n)
                 guard let r = try DeltaFormat.parse(t, seq: seq, homes: homes) else { break }
                 found.append(Found(seq: seq, records: r.records, flags: r.flags, boot: r.boot))
                 seq += 1
                 pos += UInt64(n)
                 continue
             }
+            guard pos % UInt64(Layout.blockSize) == 0 else { break }
+            let blk = pos / UInt64(Layout.blockSize)
+            let desc = try await reader.bytes(pos, Layout.blockSize)
             // The whole-block format of earlier versions.
-            guard pos + 2 <= size - 1, desc.u64(0) == descMagic, desc.u64(8) == seq else { break }
+            guard blk + 2 <= size - 1, desc.u64(0) == descMagic, desc.u64(8) == seq else { break }
             let count = UInt64(desc.u32(16))
-            guard count >= 1, count <= UInt64(maxDescriptorEntries), pos + count + 1 < size else { break }
-            let rest = try await device.read(block: start + pos + 1, count: Int(count) + 1)
+            guard count >= 1, count <= UInt64(maxDescriptorEntries), blk + count + 1 < size else { break }
+            let rest = try await reader.bytes(pos + UInt64(Layout.blockSize), (Int(count) + 1) * Layout.blockSize)
             let commit = Array(rest[(Int(count) * 4096)...])
             guard commit.u64(0) == commitMagic, commit.u64(8) == seq, UInt64(commit.u32(16)) == count,
                   commit.u32(252) == crc32c(commit, count: 252) else { break }
@@ -115,7 +124,7 @@ enum JournalFormat {
             }
             found.append(Found(seq: seq, records: records, flags: desc.u32(20), boot: commit.u64(24)))
             seq += 1
-            pos += count + 2
+            pos += (count + 2) * UInt64(Layout.blockSize)
         }
         // The prefix that may replay (see above).
         let boot = device.bootID
@@ -206,14 +215,20 @@ extension FileSystem {
             let b = cache[blk]!
             w.addChanges(home: blk, old: b.full ? nil : b.base, new: b.data)
         }
-        let need = UInt64(DeltaFormat.blocks(streamBytes: w.streamBytes))
-        if jHead + need > UInt64(sb.journalBlocks) {
+        let need = UInt64(DeltaFormat.length(streamBytes: w.streamBytes))
+        if jPos + need > UInt64(sb.journalBlocks) * UInt64(Layout.blockSize) {
             try await checkpoint()
         }
         let flags = (cross ? JournalFormat.crossFlag : 0)
             | (freshDataUnflushed ? JournalFormat.freshDataFlag : JournalFormat.afterFlushFlag)
-        let out = w.finish(flags: flags, boot: device.bootID)
-        try await device.writeOutliving(block: journalStart + jHead, data: out)
+        // Packed after the last transaction: the block it ends in is written
+        // again, its earlier bytes unchanged (so a torn write of that block
+        // cannot damage what it already held).
+        let bs = UInt64(Layout.blockSize)
+        var out = jPos % bs == 0 ? [] : Array(jTail.prefix(Int(jPos % bs)))
+        out += w.finish(flags: flags, boot: device.bootID)
+        out += [UInt8](repeating: 0, count: (Layout.blockSize - out.count % Layout.blockSize) % Layout.blockSize)
+        try await device.writeOutliving(block: journalStart + jPos / bs, data: out)
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
         txnJournaledData = 0
@@ -236,7 +251,8 @@ extension FileSystem {
             checkpointSet.insert(blk)
         }
         txn.removeAll()
-        jHead += need
+        jPos += need
+        jTail = jPos % bs == 0 ? [] : Array(out[(out.count - Layout.blockSize)...])
         jSeq += 1
     }
 
@@ -288,9 +304,51 @@ extension FileSystem {
         try await flushDevice()
         jStartSeq = jSeq
         lastTxnHadFreshData = false
-        jHead = 1
+        jPos = UInt64(Layout.blockSize)
+        jTail = []
         inJournal.removeAll()
         reserved.removeAll()
         reservedCount = 0
+    }
+}
+
+/// Reads a journal slot's bytes, a chunk of blocks at a time (replay walks
+/// it once, front to back). A chunk fits one blk message: 1 MiB reads
+/// (many messages in flight at once) stalled a member's mount for one to
+/// five seconds in a crash-restart loop, for a reason not found yet.
+struct SlotReader {
+    let device: any BlockDevice
+    let start: UInt64
+    let blocks: UInt64
+    static let chunkBlocks: UInt64 = 8
+    private var chunks: [UInt64: [UInt8]] = [:]
+
+    init(device: any BlockDevice, start: UInt64, blocks: UInt64) {
+        self.device = device
+        self.start = start
+        self.blocks = blocks
+    }
+
+    /// `count` bytes at byte `offset` of the slot (within it: callers check).
+    mutating func bytes(_ offset: UInt64, _ count: Int) async throws -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(count)
+        var at = offset
+        let chunkBytes = SlotReader.chunkBlocks * UInt64(Layout.blockSize)
+        while out.count < count {
+            let c = at / chunkBytes
+            if chunks[c] == nil {
+                let first = c * SlotReader.chunkBlocks
+                let n = min(SlotReader.chunkBlocks, blocks - first)
+                chunks[c] = try await device.read(block: start + first, count: Int(n))
+            }
+            let chunk = chunks[c]!
+            let from = Int(at - c * chunkBytes)
+            let take = min(count - out.count, chunk.count - from)
+            guard take > 0 else { throw FSError.corrupt("journal read past its slot") }
+            out += chunk[from..<(from + take)]
+            at += UInt64(take)
+        }
+        return out
     }
 }

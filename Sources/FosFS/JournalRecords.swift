@@ -12,10 +12,12 @@
 //     header  (32 bytes): deltaMagic, seq, record count, flags, stream bytes
 //     stream: records, each [home block u64][offset u16][length u16][bytes]
 //     trailer (32 bytes): trailerMagic, seq, boot, crc32c(header..boot), 0
-//     zero padding to the block boundary
+//     zero padding to a multiple of 64 bytes
 //
-// written with one device write; the trailer's checksum covers everything
-// before it, so a torn write fails it and replay stops there.
+// packed one after another in the slot (most operations add a few hundred
+// bytes, so a block holds several and an fsync flushes few), written with
+// one device write of the blocks it touches; the trailer's checksum covers
+// everything before it, so a torn write fails it and replay stops there.
 //
 // Why a delta applied to the home block is enough: between checkpoints a
 // block is changed only by transactions (freed blocks are not reused before
@@ -41,9 +43,21 @@ enum DeltaFormat {
         var bytes: ArraySlice<UInt8>
     }
 
-    /// Blocks a transaction of `streamBytes` occupies.
-    static func blocks(streamBytes: Int) -> Int {
-        (headerBytes + streamBytes + trailerBytes + Layout.blockSize - 1) / Layout.blockSize
+    /// Transactions start at multiples of this within the slot.
+    static let alignment = 64
+
+    /// Bytes a transaction of `streamBytes` occupies (padding included).
+    static func length(streamBytes: Int) -> Int {
+        (headerBytes + streamBytes + trailerBytes + alignment - 1) / alignment * alignment
+    }
+
+    /// The length of the transaction whose header is `head`, if it is delta
+    /// transaction `seq`.
+    static func length(_ head: [UInt8], seq: UInt64) -> Int? {
+        guard head.count >= headerBytes, head.u64(0) == deltaMagic, head.u64(8) == seq else { return nil }
+        let stream = Int(head.u32(24))
+        guard stream <= 1 << 30 else { return nil }
+        return length(streamBytes: stream)
     }
 
     /// Builds one transaction.
@@ -86,16 +100,17 @@ enum DeltaFormat {
 
         /// The transaction's blocks, ready to write.
         consuming func finish(flags: UInt32, boot: UInt64) -> [UInt8] {
+            let stream = streamBytes
             out.put32(16, records)
             out.put32(20, flags)
-            out.put32(24, UInt32(streamBytes))
+            out.put32(24, UInt32(stream))
             let t = out.count
             out.append(contentsOf: [UInt8](repeating: 0, count: DeltaFormat.trailerBytes))
             out.put64(t, DeltaFormat.trailerMagic)
             out.put64(t + 8, seq)
             out.put64(t + 16, boot)
             out.put32(t + 24, crc32c(out, count: t + 24))
-            let padded = DeltaFormat.blocks(streamBytes: streamBytes) * Layout.blockSize
+            let padded = DeltaFormat.length(streamBytes: stream)
             out.append(contentsOf: [UInt8](repeating: 0, count: padded - out.count))
             return out
         }
@@ -135,17 +150,6 @@ enum DeltaFormat {
             }
         }
         return ranges
-    }
-
-    /// The transaction at the start of `first` (its first block), if it is a
-    /// delta transaction with sequence number `seq`: how many blocks it
-    /// occupies, or nil if it is not one.
-    static func span(_ first: [UInt8], seq: UInt64, maxBlocks: Int) -> Int? {
-        guard first.count >= headerBytes, first.u64(0) == deltaMagic, first.u64(8) == seq else { return nil }
-        let stream = Int(first.u32(24))
-        guard stream <= maxBlocks * Layout.blockSize else { return nil }
-        let n = blocks(streamBytes: stream)
-        return n <= maxBlocks ? n : nil
     }
 
     /// Checks a whole delta transaction (all its blocks) and returns its

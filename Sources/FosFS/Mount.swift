@@ -122,7 +122,6 @@ extension FileSystem {
         let fs = FileSystem(device: device, sb: sb, member: member, members: members, options: options)
         fs.jSeq = next
         fs.jStartSeq = next
-        fs.jHead = 1
         try await fs.countFree()
         return fs
     }
