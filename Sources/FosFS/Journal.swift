@@ -100,7 +100,17 @@ enum JournalFormat {
                 pos += UInt64(n)
                 continue
             }
-            guard pos % UInt64(Layout.blockSize) == 0 else { break }
+            // Delta transactions written by the version before packing each
+            // filled whole blocks: the next one may start at the next block.
+            // (Anything left there from before has an older number.)
+            let bs = UInt64(Layout.blockSize)
+            if pos % bs != 0 {
+                pos = (pos + bs - 1) / bs * bs
+                guard pos + UInt64(DeltaFormat.headerBytes) <= bytes else { break }
+                let head = try await reader.bytes(pos, DeltaFormat.headerBytes)
+                guard DeltaFormat.length(head, seq: seq) != nil else { break }
+                continue
+            }
             let blk = pos / UInt64(Layout.blockSize)
             let desc = try await reader.bytes(pos, Layout.blockSize)
             // The whole-block format of earlier versions.
