@@ -60,7 +60,7 @@ struct Fosd: ParsableCommand {
     @Flag(help: "Run without a disk (no block server, no file system): messaging only.")
     var noDisk = false
 
-    @Option(help: "Members of the file system fleet /sys/fs (1...4; default: one per core, at most 4).")
+    @Option(help: "Members of the file system fleet /sys/fs (1...4; default: one per two cores, at most 4).")
     var fsMembers: Int?
 
     @Flag(help: "Start the block server but no file system fleet (raw-disk benchmarks).")
@@ -163,7 +163,11 @@ struct Fosd: ParsableCommand {
                                    env: ["FOS_BLK_DISK": path, "FOS_BLK_QUEUE_DEPTH": String(blkQueueDepth)]))
             // The file system on that disk: a fleet whose members each home a
             // share of the allocation groups (at most 4: one journal slot each).
-            let n = fsMembers ?? min(max(Int(fos_sys_cpu_count()), 1), 4)
+            // One per two cores: a busy member spins on its core, and its
+            // clients, the blk server and the requests members forward to
+            // each other need cores too (on two cores, two members made
+            // every request for the other member's files several times slower).
+            let n = fsMembers ?? min(max(Int(fos_sys_cpu_count()) / 2, 1), 4)
             if !noFs {
                 specs.append(FleetSpec(name: "/sys/fs", executable: Fosd.selfDirectory() + "/fos-fs", count: n,
                                        env: ["FOS_FS_MEMBERS": String(n), "FOS_FS_DISK": path]))
