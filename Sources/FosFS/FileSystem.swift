@@ -351,6 +351,10 @@ public final class FileSystem: @unchecked Sendable {
         clock &+= 1
         if let b = cache[block] {
             b.lastUse = clock
+            // A clean copy may be of a block freed meanwhile, by a peer's
+            // cross-member transaction, which does not tell this cache: its
+            // old bytes must not reach the block's new owner.
+            if !b.inTxn && !b.dirtyData && !b.needsCheckpoint { b.data = .zeroBlock() }
             return b
         }
         try await makeRoom()

@@ -100,17 +100,7 @@ enum JournalFormat {
                 pos += UInt64(n)
                 continue
             }
-            // Delta transactions written by the version before packing each
-            // filled whole blocks: the next one may start at the next block.
-            // (Anything left there from before has an older number.)
-            let bs = UInt64(Layout.blockSize)
-            if pos % bs != 0 {
-                pos = (pos + bs - 1) / bs * bs
-                guard pos + UInt64(DeltaFormat.headerBytes) <= bytes else { break }
-                let head = try await reader.bytes(pos, DeltaFormat.headerBytes)
-                guard DeltaFormat.length(head, seq: seq) != nil else { break }
-                continue
-            }
+            guard pos % UInt64(Layout.blockSize) == 0 else { break }
             let blk = pos / UInt64(Layout.blockSize)
             let desc = try await reader.bytes(pos, Layout.blockSize)
             // The whole-block format of earlier versions.
@@ -168,14 +158,16 @@ enum JournalFormat {
         for home in images.keys.sorted() {
             try await device.write(block: home, data: images[home]!)
         }
-        if !found.isEmpty {
-            // Even with nothing replayed, the slot must not offer the dropped
-            // transactions again: the next commit reuses their sequence numbers.
-            try await device.flush()
-            try await device.write(block: start, data: jsb(slot: slot, startSeq: first + UInt64(found.count)))
-            try await device.flush()
-        }
-        return (first + UInt64(found.count), replay, cross)
+        // The slot must never offer anything it holds now again: not the
+        // transactions dropped above, and not those a power loss left behind
+        // a lost one (numbered from startSeq on, they would match the next
+        // boot's numbers once its log reaches their places). Numbering goes
+        // on a whole slot's worth of transactions later, every time.
+        let next = first + UInt64(found.count) + size * UInt64(Layout.blockSize) / UInt64(DeltaFormat.alignment)
+        try await device.flush()
+        try await device.write(block: start, data: jsb(slot: slot, startSeq: next))
+        try await device.flush()
+        return (next, replay, cross)
     }
 }
 
@@ -226,7 +218,11 @@ extension FileSystem {
             w.addChanges(home: blk, old: b.full ? nil : b.base, new: b.data)
         }
         let need = UInt64(DeltaFormat.length(streamBytes: w.streamBytes))
-        if jPos + need > UInt64(sb.journalBlocks) * UInt64(Layout.blockSize) {
+        // A checkpoint makes the blocks freed so far reusable, this
+        // transaction's frees among them: then it is flushed right away, so
+        // no block is reused before its free is durable.
+        let checkpointed = jPos + need > UInt64(sb.journalBlocks) * UInt64(Layout.blockSize)
+        if checkpointed {
             try await checkpoint()
         }
         let flags = (cross ? JournalFormat.crossFlag : 0)
@@ -242,7 +238,7 @@ extension FileSystem {
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
         txnJournaledData = 0
-        if flush {
+        if flush || checkpointed {
             try await flushDevice()
         } else {
             journalUnflushed = true

@@ -22,11 +22,17 @@ extension FSClient {
     public func routeByInode() async {
         let (ch, addr) = state.withLock { ($0.channel, $0.addr) }
         guard let own = try? await FSClient.statfs(on: ch, runtime: runtime) else { return }
-        let missing = routes.withLock { r -> Bool in
-            if r.members != own.members { r = FSRoutes(members: own.members) }
+        let (missing, stale) = routes.withLock { r -> (Bool, [Channel]) in
+            var stale: [Channel] = []
+            if r.members != own.members {
+                // The fleet changed size: homes moved, start over.
+                stale = r.channels.values.map(\.channel).filter { $0 !== ch }
+                r = FSRoutes(members: own.members)
+            }
             r.channels[own.member] = (ch, addr)
-            return r.channels.count < r.members
+            return (r.channels.count < r.members, stale)
         }
+        for c in stale { try? await runtime.close(c) }
         guard missing else { return }
         var excluded = routes.withLock { $0.channels.values.map(\.addr) }
         while routes.withLock({ $0.channels.count < $0.members }) {

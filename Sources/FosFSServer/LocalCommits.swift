@@ -85,6 +85,9 @@ final class LocalCommitDevice: BlockDevice {
     func flush() async throws {
         // Nothing written since the last flush: already durable (a program
         // often fsyncs twice in a row, or a file and then its directory).
+        // Cleared before the fdatasync: right because this member is one
+        // thread and the fdatasync blocks it, so no second flush can start
+        // and return while this one is still under way.
         guard unflushed.exchange(false, ordering: .acquiringAndReleasing) else { return }
         while fdatasync(fd.rawValue) != 0 {
             if errno == EINTR { continue }
