@@ -6,13 +6,7 @@ import Testing
 /// read zeros where it was not written, never the old file's bytes.
 @Suite struct CrossCacheTests {
     @Test func blocksFreedByAPeerDoNotLeakOldBytes() async throws {
-        let dev = MemoryBlockDevice(blockCount: 65536)
-        try await FileSystem.mkfs(device: dev)
-        let m0 = try await FileSystem.mount(device: dev, member: 0, members: 2)
-        let m1 = try await FileSystem.mount(device: dev, member: 1, members: 2)
-        let n1 = CrossTests.names(m0, on: 1, 1)[0], n0 = CrossTests.names(m0, on: 0, 1)[0]
-        let b = try await CrossTests.cross(m0, m1) { try await m0.mkdir(parent: rootIno, name: n1, mode: 0o755, cred: root) }
-        let a = try await m0.mkdir(parent: rootIno, name: n0, mode: 0o755, cred: root)
+        let (dev, m0, m1, a, b) = try await CrossTests.twoMembers()
         let secret = [UInt8](repeating: 0xAB, count: 4 * 4096)
         let y = try await m1.create(parent: b.ino, name: "y", mode: 0o600, cred: root)
         _ = try await m1.write(ino: y.ino, offset: 0, data: secret)

@@ -19,17 +19,24 @@ import Testing
         (0..<1000).map { "top\($0)" }.filter { fs.placement(ofTopLevel: $0) == member }.prefix(count).map { $0 }
     }
 
-    @Test func renameLinkAndPlacementAcrossMembers() async throws {
+    /// Two members on one fresh disk, and a top-level directory on each:
+    /// `a` on member 0, `b` on member 1 (made by member 0).
+    static func twoMembers() async throws -> (dev: MemoryBlockDevice, m0: FileSystem, m1: FileSystem,
+                                             a: FileAttributes, b: FileAttributes) {
         let dev = MemoryBlockDevice(blockCount: 65536)
         try await FileSystem.mkfs(device: dev)
         let m0 = try await FileSystem.mount(device: dev, member: 0, members: 2)
         let m1 = try await FileSystem.mount(device: dev, member: 1, members: 2)
-
-        // A top-level directory placed on member 1, made by member 0.
         let n1 = Self.names(m0, on: 1, 1)[0], n0 = Self.names(m0, on: 0, 1)[0]
         let b = try await Self.cross(m0, m1) { try await m0.mkdir(parent: rootIno, name: n1, mode: 0o755, cred: root) }
-        #expect(m0.home(of: b.ino) == 1)
         let a = try await m0.mkdir(parent: rootIno, name: n0, mode: 0o755, cred: root)
+        return (dev, m0, m1, a, b)
+    }
+
+    @Test func renameLinkAndPlacementAcrossMembers() async throws {
+        // A top-level directory placed on member 1, made by member 0.
+        let (dev, m0, m1, a, b) = try await Self.twoMembers()
+        #expect(m0.home(of: b.ino) == 1)
         #expect(m0.home(of: a.ino) == 0)
         // Member 1 serves it now; member 0 does not.
         let f = try await m1.create(parent: b.ino, name: "f", mode: 0o644, cred: root)
