@@ -17,13 +17,16 @@
 // metadata whose home copy is stale (written at checkpoint or eviction).
 // Eviction drops the least recently used quarter of the unpinned buffers.
 //
-// Journal (per member slot, see Journal.swift): physical block journaling
-// of metadata. Every operation that changed something commits before it
-// answers, without a device flush: a member (or node) killed afterwards loses
-// nothing it acknowledged, since the blk server has the writes; fsync adds the
-// flush that makes them survive a power loss too. A commit first writes file
-// data home (new blocks and overwrites alike), then the transaction as one
-// journal write. A power loss may keep a transaction and lose the data it
+// Journal (per member slot, see Journal.swift and JournalRecords.swift):
+// the changed byte ranges of metadata blocks, whole blocks where the earlier
+// contents do not matter. Every operation that changed something commits
+// before it answers, without a device flush: a member (or node) killed
+// afterwards loses nothing it acknowledged, since the kernel has the writes
+// (page cache of the disk); fsync adds the flush that makes them survive a
+// power loss too. A commit first writes file data home (overwrites, and the
+// new blocks of large writes; a small write's new blocks are journaled with
+// their mapping), then the transaction as one journal write. A power loss
+// may keep a transaction and lose the data it
 // maps, so a transaction that gave files new blocks without a flush before it
 // is marked, and replay in a later boot skips it unless a flush is known to
 // have followed (Journal.scan): no file ever shows a block's previous

@@ -1,5 +1,6 @@
-// The journal: write-ahead physical journaling of metadata blocks, one slot
-// per fleet member (0...3) so members commit independently.
+// The journal: write-ahead journaling of metadata (changed byte ranges, see
+// JournalRecords.swift), one slot per fleet member (0...3) so members commit
+// independently.
 //
 // Slot layout (`journalBlocks` blocks): block 0 is the slot's superblock
 // (magic, slot, startSeq, crc); transactions follow from block 1, packed one
@@ -19,6 +20,8 @@
 // block 1. Replay reads from block 1 and applies transactions with consecutive
 // sequence numbers from startSeq until the first invalid one; anything older
 // left further in the log has a smaller sequence number and stops the scan.
+// Every replay restarts the numbering a slot's worth of transactions later,
+// so what a power loss left behind a lost transaction never matches again.
 //
 // Data goes home before the transaction that maps it (see FileSystem.swift).
 // Transactions are written without a flush after each operation; each
