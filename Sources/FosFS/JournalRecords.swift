@@ -75,7 +75,6 @@ enum DeltaFormat {
             out.put64(8, seq)
         }
 
-        var isEmpty: Bool { records == 0 }
         var streamBytes: Int { out.count - DeltaFormat.headerBytes }
 
         mutating func add(home: UInt64, offset: Int, _ bytes: ArraySlice<UInt8>) {
