@@ -85,6 +85,8 @@ final class Inode {
     var rdev: UInt64 = 0
     var blocks: UInt64 = 0
     var xattrBlock: UInt64 = 0
+    /// The next inode on this one's AG orphan list (Orphans.swift).
+    var orphanNext: UInt64 = 0
     var extents: [Extent] = []
     var chain: [UInt64] = []
     var inlineData: [UInt8] = []
@@ -113,6 +115,7 @@ final class Inode {
         b.put32(o + 88, UInt32(extents.count))
         b.put16(o + 92, UInt16(inlineData.count))
         b.put64(o + 96, chain.first ?? 0)
+        b.put64(o + 232, orphanNext)
         let io = o + InodeCodec.inlineOffset
         if flags & InodeFlags.inlineSymlink != 0 {
             b.putBytes(io, inlineData)
@@ -138,6 +141,7 @@ final class Inode {
         i.atime = b.i64(o + 24); i.mtime = b.i64(o + 32); i.ctime = b.i64(o + 40); i.btime = b.i64(o + 48)
         i.flags = b.u32(o + 56); i.generation = b.u32(o + 60); i.rdev = b.u64(o + 64); i.blocks = b.u64(o + 72)
         i.xattrBlock = b.u64(o + 80)
+        i.orphanNext = b.u64(o + 232)
         let count = Int(b.u32(o + 88))
         let inlineLen = Int(b.u16(o + 92))
         let io = o + InodeCodec.inlineOffset
@@ -222,6 +226,14 @@ public final class FileSystem: @unchecked Sendable {
     var dirtyInodes: Set<UInt64> = []
     var dirIndexes: [UInt64: DirIndex] = [:]
     var dirIndexEntries = 0
+    /// Inodes of this member's AGs on an orphan list (Orphans.swift), each
+    /// with its place: larger is nearer the head of its list.
+    var orphans: [UInt64: Int64] = [:]
+    var orphanClock: Int64 = 0
+    /// Set by the server before the first operation, never changed after:
+    /// whether some process may hold `ino` open (Orphans.swift). Nil: none
+    /// can (a file system without clients, as in fsck and the unit tests).
+    public var mayBeOpen: (@Sendable (UInt64) -> Bool)?
 
     var agFreeBlocks: [UInt64]
     var agFreeInodes: [UInt64]

@@ -224,6 +224,7 @@ enum InodeFlags {
 ///     92 inline length u16  96 extent chain head u64
 ///     104..232 inline area: 8 extents of 16 bytes (logical u32, length u32,
 ///     physical u64) or an inline symlink target of up to 128 bytes
+///     232 next orphan u64 (Orphans.swift; 0 for an inode with a name)
 ///     252 crc32c of bytes 0..<252
 ///
 /// Files with more than 8 extents keep all of them in a chain of extent

@@ -7,7 +7,8 @@
 // (inside data areas, sorted, no overlap within or between files, none
 // past the end of a regular file, no holes in directories); the blocks
 // count; directory records, "." and "..", and that no directory is reachable
-// twice (no cycles, no directory hard links); link counts.
+// twice (no cycles, no directory hard links); link counts; the orphan
+// lists (Orphans.swift: allocated inodes without a name, which count as used).
 extension FileSystem {
     public static func fsck(device: any BlockDevice) async throws -> [String] {
         var problems: [String] = []
@@ -146,6 +147,24 @@ extension FileSystem {
                 }
             }
             if !sawDot || !sawDotDot { problem("directory \(dino): missing '.' or '..'") }
+        }
+
+        // Orphan lists: open files without a name; their blocks are in use.
+        for ag in 0..<Int(sb.agCount) {
+            let head = try await device.read(block: sb.inodeLocation(UInt64(ag) << 32).block, count: 1)
+            var cur = FileSystem.orphanHead(head)
+            var steps: UInt64 = 0
+            while cur != 0 {
+                steps += 1
+                guard cur >> 32 == UInt64(ag), sb.isValidIno(cur), steps <= UInt64(sb.inodesPerAG) else {
+                    problem("AG \(ag): bad orphan list entry \(cur)")
+                    break
+                }
+                if seen[cur] != nil { problem("inode \(cur): orphan listed twice or with a name"); break }
+                guard let i = await load(cur) else { break }
+                if i.nlink != 0 || i.isDir { problem("inode \(cur): orphan with nlink \(i.nlink)") }
+                cur = i.orphanNext
+            }
         }
 
         for (ino, i) in seen {

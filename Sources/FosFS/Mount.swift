@@ -123,6 +123,7 @@ extension FileSystem {
         fs.jSeq = next
         fs.jStartSeq = next
         try await fs.countFree()
+        try await fs.loadOrphans()
         return fs
     }
 

@@ -111,7 +111,8 @@ extension FileSystem {
         return i
     }
 
-    /// Unlinks one name of `victim` from `dir`; frees the inode at nlink 0.
+    /// Unlinks one name of `victim` from `dir`; at nlink 0 frees the inode,
+    /// or keeps it as an orphan while it may be open.
     func dropLink(_ victim: Inode) async throws {
         if victim.isDir {
             victim.nlink = 0
@@ -119,7 +120,12 @@ extension FileSystem {
             victim.nlink -= 1
         }
         touch(victim, m: false)
-        if victim.nlink == 0 { try await destroyInode(victim) }
+        guard victim.nlink == 0 else { return }
+        if shouldOrphan(victim) {
+            try await addOrphan(victim)
+        } else {
+            try await destroyInode(victim)
+        }
     }
 
     func isEmptyDir(_ d: Inode) async throws -> Bool { try await dirIndex(d).names.isEmpty }

@@ -42,6 +42,7 @@ final class FSService: Sendable {
     let diskLockUsers = AsyncLock()
     let locks = LockService()
     let watch = WatchLog()
+    let openers = Openers()
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -73,8 +74,12 @@ final class FSService: Sendable {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return await watch.noted(r, await handleAs(r), svc: self) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
-        return await watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false),
-                                 svc: self)
+        let reply = await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
+        if r.opcode == UInt16(FOS_OP_FS_OPEN), reply.status == 0,
+           let ino = reply.payload.withUnsafeBytes({ loadStruct(UInt64.self, from: $0) }) {
+            openers.opened(ino, by: r.sender.pid)
+        }
+        return await watch.noted(r, reply, svc: self)
     }
 
     /// A peer's forwarded request: only on our internal mailbox, only from a
@@ -561,6 +566,9 @@ func runMember() -> Never {
             }
             let fs = try await mountUnderLocks(blk, device: device, member: member, members: members)
             let svc = FSService(rt: rt, fs: fs, blk: blk, member: member, members: members, fleet: fleetName)
+            let openers = svc.openers
+            fs.mayBeOpen = { openers.mayBeOpen($0) }
+            rt.loop.spawn { await openers.reap(fs) { svc.fatal("\($0)") } }
             var handlers: [UInt16: FosServer.Handler] = [:]
             for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {
                 handlers[UInt16(op)] = { await svc.handle($0) }

@@ -1,0 +1,122 @@
+// Orphans: files whose last name went while a process still had them open.
+//
+// POSIX keeps such a file, readable and writable, until its last close. The
+// fs does not see closes (a client's descriptors live in its kernel), so the
+// server says, through `mayBeOpen`, whether an inode losing its last link
+// may still be open; if so the inode stays allocated with nlink 0 and joins
+// its AG's orphan list in the same transaction as the unlink, and the server
+// calls `releaseOrphan` once no process holds it. The list is on disk so a
+// crash cannot leak the inode: mount reads the lists of the member's AGs and
+// the server releases what nobody holds (after a node crash: all of it).
+//
+// Not orphaned, freed at once as before: directories, inodes with data in
+// other members' AGs, and inodes unlinked inside a cross-member transaction
+// (their freeing needs other members; the rare case is not worth that).
+//
+// On disk: slot 0 of an AG's inode table (index 0 is never an inode) holds
+// the head: magic u64 at 0, first orphan u64 at 8, crc32c of bytes 0..<252
+// at 252. Anything else there (zeros on older images, whatever a reused disk
+// held: inode tables are not zeroed by mkfs) is an empty list. Each orphan
+// inode names the next at byte 232 (`Inode.orphanNext`).
+extension FileSystem {
+    static let orphanMagic: UInt64 = 0x3148_5052_4F53_4F46  // "FOSORPH1"
+
+    static func orphanHead(_ b: [UInt8]) -> UInt64 {
+        guard b.u64(0) == orphanMagic, b.u32(252) == b.withUnsafeBytes({ fos_crc_inode($0.baseAddress!) }) else {
+            return 0
+        }
+        return b.u64(8)
+    }
+
+    static func setOrphanHead(_ b: inout [UInt8], _ ino: UInt64) {
+        b.replaceSubrange(0..<Layout.inodeSize, with: repeatElement(0, count: Layout.inodeSize))
+        b.put64(0, orphanMagic)
+        b.put64(8, ino)
+        let c = b.withUnsafeBytes { fos_crc_inode($0.baseAddress!) }
+        b.put32(252, c)
+    }
+
+    /// The inode table block holding `ag`'s list head.
+    func orphanHeadBlock(_ ag: Int) -> UInt64 { sb.inodeLocation(UInt64(ag) << 32).block }
+
+    /// Whether the last link of `i` going may free it now.
+    func shouldOrphan(_ i: Inode) -> Bool {
+        guard !i.isDir, !borrowing, i.flags & InodeFlags.foreignData == 0, let check = mayBeOpen else { return false }
+        return check(i.ino)
+    }
+
+    func addOrphan(_ i: Inode) async throws {
+        let b = try await metaForWrite(orphanHeadBlock(i.ag))
+        i.orphanNext = Self.orphanHead(b.data)
+        Self.setOrphanHead(&b.data, i.ino)
+        markDirty(i)
+        orphanClock += 1
+        orphans[i.ino] = orphanClock
+    }
+
+    /// Takes `i` off its AG's list (a short walk: lists hold open files).
+    func removeOrphan(_ i: Inode) async throws {
+        let b = try await metaForWrite(orphanHeadBlock(i.ag))
+        var cur = Self.orphanHead(b.data)
+        if cur == i.ino {
+            Self.setOrphanHead(&b.data, i.orphanNext)
+            return
+        }
+        var steps = 0
+        while cur != 0 {
+            let c = try await inode(cur)
+            if c.orphanNext == i.ino {
+                c.orphanNext = i.orphanNext
+                markDirty(c)
+                return
+            }
+            cur = c.orphanNext
+            steps += 1
+            if steps > Int(sb.inodesPerAG) { break }
+        }
+        throw FSError.corrupt("orphan \(i.ino) missing from AG \(i.ag)'s list")
+    }
+
+    /// Mount: the orphans of this member's AGs.
+    func loadOrphans() async throws {
+        for ag in ownedAGs {
+            var cur = Self.orphanHead(try await cached(orphanHeadBlock(ag)).data)
+            var place: Int64 = 0
+            while cur != 0 {
+                guard cur >> 32 == UInt64(ag), sb.isValidIno(cur), orphans[cur] == nil else {
+                    throw FSError.corrupt("AG \(ag): bad orphan list entry \(cur)")
+                }
+                let i = try await inode(cur)
+                guard i.nlink == 0, !i.isDir else { throw FSError.corrupt("AG \(ag): orphan \(cur) has links") }
+                place -= 1
+                orphans[cur] = place
+                cur = i.orphanNext
+            }
+        }
+    }
+
+    /// Inodes of this member without a name that some process may hold,
+    /// nearest their list's head first: releasing them in this order keeps
+    /// each removal's walk short.
+    public func orphanList() async throws -> [UInt64] {
+        try await op { orphans.sorted { $0.value > $1.value }.map(\.key) }
+    }
+
+    /// No process holds these orphans any more: frees them, in one
+    /// transaction. Inodes that are not orphans of this member are skipped.
+    public func releaseOrphans(_ inos: some Sequence<UInt64>) async throws {
+        try await op {
+            for ino in inos where orphans[ino] != nil {
+                let i = try await inode(ino)
+                // Data that spilled into a peer's AG after the unlink: freeing
+                // it needs that peer. Kept until a mount with a single member.
+                guard i.flags & InodeFlags.foreignData == 0 || members == 1 else { continue }
+                try await removeOrphan(i)
+                orphans[ino] = nil
+                try await destroyInode(i)
+            }
+        }
+    }
+
+    public func releaseOrphan(_ ino: UInt64) async throws { try await releaseOrphans([ino]) }
+}

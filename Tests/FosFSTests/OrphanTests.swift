@@ -1,0 +1,83 @@
+import FosFS
+import SystemPackage
+import Testing
+
+/// Files whose last name goes while they may be open (Orphans.swift).
+@Suite struct OrphanTests {
+    static func freeInodes(_ fs: FileSystem) async throws -> UInt64 { try await fs.statfs().freeInodes }
+
+    @Test func anOpenFileOutlivesItsLastName() async throws {
+        let (dev, fs) = try await makeFS()
+        fs.mayBeOpen = { _ in true }
+        let before = try await Self.freeInodes(fs)
+        let f = try await fs.create(parent: rootIno, name: "tmp", mode: 0o600, cred: root)
+        _ = try await fs.write(ino: f.ino, offset: 0, data: pattern(20000, seed: 1))
+        try await fs.unlink(parent: rootIno, name: "tmp", cred: root)
+        await expectErrno(.noSuchFileOrDirectory) { _ = try await fs.lookup(parent: rootIno, name: "tmp", cred: root) }
+        // Still a file: nlink 0, readable, writable, its inode still taken.
+        #expect(try await fs.getattr(ino: f.ino).nlink == 0)
+        #expect(try await fs.read(ino: f.ino, offset: 0, count: 20000) == pattern(20000, seed: 1))
+        _ = try await fs.write(ino: f.ino, offset: 20000, data: pattern(5000, seed: 2))
+        #expect(try await fs.getattr(ino: f.ino).size == 25000)
+        #expect(try await Self.freeInodes(fs) == before - 1)
+        // No new name for it (Linux: ENOENT without O_TMPFILE).
+        await expectErrno(.noSuchFileOrDirectory) {
+            _ = try await fs.link(ino: f.ino, newParent: rootIno, name: "back", cred: root)
+        }
+        #expect(try await fs.orphanList() == [f.ino])
+        try await fs.sync()
+        try await fsckClean(dev)  // an orphan is in use, not a leak
+
+        try await fs.releaseOrphan(f.ino)
+        #expect(try await fs.orphanList().isEmpty)
+        await expectErrno(.staleNFSFileHandle) { _ = try await fs.getattr(ino: f.ino) }
+        #expect(try await Self.freeInodes(fs) == before)
+        try await fs.unmount()
+        try await fsckClean(dev)
+    }
+
+    @Test func aFileNobodyHoldsIsFreedAtOnce() async throws {
+        let (dev, fs) = try await makeFS()
+        fs.mayBeOpen = { _ in false }
+        let f = try await fs.create(parent: rootIno, name: "x", mode: 0o600, cred: root)
+        try await fs.unlink(parent: rootIno, name: "x", cred: root)
+        await expectErrno(.staleNFSFileHandle) { _ = try await fs.getattr(ino: f.ino) }
+        #expect(try await fs.orphanList().isEmpty)
+        try await fs.unmount()
+        try await fsckClean(dev)
+    }
+
+    /// Rename over an open file, several orphans on one list, released in
+    /// any order; a member killed with orphans finds them at its next mount.
+    @Test func listsSurviveAKillAndReleaseInAnyOrder() async throws {
+        let (dev, fs) = try await makeFS()
+        fs.mayBeOpen = { _ in true }
+        var inos: [UInt64] = []
+        for k in 0..<4 {
+            let f = try await fs.create(parent: rootIno, name: "f\(k)", mode: 0o644, cred: root)
+            _ = try await fs.write(ino: f.ino, offset: 0, data: pattern(9000, seed: UInt64(k)))
+            inos.append(f.ino)
+        }
+        try await fs.unlink(parent: rootIno, name: "f0", cred: root)
+        try await fs.unlink(parent: rootIno, name: "f1", cred: root)
+        try await fs.rename(oldParent: rootIno, oldName: "f3", newParent: rootIno, newName: "f2", cred: root)
+        #expect(Set(try await fs.orphanList()) == [inos[0], inos[1], inos[2]])
+        try await fs.releaseOrphan(inos[1])  // the middle of the list
+
+        // Killed: no unmount. Every acknowledged operation is in the journal.
+        let again = try await FileSystem.mount(device: dev)
+        #expect(Set(try await again.orphanList()) == [inos[0], inos[2]])
+        #expect(try await again.read(ino: inos[2], offset: 0, count: 9000) == pattern(9000, seed: 2))
+        #expect(try await again.read(ino: inos[3], offset: 0, count: 9000) == pattern(9000, seed: 3))
+        try await again.sync()
+        try await fsckClean(dev)
+        for ino in [inos[2], inos[0]] { try await again.releaseOrphan(ino) }
+        #expect(try await again.orphanList().isEmpty)
+        try await again.releaseOrphan(inos[0])  // twice: nothing happens
+        try await again.unmount()
+        try await fsckClean(dev)
+        let last = try await FileSystem.mount(device: dev)
+        #expect(try await last.orphanList().isEmpty)
+        try await last.unmount()
+    }
+}
