@@ -227,9 +227,8 @@ public final class FileSystem: @unchecked Sendable {
     var dirIndexes: [UInt64: DirIndex] = [:]
     var dirIndexEntries = 0
     /// Inodes of this member's AGs on an orphan list (Orphans.swift), each
-    /// with its place: larger is nearer the head of its list.
-    var orphans: [UInt64: Int64] = [:]
-    var orphanClock: Int64 = 0
+    /// with the one before it on its list (0: it is the head).
+    var orphans: [UInt64: UInt64] = [:]
     /// Set by the server before the first operation, never changed after:
     /// whether some process may hold `ino` open (Orphans.swift). Nil: none
     /// can (a file system without clients, as in fsck and the unit tests).

@@ -47,59 +47,57 @@ extension FileSystem {
 
     func addOrphan(_ i: Inode) async throws {
         let b = try await metaForWrite(orphanHeadBlock(i.ag))
-        i.orphanNext = Self.orphanHead(b.data)
+        let head = Self.orphanHead(b.data)
+        i.orphanNext = head
         Self.setOrphanHead(&b.data, i.ino)
         markDirty(i)
-        orphanClock += 1
-        orphans[i.ino] = orphanClock
+        if head != 0 { orphans[head] = i.ino }
+        orphans[i.ino] = 0
     }
 
-    /// Takes `i` off its AG's list (a short walk: lists hold open files).
+    /// Takes `i` off its AG's list; the list is singly linked on disk, the
+    /// predecessor known from memory.
     func removeOrphan(_ i: Inode) async throws {
-        let b = try await metaForWrite(orphanHeadBlock(i.ag))
-        var cur = Self.orphanHead(b.data)
-        if cur == i.ino {
-            Self.setOrphanHead(&b.data, i.orphanNext)
-            return
-        }
-        var steps = 0
-        while cur != 0 {
-            let c = try await inode(cur)
-            if c.orphanNext == i.ino {
-                c.orphanNext = i.orphanNext
-                markDirty(c)
-                return
+        guard let prev = orphans[i.ino] else { return }
+        let next = i.orphanNext
+        if prev == 0 {
+            let b = try await metaForWrite(orphanHeadBlock(i.ag))
+            guard Self.orphanHead(b.data) == i.ino else {
+                throw FSError.corrupt("orphan \(i.ino) is not the head of AG \(i.ag)'s list")
             }
-            cur = c.orphanNext
-            steps += 1
-            if steps > Int(sb.inodesPerAG) { break }
+            Self.setOrphanHead(&b.data, next)
+        } else {
+            let p = try await inode(prev)
+            guard p.orphanNext == i.ino else { throw FSError.corrupt("orphan list of AG \(i.ag) changed under us") }
+            p.orphanNext = next
+            markDirty(p)
         }
-        throw FSError.corrupt("orphan \(i.ino) missing from AG \(i.ag)'s list")
+        if next != 0 { orphans[next] = prev }
+        orphans[i.ino] = nil
+        i.orphanNext = 0
     }
 
     /// Mount: the orphans of this member's AGs.
     func loadOrphans() async throws {
         for ag in ownedAGs {
             var cur = Self.orphanHead(try await cached(orphanHeadBlock(ag)).data)
-            var place: Int64 = 0
+            var prev: UInt64 = 0
             while cur != 0 {
                 guard cur >> 32 == UInt64(ag), sb.isValidIno(cur), orphans[cur] == nil else {
                     throw FSError.corrupt("AG \(ag): bad orphan list entry \(cur)")
                 }
                 let i = try await inode(cur)
                 guard i.nlink == 0, !i.isDir else { throw FSError.corrupt("AG \(ag): orphan \(cur) has links") }
-                place -= 1
-                orphans[cur] = place
+                orphans[cur] = prev
+                prev = cur
                 cur = i.orphanNext
             }
         }
     }
 
-    /// Inodes of this member without a name that some process may hold,
-    /// nearest their list's head first: releasing them in this order keeps
-    /// each removal's walk short.
+    /// Inodes of this member without a name that some process may hold.
     public func orphanList() async throws -> [UInt64] {
-        try await op { orphans.sorted { $0.value > $1.value }.map(\.key) }
+        try await op { Array(orphans.keys) }
     }
 
     /// No process holds these orphans any more: frees them, in one
@@ -112,7 +110,6 @@ extension FileSystem {
                 // it needs that peer. Kept until a mount with a single member.
                 guard i.flags & InodeFlags.foreignData == 0 || members == 1 else { continue }
                 try await removeOrphan(i)
-                orphans[ino] = nil
                 try await destroyInode(i)
             }
         }

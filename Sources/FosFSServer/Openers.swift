@@ -73,8 +73,8 @@ final class Openers: Sendable {
         while true {
             try? await Task.sleep(for: .milliseconds(200))
             guard let list = try? await fs.orphanList(), !list.isEmpty else { continue }
-            var everyone: Set<UInt64>?
-            let free = list.filter { !held($0, everyone: &everyone) }
+            var seen = Seen()
+            let free = list.filter { !held($0, &seen) }
             var k = 0
             while k < free.count {
                 let batch = free[k..<min(k + 64, free.count)]
@@ -90,17 +90,30 @@ final class Openers: Sendable {
         }
     }
 
-    private func held(_ ino: UInt64, everyone: inout Set<UInt64>?) -> Bool {
+    /// What one reaper pass has read from /proc: each process's fd table at
+    /// most once, all of them at most once.
+    private struct Seen {
+        var byPid: [Int32: Set<UInt64>] = [:]
+        var everyone: Set<UInt64>?
+    }
+
+    private func held(_ ino: UInt64, _ seen: inout Seen) -> Bool {
         let now = monotonicNanos()
         for o in state.withLock({ $0[ino] }) ?? [] where Self.exists(o.pid) {
-            if now &- o.at < Self.settleNs || Self.holds(pid: o.pid, ino: ino) { return true }
+            if now &- o.at < Self.settleNs { return true }
+            if seen.byPid[o.pid] == nil {
+                var s = Set<UInt64>()
+                Self.scan(pid: o.pid, into: &s)
+                seen.byPid[o.pid] = s
+            }
+            if seen.byPid[o.pid]!.contains(ino) { return true }
         }
-        if everyone == nil {
+        if seen.everyone == nil {
             var all = Set<UInt64>()
             Self.eachProcess { Self.scan(pid: $0, into: &all) }
-            everyone = all
+            seen.everyone = all
         }
-        return everyone!.contains(ino)
+        return seen.everyone!.contains(ino)
     }
 
     static func exists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }

@@ -80,4 +80,33 @@ import Testing
         #expect(try await last.orphanList().isEmpty)
         try await last.unmount()
     }
+
+    /// Many orphans coming and going, released in random order while new
+    /// ones join at the head: the lists stay consistent on disk.
+    @Test func manyOrphansInAnyOrder() async throws {
+        let (dev, fs) = try await makeFS()
+        fs.mayBeOpen = { _ in true }
+        var r = SeededRandom(seed: 7)
+        var live: [UInt64] = []
+        for round in 0..<6 {
+            for k in 0..<60 {
+                let f = try await fs.create(parent: rootIno, name: "r\(round)-\(k)", mode: 0o644, cred: root)
+                if k % 3 == 0 { _ = try await fs.write(ino: f.ino, offset: 0, data: pattern(5000, seed: UInt64(k))) }
+                try await fs.unlink(parent: rootIno, name: "r\(round)-\(k)", cred: root)
+                live.append(f.ino)
+            }
+            live.shuffle(using: &r)
+            let gone = live.prefix(40 + Int(r.next() % 20))
+            try await fs.releaseOrphans(gone)
+            live.removeFirst(gone.count)
+            #expect(Set(try await fs.orphanList()) == Set(live))
+        }
+        try await fs.sync()
+        try await fsckClean(dev)
+        let again = try await FileSystem.mount(device: dev)  // killed: no unmount
+        #expect(Set(try await again.orphanList()) == Set(live))
+        try await again.releaseOrphans(live.reversed())
+        try await again.unmount()
+        try await fsckClean(dev)
+    }
 }
