@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <fcntl.h>
+#include <spawn.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -333,6 +334,10 @@ int fos_shim_exec_fds(fos_spawn_fd *out, int max);
 /* standin.c: in fos-exec, start path through the spawn service and stand
  * in for it until it ends; returns only if it could not start (-errno). */
 int fos_shim_standin(const char *path, char *const argv[], char *const envp[]);
+
+/* w_spawnfa.c: the errno of a fos open among posix_spawn file actions
+ * `fa` (opened when added) that failed, or 0. */
+int fos_shim_fa_error(const posix_spawn_file_actions_t *fa);
 
 /* w_io.c: access checks and I/O on a live fos descriptor fd (entry o). at
  * < 0: at the shared offset, which then advances. Bytes or -errno. */

@@ -309,6 +309,8 @@ static int fos_shim_spawn_fos(pid_t *pid, const char *path, const posix_spawn_fi
 
 FOS_SHIM_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
                                 const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
+    int failed = fos_shim_fa_error(fa);
+    if (failed) return failed;
     int saved = errno;
     char buf[FOS_SHIM_PATH_BUF];
     const char *use = path;
@@ -350,6 +352,8 @@ static int fos_shim_spawnp_search(const char *file, char *out) {
 
 FOS_SHIM_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                                  const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
+    int failed = fos_shim_fa_error(fa);
+    if (failed) return failed;
     if (strchr(file, '/')) return posix_spawn(pid, file, fa, attr, argv, envp);
     if (fos_shim_search_is_ours(argv, envp)) {
         int saved = errno;

@@ -4,6 +4,7 @@
  * `t_spawn DIR`, it starts `DIR/self DIR child MODE ...`. */
 #include "check.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -292,6 +293,65 @@ static void test_signals(const char *self) {
     posix_spawn_file_actions_destroy(&fa);
 }
 
+/* File actions that open fos paths: for a host program, for a program
+ * stored under the prefix, relative to the (virtual) cwd, and failing. */
+static int open_fds(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    while (d && readdir(d)) n++;
+    if (d) closedir(d);
+    return n;
+}
+
+static void test_file_actions(const char *self) {
+    int fd = open(path_in(dir, "in.txt"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    write_all(fd, "abcdefgh\n", 9);
+    close(fd);
+    int before = open_fds();
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addopen(&fa, 0, "in.txt", O_RDONLY, 0) == 0);
+    CHECK(posix_spawn_file_actions_addopen(&fa, 1, path_in(dir, "out.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0600) == 0);
+    pid_t p;
+    char *cat[] = {"cat", NULL};
+    CHECK(posix_spawn(&p, "/bin/cat", &fa, NULL, cat, environ) == 0);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    CHECK(open_fds() == before);
+    char b[16] = {0};
+    fd = open(path_in(dir, "out.txt"), O_RDONLY);
+    CHECK(fd >= 0 && read(fd, b, sizeof b) == 9 && memcmp(b, "abcdefgh\n", 9) == 0);
+    struct stat s;
+    CHECK(fstat(fd, &s) == 0 && (s.st_mode & 0777) == 0600);
+    close(fd);
+
+    /* A program under the prefix gets the file as descriptor 7. */
+    int pp[2];
+    CHECK(pipe(pp) == 0);
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addopen(&fa, 7, "in.txt", O_RDONLY, 0) == 0);
+    posix_spawn_file_actions_adddup2(&fa, pp[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pp[0]);
+    char *echo[] = {(char *)self, (char *)dir, "child", "echo", "7", NULL};
+    CHECK(posix_spawn(&p, self, &fa, NULL, echo, environ) == 0);
+    close(pp[1]);
+    char line[256] = {0};
+    CHECK(read(pp[0], line, sizeof line - 1) > 0 && strncmp(line, "echo - abcd", 11) == 0);
+    st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+    close(pp[0]);
+    posix_spawn_file_actions_destroy(&fa);
+
+    /* A fos open that fails: posix_spawn says why, and starts nothing. */
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addopen(&fa, 0, path_in(dir, "missing"), O_RDONLY, 0) == 0);
+    CHECK(posix_spawn(&p, "/bin/cat", &fa, NULL, cat, environ) == ENOENT);
+    CHECK(posix_spawnp(&p, "cat", &fa, NULL, cat, environ) == ENOENT);
+    posix_spawn_file_actions_destroy(&fa);
+    CHECK(open_fds() == before);
+}
+
 static void test_errors(void) {
     char *args[] = {"x", NULL};
     int fd = open(path_in(dir, "plain"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
@@ -334,6 +394,7 @@ int main(int argc, char **argv) {
     test_fexecve(self);
     test_execveat();
     test_signals(self);
+    test_file_actions(self);
     test_errors();
     puts("ok");
     return 0;
