@@ -229,7 +229,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 continue
             }
             if now &- idleSince < spinNanos {
-                fos_cpu_relax()
+                // A client on this core cannot run while we spin: give it
+                // the core now and then (free when nothing else is runnable).
+                if iter & 15 == 0 { sched_yield() } else { fos_cpu_relax() }
                 continue
             }
             publishStats()
