@@ -146,7 +146,9 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
     if (err) return err;
     /* On the server's own core, spinning would keep it from answering:
      * yield the core to it instead (cheaper than sleeping and being woken,
-     * and the server yields back while it spins, EventLoop.run). */
+     * and the server yields back while it spins, EventLoop.run). Elsewhere
+     * yield now and then too: the answer may wait for another server on
+     * this core (the fs member for the blk server). */
     int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
     uint64_t spin_until = start + fos_shim_cfg.spin_ns;
     fos_msg_hdr h;
@@ -155,9 +157,9 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
         int r = fos_shim_take(&c->rx, op, id, &h, out, outcap, &ok);
         if (r > 0) break;
         if (r < 0) return EIO;
-        if (same_core) {
+        if (same_core || (i & 63) == 0) {
             sched_yield();
-        } else if (i & 63) {
+        } else {
             fos_cpu_relax();
             continue;
         }

@@ -3,9 +3,10 @@
 // mkfs chooses the geometry: AGs of 128 MiB..1 GiB with at least 4 AGs when
 // the disk allows (smaller disks get 4 small AGs, tiny ones 1), one inode per
 // 16 KiB, journal slots of disk/256 (64...8192 blocks). It writes only the
-// superblocks, the journal slots (whole), bitmaps and the root directory; inode
-// tables are not zeroed because a free inode slot (bitmap bit clear) is never
-// read, and every allocated slot is written whole.
+// superblocks, the journal slots (whole), bitmaps, the root directory and
+// the first inode table block of each AG (its orphan list head); the rest of
+// the inode tables is not zeroed because a free inode slot (bitmap bit clear)
+// is never read, and every allocated slot is written whole.
 extension FileSystem {
     public static func mkfs(device: any BlockDevice, options: MkfsOptions = MkfsOptions()) async throws {
         guard device.blockSize == Layout.blockSize else { throw FSError.EINVAL }
@@ -90,6 +91,9 @@ extension FileSystem {
         var itable = [UInt8].zeroBlock()
         root.encode(into: &itable, at: ioff)
         try await device.write(block: iblk, data: itable)
+        // Every AG's first inode table block holds its orphan list head
+        // (Orphans.swift): a disk made again must not keep an old list.
+        for ag in 1..<Int(agCount) { try await device.write(block: sb.itableStart(ag), data: .zeroBlock()) }
         try await device.flush()
         // The superblocks last: a disk without a valid superblock is not a
         // file system, so an interrupted mkfs leaves nothing half-made.

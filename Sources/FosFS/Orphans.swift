@@ -111,6 +111,10 @@ extension FileSystem {
                 guard i.flags & InodeFlags.foreignData == 0 || members == 1 else { continue }
                 try await removeOrphan(i)
                 try await destroyInode(i)
+                // Each release leaves the lists whole: a batch larger than a
+                // transaction may hold commits as it goes.
+                try await writeDirtyInodesAsync()
+                if txn.count >= txnSoftLimit { try await commit(flush: false) }
             }
         }
     }
