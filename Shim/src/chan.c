@@ -145,26 +145,31 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
     int err = fos_shim_chan_send(c, msg, mlen, bulk, blen, deadline);
     if (err) return err;
     /* On the server's own core, spinning would keep it from answering:
-     * yield the core to it instead (cheaper than sleeping and being woken,
-     * and the server yields back while it spins, EventLoop.run). Elsewhere
-     * yield now and then too: the answer may wait for another server on
-     * this core (the fs member for the blk server). */
+     * yield the core to it instead, saying so, and it yields back once it
+     * has answered (Channel.trySend) — cheaper than sleeping and being
+     * woken. Elsewhere spin, then sleep. */
     int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
     uint64_t spin_until = start + fos_shim_cfg.spin_ns;
+    if (same_core) fos_ring_set_yielding(&c->rx, 1);
     fos_msg_hdr h;
     int ok = 0;
     for (unsigned i = 1;; i++) {
         int r = fos_shim_take(&c->rx, op, id, &h, out, outcap, &ok);
         if (r > 0) break;
-        if (r < 0) return EIO;
-        if (same_core || (i & 63) == 0) {
+        if (r < 0) {
+            fos_ring_set_yielding(&c->rx, 0);
+            return EIO;
+        }
+        if (same_core) {
             sched_yield();
-        } else {
+        } else if (i & 63) {
             fos_cpu_relax();
             continue;
         }
         uint64_t now = fos_shim_now_ns();
         if (now < spin_until) continue;
+        /* A slow answer (a flush): sleep until woken. */
+        fos_ring_set_yielding(&c->rx, 0);
         if (now > deadline) return ETIMEDOUT;
         if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
         int gone = 0;
@@ -172,6 +177,7 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
         fos_ring_wake_done(&c->rx);
         if (gone && fos_ring_readable(&c->rx) == 0) return EPIPE;
     }
+    fos_ring_set_yielding(&c->rx, 0);
     if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
     if (!ok) return EIO;
     *outlen = h.payload_len;

@@ -54,6 +54,8 @@ static int fos_shim_is_var(const char *e, const char *name) {
 }
 
 char **fos_shim_env_fix(char *const *envp, char **out, fos_shim_envbuf *b, int standin) {
+    /* Every exec and spawn comes here: a child may get our open files. */
+    fos_shim_fd_note_child();
     size_t n = 0;
     int has_prefix = 0, has_runtime = 0, has_self = 0;
     const char *theirs = NULL; /* an LD_PRELOAD without the shim: ours goes first */
@@ -113,6 +115,7 @@ static void fos_shim_environ_repair(void) {
 
 FOS_SHIM_EXPORT int system(const char *command) {
     int saved = errno;
+    fos_shim_fd_note_child(); /* the shell it starts gets what we do not close on exec */
     fos_shim_environ_repair();
     errno = saved;
     return FOS_REAL(system)(command);
@@ -120,6 +123,7 @@ FOS_SHIM_EXPORT int system(const char *command) {
 
 FOS_SHIM_EXPORT FILE *popen(const char *command, const char *mode) {
     int saved = errno;
+    fos_shim_fd_note_child(); /* the shell it starts gets what we do not close on exec */
     fos_shim_environ_repair();
     errno = saved;
     return FOS_REAL(popen)(command, mode);

@@ -181,6 +181,32 @@ int fos_shim_fd_path(int fd, const fos_shim_ofd *o, char out[FOS_SHIM_PATH_BUF])
     return (int)n;
 }
 
+/* Set for good once a child may have got an open fos file of ours (fork,
+ * exec in a child of vfork, posix_spawn with any open): our closes then
+ * do not say the file is closed everywhere. */
+static int fos_shim_files_shared;
+
+/* Whether this process holds an open fos file, by its table (a close it
+ * did not see only makes the answer "yes", which is safe). */
+static int fos_shim_fd_holds_files(void) {
+    int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
+    for (int fd = 0; fd < top; fd++) {
+        if (fos_shim_fd_marked(fd) && !S_ISDIR(fos_shim_fdtab[fd].mode)) return 1;
+    }
+    return 0;
+}
+
+void fos_shim_fd_note_child(void) {
+    if (!__atomic_load_n(&fos_shim_files_shared, __ATOMIC_RELAXED) && fos_shim_fd_holds_files()) {
+        __atomic_store_n(&fos_shim_files_shared, 1, __ATOMIC_RELAXED);
+    }
+}
+
+uint32_t fos_shim_fd_unlink_flags(void) {
+    if (__atomic_load_n(&fos_shim_files_shared, __ATOMIC_RELAXED)) return 0;
+    return fos_shim_fd_holds_files() ? FOS_FS_UNLINK_SHARED_NONE : FOS_FS_UNLINK_HOLDS_NONE;
+}
+
 int fos_shim_fd_inherited(void) {
     int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
     for (int fd = 0; fd < top; fd++) {

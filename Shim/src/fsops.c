@@ -153,6 +153,7 @@ int fos_shim_op_remove(char *fspath, int dir) {
     int r = fos_shim_parent(fspath, &q.dir, &name, &q.name_len);
     if (r == 1) return dir ? -EBUSY : -EISDIR;
     if (r) return r;
+    if (!dir) q.flags = fos_shim_fd_unlink_flags();
     return fos_shim_req(dir ? FOS_OP_FS_RMDIR : FOS_OP_FS_UNLINK, &q, sizeof q, name, q.name_len, NULL, 0, NULL, 0,
                         NULL);
 }

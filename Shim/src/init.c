@@ -87,7 +87,7 @@ __attribute__((constructor)) static void fos_shim_init(void) {
     /* The raw syscall: the umask wrapper keeps fos_shim_mask from now on. */
     fos_shim_mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, fos_shim_mask);
-    pthread_atfork(NULL, NULL, fos_shim_atfork_child);
+    pthread_atfork(fos_shim_fd_note_child, NULL, fos_shim_atfork_child);
     fos_shim_rcwd_refresh();
     fos_shim_vcwd_init(getenv("FOS_CWD"));
     fos_shim_fd_rediscover();

@@ -168,6 +168,12 @@ void fos_shim_fd_forget(int fd);
 void fos_shim_fd_rediscover(void);
 /* Would an exec now pass a fos descriptor on (one without close-on-exec)? */
 int fos_shim_fd_inherited(void);
+/* A child is being made that may get our open fos files (fork, spawn, exec
+ * in a child of vfork: async-signal-safe). */
+void fos_shim_fd_note_child(void);
+/* What an UNLINK says about this process's own open files:
+ * FOS_FS_UNLINK_HOLDS_NONE, FOS_FS_UNLINK_SHARED_NONE, or 0. */
+uint32_t fos_shim_fd_unlink_flags(void);
 
 /* ------------------------------------------------------------------ */
 /* conn.c and chan.c: the connection to the node and its channels      */

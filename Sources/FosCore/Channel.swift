@@ -160,7 +160,12 @@ public final class Channel: @unchecked Sendable {
         }
         switch r {
         case 0:
-            if fos_ring_consumer_asleep(&tx) != 0 { _ = fos_sys_eventfd_signal(wakeFD) }
+            if fos_ring_consumer_asleep(&tx) != 0 {
+                _ = fos_sys_eventfd_signal(wakeFD)
+            } else if fos_ring_consumer_yielding(&tx) != 0 {
+                // The peer waits on our core for this: let it run now.
+                sched_yield()
+            }
             return .sent
         case -EAGAIN:
             return .full

@@ -229,9 +229,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 continue
             }
             if now &- idleSince < spinNanos {
-                // A client on this core cannot run while we spin: give it
-                // the core now and then (free when nothing else is runnable).
-                if iter & 15 == 0 { sched_yield() } else { fos_cpu_relax() }
+                fos_cpu_relax()
                 continue
             }
             publishStats()

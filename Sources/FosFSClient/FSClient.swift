@@ -82,7 +82,7 @@ public final class FSClient: Sendable {
         if let who = FSClient.actingAs {
             var p = [UInt8]()
             let groups = Array(who.groups.prefix(Int(FOS_FS_MAX_GROUPS)))
-            appendStruct(fos_fs_forward(opcode: UInt16(op), ngroups: UInt16(groups.count), uid: who.uid, gid: who.gid, hops: 0),
+            appendStruct(fos_fs_forward(opcode: UInt16(op), ngroups: UInt16(groups.count), uid: who.uid, gid: who.gid, hops: 0, pid: 0),
                          to: &p)
             for g in groups { appendStruct(g, to: &p) }
             p += payload
@@ -124,10 +124,10 @@ public final class FSClient: Sendable {
         try FSWire.decodeAttributes(try await call(op, payload))
     }
 
-    private func namePayload(_ dir: UInt64, _ name: String) throws -> [UInt8] {
+    private func namePayload(_ dir: UInt64, _ name: String, flags: UInt32 = 0) throws -> [UInt8] {
         let n = try FSClient.nameBytes(name)
         var p = [UInt8]()
-        appendStruct(fos_fs_name_req(dir: dir, name_len: UInt32(n.count), reserved: 0), to: &p)
+        appendStruct(fos_fs_name_req(dir: dir, name_len: UInt32(n.count), flags: flags), to: &p)
         return p + n
     }
 
@@ -222,8 +222,10 @@ public final class FSClient: Sendable {
         return try await attrs(FOS_OP_FS_LINK, p + n)
     }
 
+    /// An FSClient holds no file open (its opens leave no placeholder, as
+    /// the shim's do), so its own opens never keep a file it unlinks.
     public func unlink(parent: UInt64, name: String) async throws {
-        _ = try await call(FOS_OP_FS_UNLINK, try namePayload(parent, name))
+        _ = try await call(FOS_OP_FS_UNLINK, try namePayload(parent, name, flags: FOS_FS_UNLINK_HOLDS_NONE))
     }
 
     public func rmdir(parent: UInt64, name: String) async throws {

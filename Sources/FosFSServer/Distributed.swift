@@ -172,7 +172,7 @@ extension FSService {
             switch step {
             case .opened(let a):
                 out.append(0)
-                out += FSWire.encode(a)
+                out += FSWire.encode(opened(a))
             case .follow(let s):
                 out.append(1)
                 out += Self.encode(s)
@@ -184,8 +184,8 @@ extension FSService {
         case FOS_OP_FS_OPENINO:
             let h = try w.only(OpenInoHeader.self)
             guard h.trailing <= 1 else { throw FSError.posix(.protocolError) }
-            return ok(try await fs.openExisting(ino: h.ino, flags: OpenFlags(rawValue: h.flags), cred: cred,
-                                                trailingSlash: h.trailing == 1))
+            return ok(opened(try await fs.openExisting(ino: h.ino, flags: OpenFlags(rawValue: h.flags), cred: cred,
+                                                       trailingSlash: h.trailing == 1)))
         default:
             return Reply(status: ENOSYS)
         }

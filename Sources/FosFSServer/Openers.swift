@@ -11,60 +11,117 @@ import Glibc
 ///
 /// A process under the shim holds an open fos file as a memfd named
 /// "fos-<ino in hex>-..." (Shim/src/fdtable.c), so /proc says exactly which
-/// processes hold an inode — through dup, fork and exec, and across a
-/// restart of this member. The OPEN requests this member answered only
-/// say which processes to look at first; a full look at /proc happens in
-/// the background, for orphans alone.
+/// processes hold an inode — through dup, fork and exec. That look is too
+/// slow for every unlink, so the member records the processes it opened
+/// each of its inodes for (an OPEN answered here, or one forwarded with the
+/// caller's pid), and at start every process that holds one of its inodes.
+/// An inode losing its last name becomes an orphan while any recorded
+/// process lives — but the unlinking process itself when it says it holds
+/// no fos file and passed none to a child (FOS_FS_UNLINK_HOLDS_NONE), or
+/// passed none and its descriptors do not hold this one (…_SHARED_NONE) —
+/// and a background pass frees the orphans that no process holds, by /proc.
 ///
-/// Not seen: processes in another pid namespace or on another machine, opens
-/// answered by another member (a path that crosses members), and opens
-/// through a FUSE mount (its daemon keeps its own hidden links,
-/// FosFuse/Orphans.swift). Their files are freed with their last name.
+/// Not seen: processes in another pid namespace or on another machine, and
+/// opens through a FUSE mount (its daemon keeps its own hidden links,
+/// FosFuse/Orphans.swift); a process that got the file only from a recorded
+/// process that has exited since. Their files are freed with the last name.
 final class Openers: Sendable {
     private struct Opener {
         var pid: Int32
         var at: UInt64  // monotonic ns of the open
     }
-    private let state = Mutex<[UInt64: [Opener]]>([:])
-    /// Inodes remembered; beyond this, records of dead processes go, then all.
+    private struct State {
+        var byIno: [UInt64: [Opener]] = [:]
+        /// Past this many inodes, records that no longer matter go.
+        var trimAt = Openers.limit
+    }
+    private let state = Mutex(State())
     static let limit = 65536
-    /// A process answered this recently may not have made its placeholder yet.
-    static let settleNs: UInt64 = 50_000_000
 
-    /// An OPEN from `pid` answered with `ino`.
+    /// Who is removing a name (set by the UNLINK handler around the call).
+    struct Unlinker {
+        var pid: Int32
+        var holdsNone: Bool
+        var sharedNone: Bool
+    }
+    @TaskLocal static var unlinker: Unlinker?
+
+    /// An open of `ino` for `pid`.
     func opened(_ ino: UInt64, by pid: Int32) {
         guard pid > 0 else { return }
         let now = monotonicNanos()
         state.withLock { s in
-            if let k = s[ino]?.firstIndex(where: { $0.pid == pid }) {
-                s[ino]![k].at = now
+            if let k = s.byIno[ino]?.firstIndex(where: { $0.pid == pid }) {
+                s.byIno[ino]![k].at = now
                 return
             }
-            s[ino, default: []].append(Opener(pid: pid, at: now))
-            if s.count > Self.limit {
-                s = s.filter { $0.value.contains { Self.exists($0.pid) } }
-                if s.count > Self.limit / 2 { s = [:] }
+            s.byIno[ino, default: []].append(Opener(pid: pid, at: now))
+            if s.byIno.count > s.trimAt {
+                Self.trim(&s.byIno)
+                s.trimAt = max(Self.limit, s.byIno.count * 2)
             }
+        }
+    }
+
+    /// Keeps the records that still matter: of processes that hold the
+    /// inode now, or were answered too recently to tell. Each recorded
+    /// process's descriptors are read once (a rare, amortised cost: the
+    /// next trim is as many opens away as records are kept).
+    private static func trim(_ s: inout [UInt64: [Opener]]) {
+        let now = monotonicNanos()
+        var held: [Int32: Set<UInt64>] = [:]
+        for (ino, list) in s {
+            let keep = list.filter { o in
+                guard exists(o.pid) else { return false }
+                if now &- o.at < settleNs { return true }
+                if held[o.pid] == nil {
+                    var h = Set<UInt64>()
+                    scan(pid: o.pid, into: &h)
+                    held[o.pid] = h
+                }
+                return held[o.pid]!.contains(ino)
+            }
+            s[ino] = keep.isEmpty ? nil : keep
+        }
+    }
+
+    /// At start: the processes holding inodes of this member (a restarted
+    /// member has no records, and its clients kept their files open).
+    func seed(homedAt member: Int, of members: Int) {
+        Self.eachProcess { pid in
+            var held = Set<UInt64>()
+            Self.scan(pid: pid, into: &held)
+            for ino in held where FileSystem.home(of: ino, members: members) == member { opened(ino, by: pid) }
         }
     }
 
     /// Inside the file system's operation, so quick: whether `ino`, losing
-    /// its last name, may still be open. Looks only at the processes that
-    /// opened it through this member.
+    /// its last name, may still be open.
     func mayBeOpen(_ ino: UInt64) -> Bool {
-        guard let list = state.withLock({ $0[ino] }) else { return false }
-        let now = monotonicNanos()
-        var alive: [Int32] = []
+        guard let list = state.withLock({ $0.byIno[ino] }) else { return false }
+        let u = Self.unlinker
         for o in list where Self.exists(o.pid) {
-            if now &- o.at < Self.settleNs { return true }
-            alive.append(o.pid)
+            if let u, u.pid == o.pid {
+                // The unlinker's own open: it holds nothing, or it gave no
+                // child its files and its descriptors (stable: it waits for
+                // this answer) do not have this one.
+                if u.holdsNone { continue }
+                if u.sharedNone {
+                    var held = Set<UInt64>()
+                    Self.scan(pid: o.pid, into: &held)
+                    if !held.contains(ino) { continue }
+                }
+            }
+            return true
         }
-        if alive.contains(where: { Self.holds(pid: $0, ino: ino) }) { return true }
         forget(ino)
         return false
     }
 
-    func forget(_ ino: UInt64) { _ = state.withLock { $0.removeValue(forKey: ino) } }
+    func forget(_ ino: UInt64) { _ = state.withLock { $0.byIno.removeValue(forKey: ino) } }
+
+    /// A process answered this recently may not have made its placeholder yet.
+    static let settleNs: UInt64 = 1_000_000_000
 
     /// Frees the orphans nobody holds, every 200 ms while the member lives.
     /// `failed` gets errors other than POSIX ones (the file system is no
@@ -73,8 +130,17 @@ final class Openers: Sendable {
         while true {
             try? await Task.sleep(for: .milliseconds(200))
             guard let list = try? await fs.orphanList(), !list.isEmpty else { continue }
-            var seen = Seen()
-            let free = list.filter { !held($0, &seen) }
+            var byPid: [Int32: Set<UInt64>] = [:]
+            let unsure = list.filter { !heldByRecorded($0, &byPid) }
+            guard !unsure.isEmpty else { continue }
+            // Every process's descriptors: off the loop thread (about a
+            // millisecond per few hundred processes).
+            let everyone = await Task.detached { () -> Set<UInt64> in
+                var all = Set<UInt64>()
+                Self.eachProcess { Self.scan(pid: $0, into: &all) }
+                return all
+            }.value
+            let free = unsure.filter { !everyone.contains($0) }
             var k = 0
             while k < free.count {
                 let batch = free[k..<min(k + 64, free.count)]
@@ -90,39 +156,23 @@ final class Openers: Sendable {
         }
     }
 
-    /// What one reaper pass has read from /proc: each process's fd table at
-    /// most once, all of them at most once.
-    private struct Seen {
-        var byPid: [Int32: Set<UInt64>] = [:]
-        var everyone: Set<UInt64>?
-    }
-
-    private func held(_ ino: UInt64, _ seen: inout Seen) -> Bool {
+    /// Held by a recorded process: one that has its placeholder, or was
+    /// answered so recently that it may not have made it yet.
+    private func heldByRecorded(_ ino: UInt64, _ byPid: inout [Int32: Set<UInt64>]) -> Bool {
         let now = monotonicNanos()
-        for o in state.withLock({ $0[ino] }) ?? [] where Self.exists(o.pid) {
+        for o in state.withLock({ $0.byIno[ino] }) ?? [] where Self.exists(o.pid) {
             if now &- o.at < Self.settleNs { return true }
-            if seen.byPid[o.pid] == nil {
+            if byPid[o.pid] == nil {
                 var s = Set<UInt64>()
                 Self.scan(pid: o.pid, into: &s)
-                seen.byPid[o.pid] = s
+                byPid[o.pid] = s
             }
-            if seen.byPid[o.pid]!.contains(ino) { return true }
+            if byPid[o.pid]!.contains(ino) { return true }
         }
-        if seen.everyone == nil {
-            var all = Set<UInt64>()
-            Self.eachProcess { Self.scan(pid: $0, into: &all) }
-            seen.everyone = all
-        }
-        return seen.everyone!.contains(ino)
+        return false
     }
 
     static func exists(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno == EPERM }
-
-    static func holds(pid: Int32, ino: UInt64) -> Bool {
-        var s = Set<UInt64>()
-        scan(pid: pid, into: &s)
-        return s.contains(ino)
-    }
 
     static func eachProcess(_ body: (Int32) -> Void) {
         guard let d = opendir("/proc") else { return }

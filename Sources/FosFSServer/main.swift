@@ -43,6 +43,9 @@ final class FSService: Sendable {
     let locks = LockService()
     let watch = WatchLog()
     let openers = Openers()
+    /// The pid of the process a request is for, as fosd attested it (to us,
+    /// or to the member that forwarded it).
+    @TaskLocal static var callerPid: Int32 = 0
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -74,10 +77,8 @@ final class FSService: Sendable {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return await watch.noted(r, await handleAs(r), svc: self) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
-        let reply = await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
-        if r.opcode == UInt16(FOS_OP_FS_OPEN), reply.status == 0,
-           let ino = reply.payload.withUnsafeBytes({ loadStruct(UInt64.self, from: $0) }) {
-            openers.opened(ino, by: r.sender.pid)
+        let reply = await Self.$callerPid.withValue(r.sender.pid) {
+            await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
         }
         return await watch.noted(r, reply, svc: self)
     }
@@ -92,7 +93,9 @@ final class FSService: Sendable {
               h.opcode != UInt16(FOS_OP_FS_AS), h.hops == 1 else {
             return Reply(status: EPROTO)
         }
-        return await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: true)
+        return await Self.$callerPid.withValue(h.pid) {
+            await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: true)
+        }
     }
 
     /// A root client's request on behalf of a user (FOS_OP_FS_AS): root could
@@ -103,7 +106,9 @@ final class FSService: Sendable {
               (FOS_OP_FS_LOOKUP...FOS_OP_FS_RESOLVE).contains(UInt32(h.opcode)) else {
             return Reply(status: EPROTO)
         }
-        return await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: false)
+        return await Self.$callerPid.withValue(r.sender.pid) {
+            await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: false)
+        }
     }
 
     /// fos_fs_forward, its groups, and where the inner payload starts.
@@ -185,7 +190,8 @@ final class FSService: Sendable {
     func forward(to home: Int, op: UInt16, payload: [UInt8], cred: Credentials) async -> Reply {
         var p = [UInt8]()
         let groups = Array(cred.groups.prefix(Int(FOS_FS_MAX_GROUPS)))
-        appendStruct(fos_fs_forward(opcode: op, ngroups: UInt16(groups.count), uid: cred.uid, gid: cred.gid, hops: 1), to: &p)
+        appendStruct(fos_fs_forward(opcode: op, ngroups: UInt16(groups.count), uid: cred.uid, gid: cred.gid, hops: 1,
+                                    pid: Self.callerPid), to: &p)
         for g in groups { appendStruct(g, to: &p) }
         p += payload
         guard p.count <= Int(FOS_MAX_PAYLOAD) else { return Reply(status: EMSGSIZE) }
@@ -233,6 +239,12 @@ final class FSService: Sendable {
     // MARK: operations
 
     func ok(_ a: FileAttributes) -> Reply { Reply(payload: FSWire.encode(a)) }
+
+    /// An inode of ours opened for the caller (Openers: it may be held now).
+    func opened(_ a: FileAttributes) -> FileAttributes {
+        openers.opened(a.ino, by: Self.callerPid)
+        return a
+    }
 
     /// Linux permission bits against `cred` (root: read/write always).
     func check(_ a: FileAttributes, _ mask: UInt32, _ c: Credentials) throws {
@@ -300,8 +312,16 @@ final class FSService: Sendable {
             let h = try w.fixed(fos_fs_name_req.self)
             let name = try w.name(Int(h.name_len), exactEnd: true)
             if UInt32(op) == FOS_OP_FS_UNLINK {
-                try await fs.unlink(parent: h.dir, name: name, cred: cred)
+                guard h.flags & ~(FOS_FS_UNLINK_HOLDS_NONE | FOS_FS_UNLINK_SHARED_NONE) == 0 else {
+                    throw FSError.posix(.invalidArgument)
+                }
+                let who = Openers.Unlinker(pid: Self.callerPid, holdsNone: h.flags & FOS_FS_UNLINK_HOLDS_NONE != 0,
+                                           sharedNone: h.flags & FOS_FS_UNLINK_SHARED_NONE != 0)
+                try await Openers.$unlinker.withValue(who) {
+                    try await fs.unlink(parent: h.dir, name: name, cred: cred)
+                }
             } else {
+                guard h.flags == 0 else { throw FSError.posix(.invalidArgument) }
                 try await fs.rmdir(parent: h.dir, name: name, cred: cred)
             }
             return Reply()
@@ -392,7 +412,7 @@ final class FSService: Sendable {
             let (h, path) = try w.pathRequest()
             if UInt32(op) == FOS_OP_FS_OPEN {
                 let flags = OpenFlags(rawValue: Int32(bitPattern: h.flags))
-                return ok(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred))
+                return ok(opened(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred)))
             }
             let noFollow = UInt32(bitPattern: OpenFlags.noFollow.rawValue)
             guard h.flags & ~noFollow == 0, h.mode == 0 else { throw FSError.posix(.invalidArgument) }
@@ -567,6 +587,7 @@ func runMember() -> Never {
             let fs = try await mountUnderLocks(blk, device: device, member: member, members: members)
             let svc = FSService(rt: rt, fs: fs, blk: blk, member: member, members: members, fleet: fleetName)
             let openers = svc.openers
+            openers.seed(homedAt: member, of: members)
             fs.mayBeOpen = { openers.mayBeOpen($0) }
             rt.loop.spawn { await openers.reap(fs) { svc.fatal("\($0)") } }
             var handlers: [UInt16: FosServer.Handler] = [:]

@@ -251,7 +251,7 @@ struct FSLockTests {
             // The ops peers use are not reachable from outside, alone or as a FORWARD.
             #expect(try await call([], op: FOS_OP_FS_LOCK_FORWARDED) == ENOSYS)
             #expect(try await call(bytes(fos_fs_lock_origin()), op: FOS_OP_FS_LOCK_DROP) == ENOSYS)
-            var fwd = bytes(fos_fs_forward(opcode: UInt16(FOS_OP_FS_LOCK_DROP), ngroups: 0, uid: 0, gid: 0, hops: 1))
+            var fwd = bytes(fos_fs_forward(opcode: UInt16(FOS_OP_FS_LOCK_DROP), ngroups: 0, uid: 0, gid: 0, hops: 1, pid: 0))
             fwd += bytes(fos_fs_lock_origin())
             #expect(try await call(fwd, op: FOS_OP_FS_FORWARD) == EPERM)
             var rng = SystemRandomNumberGenerator()

@@ -47,7 +47,8 @@ typedef struct fos_ring_ctl {
     uint64_t head; /* written by the consumer */
     uint8_t pad1[FOS_CACHELINE - 8];
     uint32_t consumer_sleeping; /* written by the consumer */
-    uint8_t pad2[FOS_CACHELINE - 4];
+    uint32_t consumer_yielding; /* written by the consumer: it waits on the producer's core, yielding it */
+    uint8_t pad2[FOS_CACHELINE - 8];
     uint32_t producer_waiting; /* written by the producer */
     uint8_t pad3[FOS_CACHELINE - 4];
 } fos_ring_ctl;
@@ -147,6 +148,17 @@ static inline int fos_ring_write2(fos_ring *r, const void *a, uint32_t alen, con
 static inline int fos_ring_consumer_asleep(fos_ring *r) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return __atomic_load_n(&r->ctl->consumer_sleeping, __ATOMIC_RELAXED) != 0;
+}
+
+/* Producer: after writing, is the consumer waiting on our core for us to
+ * give it up (then sched_yield: it cannot run while we spin)? */
+static inline int fos_ring_consumer_yielding(fos_ring *r) {
+    return __atomic_load_n(&r->ctl->consumer_yielding, __ATOMIC_RELAXED) != 0;
+}
+
+/* Consumer: announce (1) or end (0) waiting on the producer's core. */
+static inline void fos_ring_set_yielding(fos_ring *r, uint32_t on) {
+    __atomic_store_n(&r->ctl->consumer_yielding, on, __ATOMIC_RELAXED);
 }
 
 /* Consumer: is a record available? 1, 0, or -EPROTO. */

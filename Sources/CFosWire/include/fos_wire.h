@@ -206,8 +206,16 @@ typedef struct fos_fs_ino {
 typedef struct fos_fs_name_req {
     uint64_t dir;
     uint32_t name_len;   /* 1...FOS_FS_NAME_MAX, bytes follow */
-    uint32_t reserved;
+    uint32_t flags;      /* UNLINK: FOS_FS_UNLINK_*; otherwise 0 */
 } fos_fs_name_req;
+
+/* UNLINK: the caller holds no open fos file, and no child it started may
+ * hold one it passed on: its own opens of the file do not keep it. */
+#define FOS_FS_UNLINK_HOLDS_NONE 0x1u
+/* UNLINK: no child the caller started may hold a fos file it passed on
+ * (it may hold some itself): whether its own opens keep the file is what
+ * its descriptors say. */
+#define FOS_FS_UNLINK_SHARED_NONE 0x2u
 
 typedef struct fos_fs_create {
     uint64_t dir;
@@ -343,7 +351,10 @@ typedef struct fos_fs_forward {
     uint32_t uid;        /* the original caller's, as fosd attested them */
     uint32_t gid;
     uint32_t hops;       /* 0: a forwarded request is never forwarded again */
+    int32_t pid;         /* FORWARD: the original caller's, as fosd attested it; AS: 0 (ignored) */
 } fos_fs_forward;
+
+_Static_assert(sizeof(fos_fs_forward) == 20, "fos_fs_forward layout");
 
 /*
  * Advisory locks (FOS_OP_FS_LOCK), kept in memory at the inode's home member
