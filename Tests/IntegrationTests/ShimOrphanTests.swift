@@ -106,20 +106,17 @@ struct ShimOrphanTests {
             // Created, closed and unlinked by a process that holds no fos file
             // (and never forked while it did): no orphan, gone at once.
             let quick = Self.helpers + """
-                u0 = used()
-                for k in range(20):
-                    f = os.open(d + '/t%d' % k, os.O_CREAT | os.O_WRONLY, 0o600)
-                    os.close(f)
-                    os.unlink(d + '/t%d' % k)
-                print('at once', used() - u0)
+                def churn():
+                    u0 = used()
+                    for k in range(20):
+                        f = os.open(d + '/t%d' % k, os.O_CREAT | os.O_WRONLY, 0o600)
+                        os.close(f)
+                        os.unlink(d + '/t%d' % k)
+                    return used() - u0
+                print('at once', churn())
                 # The same while it holds another fos file: its descriptors say.
                 log = open(d + '/log', 'w')
-                u0 = used()
-                for k in range(20):
-                    f = os.open(d + '/t%d' % k, os.O_CREAT | os.O_WRONLY, 0o600)
-                    os.close(f)
-                    os.unlink(d + '/t%d' % k)
-                print('holding another', used() - u0)
+                print('holding another', churn())
                 """
             let q = try await Shim.run(node, ["/usr/bin/python3", "-c", quick])
             #expect(q.status == 0 && q.stdout == "at once 0\nholding another 0\n", "\(q)")
