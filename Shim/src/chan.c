@@ -157,7 +157,7 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
         int r = fos_shim_take(&c->rx, op, id, &h, out, outcap, &ok);
         if (r > 0) break;
         if (r < 0) {
-            fos_ring_set_yielding(&c->rx, 0);
+            if (same_core) fos_ring_set_yielding(&c->rx, 0);
             return EIO;
         }
         if (same_core) {
@@ -169,7 +169,8 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
         uint64_t now = fos_shim_now_ns();
         if (now < spin_until) continue;
         /* A slow answer (a flush): sleep until woken. */
-        fos_ring_set_yielding(&c->rx, 0);
+        if (same_core) fos_ring_set_yielding(&c->rx, 0);
+        same_core = 0;
         if (now > deadline) return ETIMEDOUT;
         if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
         int gone = 0;
@@ -177,7 +178,8 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
         fos_ring_wake_done(&c->rx);
         if (gone && fos_ring_readable(&c->rx) == 0) return EPIPE;
     }
-    fos_ring_set_yielding(&c->rx, 0);
+    /* Written only when set: the server reads this line after every answer. */
+    if (same_core) fos_ring_set_yielding(&c->rx, 0);
     if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
     if (!ok) return EIO;
     *outlen = h.payload_len;

@@ -12,10 +12,14 @@ public struct Credentials: Sendable, Hashable {
     public var uid: UInt32
     public var gid: UInt32
     public var groups: [UInt32]
-    public init(uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
+    /// The process asking, as the kernel attested it (0: unknown); only the
+    /// server uses it (which process opened what, Openers.swift).
+    public var pid: Int32
+    public init(uid: UInt32, gid: UInt32, groups: [UInt32] = [], pid: Int32 = 0) {
         self.uid = uid
         self.gid = gid
         self.groups = groups
+        self.pid = pid
     }
     public static let root = Credentials(uid: 0, gid: 0)
     public var isRoot: Bool { uid == 0 }

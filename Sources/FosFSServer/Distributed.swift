@@ -172,7 +172,7 @@ extension FSService {
             switch step {
             case .opened(let a):
                 out.append(0)
-                out += FSWire.encode(opened(a))
+                out += FSWire.encode(opened(a, for: cred))
             case .follow(let s):
                 out.append(1)
                 out += Self.encode(s)
@@ -185,7 +185,7 @@ extension FSService {
             let h = try w.only(OpenInoHeader.self)
             guard h.trailing <= 1 else { throw FSError.posix(.protocolError) }
             return ok(opened(try await fs.openExisting(ino: h.ino, flags: OpenFlags(rawValue: h.flags), cred: cred,
-                                                       trailingSlash: h.trailing == 1)))
+                                                       trailingSlash: h.trailing == 1), for: cred))
         default:
             return Reply(status: ENOSYS)
         }

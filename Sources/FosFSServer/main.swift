@@ -43,9 +43,6 @@ final class FSService: Sendable {
     let locks = LockService()
     let watch = WatchLog()
     let openers = Openers()
-    /// The pid of the process a request is for, as fosd attested it (to us,
-    /// or to the member that forwarded it).
-    @TaskLocal static var callerPid: Int32 = 0
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -65,10 +62,10 @@ final class FSService: Sendable {
     /// be read — another pid namespace — has none).
     func credentials(_ r: Request) -> Credentials {
         let g = groups.withLock { $0[r.channelID] }
-        if let g { return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: g) }
+        if let g { return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: g, pid: r.sender.pid) }
         let read = PeerInfo.supplementaryGroups(of: r.sender.pid, max: Int(FOS_FS_MAX_GROUPS))
         groups.withLock { $0[r.channelID] = read }
-        return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: read)
+        return Credentials(uid: r.sender.uid, gid: r.sender.gid, groups: read, pid: r.sender.pid)
     }
 
     // MARK: dispatch
@@ -77,10 +74,8 @@ final class FSService: Sendable {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return await watch.noted(r, await handleAs(r), svc: self) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
-        let reply = await Self.$callerPid.withValue(r.sender.pid) {
-            await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false)
-        }
-        return await watch.noted(r, reply, svc: self)
+        return await watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false),
+                                 svc: self)
     }
 
     /// A peer's forwarded request: only on our internal mailbox, only from a
@@ -93,9 +88,7 @@ final class FSService: Sendable {
               h.opcode != UInt16(FOS_OP_FS_AS), h.hops == 1 else {
             return Reply(status: EPROTO)
         }
-        return await Self.$callerPid.withValue(h.pid) {
-            await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: true)
-        }
+        return await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: true)
     }
 
     /// A root client's request on behalf of a user (FOS_OP_FS_AS): root could
@@ -106,9 +99,9 @@ final class FSService: Sendable {
               (FOS_OP_FS_LOOKUP...FOS_OP_FS_RESOLVE).contains(UInt32(h.opcode)) else {
             return Reply(status: EPROTO)
         }
-        return await Self.$callerPid.withValue(r.sender.pid) {
-            await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: cred, forwarded: false)
-        }
+        var c = cred
+        c.pid = r.sender.pid
+        return await serve(op: h.opcode, payload: Array(r.payload[end...]), cred: c, forwarded: false)
     }
 
     /// fos_fs_forward, its groups, and where the inner payload starts.
@@ -119,7 +112,7 @@ final class FSService: Sendable {
             let end = start + Int(h.ngroups) * 4
             guard end <= b.count else { return nil }
             let g = (0..<Int(h.ngroups)).map { loadStruct(UInt32.self, from: b, at: start + $0 * 4) ?? 0 }
-            return (h, Credentials(uid: h.uid, gid: h.gid, groups: g), end)
+            return (h, Credentials(uid: h.uid, gid: h.gid, groups: g, pid: h.pid), end)
         }
     }
 
@@ -191,7 +184,7 @@ final class FSService: Sendable {
         var p = [UInt8]()
         let groups = Array(cred.groups.prefix(Int(FOS_FS_MAX_GROUPS)))
         appendStruct(fos_fs_forward(opcode: op, ngroups: UInt16(groups.count), uid: cred.uid, gid: cred.gid, hops: 1,
-                                    pid: Self.callerPid), to: &p)
+                                    pid: cred.pid), to: &p)
         for g in groups { appendStruct(g, to: &p) }
         p += payload
         guard p.count <= Int(FOS_MAX_PAYLOAD) else { return Reply(status: EMSGSIZE) }
@@ -241,8 +234,8 @@ final class FSService: Sendable {
     func ok(_ a: FileAttributes) -> Reply { Reply(payload: FSWire.encode(a)) }
 
     /// An inode of ours opened for the caller (Openers: it may be held now).
-    func opened(_ a: FileAttributes) -> FileAttributes {
-        openers.opened(a.ino, by: Self.callerPid)
+    func opened(_ a: FileAttributes, for cred: Credentials) -> FileAttributes {
+        openers.opened(a.ino, by: cred.pid)
         return a
     }
 
@@ -315,7 +308,7 @@ final class FSService: Sendable {
                 guard h.flags & ~(FOS_FS_UNLINK_HOLDS_NONE | FOS_FS_UNLINK_SHARED_NONE) == 0 else {
                     throw FSError.posix(.invalidArgument)
                 }
-                let who = Openers.Unlinker(pid: Self.callerPid, holdsNone: h.flags & FOS_FS_UNLINK_HOLDS_NONE != 0,
+                let who = Openers.Unlinker(pid: cred.pid, holdsNone: h.flags & FOS_FS_UNLINK_HOLDS_NONE != 0,
                                            sharedNone: h.flags & FOS_FS_UNLINK_SHARED_NONE != 0)
                 try await Openers.$unlinker.withValue(who) {
                     try await fs.unlink(parent: h.dir, name: name, cred: cred)
@@ -412,7 +405,7 @@ final class FSService: Sendable {
             let (h, path) = try w.pathRequest()
             if UInt32(op) == FOS_OP_FS_OPEN {
                 let flags = OpenFlags(rawValue: Int32(bitPattern: h.flags))
-                return ok(opened(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred)))
+                return ok(opened(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred), for: cred))
             }
             let noFollow = UInt32(bitPattern: OpenFlags.noFollow.rawValue)
             guard h.flags & ~noFollow == 0, h.mode == 0 else { throw FSError.posix(.invalidArgument) }
