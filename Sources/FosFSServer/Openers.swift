@@ -21,10 +21,13 @@ import Glibc
 /// passed none and its descriptors do not hold this one (…_SHARED_NONE) —
 /// and a background pass frees the orphans that no process holds, by /proc.
 ///
-/// Not seen: processes in another pid namespace or on another machine, and
+/// Not seen: processes in another pid namespace or on another machine, or
+/// whose /proc/PID/fd this member may not read (a node not run as root);
 /// opens through a FUSE mount (its daemon keeps its own hidden links,
 /// FosFuse/Orphans.swift); a process that got the file only from a recorded
 /// process that has exited since. Their files are freed with the last name.
+/// A placeholder of another node on this host with the same inode number
+/// keeps an orphan longer (names carry no node).
 final class Openers: Sendable {
     private struct Opener {
         var pid: Int32
