@@ -95,9 +95,18 @@ extension FileSystem {
         }
     }
 
-    /// Inodes of this member without a name that some process may hold.
+    /// Inodes of this member without a name that some process may hold,
+    /// and that `releaseOrphans` can free (not those whose data spilled
+    /// into a peer's groups, in a fleet of several members).
     public func orphanList() async throws -> [UInt64] {
-        try await op { Array(orphans.keys) }
+        try await op {
+            var out: [UInt64] = []
+            for ino in orphans.keys {
+                if members > 1, try await inode(ino).flags & InodeFlags.foreignData != 0 { continue }
+                out.append(ino)
+            }
+            return out
+        }
     }
 
     /// No process holds these orphans any more: frees them, in one
