@@ -88,6 +88,31 @@ final class Daemon: Sendable {
         }
     }
 
+    /// `body(0..<n)` at once, each in a task of its own on the loop (acting
+    /// for the same caller), the results in order; the first error is
+    /// thrown once all have ended. Not a task group: with one, a child's
+    /// result now and then arrived as garbage under load on this toolchain
+    /// (an index that was a pointer), and the daemon died.
+    func inParallel<T: Sendable>(_ n: Int, _ body: @escaping @Sendable (Int) async throws -> T) async throws -> [T] {
+        if n == 1 { return [try await body(0)] }
+        let who = FSClient.actingAs
+        let tasks = (0..<n).map { i in
+            Task(executorPreference: rt.loop) { try await FSClient.$actingAs.withValue(who) { try await body(i) } }
+        }
+        var out: [T] = []
+        out.reserveCapacity(n)
+        var failure: Error?
+        for t in tasks {
+            do {
+                out.append(try await t.value)
+            } catch {
+                failure = failure ?? error
+            }
+        }
+        if let failure { throw failure }
+        return out
+    }
+
     /// The sender as the fleet should see it; nil when that is the daemon
     /// itself (root with our gid: no envelope needed).
     func caller(_ r: Req) -> Credentials? {

@@ -58,19 +58,15 @@ extension Daemon {
     /// The attributes of each entry but "." and "..", fetched in parallel;
     /// nil for those and for entries removed since the listing.
     private func attributes(of entries: [DirectoryEntry]) async throws -> [FileAttributes?] {
-        var out = [FileAttributes?](repeating: nil, count: entries.count)
-        try await withThrowingTaskGroup(of: (Int, FileAttributes?).self) { g in
-            for (i, e) in entries.enumerated() where e.name != "." && e.name != ".." {
-                g.addTask {
-                    do {
-                        return (i, try await self.fs.getattr(ino: e.ino))
-                    } catch FosError.remote(let x) where x == .noSuchFileOrDirectory || x == .staleNFSFileHandle {
-                        return (i, nil)
-                    }
-                }
+        let fs = self.fs
+        return try await inParallel(entries.count) { i -> FileAttributes? in
+            let e = entries[i]
+            guard e.name != ".", e.name != ".." else { return nil }
+            do {
+                return try await fs.getattr(ino: e.ino)
+            } catch FosError.remote(let x) where x == .noSuchFileOrDirectory || x == .staleNFSFileHandle {
+                return nil
             }
-            for try await (i, a) in g { out[i] = a }
         }
-        return out
     }
 }

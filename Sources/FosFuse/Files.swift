@@ -158,17 +158,12 @@ extension Daemon {
         let step = FSClient.maxIO
         let n = (size + step - 1) / step
         if n <= 1 { return [try await fs.read(ino: ino, offset: offset, count: size)] }
-        var parts = [[UInt8]?](repeating: nil, count: n)
-        try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
-            for i in 0..<n {
-                let count = min(step, size - i * step)
-                g.addTask { (i, try await self.fs.read(ino: ino, offset: offset + UInt64(i * step), count: count)) }
-            }
-            for try await (i, data) in g { parts[i] = data }
+        let fs = self.fs
+        let parts = try await inParallel(n) { i in
+            try await fs.read(ino: ino, offset: offset + UInt64(i * step), count: min(step, size - i * step))
         }
         var out = [[UInt8]]()
-        for (i, p) in parts.enumerated() {
-            let part = p ?? []
+        for (i, part) in parts.enumerated() {
             out.append(part)
             if part.count < min(step, size - i * step) { break }
         }
@@ -188,16 +183,9 @@ extension Daemon {
                 return
             }
             let step = FSClient.maxIO
-            var written = [Int](repeating: 0, count: data.count)
-            if data.count == 1 {
-                written[0] = try await self.fs.write(ino: ino, offset: UInt64(offset), data: data[0])
-            } else {
-                try await withThrowingTaskGroup(of: (Int, Int).self) { g in
-                    for (i, chunk) in data.enumerated() {
-                        g.addTask { (i, try await self.fs.write(ino: ino, offset: UInt64(offset) + UInt64(i * step), data: chunk)) }
-                    }
-                    for try await (i, n) in g { written[i] = n }
-                }
+            let fs = self.fs
+            let written = try await self.inParallel(data.count) { i in
+                try await fs.write(ino: ino, offset: UInt64(offset) + UInt64(i * step), data: data[i])
             }
             // What reached the file without a gap (a full disk can stop a chunk short).
             var done = 0
