@@ -15,9 +15,9 @@
 //
 // On disk: slot 0 of an AG's inode table (index 0 is never an inode) holds
 // the head: magic u64 at 0, first orphan u64 at 8, crc32c of bytes 0..<252
-// at 252. Anything else there (zeros on older images, whatever a reused disk
-// held: inode tables are not zeroed by mkfs) is an empty list. Each orphan
-// inode names the next at byte 232 (`Inode.orphanNext`).
+// at 252. Anything else there (zeros on images made before orphans; mkfs
+// writes that block empty) is an empty list. Each orphan inode names the
+// next at byte 232 (`Inode.orphanNext`).
 extension FileSystem {
     static let orphanMagic: UInt64 = 0x3148_5052_4F53_4F46  // "FOSORPH1"
 
@@ -109,8 +109,9 @@ extension FileSystem {
         }
     }
 
-    /// No process holds these orphans any more: frees them, in one
-    /// transaction. Inodes that are not orphans of this member are skipped.
+    /// No process holds these orphans any more: frees them (one operation,
+    /// committing as it goes when the batch outgrows a transaction). Inodes
+    /// that are not orphans of this member are skipped.
     public func releaseOrphans(_ inos: some Sequence<UInt64>) async throws {
         try await op {
             for ino in inos where orphans[ino] != nil {
