@@ -338,24 +338,39 @@ void fos_shim_conn_child_release(void) {
     munmap(v, sizeof *v);
 }
 
+/* Enters a call on this thread's connection (locked, cancellation held
+ * off; *err EINTR when re-entered from a signal handler). */
+static fos_shim_conn *fos_shim_enter(int *cancel, int *err) {
+    *err = EINTR;
+    if (fos_shim_in_call) return NULL;
+    fos_shim_conn *c = fos_shim_conn_here();
+    *err = ENOMEM;
+    if (c == NULL) return NULL;
+    fos_shim_in_call = 1;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, cancel);
+    pthread_mutex_lock(&c->mu);
+    return c;
+}
+
+static void fos_shim_leave(fos_shim_conn *c, int cancel) {
+    pthread_mutex_unlock(&c->mu);
+    pthread_setcancelstate(cancel, NULL);
+    fos_shim_in_call = 0;
+}
+
 /* One request on the service's channel: svc_fs, or the spawn service.
  * The request is c->msg[0..mlen) then bulk. */
 static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                          const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
     uint32_t mlen = (uint32_t)sizeof(fos_msg_hdr) + flen + tlen;
     if (mlen > sizeof C.msg) return ENAMETOOLONG;
-    if (fos_shim_in_call) return EINTR;
-    fos_shim_conn *c = fos_shim_conn_here();
-    if (c == NULL) return ENOMEM;
-    fos_shim_in_call = 1;
-    int cancel;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
-    pthread_mutex_lock(&c->mu);
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return err;
     if (flen) memcpy(c->msg + sizeof(fos_msg_hdr), fixed, flen);
     if (tlen) memcpy(c->msg + sizeof(fos_msg_hdr) + flen, tail, tlen);
     fos_mailbox_addr dead[2];
     int ndead = 0;
-    int err;
     for (int attempt = 0;; attempt++) {
         unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
         if (c->up && (__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) || c->cred_gen != gen)) fos_shim_drop(c);
@@ -394,9 +409,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             break;
         }
     }
-    pthread_mutex_unlock(&c->mu);
-    pthread_setcancelstate(cancel, NULL);
-    fos_shim_in_call = 0;
+    fos_shim_leave(c, cancel);
     return err;
 }
 
@@ -407,6 +420,25 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
 
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen) {
     return fos_shim_call(1, op, NULL, 0, NULL, 0, payload, len, out, outcap, outlen);
+}
+
+int fos_shim_fetch(const uint8_t *tag, int *fd) {
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return err;
+    _Alignas(8) uint8_t rep[64];
+    uint32_t rl = 0;
+    int fds[8], nf = 0;
+    fos_ctl_fetch f;
+    memcpy(f.tag, tag, FOS_KEY_BYTES);
+    err = c->up ? fos_shim_ctl(c, FOS_CTL_FETCH, &f, sizeof f, rep, sizeof rep, &rl, fds, 1, &nf) : EHOSTDOWN;
+    if (err == 0 && nf != 1) {
+        for (int i = 0; i < nf; i++) fos_shim_sys_close(fds[i]);
+        err = EIO;
+    }
+    if (err == 0) *fd = fds[0];
+    fos_shim_leave(c, cancel);
+    return err;
 }
 
 void fos_shim_creds_changed(void) { __atomic_fetch_add(&fos_shim_cred_gen, 1, __ATOMIC_ACQ_REL); }

@@ -123,6 +123,22 @@ int fos_shim_op_fsync(uint64_t ino, int datasync) {
     return fos_shim_req(FOS_OP_FS_FSYNC, &f, sizeof f, NULL, 0, NULL, 0, NULL, 0, NULL);
 }
 
+int fos_shim_op_map(uint64_t ino, int writable, int *fd, uint64_t *size) {
+    fos_fs_map m = {.ino = ino, .flags = writable ? FOS_FS_MAP_WRITE : 0u};
+    fos_fs_map_reply r;
+    int e = fos_shim_req_exact(FOS_OP_FS_MAP, &m, sizeof m, NULL, 0, &r, sizeof r);
+    if (e) return e;
+    int err = fos_shim_fetch(r.tag, fd);
+    if (err) return -err;
+    *size = r.size;
+    return 0;
+}
+
+int fos_shim_op_msync(uint64_t ino, int durable) {
+    fos_fs_fsync f = {.ino = ino, .datasync = durable ? 1u : 0u};
+    return fos_shim_req(FOS_OP_FS_MSYNC, &f, sizeof f, NULL, 0, NULL, 0, NULL, 0, NULL);
+}
+
 /* The directory inode holding fspath's last name: one RESOLVE (none for
  * the root). 1 if fspath is the fs root itself. */
 static int fos_shim_parent(char *fspath, uint64_t *dir, const char **name, uint32_t *nlen) {

@@ -234,6 +234,11 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
  * may have started its program). Errors as fos_shim_fs_call. */
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen);
 
+/* Takes the descriptor a fleet member deposited with fosd for this process
+ * under `tag` (FOS_CTL_FETCH, FOS_KEY_BYTES bytes) into *fd. 0 or a
+ * positive errno (ENOENT: no such deposit for us, EHOSTDOWN: no node). */
+int fos_shim_fetch(const uint8_t *tag, int *fd);
+
 /* The credentials changed (setuid and friends): reconnect before the next call. */
 void fos_shim_creds_changed(void);
 /* The program is about to close or overwrite fd: if it is one of the
@@ -266,6 +271,11 @@ int64_t fos_shim_op_read(uint64_t ino, uint64_t off, void *buf, size_t n);
  * first byte went. Returns bytes written or -errno. */
 int64_t fos_shim_op_write(uint64_t ino, uint64_t off, const void *buf, size_t n, int append, uint64_t *where);
 int fos_shim_op_fsync(uint64_t ino, int datasync);
+/* The memfd every shared mapping of `ino` on this machine shares (MAP, then
+ * FETCH): *fd read-write with `writable`, and the file's size. 0 or -errno. */
+int fos_shim_op_map(uint64_t ino, int writable, int *fd, uint64_t *size);
+/* What shared mappings of `ino` wrote, to the file; `durable`: and flushed. */
+int fos_shim_op_msync(uint64_t ino, int durable);
 /* These take the caller's fs path buffers and split them in place. */
 int fos_shim_op_mkdir(char *fspath, uint32_t mode);
 int fos_shim_op_remove(char *fspath, int dir);

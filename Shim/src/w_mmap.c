@@ -1,14 +1,20 @@
 /*
- * mmap of fos files. The kernel would map the placeholder, so a fos mapping
- * is anonymous memory filled from the file at mmap time:
- *   - MAP_PRIVATE: exact, except that pages are not refreshed by later
- *     writes to the file (Linux shows them until a page is first written);
- *   - MAP_SHARED: the same snapshot, and if writable, its pages are written
- *     back to the file by msync, munmap and at exit. Another process that
- *     maps the same file does not see them before that: no coherence
- *     between processes (what SQLite's WAL index needs).
- * Beyond the end of the file the mapping reads zeros (Linux: SIGBUS past
- * the last page).
+ * mmap of fos files. The kernel would map the placeholder, so:
+ *   - MAP_SHARED maps the memfd that the inode's home member keeps as the
+ *     file's page cache (FOS_OP_FS_MAP, FosFSServer/SharedMaps.swift):
+ *     every shared mapping of the file on this machine, and read and write
+ *     from anywhere, see the same bytes at once, as on Linux (SQLite's WAL
+ *     index needs exactly this). The member writes the pages back; msync
+ *     asks it to now (MS_SYNC: and to flush). Past the end of the file a
+ *     page faults (SIGBUS), as on Linux.
+ *   - MAP_PRIVATE, and MAP_SHARED where the member cannot share memory
+ *     with us (its home is on another machine, the file is very large), is
+ *     anonymous memory filled from the file at mmap time: exact for a
+ *     private mapping except that pages are not refreshed by later writes
+ *     to the file (Linux shows them until a page is first written); a
+ *     shared one like that is written back by msync, munmap and at exit,
+ *     and other processes see its changes only then. Beyond the end of the
+ *     file such a mapping reads zeros.
  */
 #include "shim.h"
 
@@ -23,9 +29,10 @@ typedef struct fos_shim_map {
     size_t len;
     uint64_t ino;
     uint64_t off;
+    int member; /* the member's memfd: it writes back; msync only asks it to */
 } fos_shim_map;
 
-/* Writable shared mappings, to be written back. */
+/* Shared mappings: copies to be written back, and the member's memfds (for msync). */
 static fos_shim_map fos_shim_maps[FOS_SHIM_MAPS];
 static int fos_shim_nmaps;
 static pthread_mutex_t fos_shim_maps_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -33,7 +40,8 @@ static pthread_mutex_t fos_shim_maps_mu = PTHREAD_MUTEX_INITIALIZER;
 void fos_shim_maps_atfork_child(void) { pthread_mutex_init(&fos_shim_maps_mu, NULL); }
 
 /* Writes [a, a+n) of mapping m back, up to the file's current size. */
-static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n) {
+static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n, int durable) {
+    if (m->member) return fos_shim_op_msync(m->ino, durable);
     fos_fs_stat st;
     int r = fos_shim_op_getattr(m->ino, &st);
     if (r) return r;
@@ -47,7 +55,7 @@ static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n) {
 
 /* Writes back every part of [addr, addr+len) that a writable shared fos
  * mapping covers; with forget, drops those parts from the records. */
-static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget) {
+static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget, int durable) {
     int err = 0;
     pthread_mutex_lock(&fos_shim_maps_mu);
     for (int i = 0; i < FOS_SHIM_MAPS; i++) {
@@ -55,7 +63,8 @@ static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget) {
         if (m->addr == NULL || addr >= m->addr + m->len || addr + len <= m->addr) continue;
         uint8_t *a = addr > m->addr ? addr : m->addr;
         uint8_t *b = addr + len < m->addr + m->len ? addr + len : m->addr + m->len;
-        int r = fos_shim_write_back(m, a, (size_t)(b - a));
+        /* The member's memfd needs nothing when unmapped: it writes back itself. */
+        int r = forget && m->member ? 0 : fos_shim_write_back(m, a, (size_t)(b - a), durable);
         if (r && !err) err = r;
         if (!forget) continue;
         if (a == m->addr && b == m->addr + m->len) {
@@ -73,12 +82,12 @@ static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget) {
     return err;
 }
 
-static int fos_shim_record(uint8_t *addr, size_t len, uint64_t ino, uint64_t off) {
+static int fos_shim_record(uint8_t *addr, size_t len, uint64_t ino, uint64_t off, int member) {
     int ok = -ENOMEM;
     pthread_mutex_lock(&fos_shim_maps_mu);
     for (int i = 0; i < FOS_SHIM_MAPS && ok; i++) {
         if (fos_shim_maps[i].addr != NULL) continue;
-        fos_shim_maps[i] = (fos_shim_map){.addr = addr, .len = len, .ino = ino, .off = off};
+        fos_shim_maps[i] = (fos_shim_map){.addr = addr, .len = len, .ino = ino, .off = off, .member = member};
         __atomic_add_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
         ok = 0;
     }
@@ -86,12 +95,43 @@ static int fos_shim_record(uint8_t *addr, size_t len, uint64_t ino, uint64_t off
     return ok;
 }
 
+/* A shared mapping of the member's memfd; -EAGAIN where it cannot share
+ * memory with us (then a copy will do). */
+static void *fos_shim_mmap_member(void *addr, size_t len, int prot, int flags, const fos_shim_ofd *o, off_t off) {
+    int fd = -1;
+    uint64_t size = 0;
+    /* Writable whenever the descriptor is: mprotect may add PROT_WRITE later, as on Linux. */
+    int r = fos_shim_op_map(o->ino, (o->flags & O_ACCMODE) == O_RDWR, &fd, &size);
+    if (r == -EACCES && !(prot & PROT_WRITE)) r = fos_shim_op_map(o->ino, 0, &fd, &size);
+    switch (r) {
+    case 0:
+        break;
+    case -EXDEV: case -EFBIG: case -ENOMEM: case -ENOENT: case -ENOSYS: case -EOPNOTSUPP: case -EPROTO:
+        return (void *)(intptr_t)-EAGAIN;
+    default:
+        return (void *)(intptr_t)r;
+    }
+    uint8_t *p = FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
+    r = p == MAP_FAILED ? -errno : 0;
+    fos_shim_sys_close(fd);
+    if (r) return (void *)(intptr_t)r;
+    /* Only for msync: with the table full, the member still writes back itself. */
+    (void)fos_shim_record(p, len, o->ino, (uint64_t)off, 1);
+    return p;
+}
+
 static void *fos_shim_mmap_fos(void *addr, size_t len, int prot, int flags, const fos_shim_ofd *o, off_t off) {
     int acc = (int)(o->flags & O_ACCMODE);
-    int shared_write = (flags & MAP_SHARED) && (prot & PROT_WRITE);
+    int type = flags & MAP_TYPE;
+    int shared = type == MAP_SHARED || type == MAP_SHARED_VALIDATE;
+    int shared_write = shared && (prot & PROT_WRITE);
     if (len == 0 || off < 0 || (off & 4095)) return (void *)(intptr_t)-EINVAL;
     if ((o->flags & O_PATH) || S_ISDIR(o->mode)) return (void *)(intptr_t)-EACCES;
     if (acc == O_WRONLY || (shared_write && acc != O_RDWR)) return (void *)(intptr_t)-EACCES;
+    if (shared) {
+        void *m = fos_shim_mmap_member(addr, len, prot, flags, o, off);
+        if ((intptr_t)m != -EAGAIN) return m;
+    }
     fos_fs_stat st;
     int r = fos_shim_op_getattr(o->ino, &st);
     if (r) return (void *)(intptr_t)r;
@@ -104,7 +144,7 @@ static void *fos_shim_mmap_fos(void *addr, size_t len, int prot, int flags, cons
         r = got < 0 ? (int)got : 0;
     }
     if (r == 0 && prot != (PROT_READ | PROT_WRITE) && mprotect(p, len, prot) != 0) r = -errno;
-    if (r == 0 && shared_write) r = fos_shim_record(p, len, o->ino, (uint64_t)off);
+    if (r == 0 && shared_write) r = fos_shim_record(p, len, o->ino, (uint64_t)off, 0);
     if (r) {
         FOS_REAL(munmap)(p, len);
         return (void *)(intptr_t)r;
@@ -143,7 +183,7 @@ FOS_SHIM_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd
 FOS_SHIM_EXPORT int munmap(void *addr, size_t len) {
     if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) > 0)) {
         int saved = errno;
-        (void)fos_shim_sync_range(addr, len, 1); /* unmapping cannot report a failed write-back */
+        (void)fos_shim_sync_range(addr, len, 1, 0); /* unmapping cannot report a failed write-back */
         errno = saved;
     }
     return FOS_REAL(munmap)(addr, len);
@@ -152,7 +192,7 @@ FOS_SHIM_EXPORT int munmap(void *addr, size_t len) {
 FOS_SHIM_EXPORT int msync(void *addr, size_t len, int flags) {
     if (FOS_SHIM_LIKELY(__atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) == 0)) return FOS_REAL(msync)(addr, len, flags);
     int saved = errno;
-    int r = fos_shim_sync_range(addr, len, 0);
+    int r = fos_shim_sync_range(addr, len, 0, (flags & MS_SYNC) != 0);
     if (r) return (int)fos_shim_ret(r, saved);
     return FOS_REAL(msync)(addr, len, flags);
 }
@@ -164,7 +204,7 @@ __attribute__((destructor)) static void fos_shim_maps_at_exit(void) {
     int saved = errno;
     for (int i = 0; i < FOS_SHIM_MAPS; i++) {
         fos_shim_map m = fos_shim_maps[i];
-        if (m.addr) (void)fos_shim_write_back(&m, m.addr, m.len);
+        if (m.addr && !m.member) (void)fos_shim_write_back(&m, m.addr, m.len, 0);
     }
     errno = saved;
 }

@@ -179,6 +179,37 @@ public final class FosRuntime: Sendable {
         return r
     }
 
+    /// Hands `fd` to process `pid` through fosd (FOS_CTL_DEPOSIT): it takes
+    /// it with FOS_CTL_FETCH and the returned tag, once, within
+    /// FOS_DEPOSIT_TTL_MS. `fd` stays ours.
+    public func deposit(_ fd: CInt, for pid: Int32) throws -> [UInt8] {
+        var d = fos_ctl_deposit()
+        var rng = SystemRandomNumberGenerator()
+        let tag = (0..<Int(FOS_KEY_BYTES)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        withUnsafeMutableBytes(of: &d.tag) { $0.copyBytes(from: tag) }
+        d.pid = pid
+        var payload = [UInt8]()
+        appendStruct(d, to: &payload)
+        let reply = try control.request(Int32(FOS_CTL_DEPOSIT), payload: payload, fds: [fd])
+        reply.closeFDs()
+        return tag
+    }
+
+    /// Takes the descriptor deposited for this process under `tag`.
+    public func fetch(_ tag: [UInt8]) throws -> CInt {
+        guard tag.count == Int(FOS_KEY_BYTES) else { throw FosError.remote(.invalidArgument) }
+        var f = fos_ctl_fetch()
+        withUnsafeMutableBytes(of: &f.tag) { $0.copyBytes(from: tag) }
+        var payload = [UInt8]()
+        appendStruct(f, to: &payload)
+        let reply = try control.request(Int32(FOS_CTL_FETCH), payload: payload)
+        guard reply.fds.count == 1 else {
+            reply.closeFDs()
+            throw FosError.remote(.ioError)
+        }
+        return reply.fds[0]
+    }
+
     /// Sends a request on a channel from `connect` and awaits the reply.
     public func call(_ ch: Channel, opcode: UInt16, payload: [UInt8] = [],
                      timeout: Duration = .seconds(5)) async throws -> Reply {

@@ -277,7 +277,10 @@ extension FileSystem {
                 try await commit(flush: false)
             }
         }
-        if done > 0 { touch(i) }
+        if done > 0 {
+            touch(i)
+            observeWrite(i, offset: offset, data[..<done])
+        }
         return done
     }
 
@@ -298,9 +301,11 @@ extension FileSystem {
                 dataChanged(buf, fresh: false)
             }
         }
-        if newSize != i.size { noteMappingChanged(i) }
+        let changed = newSize != i.size
+        if changed { noteMappingChanged(i) }
         i.size = newSize
         touch(i)
+        if changed { observeResize(i) }
     }
 
     /// Releases everything an inode owns, then the inode itself.

@@ -233,6 +233,11 @@ public final class FileSystem: @unchecked Sendable {
     /// whether some process may hold `ino` open (Orphans.swift). Nil: none
     /// can (a file system without clients, as in fsck and the unit tests).
     public var mayBeOpen: (@Sendable (UInt64) -> Bool)?
+    /// Set by the server before the first operation, never changed after:
+    /// who keeps copies of file data that follow every change (Mapped.swift).
+    public var dataObserver: DataObserver?
+    /// While a write-back runs: its writes are not echoed to the observer.
+    var observerMuted = false
 
     var agFreeBlocks: [UInt64]
     var agFreeInodes: [UInt64]

@@ -129,12 +129,14 @@ final class Openers: Sendable {
     /// Frees the orphans nobody holds, every 200 ms while the member lives.
     /// `failed` gets errors other than POSIX ones (the file system is no
     /// longer usable).
-    func reap(_ fs: FileSystem, failed: @escaping @Sendable (Error) -> Void) async {
+    /// `mapped`: whether a process maps the inode (SharedMaps), which keeps it.
+    func reap(_ fs: FileSystem, mapped: @escaping @Sendable (UInt64) -> Bool,
+              failed: @escaping @Sendable (Error) -> Void) async {
         while true {
             try? await Task.sleep(for: .milliseconds(200))
             guard let list = try? await fs.orphanList(), !list.isEmpty else { continue }
             var byPid: [Int32: Set<UInt64>] = [:]
-            let unsure = list.filter { !heldByRecorded($0, &byPid) }
+            let unsure = list.filter { !mapped($0) && !heldByRecorded($0, &byPid) }
             guard !unsure.isEmpty else { continue }
             // Every process's descriptors: off the loop thread (about a
             // millisecond per few hundred processes).

@@ -64,6 +64,13 @@ final class WatchLog: Sendable {
         return reply
     }
 
+    /// A change the member made by itself (a shared mapping's pages written
+    /// back): data of `ino` in [offset, offset+length), by no client.
+    func changed(ino: UInt64, offset: UInt64, length: UInt64) {
+        guard watched.load(ordering: .relaxed) else { return }
+        append([Event(kind: UInt8(FOS_FS_EVENT_INODE), ino: ino, offset: offset, length: length)])
+    }
+
     /// What a successful request changed, from its payload (validated by
     /// then) and its reply.
     static func events(op: UInt16, _ p: [UInt8], reply: [UInt8], svc: FSService) async -> [Event] {

@@ -43,6 +43,7 @@ final class FSService: Sendable {
     let locks = LockService()
     let watch = WatchLog()
     let openers = Openers()
+    let maps: SharedMaps
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
         self.rt = rt
@@ -51,6 +52,7 @@ final class FSService: Sendable {
         self.member = member
         self.members = members
         self.fleet = fleet
+        maps = SharedMaps(node: rt.node)
     }
 
     // MARK: credentials
@@ -334,6 +336,7 @@ final class FSService: Sendable {
                 throw FSError.posix(.invalidArgument)
             }
             try check(try await fs.getattr(ino: h.ino), 4, cred)
+            if let d = maps.read(h.ino, offset: h.offset, count: Int(h.count)) { return Reply(payload: d) }
             return Reply(payload: try await fs.read(ino: h.ino, offset: h.offset, count: Int(h.count)))
         case FOS_OP_FS_WRITE:
             let h = try w.fixed(fos_fs_io.self)
@@ -358,7 +361,25 @@ final class FSService: Sendable {
         case FOS_OP_FS_FSYNC:
             let h = try w.only(fos_fs_fsync.self)
             guard h.datasync <= 1 else { throw FSError.posix(.invalidArgument) }
+            try await maps.writeBack(h.ino, svc: self)
             try await fs.fsync(ino: h.ino, dataOnly: h.datasync == 1)
+            return Reply()
+        case FOS_OP_FS_MAP:
+            let h = try w.only(fos_fs_map.self)
+            guard h.flags & ~FOS_FS_MAP_WRITE == 0, h.reserved == 0 else { throw FSError.posix(.invalidArgument) }
+            let a = try await fs.getattr(ino: h.ino)
+            guard a.type == .regular else { throw FSError.posix(Errno(rawValue: ENODEV)) }
+            let writable = h.flags & FOS_FS_MAP_WRITE != 0
+            try check(a, writable ? 6 : 4, cred)
+            var out = [UInt8]()
+            appendStruct(try await maps.map(h.ino, writable: writable, pid: cred.pid, svc: self), to: &out)
+            return Reply(payload: out)
+        case FOS_OP_FS_MSYNC:
+            let h = try w.only(fos_fs_fsync.self)
+            guard h.datasync <= 1 else { throw FSError.posix(.invalidArgument) }
+            _ = try await fs.getattr(ino: h.ino)
+            try await maps.writeBack(h.ino, svc: self)
+            if h.datasync == 1 { try await fs.fsync(ino: h.ino, dataOnly: true) }
             return Reply()
         case FOS_OP_FS_READDIR:
             let h = try w.only(fos_fs_readdir.self)
@@ -581,8 +602,12 @@ func runMember() -> Never {
             let svc = FSService(rt: rt, fs: fs, blk: blk, member: member, members: members, fleet: fleetName)
             let openers = svc.openers
             openers.seed(homedAt: member, of: members)
-            fs.mayBeOpen = { openers.mayBeOpen($0) }
-            rt.loop.spawn { await openers.reap(fs) { svc.fatal("\($0)") } }
+            let maps = svc.maps
+            fs.mayBeOpen = { maps.has($0) || openers.mayBeOpen($0) }
+            fs.dataObserver = maps
+            await maps.adopt(svc: svc)
+            rt.loop.spawn { await openers.reap(fs, mapped: { maps.has($0) }) { svc.fatal("\($0)") } }
+            rt.loop.spawn { await maps.run(svc: svc) }
             var handlers: [UInt16: FosServer.Handler] = [:]
             for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {
                 handlers[UInt16(op)] = { await svc.handle($0) }
@@ -593,6 +618,8 @@ func runMember() -> Never {
             handlers[UInt16(FOS_OP_FS_RETURN)] = { await svc.handleReturn($0) }
             handlers[UInt16(FOS_OP_FS_LOCK)] = { await svc.handle($0) }
             handlers[UInt16(FOS_OP_FS_WATCH)] = { await svc.watch.watch($0) }
+            handlers[UInt16(FOS_OP_FS_MAP)] = { await svc.handle($0) }
+            handlers[UInt16(FOS_OP_FS_MSYNC)] = { await svc.handle($0) }
             let server = FosServer(runtime: rt, handlers: handlers, onConnect: { ch, stats in
                 closeFD(stats)
                 svc.locks.connected(ch.id)
@@ -625,6 +652,7 @@ func runMember() -> Never {
         sigwait(&set, &sig)
         rt.loop.spawn {
             if let svc = service.withLock({ $0 }) {
+                await svc.maps.writeBackAll(svc: svc)
                 do {
                     try await svc.fs.unmount()
                 } catch {

@@ -76,6 +76,8 @@ final class Node {
     var nameService: UInt64?
     var supervisor: Supervisor!
     var rejected: UInt64 = 0
+    /// Descriptors handed from one process to another (FOS_CTL_DEPOSIT), by tag.
+    var deposits: [[UInt8]: Deposit] = [:]
     var stopping = false
     var listenPausedUntil: UInt64 = 0
     let started = Date()
@@ -334,8 +336,8 @@ final class Node {
                 closeConn(fd)
                 return
             }
-            // Only ATTACH carries a descriptor (it takes it); close any other.
-            if Int(msg.header.op) != FOS_CTL_ATTACH { msg.closeFDs() }
+            // Only ATTACH and DEPOSIT carry a descriptor (they take it); close any other.
+            if Int(msg.header.op) != FOS_CTL_ATTACH && Int(msg.header.op) != FOS_CTL_DEPOSIT { msg.closeFDs() }
             if msg.header.request_id == 0 && Int(msg.header.op) == FOS_CTL_CHANNEL_CLOSE {
                 handleChannelClose(c, msg)
                 continue

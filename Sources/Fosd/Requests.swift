@@ -18,6 +18,9 @@ extension Node {
         if op == FOS_CTL_ATTACH {
             return attach(c, msg)
         }
+        if op == FOS_CTL_DEPOSIT {
+            return deposit(c, msg)
+        }
         if !c.hello && op != FOS_CTL_HELLO {
             reply(c, msg, status: EPERM)
             return
@@ -35,6 +38,7 @@ extension Node {
         case FOS_CTL_STATUS: replyJSON(c, msg, status())
         case FOS_CTL_FLEETS: replyJSON(c, msg, supervisor.memberInfos())
         case FOS_CTL_KILL: killMember(c, msg)
+        case FOS_CTL_FETCH: fetch(c, msg)
         default:
             rejected &+= 1
             reply(c, msg, status: EOPNOTSUPP)
@@ -244,6 +248,55 @@ extension Node {
         reply(c, msg)
     }
 
+    /// A descriptor held for one process (FOS_CTL_DEPOSIT): the giver chose
+    /// the tag at random and told the taker; only the taker's pid, as the
+    /// kernel attests it, gets it, once.
+    func deposit(_ c: Conn, _ msg: ControlMessage) {
+        guard c.hello, msg.fds.count == 1,
+              msg.payload.count == MemoryLayout<fos_ctl_deposit>.size,
+              let d = msg.payload.withUnsafeBytes({ loadStruct(fos_ctl_deposit.self, from: $0) }), d.pid > 0
+        else {
+            msg.closeFDs()
+            rejected &+= 1
+            return reply(c, msg, status: EINVAL)
+        }
+        sweepDeposits()
+        let tag = withUnsafeBytes(of: d.tag) { Array($0) }
+        guard deposits[tag] == nil,
+              deposits.values.filter({ $0.giver == c.fd }).count < Int(FOS_DEPOSIT_MAX_PER_CONN)
+        else {
+            msg.closeFDs()
+            return reply(c, msg, status: deposits[tag] == nil ? EAGAIN : EEXIST)
+        }
+        deposits[tag] = Deposit(fd: msg.fds[0], pid: d.pid, giver: c.fd,
+                                expires: monotonicNanos() &+ UInt64(FOS_DEPOSIT_TTL_MS) * 1_000_000)
+        reply(c, msg)
+    }
+
+    func fetch(_ c: Conn, _ msg: ControlMessage) {
+        guard msg.payload.count == MemoryLayout<fos_ctl_fetch>.size,
+              let f = msg.payload.withUnsafeBytes({ loadStruct(fos_ctl_fetch.self, from: $0) })
+        else {
+            rejected &+= 1
+            return reply(c, msg, status: EINVAL)
+        }
+        sweepDeposits()
+        let tag = withUnsafeBytes(of: f.tag) { Array($0) }
+        // Someone else's tag reads as no tag: a guess learns nothing.
+        guard let d = deposits[tag], d.pid == c.pid else { return reply(c, msg, status: ENOENT) }
+        deposits[tag] = nil
+        reply(c, msg, fds: [d.fd])
+        closeFD(d.fd)
+    }
+
+    func sweepDeposits() {
+        let now = monotonicNanos()
+        for (tag, d) in deposits where d.expires <= now {
+            closeFD(d.fd)
+            deposits[tag] = nil
+        }
+    }
+
     func status() -> NodeStatus {
         NodeStatus(node: String(nodeID, radix: 16), pid: getpid(), runtimeDir: config.runtimeDir,
                    stateDir: config.stateDir, uptimeSeconds: Date().timeIntervalSince(started),
@@ -261,4 +314,13 @@ extension Node {
         _ = fos_sys_pidfd_kill(m.pidfd, SIGKILL)
         replyJSON(c, msg, KillResult(member: m.label, pid: pid))
     }
+}
+
+struct Deposit {
+    var fd: CInt
+    var pid: Int32
+    /// The giving connection (its quota).
+    var giver: CInt
+    /// monotonic ns
+    var expires: UInt64
 }

@@ -579,6 +579,55 @@ struct HostileTests {
         }
     }
 
+    @Test("descriptor deposits: only the named process fetches, once; bad requests and floods refused; unfetched ones closed")
+    func deposits() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let fosd = node.pid
+            let baseFDs = openFDCount(fosd)
+            var p: [Int32] = [0, 0]
+            #expect(pipe(&p) == 0)
+            defer { close(p[0]); close(p[1]) }
+            func errno(_ body: () throws -> Void) -> Int32 {
+                do { try body() } catch FosError.remote(let e) { return e.rawValue } catch { return -1 }
+                return 0
+            }
+            // Ours: fetched once, and it is the same pipe.
+            let tag = try rt.deposit(p[1], for: getpid())
+            let got = try rt.fetch(tag)
+            #expect(write(got, "x", 1) == 1)
+            close(got)
+            var b: UInt8 = 0
+            #expect(read(p[0], &b, 1) == 1 && b == UInt8(ascii: "x"))
+            #expect(errno { _ = try rt.fetch(tag) } == ENOENT)
+            // Someone else's, or a guess: ENOENT alike.
+            let theirs = try rt.deposit(p[1], for: 1)
+            #expect(errno { _ = try rt.fetch(theirs) } == ENOENT)
+            #expect(errno { _ = try rt.fetch([UInt8](repeating: 7, count: Int(FOS_KEY_BYTES))) } == ENOENT)
+            // Malformed: no descriptor, two, a short payload, pid 0.
+            var d = fos_ctl_deposit()
+            d.pid = getpid()
+            var payload = [UInt8]()
+            appendStruct(d, to: &payload)
+            #expect(errno { _ = try rt.control.request(Int32(FOS_CTL_DEPOSIT), payload: payload) } == EINVAL)
+            #expect(errno { _ = try rt.control.request(Int32(FOS_CTL_DEPOSIT), payload: payload, fds: [p[0], p[1]]) } == EINVAL)
+            #expect(errno { _ = try rt.control.request(Int32(FOS_CTL_DEPOSIT), payload: Array(payload.prefix(8)), fds: [p[1]]) } == EINVAL)
+            #expect(errno { _ = try rt.control.request(Int32(FOS_CTL_FETCH), payload: [1, 2, 3]) } == EINVAL)
+            d.pid = 0
+            payload = []
+            appendStruct(d, to: &payload)
+            #expect(errno { _ = try rt.control.request(Int32(FOS_CTL_DEPOSIT), payload: payload, fds: [p[1]]) } == EINVAL)
+            // A flood stops at the quota (one is held already).
+            var held = 1
+            while held < 1000, errno({ _ = try rt.deposit(p[1], for: 1) }) == 0 { held += 1 }
+            #expect(held == Int(FOS_DEPOSIT_MAX_PER_CONN))
+            // Unfetched deposits are closed once they expire (noticed at the next request).
+            await pause(.milliseconds(Int(FOS_DEPOSIT_TTL_MS) + 500))
+            #expect(errno { _ = try rt.fetch(theirs) } == ENOENT)
+            #expect(openFDCount(fosd) <= baseFDs, "fosd holds \(openFDCount(fosd)) descriptors, \(baseFDs) before")
+        }
+    }
+
     @Test("impostors: a non-member cannot take a fleet's name; another user cannot reach the raw disk")
     func impostors() async throws {
         try await TestNode.with(members: 2) { node in

@@ -68,11 +68,12 @@ struct ShimTests {
         #expect(!exported.contains { $0.hasPrefix("fos_") }, "internal symbols exported")
     }
 
-    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap, programs stored in /fos")
+    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap (shared between processes), programs stored in /fos")
     func cTests() async throws {
         try await TestNode.with(members: 1) { node in
             chmod(node.root, 0o755)  // t_threads drops to nobody, who must reach the socket
-            for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio", "t_mmap", "t_spawn"] {
+            for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio", "t_mmap", "t_mapshare",
+                         "t_spawn"] {
                 let exe = try await Shim.compile(name, into: node.root)
                 let r = try await Shim.run(node, [exe, "/fos/" + name])
                 #expect(r.status == 0 && r.stdout.hasSuffix("ok\n"), "\(name): \(r.status)\n\(r.stdout)\n\(r.stderr)")
@@ -218,11 +219,36 @@ struct ShimTests {
                 + "select count(*), sum(a) from t; pragma integrity_check;"
             let r = try await Shim.run(node, ["sqlite3", "/fos/db.sqlite", sql])
             #expect(r.status == 0 && r.stdout == "10000|50005000\nok\n", "\(r)")
-            // WAL: its index is a shared mapping, coherent within one process only (w_mmap.c).
             let w = try await Shim.run(node, ["sqlite3", "/fos/db.sqlite",
                                               "pragma journal_mode=wal; insert into t values(0, 'wal'); "
                                               + "select count(*) from t; pragma integrity_check;"])
             #expect(w.status == 0 && w.stdout == "wal\n10001\nok\n", "\(w)")
+        }
+    }
+
+    /// WAL between processes: the WAL index (-shm) is a shared mapping that
+    /// every connection reads and writes; a process that saw only its own
+    /// copy would miss the others' commits (and write over them).
+    @Test("sqlite3 WAL on /fos with two processes at once: each sees the other's commits",
+          .enabled(if: installed("/usr/bin/sqlite3") && installed("/usr/bin/python3")))
+    func sqliteWALProcesses() async throws {
+        try await TestNode.with(members: 1) { node in
+            let script = """
+                import sqlite3, subprocess
+                a = sqlite3.connect('/fos/w.db')
+                print(a.execute('pragma journal_mode=wal').fetchone()[0])
+                a.execute('create table t(x)'); a.commit()
+                a.execute('insert into t values(1)'); a.commit()
+                for i in range(5):
+                    subprocess.run(['sqlite3', '/fos/w.db', 'insert into t values(2); insert into t values(3);'], check=True)
+                    print(a.execute('select count(*) from t').fetchone()[0])
+                    a.execute('insert into t values(4)'); a.commit()
+                print(subprocess.run(['sqlite3', '/fos/w.db', 'select count(*) from t; pragma integrity_check;'],
+                                     capture_output=True, text=True, check=True).stdout, end='')
+                a.close()
+                """
+            let r = try await Shim.run(node, ["/usr/bin/python3", "-c", script])
+            #expect(r.status == 0 && r.stdout == "wal\n3\n6\n9\n12\n15\n16\nok\n", "\(r)")
         }
     }
 

@@ -440,6 +440,36 @@ _Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
 #define FOS_FS_WATCH_MAX_WAIT_MS 10000u
 #define FOS_FS_WATCH_LOST 0x1u
 
+/*
+ * Shared mappings (FOS_OP_FS_MAP): the inode's home member keeps one memfd
+ * with the whole file for as long as any process maps it, and serves READ
+ * from it and applies WRITE and size changes to it, so mappings, read and
+ * write agree between processes as they do on Linux. MAP checks access
+ * (read; with FOS_FS_MAP_WRITE also write), deposits the memfd with fosd for
+ * the caller's pid (read-only unless MAP_WRITE) and answers its tag; the
+ * caller FETCHes it (FOS_CTL_FETCH) and maps it. Pages written through a
+ * mapping reach the file at MSYNC, at fsync of the inode, when the last
+ * mapping is gone, and by themselves within seconds. EXDEV: the inode's
+ * home is not on the caller's machine (no shared memory with it);
+ * EFBIG: the file is too large to be kept in memory this way.
+ */
+#define FOS_OP_FS_MAP 0x41au         /* fos_fs_map -> fos_fs_map_reply */
+#define FOS_OP_FS_MSYNC 0x41bu       /* fos_fs_fsync (ino; datasync 1: also flush the device) -> empty */
+#define FOS_FS_MAP_WRITE 0x1u
+
+typedef struct fos_fs_map {
+    uint64_t ino;
+    uint32_t flags;      /* FOS_FS_MAP_WRITE */
+    uint32_t reserved;
+} fos_fs_map;
+
+typedef struct fos_fs_map_reply {
+    uint8_t tag[FOS_KEY_BYTES]; /* FOS_CTL_FETCH it */
+    uint64_t size;       /* the file's size now */
+} fos_fs_map_reply;
+
+_Static_assert(sizeof(fos_fs_map_reply) == 24, "fos_fs_map_reply layout");
+
 /* An inode's attributes changed, and its data in [offset, offset+length)
  * (length 0: none; UINT64_MAX: all of it). */
 #define FOS_FS_EVENT_INODE 1u
@@ -659,6 +689,8 @@ enum {
     FOS_CTL_KILL = 8,           /* member spec text -> JSON text */
     FOS_CTL_NAME_SERVICE = 9,   /* -> fos_mailbox_addr of /sys/name (public) */
     FOS_CTL_ATTACH = 10,        /* fos_ctl_attach + fd: a bulk region for a channel -> empty */
+    FOS_CTL_DEPOSIT = 11,       /* fos_ctl_deposit + fd: held for one process -> empty */
+    FOS_CTL_FETCH = 12,         /* fos_ctl_fetch -> empty + the deposited fd */
     /* fosd -> process, unsolicited (request_id 0) */
     FOS_CTL_NEW_CHANNEL = 32,   /* fos_ctl_channel + fds */
     FOS_CTL_SHUTDOWN = 33,      /* the node is stopping */
@@ -729,6 +761,26 @@ typedef struct fos_ctl_attach {
     uint32_t slot;    /* 0 ... FOS_MAX_ATTACH_SLOTS-1, chosen by the client */
     uint32_t reserved;
 } fos_ctl_attach;
+
+/* A descriptor handed from one process to another through fosd: the
+ * giver DEPOSITs it for a pid under a tag it chose at random (and tells the
+ * taker the tag some other way, e.g. in a reply); the process with that pid
+ * (SO_PEERCRED) FETCHes it once. Deposits not fetched within
+ * FOS_DEPOSIT_TTL_MS are closed; each giver holds at most
+ * FOS_DEPOSIT_MAX_PER_CONN at once. */
+#define FOS_DEPOSIT_TTL_MS 10000u
+#define FOS_DEPOSIT_MAX_PER_CONN 64u
+typedef struct fos_ctl_deposit {
+    uint8_t tag[FOS_KEY_BYTES];
+    int32_t pid;      /* the only process that may fetch it */
+    uint32_t reserved;
+} fos_ctl_deposit;
+
+_Static_assert(sizeof(fos_ctl_deposit) == 24, "fos_ctl_deposit layout");
+
+typedef struct fos_ctl_fetch {
+    uint8_t tag[FOS_KEY_BYTES];
+} fos_ctl_fetch;
 
 /* Per-process statistics page, shared with fosd (and read-only with the
  * name server). Everything here is written by the process and therefore
