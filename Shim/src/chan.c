@@ -67,7 +67,7 @@ int fos_shim_chan_map(fos_shim_chan *c, const fos_ctl_channel *info, int fds[3])
 }
 
 void fos_shim_chan_unmap(fos_shim_chan *c) {
-    if (c->base) munmap(c->base, c->size);
+    if (c->base) fos_shim_sys_munmap(c->base, c->size);
     if (c->memfd >= 0) fos_shim_sys_close(c->memfd);
     if (c->wait_fd >= 0) fos_shim_sys_close(c->wait_fd);
     if (c->wake_fd >= 0) fos_shim_sys_close(c->wake_fd);

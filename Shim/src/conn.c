@@ -297,9 +297,9 @@ static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int 
 static void fos_shim_vconn_forget(fos_shim_conn *v) {
     fos_shim_chan *all[3] = {&v->fs, &v->name, &v->spawn};
     for (int i = 0; i < 3; i++) {
-        if (all[i]->base) munmap(all[i]->base, all[i]->size);
+        if (all[i]->base) fos_shim_sys_munmap(all[i]->base, all[i]->size);
     }
-    munmap(v, sizeof *v);
+    fos_shim_sys_munmap(v, sizeof *v);
 }
 
 /* The connection this thread's calls use; NULL if none can be had. */
@@ -335,7 +335,7 @@ void fos_shim_conn_child_release(void) {
     if (v == NULL || !fos_shim_in_vfork_child()) return;
     fos_shim_vconn = NULL;
     if (v->pid == (pid_t)syscall(SYS_getpid)) fos_shim_drop(v);
-    munmap(v, sizeof *v);
+    fos_shim_sys_munmap(v, sizeof *v);
 }
 
 /* Enters a call on this thread's connection (locked, cancellation held

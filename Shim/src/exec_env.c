@@ -54,6 +54,10 @@ static int fos_shim_is_var(const char *e, const char *name) {
 }
 
 char **fos_shim_env_fix(char *const *envp, char **out, fos_shim_envbuf *b, int standin) {
+    return fos_shim_env_fix_cwd(envp, out, b, standin, NULL);
+}
+
+char **fos_shim_env_fix_cwd(char *const *envp, char **out, fos_shim_envbuf *b, int standin, const char *cwd) {
     /* Every exec and spawn comes here: a child may get our open files. */
     fos_shim_fd_note_child();
     size_t n = 0;
@@ -76,8 +80,8 @@ char **fos_shim_env_fix(char *const *envp, char **out, fos_shim_envbuf *b, int s
         out[n++] = envp[i];
     }
     char v[FOS_SHIM_PATH_BUF];
-    if (fos_shim_vcwd_get(v) > 0) {
-        snprintf(b->cwd, sizeof b->cwd, "FOS_CWD=%s", v);
+    if (cwd ? cwd[0] != 0 : fos_shim_vcwd_get(v) > 0) {
+        snprintf(b->cwd, sizeof b->cwd, "FOS_CWD=%s", cwd ? cwd : v);
         out[n++] = b->cwd;
     }
     if (self && !has_self) {

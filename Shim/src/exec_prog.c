@@ -206,7 +206,7 @@ int fos_shim_prog_materialise(const fos_shim_prog *p) {
         /* Shorter now than when it was opened: what is there. */
         else if ((uint64_t)got < p->size && syscall(SYS_ftruncate, fd, (long)got) != 0) err = errno;
     }
-    if (m != MAP_FAILED) munmap(m, p->size);
+    if (m != MAP_FAILED) fos_shim_sys_munmap(m, p->size);
     if (err == 0 && syscall(SYS_fcntl, fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
         err = errno;
     }

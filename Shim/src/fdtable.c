@@ -50,7 +50,7 @@ static fos_shim_ofd *fos_shim_table(void) {
     fos_shim_ofd *expected = NULL;
     if (!__atomic_compare_exchange_n(&fos_shim_fdtab, &expected, (fos_shim_ofd *)p, 0, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE)) {
-        munmap(p, n * sizeof *t);
+        fos_shim_sys_munmap(p, n * sizeof *t);
         return expected;
     }
     __atomic_store_n(&fos_shim_fdtab_len, n, __ATOMIC_RELEASE);

@@ -134,8 +134,8 @@ int fos_shim_op_map(uint64_t ino, int writable, int *fd, uint64_t *size) {
     return 0;
 }
 
-int fos_shim_op_msync(uint64_t ino, int durable) {
-    fos_fs_fsync f = {.ino = ino, .datasync = durable ? 1u : 0u};
+int fos_shim_op_msync(uint64_t ino, uint64_t memfd_ino, int durable) {
+    fos_fs_msync f = {.ino = ino, .memfd_ino = memfd_ino, .flags = durable ? FOS_FS_MSYNC_FLUSH : 0u};
     return fos_shim_req(FOS_OP_FS_MSYNC, &f, sizeof f, NULL, 0, NULL, 0, NULL, 0, NULL);
 }
 

@@ -62,7 +62,7 @@ static fos_shim_child_cwds *fos_shim_ccwd_here(int create) {
     if (c && c->pid == me) return c;
     if (c) {
         fos_shim_ccwd = NULL;
-        munmap(c, sizeof *c);
+        fos_shim_sys_munmap(c, sizeof *c);
     }
     if (!create || me == __atomic_load_n(&fos_shim_proc_pid, __ATOMIC_RELAXED)) return NULL;
     c = mmap(NULL, sizeof *c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -274,8 +274,9 @@ int fos_shim_op_fsync(uint64_t ino, int datasync);
 /* The memfd every shared mapping of `ino` on this machine shares (MAP, then
  * FETCH): *fd read-write with `writable`, and the file's size. 0 or -errno. */
 int fos_shim_op_map(uint64_t ino, int writable, int *fd, uint64_t *size);
-/* What shared mappings of `ino` wrote, to the file; `durable`: and flushed. */
-int fos_shim_op_msync(uint64_t ino, int durable);
+/* What shared mappings of `ino` wrote, to the file; `durable`: and flushed.
+ * `memfd_ino`: the memfd's inode as mapped (EIO if the member has another). */
+int fos_shim_op_msync(uint64_t ino, uint64_t memfd_ino, int durable);
 /* These take the caller's fs path buffers and split them in place. */
 int fos_shim_op_mkdir(char *fspath, uint32_t mode);
 int fos_shim_op_remove(char *fspath, int dir);
@@ -335,6 +336,9 @@ typedef struct fos_shim_envbuf {
 /* envp for a new image: the shim's variables put back, FOS_CWD as the
  * virtual cwd is now, no stand-in marker (standin adds it: fos-exec). */
 char **fos_shim_env_fix(char *const *envp, char **out, fos_shim_envbuf *b, int standin);
+/* The same with the child's cwd given: `cwd` a host-form fos path for
+ * FOS_CWD, "" for none (a host directory), NULL for the virtual cwd now. */
+char **fos_shim_env_fix_cwd(char *const *envp, char **out, fos_shim_envbuf *b, int standin, const char *cwd);
 size_t fos_shim_env_len(char *const *envp);
 /* fos-exec beside this library, or NULL. */
 const char *fos_shim_exec_helper(void);
@@ -354,6 +358,9 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]);
 /* w_spawnfa.c: the errno of a fos open among posix_spawn file actions
  * `fa` (opened when added) that failed, or 0. */
 int fos_shim_fa_error(const posix_spawn_file_actions_t *fa);
+/* Where chdir actions of `fa` leave the child: 1 and a host-form fos path
+ * in out, 2 a host directory (no virtual cwd), 0 no chdir action. */
+int fos_shim_fa_cwd(const posix_spawn_file_actions_t *fa, char out[FOS_SHIM_PATH_BUF]);
 
 /* w_io.c: access checks and I/O on a live fos descriptor fd (entry o). at
  * < 0: at the shared offset, which then advances. Bytes or -errno. */
@@ -400,6 +407,7 @@ static inline int fos_shim_maybe_fos(int dirfd, const char *path) {
 /* The shim's own descriptors are closed, read and written with raw
  * syscalls: the libc names would reach the shim's own wrappers. */
 #define fos_shim_sys_close(fd) ((int)syscall(SYS_close, (fd)))
+#define fos_shim_sys_munmap(p, n) ((int)syscall(SYS_munmap, (p), (n)))
 
 /* errno discipline: a result r >= 0 restores the caller's errno; r < 0
  * is -errno, set and -1 returned. */

@@ -267,7 +267,7 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]) {
     uint32_t n = 0;
     if (r == 0) r = -fos_shim_spawn_call(FOS_OP_SPAWN, req, (uint32_t)len, &rep, sizeof rep, &n);
     if (r == 0 && n != sizeof rep) r = -EIO;
-    if (req != MAP_FAILED) munmap(req, FOS_MAX_PAYLOAD);
+    if (req != MAP_FAILED) fos_shim_sys_munmap(req, FOS_MAX_PAYLOAD);
     if (execfd >= 0) fos_shim_sys_close(execfd);
     if (r < 0) {
         sigprocmask(SIG_SETMASK, &old, NULL);

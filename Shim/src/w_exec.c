@@ -30,6 +30,15 @@ extern char **environ;
     fos_shim_envbuf name##_b;                                                               \
     char **name = fos_shim_env_fix(envp, name##_v, &name##_b, standin)
 
+/* For posix_spawn: FOS_CWD where the chdir actions of fa leave the child. */
+#define FOS_SHIM_SPAWN_ENV(envp, fa, name, standin)                                         \
+    char name##_cwd[FOS_SHIM_PATH_BUF];                                                     \
+    int name##_k = fos_shim_fa_cwd(fa, name##_cwd);                                         \
+    char *name##_v[fos_shim_env_len(envp) + FOS_SHIM_ENV_EXTRA];                            \
+    fos_shim_envbuf name##_b;                                                               \
+    char **name = fos_shim_env_fix_cwd(envp, name##_v, &name##_b, standin,                  \
+                                       name##_k == 1 ? name##_cwd : name##_k == 2 ? "" : NULL)
+
 /* Cheap first test of the rule: is fos in view of the new program? */
 static int fos_shim_fos_in_view(char *const argv[]) {
     if (fos_shim_vcwd_on()) return 1;
@@ -303,7 +312,7 @@ static int fos_shim_spawn_fos(pid_t *pid, const char *path, const posix_spawn_fi
     int r = fos_shim_fos_check(path, argv, envp, 0);
     if (r < 0) return -r;
     FOS_SHIM_HELPER_ARGV(hargv, path, argv);
-    FOS_SHIM_FIXED_ENV(envp, env, 1);
+    FOS_SHIM_SPAWN_ENV(envp, fa, env, 1);
     return FOS_REAL_V(posix_spawn, FOS_SHIM_V_POSIX_SPAWN)(pid, hargv[0], fa, attr, hargv, env);
 }
 
@@ -321,7 +330,7 @@ FOS_SHIM_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_
     if (k == FOS_SHIM_HOST || k == FOS_SHIM_REWRITTEN) {
         r = -fos_shim_host_check(use, argv, envp);
         if (r == 0) {
-            FOS_SHIM_FIXED_ENV(envp, env, 0);
+            FOS_SHIM_SPAWN_ENV(envp, fa, env, 0);
             r = FOS_REAL_V(posix_spawn, FOS_SHIM_V_POSIX_SPAWN)(pid, use, fa, attr, argv, env);
         }
         if (r == ENOENT && fos_shim_needs_fos_interp(use)) r = fos_shim_spawn_fos(pid, use, fa, attr, argv, envp);
@@ -362,6 +371,6 @@ FOS_SHIM_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn
         errno = saved;
         return r ? r : posix_spawn(pid, cand, fa, attr, argv, envp);
     }
-    FOS_SHIM_FIXED_ENV(envp, env, 0);
+    FOS_SHIM_SPAWN_ENV(envp, fa, env, 0);
     return FOS_REAL_V(posix_spawnp, FOS_SHIM_V_POSIX_SPAWN)(pid, file, fa, attr, argv, env);
 }

@@ -22,14 +22,15 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define FOS_SHIM_MAPS 256
+#define FOS_SHIM_MAPS 1024
 
 typedef struct fos_shim_map {
     uint8_t *addr;
     size_t len;
     uint64_t ino;
     uint64_t off;
-    int member; /* the member's memfd: it writes back; msync only asks it to */
+    int member;        /* the member's memfd: it writes back; msync only asks it to */
+    uint64_t memfd_ino; /* which memfd (a restarted member that lost it says so) */
 } fos_shim_map;
 
 /* Shared mappings: copies to be written back, and the member's memfds (for msync). */
@@ -41,7 +42,7 @@ void fos_shim_maps_atfork_child(void) { pthread_mutex_init(&fos_shim_maps_mu, NU
 
 /* Writes [a, a+n) of mapping m back, up to the file's current size. */
 static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n, int durable) {
-    if (m->member) return fos_shim_op_msync(m->ino, durable);
+    if (m->member) return fos_shim_op_msync(m->ino, m->memfd_ino, durable);
     fos_fs_stat st;
     int r = fos_shim_op_getattr(m->ino, &st);
     if (r) return r;
@@ -54,40 +55,48 @@ static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n, int 
 }
 
 /* Writes back every part of [addr, addr+len) that a writable shared fos
- * mapping covers; with forget, drops those parts from the records. */
+ * mapping covers; with forget, drops those parts from the records. The
+ * write-backs run outside the lock: a request may reconnect, which unmaps
+ * the old channel's rings through munmap, which takes the lock. */
 static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget, int durable) {
     int err = 0;
-    pthread_mutex_lock(&fos_shim_maps_mu);
     for (int i = 0; i < FOS_SHIM_MAPS; i++) {
+        pthread_mutex_lock(&fos_shim_maps_mu);
         fos_shim_map *m = &fos_shim_maps[i];
-        if (m->addr == NULL || addr >= m->addr + m->len || addr + len <= m->addr) continue;
+        if (m->addr == NULL || addr >= m->addr + m->len || addr + len <= m->addr) {
+            pthread_mutex_unlock(&fos_shim_maps_mu);
+            continue;
+        }
+        fos_shim_map copy = *m;
         uint8_t *a = addr > m->addr ? addr : m->addr;
         uint8_t *b = addr + len < m->addr + m->len ? addr + len : m->addr + m->len;
-        /* The member's memfd needs nothing when unmapped: it writes back itself. */
-        int r = forget && m->member ? 0 : fos_shim_write_back(m, a, (size_t)(b - a), durable);
-        if (r && !err) err = r;
-        if (!forget) continue;
-        if (a == m->addr && b == m->addr + m->len) {
-            m->addr = NULL;
-            __atomic_sub_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
-        } else if (a == m->addr) {
-            m->off += (uint64_t)(b - m->addr);
-            m->len -= (size_t)(b - m->addr);
-            m->addr = b;
-        } else {
-            m->len = (size_t)(a - m->addr); /* the tail goes; a hole in the middle keeps the head only */
+        if (forget) {
+            if (a == m->addr && b == m->addr + m->len) {
+                m->addr = NULL;
+                __atomic_sub_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
+            } else if (a == m->addr) {
+                m->off += (uint64_t)(b - m->addr);
+                m->len -= (size_t)(b - m->addr);
+                m->addr = b;
+            } else {
+                m->len = (size_t)(a - m->addr); /* the tail goes; a hole in the middle keeps the head only */
+            }
         }
+        pthread_mutex_unlock(&fos_shim_maps_mu);
+        /* The member's memfd needs nothing when unmapped: it writes back itself. */
+        int r = forget && copy.member ? 0 : fos_shim_write_back(&copy, a, (size_t)(b - a), durable);
+        if (r && !err) err = r;
     }
-    pthread_mutex_unlock(&fos_shim_maps_mu);
     return err;
 }
 
-static int fos_shim_record(uint8_t *addr, size_t len, uint64_t ino, uint64_t off, int member) {
+static int fos_shim_record(uint8_t *addr, size_t len, uint64_t ino, uint64_t off, int member, uint64_t memfd_ino) {
     int ok = -ENOMEM;
     pthread_mutex_lock(&fos_shim_maps_mu);
     for (int i = 0; i < FOS_SHIM_MAPS && ok; i++) {
         if (fos_shim_maps[i].addr != NULL) continue;
-        fos_shim_maps[i] = (fos_shim_map){.addr = addr, .len = len, .ino = ino, .off = off, .member = member};
+        fos_shim_maps[i] = (fos_shim_map){.addr = addr, .len = len, .ino = ino, .off = off, .member = member,
+                                          .memfd_ino = memfd_ino};
         __atomic_add_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
         ok = 0;
     }
@@ -106,17 +115,27 @@ static void *fos_shim_mmap_member(void *addr, size_t len, int prot, int flags, c
     switch (r) {
     case 0:
         break;
-    case -EXDEV: case -EFBIG: case -ENOMEM: case -ENOENT: case -ENOSYS: case -EOPNOTSUPP: case -EPROTO:
+    case -EXDEV: case -EFBIG: case -ENOSYS: case -EOPNOTSUPP:
+        /* The member cannot share this file's memory with us: a copy. */
         return (void *)(intptr_t)-EAGAIN;
-    default:
+    case -EACCES: case -ENODEV: case -ENOMEM: case -EPERM: case -EINVAL:
         return (void *)(intptr_t)r;
+    default:
+        /* Never a silent copy (processes that must share would not):
+         * mmap's own word for "not now". */
+        return (void *)(intptr_t)-ENOMEM;
     }
+    struct stat st;
+    uint64_t memfd_ino = syscall(SYS_fstat, fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
     uint8_t *p = FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
     r = p == MAP_FAILED ? -errno : 0;
     fos_shim_sys_close(fd);
     if (r) return (void *)(intptr_t)r;
-    /* Only for msync: with the table full, the member still writes back itself. */
-    (void)fos_shim_record(p, len, o->ino, (uint64_t)off, 1);
+    r = fos_shim_record(p, len, o->ino, (uint64_t)off, 1, memfd_ino);
+    if (r) {
+        FOS_REAL(munmap)(p, len);
+        return (void *)(intptr_t)r;
+    }
     return p;
 }
 
@@ -144,7 +163,7 @@ static void *fos_shim_mmap_fos(void *addr, size_t len, int prot, int flags, cons
         r = got < 0 ? (int)got : 0;
     }
     if (r == 0 && prot != (PROT_READ | PROT_WRITE) && mprotect(p, len, prot) != 0) r = -errno;
-    if (r == 0 && shared_write) r = fos_shim_record(p, len, o->ino, (uint64_t)off, 0);
+    if (r == 0 && shared_write) r = fos_shim_record(p, len, o->ino, (uint64_t)off, 0, 0);
     if (r) {
         FOS_REAL(munmap)(p, len);
         return (void *)(intptr_t)r;

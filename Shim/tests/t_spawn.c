@@ -352,6 +352,72 @@ static void test_file_actions(const char *self) {
     CHECK(open_fds() == before);
 }
 
+/* `sh -c script` spawned with fa (plus stdout to a pipe): its output. */
+static void spawn_sh(posix_spawn_file_actions_t *fa, const char *script, char *out, size_t cap) {
+    int pp[2];
+    CHECK(pipe(pp) == 0);
+    posix_spawn_file_actions_adddup2(fa, pp[1], 1);
+    posix_spawn_file_actions_addclose(fa, pp[0]);
+    char *sh[] = {"sh", "-c", (char *)script, NULL};
+    pid_t p;
+    CHECK(posix_spawn(&p, "/bin/sh", fa, NULL, sh, environ) == 0);
+    close(pp[1]);
+    size_t got = 0;
+    ssize_t n;
+    while (got < cap - 1 && (n = read(pp[0], out + got, cap - 1 - got)) > 0) got += (size_t)n;
+    out[got] = 0;
+    close(pp[0]);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    posix_spawn_file_actions_destroy(fa);
+}
+
+/* chdir actions: into a fos directory the child starts in its virtual
+ * cwd; into a host one it has none (not the parent's). */
+static void test_chdir_actions(void) {
+    CHECK(mkdir(path_in(dir, "cd"), 0755) == 0);
+    int fd = open(path_in(dir, "cd/f"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    write_all(fd, "in sub\n", 7);
+    close(fd);
+    char want[8192], out[8192];
+    snprintf(want, sizeof want, "%s/cd\nin sub\n", dir);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, path_in(dir, "cd")) == 0);
+    spawn_sh(&fa, "pwd; cat f", out, sizeof out);
+    CHECK(strcmp(out, want) == 0);
+    /* Relative to the fos directory an earlier action entered. */
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, dir) == 0);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, "cd") == 0);
+    spawn_sh(&fa, "pwd; cat f", out, sizeof out);
+    CHECK(strcmp(out, want) == 0);
+    /* By descriptor. */
+    int d = open(path_in(dir, "cd"), O_RDONLY | O_DIRECTORY);
+    CHECK(d >= 0);
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addfchdir_np(&fa, d) == 0);
+    spawn_sh(&fa, "pwd; cat f", out, sizeof out);
+    CHECK(strcmp(out, want) == 0);
+    close(d);
+    /* Our cwd is in /fos; the child's is a host directory. */
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, "/tmp") == 0);
+    spawn_sh(&fa, "pwd", out, sizeof out);
+    CHECK(strcmp(out, "/tmp\n") == 0);
+    /* What the child's chdir would fail with, posix_spawn reports. */
+    pid_t p;
+    char *t[] = {"true", NULL};
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, path_in(dir, "missing")) == 0);
+    CHECK(posix_spawn(&p, "/bin/true", &fa, NULL, t, environ) == ENOENT);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, path_in(dir, "cd/f")) == 0);
+    CHECK(posix_spawn(&p, "/bin/true", &fa, NULL, t, environ) == ENOTDIR);
+    posix_spawn_file_actions_destroy(&fa);
+}
+
 static void test_errors(void) {
     char *args[] = {"x", NULL};
     int fd = open(path_in(dir, "plain"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
@@ -395,6 +461,7 @@ int main(int argc, char **argv) {
     test_execveat();
     test_signals(self);
     test_file_actions(self);
+    test_chdir_actions();
     test_errors();
     puts("ok");
     return 0;

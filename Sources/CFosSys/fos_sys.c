@@ -142,6 +142,10 @@ int fos_sys_seal_size(int fd) {
     return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0 ? -errno : 0;
 }
 
+int fos_sys_seal_seals(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL) < 0 ? -errno : 0;
+}
+
 int fos_sys_check_sealed(int fd) {
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0) return -errno;

@@ -235,7 +235,10 @@ extension FileSystem {
                     got = try await allocBlocks(count: want, goal: goal, preferAG: i.ag, for: i, spill: true)
                 } catch FSError.posix(.noSpace) where reservedCount > 0 && !retried {
                     retried = true
-                    i.size = max(i.size, pos)
+                    if pos > i.size {
+                        i.size = pos
+                        observeResize(i)
+                    }
                     try await storeExtents(i)
                     try await commit()
                     try await checkpoint()
@@ -310,6 +313,7 @@ extension FileSystem {
 
     /// Releases everything an inode owns, then the inode itself.
     func destroyInode(_ i: Inode) async throws {
+        observeFree(i.ino)
         for (p, n) in i.removeRange(0, 1 << 32) { try await freeBlocks(p, n) }
         i.extentsDirty = false
         for b in i.chain { try await freeBlocks(b, 1) }

@@ -14,6 +14,8 @@ public protocol DataObserver: AnyObject, Sendable {
     /// The file is now `size` bytes long (bytes past it are gone; bytes
     /// added read as zeros).
     func resized(ino: UInt64, to size: UInt64)
+    /// The inode is gone (its number may name another file later).
+    func freed(ino: UInt64)
 }
 
 extension FileSystem {
@@ -26,6 +28,8 @@ extension FileSystem {
         guard !observerMuted, let o = dataObserver else { return }
         o.resized(ino: i.ino, to: i.size)
     }
+
+    func observeFree(_ ino: UInt64) { dataObserver?.freed(ino: ino) }
 
     /// The whole content of regular file `ino` and its generation, handed to
     /// `body` inside one operation: no write lands between the read and what
@@ -45,10 +49,13 @@ extension FileSystem {
     /// Writes back what changed in a copy (a shared mapping): `changes`,
     /// called inside the operation, returns (offset, bytes) runs; each is
     /// cut to the file's size now (bytes past the end were truncated away
-    /// and stay so) and written without telling the observer. Nothing is
+    /// and stay so), written without telling the observer, and reported to
+    /// `wrote` once the file system has all of it (or the part it took
+    /// before the disk filled, and then ENOSPC is thrown). Nothing is
     /// written unless `ino` is still the file of `generation` (a number
     /// freed and used again names another file).
-    public func writeBack(ino: UInt64, generation: UInt32, _ changes: () -> [(UInt64, [UInt8])]) async throws {
+    public func writeBack(ino: UInt64, generation: UInt32, _ changes: () -> [(UInt64, [UInt8])],
+                          wrote: (UInt64, ArraySlice<UInt8>) -> Void) async throws {
         try await op {
             let i = try await inode(ino)
             guard i.isReg, i.generation == generation, i.nlink > 0 || orphans[ino] != nil else { return }
@@ -56,7 +63,9 @@ extension FileSystem {
             defer { observerMuted = false }
             for (offset, bytes) in changes() where offset < i.size {
                 let n = Int(min(UInt64(bytes.count), i.size - offset))
-                _ = try await writeData(i, offset: offset, data: Array(bytes.prefix(n)))
+                let put = try await writeData(i, offset: offset, data: Array(bytes.prefix(n)))
+                if put > 0 { wrote(offset, bytes[..<put]) }
+                if put < n { throw FSError.ENOSPC }
             }
         }
     }

@@ -24,9 +24,14 @@ import Glibc
 /// - pages written through a mapping are found by comparing it with a
 ///   shadow copy of what the file holds, and written back at MSYNC, at
 ///   fsync of the file, every `syncInterval`, when the last mapping is gone
-///   and when the member stops. Like the kernel's page cache: a member
-///   killed before that loses what mappings wrote since (msync is what
-///   makes it safe, as it is on Linux).
+///   and when the member stops (SharedMapsWriteBack.swift). Like the
+///   kernel's page cache: a member killed before that loses nothing only
+///   if it comes back and takes the memfds back from their mappers (root).
+///
+/// The memfd is mode 0400 and sealed against further seals: a read-only
+/// taker cannot reopen it writable through /proc, and no taker can seal it
+/// against the member's own writes. Memory is charged to the user whose
+/// MAP made it.
 ///
 /// A process that maps the memory is found by /proc/PID/maps (the memfd is
 /// named "fosmap-<node>-<ino>", in hex: another node on this host has the
@@ -49,6 +54,10 @@ final class SharedMaps: DataObserver, Sendable {
         /// The memfd. Closed when the last reference goes: a reader that
         /// holds the object never reads a descriptor number used again.
         let fd: CInt
+        /// The memfd's own inode: how a mapper names the memfd it maps.
+        let memfdIno: UInt64
+        /// Whose memory it is (ENOMEM past `maxBytesPerUser`).
+        let uid: UInt32
         struct State {
             /// The file's bytes as the file system has them (its size is the
             /// file's size): where the memfd differs, a mapping wrote.
@@ -59,13 +68,18 @@ final class SharedMaps: DataObserver, Sendable {
             /// not have mapped it yet.
             var given: UInt64 = 0
             var writable = false
+            /// A background write-back that failed, for the next MSYNC or FSYNC.
+            var error: Errno?
         }
         let state: Mutex<State>
 
-        init(ino: UInt64, generation: UInt32, fd: CInt, content: [UInt8]) {
+        init(ino: UInt64, generation: UInt32, fd: CInt, uid: UInt32, content: [UInt8]) {
             self.ino = ino
             self.generation = generation
             self.fd = fd
+            self.uid = uid
+            var st = stat()
+            memfdIno = fstat(fd, &st) == 0 ? UInt64(st.st_ino) : 0
             state = Mutex(State(shadow: content))
         }
 
@@ -74,16 +88,16 @@ final class SharedMaps: DataObserver, Sendable {
 
     private struct State {
         var files: [UInt64: MapFile] = [:]
-        var bytes = 0
+        var bytesByUser: [UInt32: Int] = [:]
     }
     private let state = Mutex(State())
 
     /// A file larger than this is not kept in memory (EFBIG: the shim falls
     /// back to a private copy).
     static let maxFileBytes = 256 << 20
-    /// All mapped files of the member together (twice this in memory, with
-    /// the shadows): past it, ENOMEM.
-    static let maxBytes = 1 << 30
+    /// Mapped files one user's MAPs made (twice this in memory, with the
+    /// shadows): past it, ENOMEM.
+    static let maxBytesPerUser = 1 << 30
     static let syncInterval: Duration = .seconds(2)
     /// A handed-out memfd not found mapped this long after is let go: the
     /// shim fetches and maps it right after the answer (a process stopped
@@ -92,48 +106,76 @@ final class SharedMaps: DataObserver, Sendable {
 
     func file(_ ino: UInt64) -> MapFile? { state.withLock { $0.files[ino] } }
     func has(_ ino: UInt64) -> Bool { file(ino) != nil }
+    var files: [MapFile] { state.withLock { Array($0.files.values) } }
+
+    /// `f` leaves the table (if still there): reads and writes of its file
+    /// go to the file system alone from now on.
+    func drop(_ f: MapFile, why: String? = nil) {
+        let dropped = state.withLock { s -> Bool in
+            guard s.files[f.ino] === f else { return false }
+            s.files[f.ino] = nil
+            s.bytesByUser[f.uid, default: 0] -= f.state.withLock { $0.shadow.count }
+            return true
+        }
+        if dropped, let why { say("shared mapping of inode \(f.ino) given up: \(why)") }
+    }
 
     // MARK: DataObserver (inside file system operations)
 
     func wrote(ino: UInt64, at offset: UInt64, _ bytes: ArraySlice<UInt8>, size: UInt64) {
         guard let f = file(ino) else { return }
-        resize(f, to: size)
-        f.state.withLock { s in
+        guard resize(f, to: size) else { return }
+        let ok = f.state.withLock { s -> Bool in
             let end = min(Int(offset) + bytes.count, s.shadow.count)
-            guard Int(offset) < end else { return }
+            guard Int(offset) < end else { return true }
             let n = end - Int(offset)
             s.shadow.replaceSubrange(Int(offset)..<end, with: bytes.prefix(n))
-            _ = bytes.withUnsafeBytes { pwriteAll(f.fd, $0.baseAddress!, n, off_t(offset)) }
+            return bytes.withUnsafeBytes { pwriteAll(f.fd, $0.baseAddress!, n, off_t(offset)) }
         }
+        if !ok { drop(f, why: "write to the memfd failed: \(Errno(rawValue: errno))") }
     }
 
     func resized(ino: UInt64, to size: UInt64) {
         guard let f = file(ino) else { return }
-        resize(f, to: size)
+        _ = resize(f, to: size)
     }
 
-    private func resize(_ f: MapFile, to size: UInt64) {
-        let delta = f.state.withLock { s -> Int in
+    func freed(ino: UInt64) {
+        guard let f = file(ino) else { return }
+        drop(f)
+    }
+
+    /// Makes memfd and shadow `size` bytes long; false (and `f` dropped) if
+    /// the memfd refused.
+    private func resize(_ f: MapFile, to size: UInt64) -> Bool {
+        let (delta, ok) = f.state.withLock { s -> (Int, Bool) in
             let old = s.shadow.count
-            guard old != Int(size) else { return 0 }
+            guard old != Int(size) else { return (0, true) }
+            // Shrinking drops the pages past the end (a mapping touching
+            // them faults, as on Linux); growing reads as zeros.
+            guard ftruncate(f.fd, off_t(size)) == 0 else { return (0, false) }
             if Int(size) < old {
                 s.shadow.removeSubrange(Int(size)...)
             } else {
                 s.shadow += repeatElement(0, count: Int(size) - old)
             }
-            // Shrinking drops the pages past the end (a mapping touching
-            // them faults, as on Linux); growing reads as zeros.
-            _ = ftruncate(f.fd, off_t(size))
-            return Int(size) - old
+            return (Int(size) - old, true)
         }
-        if delta != 0 { state.withLock { $0.bytes += delta } }
+        if delta != 0 { state.withLock { $0.bytesByUser[f.uid, default: 0] += delta } }
+        if !ok { drop(f, why: "resizing the memfd failed: \(Errno(rawValue: errno))") }
+        return ok
     }
 
     // MARK: requests
 
     /// READ of a mapped file: from the memfd, which has what mappings wrote.
-    func read(_ ino: UInt64, offset: UInt64, count: Int) -> [UInt8]? {
+    /// Nil when the file is not mapped (`generation`: the file READ found).
+    func read(_ ino: UInt64, generation: UInt32, offset: UInt64, count: Int) -> [UInt8]? {
         guard let f = file(ino) else { return nil }
+        guard f.generation == generation else {
+            drop(f, why: "its inode number names another file now")
+            return nil
+        }
         let size = UInt64(f.state.withLock { $0.shadow.count })
         guard offset < size else { return [] }
         let n = Int(min(UInt64(count), size - offset))
@@ -145,11 +187,16 @@ final class SharedMaps: DataObserver, Sendable {
     }
 
     /// MAP: the caller's tag for the memfd (made if need be), and the size.
-    func map(_ ino: UInt64, writable: Bool, pid: Int32, svc: FSService) async throws -> fos_fs_map_reply {
-        guard pid > 0 else { throw FSError.posix(.noSuchProcess) }
+    func map(_ a: FileAttributes, writable: Bool, cred: Credentials, svc: FSService) async throws -> fos_fs_map_reply {
+        guard cred.pid > 0 else { throw FSError.posix(.noSuchProcess) }
         while true {
-            let f: MapFile
-            if let have = file(ino) { f = have } else { f = try await make(ino, svc: svc) }
+            var f: MapFile
+            if let have = file(a.ino), have.generation == a.generation {
+                f = have
+            } else {
+                if let stale = file(a.ino) { drop(stale, why: "its inode number names another file now") }
+                f = try await make(a.ino, uid: cred.uid, svc: svc)
+            }
             // The caller's own descriptor: read-only unless it may write.
             var give = f.fd
             if !writable {
@@ -159,19 +206,19 @@ final class SharedMaps: DataObserver, Sendable {
             defer { if give != f.fd { close(give) } }
             let tag: [UInt8]
             do {
-                tag = try svc.rt.deposit(give, for: pid)
+                tag = try svc.rt.deposit(give, for: cred.pid)
             } catch FosError.remote(let e) {
                 throw FSError.posix(e)
             }
             let size = f.state.withLock { s -> Int in
-                s.pids.insert(pid)
+                s.pids.insert(cred.pid)
                 s.given = monotonicNanos()
                 if writable { s.writable = true }
                 return s.shadow.count
             }
             // Let go of (release) while we handed it out: the caller would
             // map a copy nobody else shares. Again, with a new one.
-            guard state.withLock({ $0.files[ino] === f }) else { continue }
+            guard state.withLock({ $0.files[a.ino] === f }) else { continue }
             var r = fos_fs_map_reply()
             withUnsafeMutableBytes(of: &r.tag) { $0.copyBytes(from: tag) }
             r.size = UInt64(size)
@@ -180,232 +227,53 @@ final class SharedMaps: DataObserver, Sendable {
     }
 
     /// The memfd of `ino`, filled from the file inside one operation.
-    private func make(_ ino: UInt64, svc: FSService) async throws -> MapFile {
+    private func make(_ ino: UInt64, uid: UInt32, svc: FSService) async throws -> MapFile {
         try await svc.fs.withContent(ino: ino, limit: UInt64(Self.maxFileBytes)) { content, generation in
             // Another MAP may have made it while we waited for the operation.
-            if let have = file(ino) { return have }
-            guard state.withLock({ $0.bytes }) + content.count <= Self.maxBytes else { throw FSError.posix(.noMemory) }
-            let fd = fos_sys_memfd(String(name(ino).dropFirst("/memfd:".count)))
-            guard fd >= 0 else { throw FSError.posix(Errno(rawValue: -fd)) }
-            let made = MapFile(ino: ino, generation: generation, fd: fd, content: content)
+            if let have = file(ino), have.generation == generation { return have }
+            guard state.withLock({ $0.bytesByUser[uid, default: 0] }) + content.count <= Self.maxBytesPerUser else {
+                throw FSError.posix(.noMemory)
+            }
+            let fd = try Self.memfd(String(name(ino).dropFirst("/memfd:".count)))
+            let made = MapFile(ino: ino, generation: generation, fd: fd, uid: uid, content: content)
             guard ftruncate(fd, off_t(content.count)) == 0,
                   content.withUnsafeBytes({ pwriteAll(fd, $0.baseAddress, content.count, 0) }) else {
                 throw FSError.posix(.noMemory)
             }
-            state.withLock {
-                $0.files[ino] = made
-                $0.bytes += content.count
-            }
+            adopt(made, bytes: content.count)
             return made
         }
     }
 
-    // MARK: a restarted member
-
-    /// At start: the memfds that processes still map from this member's
-    /// previous life, taken back (through /proc/PID/map_files, which needs
-    /// root), so that their mappings and everyone else's meet again and what
-    /// they wrote since the last write-back reaches the file. A memfd not
-    /// taken back stays a private copy of its mapper.
-    func adopt(svc: FSService) async {
-        var found: [UInt64: (pid: Int32, range: String)] = [:]
-        let me = getpid()
-        Openers.eachProcess { pid in
-            guard pid != me, let text = procText("/proc/\(pid)/maps") else { return }
-            for line in text.split(separator: "\n") {
-                guard let r = line.range(of: prefix) else { continue }
-                let hex = line[r.upperBound...].prefix { $0.isHexDigit }
-                guard let ino = UInt64(hex, radix: 16), found[ino] == nil,
-                      FileSystem.home(of: ino, members: svc.members) == svc.member,
-                      let range = line.split(separator: " ").first else { continue }
-                found[ino] = (pid, String(range))
-            }
+    /// Enters `f` in the table (replacing any other of its inode).
+    func adopt(_ f: MapFile, bytes: Int) {
+        let old = state.withLock { s -> MapFile? in
+            let old = s.files[f.ino]
+            s.files[f.ino] = f
+            s.bytesByUser[f.uid, default: 0] += bytes
+            return old
         }
-        for (ino, at) in found {
-            let fd = open("/proc/\(at.pid)/map_files/\(at.range)", O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else {
-                say("member \(svc.member): cannot take back the mapping of inode \(ino) from pid \(at.pid): "
-                    + String(cString: strerror(errno)))
-                continue
-            }
-            var made = false
-            do {
-                try await svc.fs.withContent(ino: ino, limit: UInt64(Self.maxFileBytes)) { content, generation in
-                    let f = MapFile(ino: ino, generation: generation, fd: fd, content: content)
-                    made = true
-                    // The file's size is the truth; what mappings wrote
-                    // within it is found against the shadow and written back.
-                    _ = ftruncate(fd, off_t(content.count))
-                    f.state.withLock {
-                        $0.pids = [at.pid]
-                        $0.writable = true
-                    }
-                    state.withLock {
-                        $0.files[ino] = f
-                        $0.bytes += content.count
-                    }
-                }
-                try await writeBack(ino, svc: svc)
-            } catch {
-                if !made { close(fd) }
-                say("member \(svc.member): cannot take back the mapping of inode \(ino): \(error)")
-            }
+        if let old {
+            state.withLock { $0.bytesByUser[old.uid, default: 0] -= old.state.withLock { $0.shadow.count } }
         }
     }
 
-    // MARK: write-back
-
-    /// Writes what mappings changed in `ino` to the file (nothing if it is
-    /// not mapped). Errors are the file system's.
-    func writeBack(_ ino: UInt64, svc: FSService) async throws {
-        guard let f = file(ino), f.state.withLock({ $0.writable }) else { return }
-        var changed: [(UInt64, [UInt8])] = []
-        try await svc.fs.writeBack(ino: ino, generation: f.generation) {
-            changed = Self.changes(f)
-            return changed
+    /// A memfd that no taker can reopen through /proc (mode 0400: only its
+    /// owner, the member, may, and only to read; root may anything), and
+    /// that nobody can seal.
+    static func memfd(_ name: String) throws -> CInt {
+        let fd = fos_sys_memfd(name)
+        guard fd >= 0 else { throw FSError.posix(Errno(rawValue: -fd)) }
+        guard fchmod(fd, 0o400) == 0, fos_sys_seal_seals(fd) == 0 else {
+            let e = errno
+            close(fd)
+            throw FSError.posix(Errno(rawValue: e))
         }
-        for (offset, bytes) in changed {
-            svc.watch.changed(ino: ino, offset: offset, length: UInt64(bytes.count))
-        }
-    }
-
-    /// The runs of whole pages where the memfd differs from the shadow,
-    /// which takes them on.
-    private static func changes(_ f: MapFile) -> [(UInt64, [UInt8])] {
-        f.state.withLock { s in
-            let size = s.shadow.count
-            guard size > 0 else { return [] }
-            var now = [UInt8](repeating: 0, count: size)
-            let got = now.withUnsafeMutableBytes { preadAll(f.fd, $0.baseAddress!, size, 0) }
-            guard got else { return [] }
-            var runs: [(UInt64, [UInt8])] = []
-            let page = 4096
-            var p = 0
-            while p < size {
-                let end = min(p + page, size)
-                if now[p..<end] != s.shadow[p..<end] {
-                    s.shadow.replaceSubrange(p..<end, with: now[p..<end])
-                    if let last = runs.last, Int(last.0) + last.1.count == p {
-                        runs[runs.count - 1].1 += now[p..<end]
-                    } else {
-                        runs.append((UInt64(p), Array(now[p..<end])))
-                    }
-                }
-                p = end
-            }
-            return runs
-        }
-    }
-
-    /// Every mapped file written back (the member is stopping).
-    func writeBackAll(svc: FSService) async {
-        for ino in state.withLock({ Array($0.files.keys) }) {
-            do { try await writeBack(ino, svc: svc) } catch { say("member \(svc.member): write-back of mapped inode \(ino) failed: \(error)") }
-        }
-    }
-
-    /// Every `syncInterval` while the member lives: writes back, and lets go
-    /// of the files nobody maps any more.
-    func run(svc: FSService) async {
-        while true {
-            try? await Task.sleep(for: Self.syncInterval)
-            let files = state.withLock { Array($0.files.values) }
-            guard !files.isEmpty else { continue }
-            var unmapped: [MapFile] = []
-            for f in files {
-                do {
-                    try await writeBack(f.ino, svc: svc)
-                } catch FSError.posix(_) {
-                } catch {
-                    return svc.fatal("\(error)")
-                }
-                if !heldByRecorded(f) { unmapped.append(f) }
-            }
-            guard !unmapped.isEmpty else { continue }
-            // A process that got a mapping by fork was never recorded: every
-            // process's maps, off the loop thread.
-            let names = Set(unmapped.map { name($0.ino) })
-            let found = await Task.detached { Self.mappers(of: names) }.value
-            for f in unmapped {
-                if let pids = found[name(f.ino)] {
-                    f.state.withLock { $0.pids.formUnion(pids) }
-                    continue
-                }
-                await release(f, svc: svc)
-            }
-        }
-    }
-
-    /// The last write-back, then the memfd goes (with the last reference).
-    private func release(_ f: MapFile, svc: FSService) async {
-        do { try await writeBack(f.ino, svc: svc) } catch {}
-        // Handed out again meanwhile: keep it.
-        guard !f.state.withLock({ monotonicNanos() &- $0.given < Self.settleNs }) else { return }
-        state.withLock { s in
-            guard s.files[f.ino] === f else { return }
-            s.files[f.ino] = nil
-            s.bytes -= f.state.withLock { $0.shadow.count }
-        }
-    }
-
-    /// Mapped by a recorded process, or handed out too recently to tell.
-    private func heldByRecorded(_ f: MapFile) -> Bool {
-        let (pids, given) = f.state.withLock { ($0.pids, $0.given) }
-        if monotonicNanos() &- given < Self.settleNs { return true }
-        let name = name(f.ino)
-        var alive = Set<Int32>()
-        var held = false
-        for pid in pids where Openers.exists(pid) {
-            alive.insert(pid)
-            if !held, Self.maps(of: pid).contains(name) { held = true }
-        }
-        f.state.withLock { $0.pids = alive }
-        return held
+        return fd
     }
 
     /// Our memfd of `ino` as /proc/PID/maps shows it.
     func name(_ ino: UInt64) -> String { prefix + String(ino, radix: 16) }
-
-    /// The fos memfds `pid` maps (of any node), by /proc/PID/maps path ("/memfd:fosmap-…").
-    static func maps(of pid: Int32) -> Set<String> {
-        var out = Set<String>()
-        guard let text = procText("/proc/\(pid)/maps") else { return out }
-        for line in text.split(separator: "\n") {
-            guard let r = line.range(of: "/memfd:fosmap-") else { continue }
-            // "/memfd:fosmap-<node>-<ino> (deleted)"
-            let path = line[r.lowerBound...].split(separator: " ").first.map(String.init) ?? ""
-            out.insert(path)
-        }
-        return out
-    }
-
-    /// Which processes map each of `names`.
-    static func mappers(of names: Set<String>) -> [String: Set<Int32>] {
-        var found: [String: Set<Int32>] = [:]
-        let me = getpid()
-        Openers.eachProcess { pid in
-            guard pid != me else { return }
-            for n in maps(of: pid) where names.contains(n) { found[n, default: []].insert(pid) }
-        }
-        return found
-    }
-}
-
-/// A /proc file's text (its size reads as 0: read to the end), or nil.
-func procText(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var out = [UInt8]()
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n < 0 { return nil }
-        if n == 0 { break }
-        out += chunk[..<n]
-    }
-    return String(decoding: out, as: UTF8.self)
 }
 
 /// pwrite(2) of all `n` bytes (EINTR and short writes retried).

@@ -335,8 +335,11 @@ final class FSService: Sendable {
             guard h.flags == 0, h.count <= FOS_FS_MAX_IO, h.offset <= UInt64(Int64.max) else {
                 throw FSError.posix(.invalidArgument)
             }
-            try check(try await fs.getattr(ino: h.ino), 4, cred)
-            if let d = maps.read(h.ino, offset: h.offset, count: Int(h.count)) { return Reply(payload: d) }
+            let a = try await fs.getattr(ino: h.ino)
+            try check(a, 4, cred)
+            if let d = maps.read(h.ino, generation: a.generation, offset: h.offset, count: Int(h.count)) {
+                return Reply(payload: d)
+            }
             return Reply(payload: try await fs.read(ino: h.ino, offset: h.offset, count: Int(h.count)))
         case FOS_OP_FS_WRITE:
             let h = try w.fixed(fos_fs_io.self)
@@ -361,7 +364,7 @@ final class FSService: Sendable {
         case FOS_OP_FS_FSYNC:
             let h = try w.only(fos_fs_fsync.self)
             guard h.datasync <= 1 else { throw FSError.posix(.invalidArgument) }
-            try await maps.writeBack(h.ino, svc: self)
+            try await maps.sync(h.ino, svc: self)
             try await fs.fsync(ino: h.ino, dataOnly: h.datasync == 1)
             return Reply()
         case FOS_OP_FS_MAP:
@@ -372,14 +375,14 @@ final class FSService: Sendable {
             let writable = h.flags & FOS_FS_MAP_WRITE != 0
             try check(a, writable ? 6 : 4, cred)
             var out = [UInt8]()
-            appendStruct(try await maps.map(h.ino, writable: writable, pid: cred.pid, svc: self), to: &out)
+            appendStruct(try await maps.map(a, writable: writable, cred: cred, svc: self), to: &out)
             return Reply(payload: out)
         case FOS_OP_FS_MSYNC:
-            let h = try w.only(fos_fs_fsync.self)
-            guard h.datasync <= 1 else { throw FSError.posix(.invalidArgument) }
+            let h = try w.only(fos_fs_msync.self)
+            guard h.flags & ~FOS_FS_MSYNC_FLUSH == 0, h.reserved == 0 else { throw FSError.posix(.invalidArgument) }
             _ = try await fs.getattr(ino: h.ino)
-            try await maps.writeBack(h.ino, svc: self)
-            if h.datasync == 1 { try await fs.fsync(ino: h.ino, dataOnly: true) }
+            try await maps.sync(h.ino, memfdIno: h.memfd_ino, svc: self)
+            if h.flags & FOS_FS_MSYNC_FLUSH != 0 { try await fs.fsync(ino: h.ino, dataOnly: true) }
             return Reply()
         case FOS_OP_FS_READDIR:
             let h = try w.only(fos_fs_readdir.self)

@@ -218,6 +218,8 @@ final class Node {
         while !(stopping && supervisor.allGone) {
             var timeout = supervisor.nextTimerMs()
             if listenPausedUntil != 0 { timeout = timeout < 0 ? 100 : min(timeout, 100) }
+            // Unfetched deposits go when they expire, requests or not.
+            if !deposits.isEmpty { timeout = timeout < 0 ? 1000 : min(timeout, 1000) }
             let n = fos_sys_epoll_wait(ep, &data, &events, 64, timeout)
             if n < 0 {
                 log("epoll_wait: \(Errno(rawValue: -n))")
@@ -234,6 +236,7 @@ final class Node {
                 }
             }
             supervisor.tick()
+            if !deposits.isEmpty { sweepDeposits() }
             if listenPausedUntil != 0 && monotonicNanos() >= listenPausedUntil {
                 listenPausedUntil = 0
                 _ = fos_sys_epoll_mod(ep, listenFD, UInt32(FOS_EPOLLIN), Tag.make(.listen, 0))

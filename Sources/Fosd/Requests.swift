@@ -262,8 +262,15 @@ extension Node {
         }
         sweepDeposits()
         let tag = withUnsafeBytes(of: d.tag) { Array($0) }
-        guard deposits[tag] == nil,
-              deposits.values.filter({ $0.giver == c.fd }).count < Int(FOS_DEPOSIT_MAX_PER_CONN)
+        // Counted per taker (one that never fetches blocks only itself)
+        // and per giver (bounds what one process makes fosd hold).
+        var forTaker = 0, fromGiver = 0
+        for e in deposits.values {
+            if e.pid == d.pid { forTaker += 1 }
+            if e.giver == c.fd { fromGiver += 1 }
+        }
+        guard deposits[tag] == nil, forTaker < Int(FOS_DEPOSIT_MAX_PER_PID),
+              fromGiver < Int(FOS_DEPOSIT_MAX_PER_CONN)
         else {
             msg.closeFDs()
             return reply(c, msg, status: deposits[tag] == nil ? EAGAIN : EEXIST)

@@ -43,6 +43,8 @@ int fos_sys_memfd(const char *name);
 /* Seal a memfd's size for good (shrink, grow, and further sealing): a process
  * holding it can then never make the other side's mapping fault. */
 int fos_sys_seal_size(int fd);
+/* Seal a memfd against further sealing only (it stays writable and resizable). */
+int fos_sys_seal_seals(int fd);
 /* 0 if fd is a memfd whose size is sealed against shrinking, else -EPERM. */
 int fos_sys_check_sealed(int fd);
 int fos_sys_eventfd(void);

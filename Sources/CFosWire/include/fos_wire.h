@@ -451,11 +451,13 @@ _Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
  * mapping reach the file at MSYNC, at fsync of the inode, when the last
  * mapping is gone, and by themselves within seconds. EXDEV: the inode's
  * home is not on the caller's machine (no shared memory with it);
- * EFBIG: the file is too large to be kept in memory this way.
+ * EFBIG: the file is too large to be kept in memory this way; ENOMEM: the
+ * caller's user has too much mapped at this member.
  */
 #define FOS_OP_FS_MAP 0x41au         /* fos_fs_map -> fos_fs_map_reply */
-#define FOS_OP_FS_MSYNC 0x41bu       /* fos_fs_fsync (ino; datasync 1: also flush the device) -> empty */
+#define FOS_OP_FS_MSYNC 0x41bu       /* fos_fs_msync -> empty */
 #define FOS_FS_MAP_WRITE 0x1u
+#define FOS_FS_MSYNC_FLUSH 0x1u     /* and make it durable (msync MS_SYNC) */
 
 typedef struct fos_fs_map {
     uint64_t ino;
@@ -469,6 +471,19 @@ typedef struct fos_fs_map_reply {
 } fos_fs_map_reply;
 
 _Static_assert(sizeof(fos_fs_map_reply) == 24, "fos_fs_map_reply layout");
+
+/* MSYNC: memfd_ino is the inode (st_ino) of the memfd the caller maps;
+ * EIO if it is not the member's (a member that restarted and could not
+ * take it back: what was stored through it since cannot reach the file).
+ * A write-back that failed since the last MSYNC or FSYNC is reported once. */
+typedef struct fos_fs_msync {
+    uint64_t ino;
+    uint64_t memfd_ino;
+    uint32_t flags;      /* FOS_FS_MSYNC_* */
+    uint32_t reserved;
+} fos_fs_msync;
+
+_Static_assert(sizeof(fos_fs_msync) == 24, "fos_fs_msync layout");
 
 /* An inode's attributes changed, and its data in [offset, offset+length)
  * (length 0: none; UINT64_MAX: all of it). */
@@ -766,10 +781,11 @@ typedef struct fos_ctl_attach {
  * giver DEPOSITs it for a pid under a tag it chose at random (and tells the
  * taker the tag some other way, e.g. in a reply); the process with that pid
  * (SO_PEERCRED) FETCHes it once. Deposits not fetched within
- * FOS_DEPOSIT_TTL_MS are closed; each giver holds at most
- * FOS_DEPOSIT_MAX_PER_CONN at once. */
+ * FOS_DEPOSIT_TTL_MS are closed; at most FOS_DEPOSIT_MAX_PER_PID wait for
+ * one taker, and FOS_DEPOSIT_MAX_PER_CONN come from one giver. */
 #define FOS_DEPOSIT_TTL_MS 10000u
-#define FOS_DEPOSIT_MAX_PER_CONN 64u
+#define FOS_DEPOSIT_MAX_PER_PID 64u
+#define FOS_DEPOSIT_MAX_PER_CONN 4096u
 typedef struct fos_ctl_deposit {
     uint8_t tag[FOS_KEY_BYTES];
     int32_t pid;      /* the only process that may fetch it */
