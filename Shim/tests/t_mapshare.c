@@ -55,8 +55,9 @@ int main(int argc, char **argv) {
     CHECK(wait_for(p + 9000, "W"));
     char b[8];
     CHECK(pread(fd, b, 5, 100) == 5 && memcmp(b, "CHILD", 5) == 0);
-    memcpy((char *)p + 200, "PARENT", 6);
+    /* write(2) first: the child checks for it once it sees the store. */
     CHECK(pwrite(fd, "R", 1, 300) == 1 && p[300] == 'R');
+    memcpy((char *)p + 200, "PARENT", 6);
     int st = 0;
     CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
