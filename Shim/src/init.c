@@ -20,6 +20,7 @@ void fos_shim_conn_atfork_child(void);
 void fos_shim_vcwd_atfork_child(void);
 void fos_shim_files_atfork_child(void);
 void fos_shim_maps_atfork_child(void);
+void fos_shim_fa_atfork_child(void);
 void fos_shim_vcwd_init(const char *host_cwd);
 
 /* In the child of fork every lock of the shim may have been held by a
@@ -29,6 +30,7 @@ static void fos_shim_atfork_child(void) {
     fos_shim_vcwd_atfork_child();
     fos_shim_files_atfork_child();
     fos_shim_maps_atfork_child();
+    fos_shim_fa_atfork_child();
 }
 
 /* "/fos" unless FOS_PREFIX names another absolute directory ("/" would

@@ -42,6 +42,9 @@ static void fos_shim_fa_acquire(void) {
 }
 static void fos_shim_fa_release(void) { __atomic_store_n(&fos_shim_fa_lock, 0, __ATOMIC_RELEASE); }
 
+/* In the child of fork: a thread of the parent that held the lock is not here. */
+void fos_shim_fa_atfork_child(void) { __atomic_store_n(&fos_shim_fa_lock, 0, __ATOMIC_RELEASE); }
+
 static int fos_shim_fa_note(const posix_spawn_file_actions_t *fa, int fd, int err) {
     int ok = 0;
     fos_shim_fa_acquire();

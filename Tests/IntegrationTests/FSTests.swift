@@ -186,6 +186,15 @@ struct FSTests {
             #expect(try await call(FOS_OP_FS_SYMLINK, bytes(fos_fs_create(dir: 1, rdev: 0, mode: 0, flags: 0, name_len: 1,
                                                                          target_len: 40)) + name + name) == EPROTO)
             #expect(try await call(FOS_OP_FS_STATFS, [1]) == EPROTO)
+            // Shared mappings: flags, reserved bits, sizes, what may be mapped.
+            #expect(try await call(FOS_OP_FS_MAP, bytes(fos_fs_map(ino: a.ino, flags: 0x80, reserved: 0))) == EINVAL)
+            #expect(try await call(FOS_OP_FS_MAP, bytes(fos_fs_map(ino: a.ino, flags: 0, reserved: 1))) == EINVAL)
+            #expect(try await call(FOS_OP_FS_MAP, bytes(fos_fs_map(ino: a.ino, flags: 0, reserved: 0)) + [0]) == EPROTO)
+            #expect(try await call(FOS_OP_FS_MAP, bytes(fos_fs_map(ino: FSClient.rootIno, flags: 0, reserved: 0))) == ENODEV)
+            #expect(try await call(FOS_OP_FS_MSYNC, bytes(fos_fs_msync(ino: a.ino, memfd_ino: 0, flags: 2, reserved: 0))) == EINVAL)
+            #expect(try await call(FOS_OP_FS_MSYNC, [1, 2, 3]) == EPROTO)
+            // Not mapped: no memfd to name.
+            #expect(try await call(FOS_OP_FS_MSYNC, bytes(fos_fs_msync(ino: a.ino, memfd_ino: 7, flags: 0, reserved: 0))) == EIO)
             #expect(try await call(0x4fe, []) == ENOSYS)
             // FORWARD is for fleet peers on the internal mailbox only.
             var fwd = bytes(fos_fs_forward(opcode: UInt16(FOS_OP_FS_GETATTR), ngroups: 0, uid: 0, gid: 0, hops: 1, pid: 0))
@@ -193,7 +202,7 @@ struct FSTests {
             #expect(try await call(FOS_OP_FS_FORWARD, fwd) == EPERM)
             // Random junk for every opcode.
             var rng = SystemRandomNumberGenerator()
-            for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {
+            for op in Array(UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE)) + [FOS_OP_FS_MAP, FOS_OP_FS_MSYNC] {
                 for len in [0, 1, 7, 8, 23, 24, 40, 100] {
                     let junk = (0..<len).map { _ in UInt8.random(in: 0...255, using: &rng) }
                     _ = try await call(op, junk)
