@@ -358,9 +358,16 @@ int fos_shim_standin(const char *path, char *const argv[], char *const envp[]);
 /* w_spawnfa.c: the errno of a fos open among posix_spawn file actions
  * `fa` (opened when added) that failed, or 0. */
 int fos_shim_fa_error(const posix_spawn_file_actions_t *fa);
-/* Where chdir actions of `fa` leave the child: 1 and a host-form fos path
- * in out, 2 a host directory (no virtual cwd), 0 no chdir action. */
+/* Where chdir actions of `fa` leave the child: FOS_SHIM_FA_CWD_FOS and a
+ * host-form fos path in out, _HOST and an absolute host path, _HOST_UNKNOWN
+ * (a host directory known by descriptor or relative path), or _NONE. */
+enum { FOS_SHIM_FA_CWD_NONE = 0, FOS_SHIM_FA_CWD_FOS, FOS_SHIM_FA_CWD_HOST, FOS_SHIM_FA_CWD_HOST_UNKNOWN };
 int fos_shim_fa_cwd(const posix_spawn_file_actions_t *fa, char out[FOS_SHIM_PATH_BUF]);
+/* A relative `path` as the child will resolve it after fa's chdir actions:
+ * 1 and the joined path in out; 0 unchanged (absolute, or no chdir action);
+ * 2 unchanged, for the child's kernel (from a host directory not known by
+ * name); -ENAMETOOLONG. */
+int fos_shim_fa_path(const posix_spawn_file_actions_t *fa, const char *path, char out[FOS_SHIM_PATH_BUF]);
 
 /* w_io.c: access checks and I/O on a live fos descriptor fd (entry o). at
  * < 0: at the shared offset, which then advances. Bytes or -errno. */

@@ -37,7 +37,8 @@ extern char **environ;
     char *name##_v[fos_shim_env_len(envp) + FOS_SHIM_ENV_EXTRA];                            \
     fos_shim_envbuf name##_b;                                                               \
     char **name = fos_shim_env_fix_cwd(envp, name##_v, &name##_b, standin,                  \
-                                       name##_k == 1 ? name##_cwd : name##_k == 2 ? "" : NULL)
+                                       name##_k == FOS_SHIM_FA_CWD_FOS ? name##_cwd         \
+                                       : name##_k != FOS_SHIM_FA_CWD_NONE ? "" : NULL)
 
 /* Cheap first test of the rule: is fos in view of the new program? */
 static int fos_shim_fos_in_view(char *const argv[]) {
@@ -321,6 +322,18 @@ FOS_SHIM_EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_
     int failed = fos_shim_fa_error(fa);
     if (failed) return failed;
     int saved = errno;
+    /* A relative program path goes from where the chdir actions leave the child. */
+    char joined[FOS_SHIM_PATH_BUF];
+    int j = fa ? fos_shim_fa_path(fa, path, joined) : 0;
+    if (j < 0) return -j;
+    if (j == 1) path = joined;
+    if (j == 2) {
+        /* Relative to a host directory known only to the child's kernel. */
+        FOS_SHIM_SPAWN_ENV(envp, fa, env, 0);
+        int r = FOS_REAL_V(posix_spawn, FOS_SHIM_V_POSIX_SPAWN)(pid, path, fa, attr, argv, env);
+        errno = saved;
+        return r;
+    }
     char buf[FOS_SHIM_PATH_BUF];
     const char *use = path;
     int k = fos_shim_maybe_fos(AT_FDCWD, path) ? fos_shim_classify(AT_FDCWD, path, buf) : FOS_SHIM_HOST;

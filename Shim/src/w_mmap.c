@@ -19,6 +19,7 @@
 #include "shim.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -79,7 +80,20 @@ static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget, int durabl
                 m->len -= (size_t)(b - m->addr);
                 m->addr = b;
             } else {
-                m->len = (size_t)(a - m->addr); /* the tail goes; a hole in the middle keeps the head only */
+                if (b < m->addr + m->len) {
+                    /* A hole in the middle: the tail becomes a record of its own. */
+                    fos_shim_map tail = *m;
+                    tail.off += (uint64_t)(b - m->addr);
+                    tail.len = (size_t)(m->addr + m->len - b);
+                    tail.addr = b;
+                    for (int j = 0; j < FOS_SHIM_MAPS; j++) {
+                        if (fos_shim_maps[j].addr != NULL) continue;
+                        fos_shim_maps[j] = tail;
+                        __atomic_add_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
+                        break;
+                    }
+                }
+                m->len = (size_t)(a - m->addr);
             }
         }
         pthread_mutex_unlock(&fos_shim_maps_mu);
@@ -118,7 +132,7 @@ static void *fos_shim_mmap_member(void *addr, size_t len, int prot, int flags, c
     case -EXDEV: case -EFBIG: case -ENOSYS: case -EOPNOTSUPP:
         /* The member cannot share this file's memory with us: a copy. */
         return (void *)(intptr_t)-EAGAIN;
-    case -EACCES: case -ENODEV: case -ENOMEM: case -EPERM: case -EINVAL:
+    case -EACCES: case -ENODEV: case -ENOMEM: case -EPERM: case -EINVAL: case -EMFILE: case -ENFILE:
         return (void *)(intptr_t)r;
     default:
         /* Never a silent copy (processes that must share would not):
@@ -185,7 +199,16 @@ static void *fos_shim_mmap_any(void *addr, size_t len, int prot, int flags, int 
     return p;
 }
 
+/* A MAP_FIXED mapping replaces what was there: as munmap would. */
+static void fos_shim_mmap_fixed(void *addr, size_t len, int flags) {
+    if (FOS_SHIM_LIKELY(!(flags & MAP_FIXED) || __atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) == 0)) return;
+    int saved = errno;
+    (void)fos_shim_sync_range(addr, len, 1, 0);
+    errno = saved;
+}
+
 FOS_SHIM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    fos_shim_mmap_fixed(addr, len, flags);
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd) || (flags & MAP_ANONYMOUS))) {
         return FOS_REAL(mmap)(addr, len, prot, flags, fd, off);
     }
@@ -193,6 +216,7 @@ FOS_SHIM_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, 
 }
 
 FOS_SHIM_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    fos_shim_mmap_fixed(addr, len, flags);
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd) || (flags & MAP_ANONYMOUS))) {
         return FOS_REAL(mmap64)(addr, len, prot, flags, fd, off);
     }
@@ -206,6 +230,43 @@ FOS_SHIM_EXPORT int munmap(void *addr, size_t len) {
         errno = saved;
     }
     return FOS_REAL(munmap)(addr, len);
+}
+
+/* A record that covers exactly [old, old+oldlen) follows the move; any
+ * other overlap is let go as munmap would (a copy is written back first). */
+FOS_SHIM_EXPORT void *mremap(void *old, size_t oldlen, size_t newlen, int flags, ...) {
+    void *want = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        want = va_arg(ap, void *);
+        va_end(ap);
+    }
+    if (FOS_SHIM_LIKELY(__atomic_load_n(&fos_shim_nmaps, __ATOMIC_ACQUIRE) == 0)) {
+        return FOS_REAL(mremap)(old, oldlen, newlen, flags, want);
+    }
+    int saved = errno;
+    if (flags & MREMAP_FIXED) (void)fos_shim_sync_range(want, newlen, 1, 0);
+    int exact = -1;
+    pthread_mutex_lock(&fos_shim_maps_mu);
+    for (int i = 0; i < FOS_SHIM_MAPS && exact < 0; i++) {
+        if (fos_shim_maps[i].addr == old && fos_shim_maps[i].len == oldlen) exact = i;
+    }
+    pthread_mutex_unlock(&fos_shim_maps_mu);
+    if (exact < 0) (void)fos_shim_sync_range(old, oldlen, 1, 0);
+    errno = saved;
+    uint8_t *p = FOS_REAL(mremap)(old, oldlen, newlen, flags, want);
+    if (p == MAP_FAILED || exact < 0) return p;
+    pthread_mutex_lock(&fos_shim_maps_mu);
+    fos_shim_map *m = &fos_shim_maps[exact];
+    if (m->addr == old) {
+        /* With MREMAP_DONTUNMAP the old range stays, empty: the record follows the pages. */
+        m->addr = p;
+        /* A copy's new pages are not the file's: only the old length is. */
+        m->len = m->member || newlen < oldlen ? newlen : oldlen;
+    }
+    pthread_mutex_unlock(&fos_shim_maps_mu);
+    return p;
 }
 
 FOS_SHIM_EXPORT int msync(void *addr, size_t len, int flags) {

@@ -17,10 +17,12 @@
  * A chdir action (addchdir_np, addfchdir_np) into a fos directory is
  * checked when added (a failure is reported by posix_spawn, as the child's
  * would be), and becomes a chdir to "/" plus the child's FOS_CWD: its shim
- * starts in that virtual cwd. A relative chdir after it continues from
- * there; a chdir to a host directory leaves the child no virtual cwd (not
- * the parent's). Opens added after a fos chdir are still made relative to
- * the parent's cwd.
+ * starts in that virtual cwd. A chdir to a host directory leaves the child
+ * no virtual cwd (not the parent's). Relative paths of later chdir and open
+ * actions, and the program's, go from where the chdir actions leave the
+ * child (a relative host chdir or fchdir leaves them to the child's
+ * kernel). Records are found by the object's address: a copy of it has
+ * none.
  */
 #include "shim.h"
 
@@ -59,47 +61,97 @@ static int fos_shim_fa_note(const posix_spawn_file_actions_t *fa, int fd, int er
     return ok ? 0 : ENOMEM;
 }
 
-/* Where chdir actions leave the child, per file-actions object. */
-#define FOS_SHIM_FA_CWDS 8
+/* Where chdir actions leave the child, per file-actions object (found by
+ * its address: a copy of the object has no record). Paths take room of
+ * their own, fewer: a host directory whose path finds none is kept as one
+ * known only to the child's kernel. */
+#define FOS_SHIM_FA_CWDS 1024
+#define FOS_SHIM_FA_PATHS 64
 typedef struct {
     const posix_spawn_file_actions_t *fa; /* NULL: free */
-    int host;                             /* a host directory: no virtual cwd */
-    char path[FOS_SHIM_PATH_BUF];         /* else the fos directory, host form */
+    int kind;                             /* FOS_SHIM_FA_CWD_* */
+    int path;                             /* index in fos_shim_fa_paths, or -1 */
 } fos_shim_fa_cwd_slot;
 static fos_shim_fa_cwd_slot fos_shim_fa_cwds[FOS_SHIM_FA_CWDS];
+/* FOS: host form "/fos/..."; HOST: absolute. Owned by the slot naming it. */
+static char fos_shim_fa_paths[FOS_SHIM_FA_PATHS][FOS_SHIM_PATH_BUF];
+static const posix_spawn_file_actions_t *fos_shim_fa_path_owner[FOS_SHIM_FA_PATHS];
 
-/* Records (or replaces) where fa's chdir actions end: path NULL for a host
- * directory. */
-static int fos_shim_fa_cwd_note(const posix_spawn_file_actions_t *fa, const char *path) {
-    int ok = 0;
+static void fos_shim_fa_cwd_free(fos_shim_fa_cwd_slot *s) {
+    if (s->path >= 0) fos_shim_fa_path_owner[s->path] = NULL;
+    s->path = -1;
+    s->fa = NULL;
+}
+
+/* Records (or replaces) where fa's chdir actions end. A host directory
+ * must be recorded only when the child would otherwise get a virtual cwd
+ * (ours, or one an earlier action of fa recorded): else ENOMEM is no
+ * failure. */
+static int fos_shim_fa_cwd_note(const posix_spawn_file_actions_t *fa, int kind, const char *path) {
+    int ok = 0, had = 0;
     fos_shim_fa_acquire();
     fos_shim_fa_cwd_slot *free_slot = NULL, *mine = NULL;
-    for (int i = 0; i < FOS_SHIM_FA_CWDS; i++) {
+    for (int i = 0; i < FOS_SHIM_FA_CWDS && mine == NULL; i++) {
         if (fos_shim_fa_cwds[i].fa == fa) mine = &fos_shim_fa_cwds[i];
         if (fos_shim_fa_cwds[i].fa == NULL && free_slot == NULL) free_slot = &fos_shim_fa_cwds[i];
     }
+    had = mine != NULL;
     fos_shim_fa_cwd_slot *s = mine ? mine : free_slot;
     if (s) {
-        s->fa = fa;
-        s->host = path == NULL;
-        snprintf(s->path, sizeof s->path, "%s", path ? path : "");
-        ok = 1;
+        int slot_path = s->fa ? s->path : -1;
+        if (!s->fa) s->path = -1;
+        if (path == NULL && slot_path >= 0) {
+            fos_shim_fa_path_owner[slot_path] = NULL;
+            slot_path = -1;
+        }
+        if (path != NULL && slot_path < 0) {
+            for (int i = 0; i < FOS_SHIM_FA_PATHS && slot_path < 0; i++) {
+                if (fos_shim_fa_path_owner[i] == NULL) slot_path = i;
+            }
+        }
+        if (path != NULL && slot_path < 0) {
+            /* No room for the path: a fos directory cannot be kept; a host one is left to the kernel. */
+            if (kind == FOS_SHIM_FA_CWD_FOS) s = NULL;
+            else kind = FOS_SHIM_FA_CWD_HOST_UNKNOWN;
+        }
+        if (s) {
+            s->fa = fa;
+            s->kind = kind;
+            s->path = path != NULL ? slot_path : -1;
+            if (s->path >= 0) {
+                fos_shim_fa_path_owner[s->path] = fa;
+                snprintf(fos_shim_fa_paths[s->path], FOS_SHIM_PATH_BUF, "%s", path);
+            }
+            ok = 1;
+        }
     }
     fos_shim_fa_release();
-    return ok ? 0 : ENOMEM;
+    if (ok || (kind != FOS_SHIM_FA_CWD_FOS && !had && !fos_shim_vcwd_on())) return 0;
+    return ENOMEM;
 }
 
 int fos_shim_fa_cwd(const posix_spawn_file_actions_t *fa, char out[FOS_SHIM_PATH_BUF]) {
-    if (fa == NULL) return 0;
-    int k = 0;
+    if (fa == NULL) return FOS_SHIM_FA_CWD_NONE;
+    int k = FOS_SHIM_FA_CWD_NONE;
     fos_shim_fa_acquire();
-    for (int i = 0; i < FOS_SHIM_FA_CWDS && k == 0; i++) {
-        if (fos_shim_fa_cwds[i].fa != fa) continue;
-        k = fos_shim_fa_cwds[i].host ? 2 : 1;
-        memcpy(out, fos_shim_fa_cwds[i].path, sizeof fos_shim_fa_cwds[i].path);
+    for (int i = 0; i < FOS_SHIM_FA_CWDS && k == FOS_SHIM_FA_CWD_NONE; i++) {
+        fos_shim_fa_cwd_slot *s = &fos_shim_fa_cwds[i];
+        if (s->fa != fa) continue;
+        k = s->kind;
+        if (s->path >= 0) memcpy(out, fos_shim_fa_paths[s->path], FOS_SHIM_PATH_BUF);
+        else out[0] = 0;
     }
     fos_shim_fa_release();
     return k;
+}
+
+int fos_shim_fa_path(const posix_spawn_file_actions_t *fa, const char *path, char out[FOS_SHIM_PATH_BUF]) {
+    if (path[0] == '/') return 0;
+    char base[FOS_SHIM_PATH_BUF];
+    int k = fos_shim_fa_cwd(fa, base);
+    if (k != FOS_SHIM_FA_CWD_FOS && k != FOS_SHIM_FA_CWD_HOST) return k == FOS_SHIM_FA_CWD_HOST_UNKNOWN ? 2 : 0;
+    int n = snprintf(out, FOS_SHIM_PATH_BUF, "%s/%s", base, path);
+    return n < 0 || n >= FOS_SHIM_PATH_BUF ? -ENAMETOOLONG : 1;
 }
 
 /* A chdir action into fs directory `fs`: checked now, recorded, and a chdir
@@ -113,32 +165,33 @@ static int fos_shim_fa_chdir_fos(posix_spawn_file_actions_t *fa, const char *fs)
     char host[FOS_SHIM_PATH_BUF];
     int n = fos_shim_host_path(fs, host, sizeof host);
     if (n < 0) return fos_shim_fa_note(fa, -1, -n);
-    r = fos_shim_fa_cwd_note(fa, host);
+    r = fos_shim_fa_cwd_note(fa, FOS_SHIM_FA_CWD_FOS, host);
     return r ? r : FOS_REAL(posix_spawn_file_actions_addchdir_np)(fa, "/");
 }
 
 FOS_SHIM_EXPORT int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *fa, const char *path) {
     int saved = errno;
-    char base[FOS_SHIM_PATH_BUF], joined[FOS_SHIM_PATH_BUF], fs[FOS_SHIM_PATH_BUF];
-    const char *p = path;
-    /* Relative to an earlier fos chdir of these actions. */
-    if (path[0] != '/' && fos_shim_fa_cwd(fa, base) == 1) {
-        int n = snprintf(joined, sizeof joined, "%s/%s", base, path);
-        if (n < 0 || (size_t)n >= sizeof joined) {
-            errno = saved;
-            return fos_shim_fa_note(fa, -1, ENAMETOOLONG);
-        }
-        p = joined;
-    }
-    int k = fos_shim_maybe_fos(AT_FDCWD, p) ? fos_shim_classify(AT_FDCWD, p, fs) : FOS_SHIM_HOST;
+    char joined[FOS_SHIM_PATH_BUF], fs[FOS_SHIM_PATH_BUF];
+    int j = fos_shim_fa_path(fa, path, joined);
     int r;
-    if (k < 0) {
-        r = fos_shim_fa_note(fa, -1, -k);
-    } else if (k == FOS_SHIM_FOS) {
-        r = fos_shim_fa_chdir_fos(fa, fs);
+    if (j < 0) {
+        r = fos_shim_fa_note(fa, -1, -j);
+    } else if (j == 2) {
+        /* Relative to a host directory we do not know by name: the child's kernel resolves it. */
+        r = FOS_REAL(posix_spawn_file_actions_addchdir_np)(fa, path);
+        if (r == 0) r = fos_shim_fa_cwd_note(fa, FOS_SHIM_FA_CWD_HOST_UNKNOWN, NULL);
     } else {
-        r = FOS_REAL(posix_spawn_file_actions_addchdir_np)(fa, k == FOS_SHIM_HOST ? p : fs);
-        if (r == 0) r = fos_shim_fa_cwd_note(fa, NULL);
+        const char *p = j == 1 ? joined : path;
+        int k = fos_shim_maybe_fos(AT_FDCWD, p) ? fos_shim_classify(AT_FDCWD, p, fs) : FOS_SHIM_HOST;
+        if (k < 0) {
+            r = fos_shim_fa_note(fa, -1, -k);
+        } else if (k == FOS_SHIM_FOS) {
+            r = fos_shim_fa_chdir_fos(fa, fs);
+        } else {
+            const char *h = k == FOS_SHIM_HOST ? p : fs;
+            r = FOS_REAL(posix_spawn_file_actions_addchdir_np)(fa, h);
+            if (r == 0) r = fos_shim_fa_cwd_note(fa, h[0] == '/' ? FOS_SHIM_FA_CWD_HOST : FOS_SHIM_FA_CWD_HOST_UNKNOWN, h);
+        }
     }
     errno = saved;
     return r;
@@ -150,7 +203,7 @@ FOS_SHIM_EXPORT int posix_spawn_file_actions_addfchdir_np(posix_spawn_file_actio
     int r;
     if (o == NULL) {
         r = FOS_REAL(posix_spawn_file_actions_addfchdir_np)(fa, fd);
-        if (r == 0) r = fos_shim_fa_cwd_note(fa, NULL);
+        if (r == 0) r = fos_shim_fa_cwd_note(fa, FOS_SHIM_FA_CWD_HOST_UNKNOWN, NULL);
     } else {
         char fs[FOS_SHIM_PATH_BUF];
         int n = fos_shim_fd_path(fd, o, fs);
@@ -173,6 +226,14 @@ int fos_shim_fa_error(const posix_spawn_file_actions_t *fa) {
 
 FOS_SHIM_EXPORT int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *fa, int fd, const char *path,
                                                      int oflag, mode_t mode) {
+    /* A relative path after a chdir action: from where that leaves the child. */
+    char joined[FOS_SHIM_PATH_BUF];
+    if (FOS_SHIM_UNLIKELY(path[0] != '/')) {
+        int j = fos_shim_fa_path(fa, path, joined);
+        if (j < 0) return fos_shim_fa_note(fa, -1, -j);
+        if (j == 2) return FOS_REAL(posix_spawn_file_actions_addopen)(fa, fd, path, oflag, mode);
+        if (j == 1) path = joined;
+    }
     if (FOS_SHIM_LIKELY(!fos_shim_maybe_fos(AT_FDCWD, path)) || fd < 0) {
         return FOS_REAL(posix_spawn_file_actions_addopen)(fa, fd, path, oflag, mode);
     }
@@ -208,7 +269,7 @@ static void fos_shim_fa_forget(const posix_spawn_file_actions_t *fa, int *fds, i
         }
     }
     for (int i = 0; i < FOS_SHIM_FA_CWDS; i++) {
-        if (fos_shim_fa_cwds[i].fa == fa) fos_shim_fa_cwds[i].fa = NULL;
+        if (fos_shim_fa_cwds[i].fa == fa) fos_shim_fa_cwd_free(&fos_shim_fa_cwds[i]);
     }
     fos_shim_fa_release();
 }

@@ -98,6 +98,28 @@ int main(int argc, char **argv) {
     CHECK(mprotect((void *)r, 4096, PROT_READ | PROT_WRITE) != 0 && errno == EACCES);
     CHECK(munmap((void *)r, 4096) == 0);
     close(fd);
+
+    /* mremap moves a shared mapping; msync still reaches the file; many
+     * mmap/mremap/munmap rounds leave nothing behind; MAP_FIXED replaces. */
+    fd = open(path, O_RDWR);
+    CHECK(fd >= 0);
+    for (int i = 0; i < 1500; i++) {
+        char *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        CHECK(m != MAP_FAILED);
+        char *moved = mremap(m, 4096, 8192, MREMAP_MAYMOVE);
+        CHECK(moved != MAP_FAILED);
+        if (i == 0) {
+            moved[2000] = 'M';
+            CHECK(msync(moved, 4096, MS_SYNC) == 0);
+            CHECK(pread(fd, b, 1, 2000) == 1 && b[0] == 'M');
+        }
+        CHECK(munmap(moved, 8192) == 0);
+        char *f = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+        CHECK(f != MAP_FAILED);
+        CHECK(mmap(f, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == f);
+        CHECK(munmap(f, 4096) == 0);
+    }
+    close(fd);
     puts("ok");
     return 0;
 }

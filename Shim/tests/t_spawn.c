@@ -405,8 +405,49 @@ static void test_chdir_actions(void) {
     CHECK(posix_spawn_file_actions_addchdir_np(&fa, "/tmp") == 0);
     spawn_sh(&fa, "pwd", out, sizeof out);
     CHECK(strcmp(out, "/tmp\n") == 0);
-    /* What the child's chdir would fail with, posix_spawn reports. */
+    /* Relative to a host directory an earlier action entered. */
+    CHECK(mkdir("/tmp/fos-t-spawn-cd", 0755) == 0 || errno == EEXIST);
+    CHECK(mkdir("/tmp/fos-t-spawn-cd/sub", 0755) == 0 || errno == EEXIST);
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, "/tmp/fos-t-spawn-cd") == 0);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, "sub") == 0);
+    spawn_sh(&fa, "pwd", out, sizeof out);
+    CHECK(strcmp(out, "/tmp/fos-t-spawn-cd/sub\n") == 0);
+    rmdir("/tmp/fos-t-spawn-cd/sub");
+    rmdir("/tmp/fos-t-spawn-cd");
+    /* After a fos chdir, a relative open and a relative program path go from there. */
+    fd = open(path_in(dir, "cd/prog.sh"), O_CREAT | O_WRONLY | O_TRUNC, 0755);
+    write_all(fd, "#!/bin/sh\ncat f > copy; pwd\n", 27);
+    close(fd);
+    posix_spawn_file_actions_init(&fa);
+    CHECK(posix_spawn_file_actions_addchdir_np(&fa, path_in(dir, "cd")) == 0);
+    CHECK(posix_spawn_file_actions_addopen(&fa, 1, "out.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644) == 0);
+    char *prog[] = {"prog.sh", NULL};
     pid_t p;
+    CHECK(posix_spawn(&p, "./prog.sh", &fa, NULL, prog, environ) == 0);
+    int st = status_of(p);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    fd = open(path_in(dir, "cd/out.txt"), O_RDONLY);
+    CHECK(fd >= 0);
+    ssize_t got = read(fd, out, sizeof out - 1);
+    CHECK(got > 0);
+    out[got] = 0;
+    close(fd);
+    char here[8192];
+    snprintf(here, sizeof here, "%s/cd\n", dir);
+    CHECK(strcmp(out, here) == 0);
+    fd = open(path_in(dir, "cd/copy"), O_RDONLY);
+    CHECK(fd >= 0 && read(fd, out, 7) == 7 && memcmp(out, "in sub\n", 7) == 0);
+    close(fd);
+    /* Many live objects with host chdir actions: nothing runs out. */
+    posix_spawn_file_actions_t many[100];
+    for (int i = 0; i < 100; i++) {
+        posix_spawn_file_actions_init(&many[i]);
+        CHECK(posix_spawn_file_actions_addchdir_np(&many[i], "/tmp") == 0);
+    }
+    for (int i = 0; i < 100; i++) posix_spawn_file_actions_destroy(&many[i]);
+    /* What the child's chdir would fail with, posix_spawn reports. */
     char *t[] = {"true", NULL};
     posix_spawn_file_actions_init(&fa);
     CHECK(posix_spawn_file_actions_addchdir_np(&fa, path_in(dir, "missing")) == 0);

@@ -108,16 +108,20 @@ final class SharedMaps: DataObserver, Sendable {
     func has(_ ino: UInt64) -> Bool { file(ino) != nil }
     var files: [MapFile] { state.withLock { Array($0.files.values) } }
 
-    /// `f` leaves the table (if still there): reads and writes of its file
-    /// go to the file system alone from now on.
-    func drop(_ f: MapFile, why: String? = nil) {
+    /// `f` leaves the table (if still there; with `unlessGivenSince`, only if
+    /// not handed out after that time): reads and writes of its file go to
+    /// the file system alone from now on. Returns whether it left.
+    @discardableResult
+    func drop(_ f: MapFile, why: String? = nil, unlessGivenSince since: UInt64? = nil) -> Bool {
         let dropped = state.withLock { s -> Bool in
             guard s.files[f.ino] === f else { return false }
+            if let since, f.state.withLock({ $0.given > since }) { return false }
             s.files[f.ino] = nil
             s.bytesByUser[f.uid, default: 0] -= f.state.withLock { $0.shadow.count }
             return true
         }
         if dropped, let why { say("shared mapping of inode \(f.ino) given up: \(why)") }
+        return dropped
     }
 
     // MARK: DataObserver (inside file system operations)
@@ -210,15 +214,20 @@ final class SharedMaps: DataObserver, Sendable {
             } catch FosError.remote(let e) {
                 throw FSError.posix(e)
             }
-            let size = f.state.withLock { s -> Int in
-                s.pids.insert(cred.pid)
-                s.given = monotonicNanos()
-                if writable { s.writable = true }
-                return s.shadow.count
+            // Marked as given and checked to be still ours in one step
+            // (release checks and drops in one step too, under the same
+            // lock): let go of meanwhile, the caller would map a copy nobody
+            // else shares. Again, with a new one.
+            let size = state.withLock { t -> Int? in
+                guard t.files[a.ino] === f else { return nil }
+                return f.state.withLock { s -> Int in
+                    s.pids.insert(cred.pid)
+                    s.given = monotonicNanos()
+                    if writable { s.writable = true }
+                    return s.shadow.count
+                }
             }
-            // Let go of (release) while we handed it out: the caller would
-            // map a copy nobody else shares. Again, with a new one.
-            guard state.withLock({ $0.files[a.ino] === f }) else { continue }
+            guard let size else { continue }
             var r = fos_fs_map_reply()
             withUnsafeMutableBytes(of: &r.tag) { $0.copyBytes(from: tag) }
             r.size = UInt64(size)

@@ -73,7 +73,8 @@ extension SharedMaps {
                 guard at < size else { return false }
                 let n = min(chunk, size - at)
                 buf.withUnsafeMutableBytes { b in
-                    for i in 0..<n { b[i] = s.shadow[at + i] }  // what a short read leaves: no change
+                    // What a short read leaves counts as no change.
+                    s.shadow.withUnsafeBytes { b.baseAddress!.copyMemory(from: $0.baseAddress! + at, byteCount: n) }
                     _ = preadAll(f.fd, b.baseAddress!, n, off_t(at))
                 }
                 var p = 0
@@ -143,9 +144,9 @@ extension SharedMaps {
     /// Kept if that write-back fails: the pages are still only there.
     private func release(_ f: MapFile, svc: FSService) async {
         do { try await writeBack(f.ino, svc: svc) } catch { return }
-        // Handed out again meanwhile: keep it.
-        guard !f.state.withLock({ monotonicNanos() &- $0.given < Self.settleNs }) else { return }
-        drop(f)
+        // Handed out again since it was found unmapped: kept (map marks and
+        // checks under the same lock as this drop).
+        drop(f, unlessGivenSince: monotonicNanos() &- Self.settleNs)
     }
 
     /// Mapped by a recorded process (or one whose maps we may not read),

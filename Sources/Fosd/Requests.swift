@@ -250,8 +250,14 @@ extension Node {
 
     /// A descriptor held for one process (FOS_CTL_DEPOSIT): the giver chose
     /// the tag at random and told the taker; only the taker's pid, as the
-    /// kernel attests it, gets it, once.
+    /// kernel attests it, gets it, once. Givers are fleet members, root and
+    /// the node's owner: anyone else could use up a taker's quota.
     func deposit(_ c: Conn, _ msg: ControlMessage) {
+        guard c.member != nil || c.uid == 0 || c.uid == myUID else {
+            msg.closeFDs()
+            rejected &+= 1
+            return reply(c, msg, status: EPERM)
+        }
         guard c.hello, msg.fds.count == 1,
               msg.payload.count == MemoryLayout<fos_ctl_deposit>.size,
               let d = msg.payload.withUnsafeBytes({ loadStruct(fos_ctl_deposit.self, from: $0) }), d.pid > 0

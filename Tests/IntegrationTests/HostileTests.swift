@@ -625,6 +625,24 @@ struct HostileTests {
             #expect(errno { _ = try rt.deposit(p[1], for: 1) } == EAGAIN)
             let mine = try rt.deposit(p[1], for: getpid())
             close(try rt.fetch(mine))
+            // Someone else (not root, the node's owner or a member) may not
+            // give: it could use up a taker's quota. Raw protocol, as nobody.
+            chmod(node.root, 0o755)
+            let script = """
+                import array, os, socket, struct, sys
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                s.connect(sys.argv[1])
+                def ask(op, payload=b'', fds=()):
+                    h = struct.pack('<HHIQiI', 1, op, 24 + len(payload), op, 0, 0)
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', fds))] if fds else []
+                    s.sendmsg([h + payload], anc)
+                    return struct.unpack('<HHIQiI', s.recv(65536)[:24])[4]
+                print(ask(1), ask(11, bytes([7]) * 16 + struct.pack('<iI', int(sys.argv[2]), 0), [0]))
+                """
+            let raw = try await runCommand("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
+                                                                "/usr/bin/python3", "-c", script, node.socketPath,
+                                                                String(getpid())], outputIn: node.root)
+            #expect(raw.stdout == "0 \(EPERM)\n", "\(raw)")
             // Unfetched deposits are closed once they expire (noticed at the next request).
             await pause(.milliseconds(Int(FOS_DEPOSIT_TTL_MS) + 500))
             #expect(errno { _ = try rt.fetch(theirs) } == ENOENT)

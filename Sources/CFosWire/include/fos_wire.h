@@ -778,7 +778,8 @@ typedef struct fos_ctl_attach {
 } fos_ctl_attach;
 
 /* A descriptor handed from one process to another through fosd: the
- * giver DEPOSITs it for a pid under a tag it chose at random (and tells the
+ * giver (a fleet member, root or the node's owner; others get EPERM)
+ * DEPOSITs it for a pid under a tag it chose at random (and tells the
  * taker the tag some other way, e.g. in a reply); the process with that pid
  * (SO_PEERCRED) FETCHes it once. Deposits not fetched within
  * FOS_DEPOSIT_TTL_MS are closed; at most FOS_DEPOSIT_MAX_PER_PID wait for
