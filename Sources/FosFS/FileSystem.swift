@@ -232,7 +232,8 @@ public final class FileSystem: @unchecked Sendable {
     /// Set by the server before the first operation, never changed after:
     /// whether some process may hold `ino` open (Orphans.swift). Nil: none
     /// can (a file system without clients, as in fsck and the unit tests).
-    public var mayBeOpen: (@Sendable (UInt64) -> Bool)?
+    /// The Unlinker is the process removing the name, when it said (UNLINK).
+    public var mayBeOpen: (@Sendable (UInt64, Unlinker?) -> Bool)?
     /// Set by the server before the first operation, never changed after:
     /// who keeps copies of file data that follow every change (Mapped.swift).
     public var dataObserver: DataObserver?

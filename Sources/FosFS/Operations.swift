@@ -112,8 +112,9 @@ extension FileSystem {
     }
 
     /// Unlinks one name of `victim` from `dir`; at nlink 0 frees the inode,
-    /// or keeps it as an orphan while it may be open.
-    func dropLink(_ victim: Inode) async throws {
+    /// or keeps it as an orphan while it may be open (`unlinker`: who
+    /// removes the name, if it said what it holds).
+    func dropLink(_ victim: Inode, unlinker: Unlinker? = nil) async throws {
         if victim.isDir {
             victim.nlink = 0
         } else {
@@ -121,7 +122,7 @@ extension FileSystem {
         }
         touch(victim, m: false)
         guard victim.nlink == 0 else { return }
-        if shouldOrphan(victim) {
+        if shouldOrphan(victim, unlinker: unlinker) {
             try await addOrphan(victim)
         } else {
             try await destroyInode(victim)
@@ -287,7 +288,7 @@ extension FileSystem {
 
     // MARK: removing names
 
-    public func unlink(parent: UInt64, name: String, cred: Credentials) async throws {
+    public func unlink(parent: UInt64, name: String, cred: Credentials, unlinker: Unlinker? = nil) async throws {
         try await op {
             let dir = try await directory(parent)
             try require(dir, 1, cred)
@@ -301,7 +302,7 @@ extension FileSystem {
             if victim.nlink <= 1 { try requireLocalBlocks(victim) }
             try await dirRemove(dir, name: name)
             touch(dir)
-            try await dropLink(victim)
+            try await dropLink(victim, unlinker: unlinker)
         }
     }
 

@@ -40,9 +40,9 @@ extension FileSystem {
     func orphanHeadBlock(_ ag: Int) -> UInt64 { sb.inodeLocation(UInt64(ag) << 32).block }
 
     /// Whether the last link of `i` going may free it now.
-    func shouldOrphan(_ i: Inode) -> Bool {
+    func shouldOrphan(_ i: Inode, unlinker: Unlinker?) -> Bool {
         guard !i.isDir, !borrowing, i.flags & InodeFlags.foreignData == 0, let check = mayBeOpen else { return false }
-        return check(i.ino)
+        return check(i.ino, unlinker)
     }
 
     func addOrphan(_ i: Inode) async throws {

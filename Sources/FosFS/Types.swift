@@ -111,6 +111,22 @@ public enum TimeSetting: Sendable, Equatable {
 }
 
 /// What setattr changes (nil = leave alone): chmod, chown, truncate, utimens.
+/// What the process removing a file's last name says about its own opens
+/// (the shim knows them; see FosFSServer/Openers.swift): it holds no fos
+/// file and gave none to a child (`holdsNone`), or it gave none to a child
+/// (`sharedNone`: then its descriptors tell whether it holds this one).
+public struct Unlinker: Sendable, Equatable {
+    public var pid: Int32
+    public var holdsNone: Bool
+    public var sharedNone: Bool
+
+    public init(pid: Int32, holdsNone: Bool = false, sharedNone: Bool = false) {
+        self.pid = pid
+        self.holdsNone = holdsNone
+        self.sharedNone = sharedNone
+    }
+}
+
 public struct AttributeChanges: Sendable, Equatable {
     public var mode: UInt32?
     public var uid: UInt32?

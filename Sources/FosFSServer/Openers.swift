@@ -41,14 +41,6 @@ final class Openers: Sendable {
     private let state = Mutex(State())
     static let limit = 65536
 
-    /// Who is removing a name (set by the UNLINK handler around the call).
-    struct Unlinker {
-        var pid: Int32
-        var holdsNone: Bool
-        var sharedNone: Bool
-    }
-    @TaskLocal static var unlinker: Unlinker?
-
     /// An open of `ino` for `pid`.
     func opened(_ ino: UInt64, by pid: Int32) {
         guard pid > 0 else { return }
@@ -99,10 +91,9 @@ final class Openers: Sendable {
     }
 
     /// Inside the file system's operation, so quick: whether `ino`, losing
-    /// its last name, may still be open.
-    func mayBeOpen(_ ino: UInt64) -> Bool {
+    /// its last name (removed by `unlinker`, if it said), may still be open.
+    func mayBeOpen(_ ino: UInt64, unlinker u: Unlinker?) -> Bool {
         guard let list = state.withLock({ $0.byIno[ino] }) else { return false }
-        let u = Self.unlinker
         for o in list where Self.exists(o.pid) {
             if let u, u.pid == o.pid {
                 // The unlinker's own open: it holds nothing, or it gave no

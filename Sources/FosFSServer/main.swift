@@ -310,11 +310,9 @@ final class FSService: Sendable {
                 guard h.flags & ~(FOS_FS_UNLINK_HOLDS_NONE | FOS_FS_UNLINK_SHARED_NONE) == 0 else {
                     throw FSError.posix(.invalidArgument)
                 }
-                let who = Openers.Unlinker(pid: cred.pid, holdsNone: h.flags & FOS_FS_UNLINK_HOLDS_NONE != 0,
-                                           sharedNone: h.flags & FOS_FS_UNLINK_SHARED_NONE != 0)
-                try await Openers.$unlinker.withValue(who) {
-                    try await fs.unlink(parent: h.dir, name: name, cred: cred)
-                }
+                let who = Unlinker(pid: cred.pid, holdsNone: h.flags & FOS_FS_UNLINK_HOLDS_NONE != 0,
+                                   sharedNone: h.flags & FOS_FS_UNLINK_SHARED_NONE != 0)
+                try await fs.unlink(parent: h.dir, name: name, cred: cred, unlinker: who)
             } else {
                 guard h.flags == 0 else { throw FSError.posix(.invalidArgument) }
                 try await fs.rmdir(parent: h.dir, name: name, cred: cred)
@@ -606,7 +604,7 @@ func runMember() -> Never {
             let openers = svc.openers
             openers.seed(homedAt: member, of: members)
             let maps = svc.maps
-            fs.mayBeOpen = { maps.has($0) || openers.mayBeOpen($0) }
+            fs.mayBeOpen = { maps.has($0) || openers.mayBeOpen($0, unlinker: $1) }
             fs.dataObserver = maps
             await maps.adopt(svc: svc)
             rt.loop.spawn { await openers.reap(fs, mapped: { maps.has($0) }) { svc.fatal("\($0)") } }

@@ -21,7 +21,7 @@ import Testing
         do {
             let fs = try await FileSystem.mount(device: dev, options: MountOptions(cacheBlocks: 64))
             // Half the files losing their last name stay as orphans (Orphans.swift).
-            fs.mayBeOpen = { $0 & 1 == 1 }
+            fs.mayBeOpen = { ino, _ in ino & 1 == 1 }
             let d = try await fs.mkdir(parent: rootIno, name: "d", mode: 0o755, cred: root)
             func parent(_ n: String) -> (UInt64, String) {
                 n.hasPrefix("d/") ? (d.ino, String(n.dropFirst(2))) : (rootIno, n)

@@ -8,7 +8,7 @@ import Testing
 
     @Test func anOpenFileOutlivesItsLastName() async throws {
         let (dev, fs) = try await makeFS()
-        fs.mayBeOpen = { _ in true }
+        fs.mayBeOpen = { _, _ in true }
         let before = try await Self.freeInodes(fs)
         let f = try await fs.create(parent: rootIno, name: "tmp", mode: 0o600, cred: root)
         _ = try await fs.write(ino: f.ino, offset: 0, data: pattern(20000, seed: 1))
@@ -38,7 +38,7 @@ import Testing
 
     @Test func aFileNobodyHoldsIsFreedAtOnce() async throws {
         let (dev, fs) = try await makeFS()
-        fs.mayBeOpen = { _ in false }
+        fs.mayBeOpen = { _, _ in false }
         let f = try await fs.create(parent: rootIno, name: "x", mode: 0o600, cred: root)
         try await fs.unlink(parent: rootIno, name: "x", cred: root)
         await expectErrno(.staleNFSFileHandle) { _ = try await fs.getattr(ino: f.ino) }
@@ -51,7 +51,7 @@ import Testing
     /// any order; a member killed with orphans finds them at its next mount.
     @Test func listsSurviveAKillAndReleaseInAnyOrder() async throws {
         let (dev, fs) = try await makeFS()
-        fs.mayBeOpen = { _ in true }
+        fs.mayBeOpen = { _, _ in true }
         var inos: [UInt64] = []
         for k in 0..<4 {
             let f = try await fs.create(parent: rootIno, name: "f\(k)", mode: 0o644, cred: root)
@@ -85,7 +85,7 @@ import Testing
     /// ones join at the head: the lists stay consistent on disk.
     @Test func manyOrphansInAnyOrder() async throws {
         let (dev, fs) = try await makeFS()
-        fs.mayBeOpen = { _ in true }
+        fs.mayBeOpen = { _, _ in true }
         var r = SeededRandom(seed: 7)
         var live: [UInt64] = []
         for round in 0..<6 {
@@ -116,7 +116,7 @@ import Testing
 @Suite struct OrphanEdgeTests {
     @Test func aBatchLargerThanATransactionCommitsAsItGoes() async throws {
         let (dev, fs) = try await makeFS()  // 64-block journal slots: at most 61 blocks a transaction
-        fs.mayBeOpen = { $0 & 15 == 5 }  // one orphan per inode table block
+        fs.mayBeOpen = { ino, _ in ino & 15 == 5 }  // one orphan per inode table block
         for k in 0..<1700 { _ = try await fs.create(parent: rootIno, name: "f\(k)", mode: 0o644, cred: root) }
         for k in 0..<1700 { try await fs.unlink(parent: rootIno, name: "f\(k)", cred: root) }
         #expect(try await fs.orphanList().count > 100)
@@ -130,7 +130,7 @@ import Testing
 
     @Test func mkfsClearsOldLists() async throws {
         let (dev, fs) = try await makeFS()
-        fs.mayBeOpen = { _ in true }
+        fs.mayBeOpen = { _, _ in true }
         var held: [UInt64] = []
         for k in 0..<8 {  // directories are spread over the AGs: orphans in several
             let d = try await fs.mkdir(parent: rootIno, name: "d\(k)", mode: 0o755, cred: root)
