@@ -60,18 +60,25 @@ static int fos_shim_write_back(const fos_shim_map *m, uint8_t *a, size_t n, int 
  * write-backs run outside the lock: a request may reconnect, which unmaps
  * the old channel's rings through munmap, which takes the lock. */
 static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget, int durable) {
-    int err = 0;
-    for (int i = 0; i < FOS_SHIM_MAPS; i++) {
+    int err = 0, from = 0;
+    while (from < FOS_SHIM_MAPS) {
+        /* A batch of the records it touches, found and (forget) trimmed under one lock. */
+        struct {
+            fos_shim_map m;
+            uint8_t *a, *b;
+        } work[16];
+        int n = 0;
         pthread_mutex_lock(&fos_shim_maps_mu);
-        fos_shim_map *m = &fos_shim_maps[i];
-        if (m->addr == NULL || addr >= m->addr + m->len || addr + len <= m->addr) {
-            pthread_mutex_unlock(&fos_shim_maps_mu);
-            continue;
-        }
-        fos_shim_map copy = *m;
-        uint8_t *a = addr > m->addr ? addr : m->addr;
-        uint8_t *b = addr + len < m->addr + m->len ? addr + len : m->addr + m->len;
-        if (forget) {
+        for (; from < FOS_SHIM_MAPS && n < 16; from++) {
+            fos_shim_map *m = &fos_shim_maps[from];
+            if (m->addr == NULL || addr >= m->addr + m->len || addr + len <= m->addr) continue;
+            uint8_t *a = addr > m->addr ? addr : m->addr;
+            uint8_t *b = addr + len < m->addr + m->len ? addr + len : m->addr + m->len;
+            work[n].m = *m;
+            work[n].a = a;
+            work[n].b = b;
+            n++;
+            if (!forget) continue;
             if (a == m->addr && b == m->addr + m->len) {
                 m->addr = NULL;
                 __atomic_sub_fetch(&fos_shim_nmaps, 1, __ATOMIC_RELEASE);
@@ -97,9 +104,12 @@ static int fos_shim_sync_range(uint8_t *addr, size_t len, int forget, int durabl
             }
         }
         pthread_mutex_unlock(&fos_shim_maps_mu);
-        /* The member's memfd needs nothing when unmapped: it writes back itself. */
-        int r = forget && copy.member ? 0 : fos_shim_write_back(&copy, a, (size_t)(b - a), durable);
-        if (r && !err) err = r;
+        for (int i = 0; i < n; i++) {
+            /* The member's memfd needs nothing when unmapped: it writes back itself. */
+            if (forget && work[i].m.member) continue;
+            int r = fos_shim_write_back(&work[i].m, work[i].a, (size_t)(work[i].b - work[i].a), durable);
+            if (r && !err) err = r;
+        }
     }
     return err;
 }
