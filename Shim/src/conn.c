@@ -268,6 +268,11 @@ static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int 
     int err = fos_shim_ctl(c, FOS_CTL_HELLO, NULL, 0, rep, sizeof rep, &rl, fds, 1, &nf);
     for (int i = 0; i < nf; i++) fos_shim_sys_close(fds[i]); /* the stats page: a client has none to show */
     if (err == 0 && rl < sizeof(fos_ctl_hello_reply)) err = EIO;
+    if (err == 0) {
+        fos_ctl_hello_reply hr;
+        memcpy(&hr, rep, sizeof hr);
+        __atomic_store_n(&fos_shim_node, hr.node, __ATOMIC_RELAXED);
+    }
     for (int tries = 0; err == 0; tries++) {
         err = fos_shim_ctl(c, FOS_CTL_NAME_SERVICE, NULL, 0, rep, sizeof rep, &rl, fds, 0, &nf);
         if (err == EAGAIN && tries < 200) {
@@ -421,6 +426,8 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen) {
     return fos_shim_call(1, op, NULL, 0, NULL, 0, payload, len, out, outcap, outlen);
 }
+
+uint64_t fos_shim_node;
 
 int fos_shim_fetch(const uint8_t *tag, int *fd) {
     int cancel, err;

@@ -8,8 +8,9 @@
  *     FOS_SHIM_POS_BASE;
  *   - the status flags (O_APPEND, O_NONBLOCK ...) are the placeholder's;
  *   - what never changes (inode, access mode, file type) is in its name,
- *     "fos-<ino>-<flags>-<mode>" in hex, which a new image reads back from
- *     /proc/self/fd after exec;
+ *     "fos-<ino>-<flags>-<mode>-<node>" in hex, which a new image reads
+ *     back from /proc/self/fd after exec (the node: fs members on this host
+ *     count only their own node's placeholders, FosFSServer/Openers.swift);
  *   - a directory's placeholder holds its readdir cookie and its fs path
  *     (for *at, fchdir and fdopendir); a file's holds nothing, so opening
  *     one costs no page.
@@ -102,9 +103,10 @@ static int fos_shim_install(int fd, const fos_shim_ofd *o) {
 #define FOS_SHIM_KERNEL_FL (O_APPEND | O_ASYNC | O_NOATIME | O_NONBLOCK)
 
 int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath) {
-    char name[64];
+    char name[96];
     uint32_t kept = (uint32_t)(oflags & (O_ACCMODE | O_PATH));
-    snprintf(name, sizeof name, "fos-%llx-%x-%x", (unsigned long long)st->ino, kept, st->mode);
+    snprintf(name, sizeof name, "fos-%llx-%x-%x-%llx", (unsigned long long)st->ino, kept, st->mode,
+             (unsigned long long)__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED));
     int fd = (int)syscall(SYS_memfd_create, name, MFD_ALLOW_SEALING | ((oflags & O_CLOEXEC) ? MFD_CLOEXEC : 0));
     if (fd < 0) return -errno;
     int err = 0;
@@ -217,10 +219,10 @@ int fos_shim_fd_inherited(void) {
     return 0;
 }
 
-/* "fos-<ino>-<flags>-<mode>" as the placeholder's name reads back. */
+/* "fos-<ino>-<flags>-<mode>-<node>" as the placeholder's name reads back. */
 static int fos_shim_parse_name(const char *s, fos_shim_ofd *o) {
-    unsigned long long v[3];
-    for (int i = 0; i < 3; i++) {
+    unsigned long long v[4];
+    for (int i = 0; i < 4; i++) {
         if (*s++ != '-') return -1;
         char *end;
         if (*s < '0' || (*s > '9' && *s < 'a') || *s > 'f') return -1;

@@ -238,6 +238,8 @@ int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *ou
  * under `tag` (FOS_CTL_FETCH, FOS_KEY_BYTES bytes) into *fd. 0 or a
  * positive errno (ENOENT: no such deposit for us, EHOSTDOWN: no node). */
 int fos_shim_fetch(const uint8_t *tag, int *fd);
+/* The node this process's connection reached (0 before the first). */
+extern uint64_t fos_shim_node;
 
 /* The credentials changed (setuid and friends): reconnect before the next call. */
 void fos_shim_creds_changed(void);

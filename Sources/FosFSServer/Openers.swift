@@ -26,9 +26,12 @@ import Glibc
 /// opens through a FUSE mount (its daemon keeps its own hidden links,
 /// FosFuse/Orphans.swift); a process that got the file only from a recorded
 /// process that has exited since. Their files are freed with the last name.
-/// A placeholder of another node on this host with the same inode number
-/// keeps an orphan longer (names carry no node).
+/// A placeholder names its node: another node's on this host is not ours.
 final class Openers: Sendable {
+    /// Our node: placeholders of another node on this host name its inodes.
+    let node: UInt64
+    init(node: UInt64) { self.node = node }
+
     private struct Opener {
         var pid: Int32
         var at: UInt64  // monotonic ns of the open
@@ -52,7 +55,7 @@ final class Openers: Sendable {
             }
             s.byIno[ino, default: []].append(Opener(pid: pid, at: now))
             if s.byIno.count > s.trimAt {
-                Self.trim(&s.byIno)
+                Self.trim(&s.byIno, node: node)
                 s.trimAt = max(Self.limit, s.byIno.count * 2)
             }
         }
@@ -62,7 +65,7 @@ final class Openers: Sendable {
     /// inode now, or were answered too recently to tell. Each recorded
     /// process's descriptors are read once (a rare, amortised cost: the
     /// next trim is as many opens away as records are kept).
-    private static func trim(_ s: inout [UInt64: [Opener]]) {
+    private static func trim(_ s: inout [UInt64: [Opener]], node: UInt64) {
         let now = monotonicNanos()
         var held: [Int32: Set<UInt64>] = [:]
         for (ino, list) in s {
@@ -71,7 +74,7 @@ final class Openers: Sendable {
                 if now &- o.at < settleNs { return true }
                 if held[o.pid] == nil {
                     var h = Set<UInt64>()
-                    scan(pid: o.pid, into: &h)
+                    scan(pid: o.pid, into: &h, node: node)
                     held[o.pid] = h
                 }
                 return held[o.pid]!.contains(ino)
@@ -85,7 +88,7 @@ final class Openers: Sendable {
     func seed(homedAt member: Int, of members: Int) {
         Self.eachProcess { pid in
             var held = Set<UInt64>()
-            Self.scan(pid: pid, into: &held)
+            Self.scan(pid: pid, into: &held, node: node)
             for ino in held where FileSystem.home(of: ino, members: members) == member { opened(ino, by: pid) }
         }
     }
@@ -102,7 +105,7 @@ final class Openers: Sendable {
                 if u.holdsNone { continue }
                 if u.sharedNone {
                     var held = Set<UInt64>()
-                    Self.scan(pid: o.pid, into: &held)
+                    Self.scan(pid: o.pid, into: &held, node: node)
                     if !held.contains(ino) { continue }
                 }
             }
@@ -131,9 +134,10 @@ final class Openers: Sendable {
             guard !unsure.isEmpty else { continue }
             // Every process's descriptors: off the loop thread (about a
             // millisecond per few hundred processes).
+            let node = self.node
             let everyone = await Task.detached { () -> Set<UInt64> in
                 var all = Set<UInt64>()
-                Self.eachProcess { Self.scan(pid: $0, into: &all) }
+                Self.eachProcess { Self.scan(pid: $0, into: &all, node: node) }
                 return all
             }.value
             let free = unsure.filter { !everyone.contains($0) }
@@ -160,7 +164,7 @@ final class Openers: Sendable {
             if now &- o.at < Self.settleNs { return true }
             if byPid[o.pid] == nil {
                 var s = Set<UInt64>()
-                Self.scan(pid: o.pid, into: &s)
+                Self.scan(pid: o.pid, into: &s, node: node)
                 byPid[o.pid] = s
             }
             if byPid[o.pid]!.contains(ino) { return true }
@@ -179,8 +183,9 @@ final class Openers: Sendable {
         }
     }
 
-    /// Adds the inodes whose placeholders `pid` holds.
-    static func scan(pid: Int32, into set: inout Set<UInt64>) {
+    /// Adds the inodes whose placeholders `pid` holds for `node`
+    /// ("fos-<ino>-<flags>-<mode>-<node>"; one without a node counts too).
+    static func scan(pid: Int32, into set: inout Set<UInt64>, node: UInt64) {
         let fd = open("/proc/\(pid)/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0, let d = fdopendir(fd) else {
             if fd >= 0 { close(fd) }
@@ -197,13 +202,24 @@ final class Openers: Sendable {
                 }
             }
             guard n > prefix.count, link.starts(with: prefix) else { continue }
-            var ino: UInt64 = 0
+            // Four hex fields after the prefix, each led by "-" but the first.
+            var fields: [UInt64] = []
             var k = prefix.count
-            while k < n, let v = hexValue(link[k]), ino >> 60 == 0 {
-                ino = ino << 4 | UInt64(v)
+            while fields.count < 4 {
+                var v: UInt64 = 0
+                let start = k
+                while k < n, let d = hexValue(link[k]), v >> 60 == 0 {
+                    v = v << 4 | UInt64(d)
+                    k += 1
+                }
+                guard k > start else { break }
+                fields.append(v)
+                guard k < n, link[k] == UInt8(ascii: "-") else { break }
                 k += 1
             }
-            if k < n, link[k] == UInt8(ascii: "-"), k > prefix.count { set.insert(ino) }
+            guard fields.count >= 3 else { continue }
+            if fields.count == 4, fields[3] != node { continue }
+            set.insert(fields[0])
         }
     }
 

@@ -42,7 +42,7 @@ final class FSService: Sendable {
     let diskLockUsers = AsyncLock()
     let locks = LockService()
     let watch = WatchLog()
-    let openers = Openers()
+    let openers: Openers
     let maps: SharedMaps
 
     init(rt: FosRuntime, fs: FileSystem, blk: BlockClient, member: Int, members: Int, fleet: String) {
@@ -53,6 +53,7 @@ final class FSService: Sendable {
         self.members = members
         self.fleet = fleet
         maps = SharedMaps(node: rt.node)
+        openers = Openers(node: rt.node)
     }
 
     // MARK: credentials
