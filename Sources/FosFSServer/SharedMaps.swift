@@ -193,8 +193,8 @@ final class SharedMaps: DataObserver, Sendable {
     /// MAP: the caller's tag for the memfd (made if need be), and the size.
     func map(_ a: FileAttributes, writable: Bool, cred: Credentials, svc: FSService) async throws -> fos_fs_map_reply {
         guard cred.pid > 0 else { throw FSError.posix(.noSuchProcess) }
-        while true {
-            var f: MapFile
+        for _ in 0..<3 {
+            let f: MapFile
             if let have = file(a.ino), have.generation == a.generation {
                 f = have
             } else {
@@ -233,6 +233,8 @@ final class SharedMaps: DataObserver, Sendable {
             r.size = UInt64(size)
             return r
         }
+        // Let go of three times over (its memfd refuses writes): not now.
+        throw FSError.posix(.resourceTemporarilyUnavailable)
     }
 
     /// The memfd of `ino`, filled from the file inside one operation.
@@ -249,13 +251,13 @@ final class SharedMaps: DataObserver, Sendable {
                   content.withUnsafeBytes({ pwriteAll(fd, $0.baseAddress, content.count, 0) }) else {
                 throw FSError.posix(.noMemory)
             }
-            adopt(made, bytes: content.count)
+            enter(made, bytes: content.count)
             return made
         }
     }
 
     /// Enters `f` in the table (replacing any other of its inode).
-    func adopt(_ f: MapFile, bytes: Int) {
+    func enter(_ f: MapFile, bytes: Int) {
         let old = state.withLock { s -> MapFile? in
             let old = s.files[f.ino]
             s.files[f.ino] = f

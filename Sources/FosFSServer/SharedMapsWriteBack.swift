@@ -231,7 +231,7 @@ extension SharedMaps {
                         $0.pids = [at.pid]
                         $0.writable = true
                     }
-                    adopt(f, bytes: content.count)
+                    enter(f, bytes: content.count)
                 }
                 try await writeBack(ino, svc: svc)
             } catch {
