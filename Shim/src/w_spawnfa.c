@@ -260,11 +260,12 @@ FOS_SHIM_EXPORT int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t 
 }
 
 /* Forgets what a previous object at the same address left (one never destroyed). */
-static void fos_shim_fa_forget(const posix_spawn_file_actions_t *fa, int *fds, int *n) {
+static void fos_shim_fa_forget(const posix_spawn_file_actions_t *fa) {
+    int fds[FOS_SHIM_FA_SLOTS], n = 0;
     fos_shim_fa_acquire();
     for (int i = 0; i < FOS_SHIM_FA_SLOTS; i++) {
         if (fos_shim_fa[i].fa == fa) {
-            if (fos_shim_fa[i].fd >= 0) fds[(*n)++] = fos_shim_fa[i].fd;
+            if (fos_shim_fa[i].fd >= 0) fds[n++] = fos_shim_fa[i].fd;
             fos_shim_fa[i].fa = NULL;
         }
     }
@@ -272,22 +273,20 @@ static void fos_shim_fa_forget(const posix_spawn_file_actions_t *fa, int *fds, i
         if (fos_shim_fa_cwds[i].fa == fa) fos_shim_fa_cwd_free(&fos_shim_fa_cwds[i]);
     }
     fos_shim_fa_release();
+    /* Its placeholders, closed outside the lock. */
+    for (int i = 0; i < n; i++) close(fds[i]);
 }
 
 FOS_SHIM_EXPORT int posix_spawn_file_actions_init(posix_spawn_file_actions_t *fa) {
     int saved = errno;
-    int fds[FOS_SHIM_FA_SLOTS], n = 0;
-    fos_shim_fa_forget(fa, fds, &n);
-    for (int i = 0; i < n; i++) close(fds[i]);
+    fos_shim_fa_forget(fa);
     errno = saved;
     return FOS_REAL(posix_spawn_file_actions_init)(fa);
 }
 
 FOS_SHIM_EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa) {
     int saved = errno;
-    int fds[FOS_SHIM_FA_SLOTS], n = 0;
-    fos_shim_fa_forget(fa, fds, &n);
-    for (int i = 0; i < n; i++) close(fds[i]);
+    fos_shim_fa_forget(fa);
     errno = saved;
     return FOS_REAL(posix_spawn_file_actions_destroy)(fa);
 }
