@@ -104,8 +104,12 @@ let package = Package(
             cSettings: [.headerSearchPath("../include"), .unsafeFlags(["-std=c11", "-Wall", "-Wextra"])],
             linkerSettings: [.unsafeFlags(shimLinkFlags)]
         ),
-        // fos-run: runs a program with the shim preloaded.
-        .executableTarget(name: "FosRun", dependencies: ["FosCore", "CFosWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // fos-run: runs a program with the shim preloaded. It starts before
+        // every program run on fos, so it links the Swift libraries into
+        // itself (-static-stdlib): loading them from shared objects at each
+        // start cost more than the rest of its work.
+        .executableTarget(name: "FosRun", dependencies: ["FosCore", "CFosWire", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims"])]),
         // The FUSE mount (fosctl mount): libfuse 3 behind prefixed names in a C
         // target of its own (its headers and liburing's clash as Clang modules
         // of one Swift module: never import CFosFuse next to CFosUring).

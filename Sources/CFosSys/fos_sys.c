@@ -390,3 +390,10 @@ long fos_sys_raise_nofile(void) {
 int fos_sys_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
+
+void fos_sys_name_thread(const char *name) {
+    char short_name[16];
+    strncpy(short_name, name, sizeof short_name - 1);
+    short_name[sizeof short_name - 1] = 0;
+    (void)pthread_setname_np(pthread_self(), short_name);
+}

@@ -1,6 +1,5 @@
 import CFosSys
 import CFosWire
-import Foundation
 import Synchronization
 import SystemPackage
 
@@ -239,11 +238,28 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     }
 
     /// Starts the loop on a thread of its own (clients; servers call `run`).
+    ///
+    /// A pthread, not Foundation's Thread: FosCore stays free of Foundation,
+    /// whose loading alone costs fos-run several milliseconds per start.
     public func startThread() {
-        let t = Thread { [self] in run() }
-        t.name = "fos-loop"
-        t.stackSize = 1 << 20
-        t.start()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        defer { pthread_attr_destroy(&attr) }
+        pthread_attr_setstacksize(&attr, 1 << 20)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        var tid = pthread_t()
+        // The thread owns one reference to the loop until run() returns.
+        let me = Unmanaged.passRetained(self).toOpaque()
+        let r = pthread_create(&tid, &attr, { arg in
+            let loop = Unmanaged<EventLoop>.fromOpaque(arg!).takeRetainedValue()
+            fos_sys_name_thread("fos-loop")
+            loop.run()
+            return nil
+        }, me)
+        guard r == 0 else {
+            Unmanaged<EventLoop>.fromOpaque(me).release()
+            fatalError("cannot start the fos event loop thread: \(String(cString: strerror(r)))")
+        }
         while loopThread.load(ordering: .relaxed) == 0 { usleep(50) }
     }
 

@@ -1,8 +1,11 @@
 import CFosSys
 import CFosWire
-import Foundation
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A process's presence on a fos node: its fosd connection, its identity as
 /// fosd attests it, and its event loop.
@@ -37,7 +40,7 @@ public final class FosRuntime: Sendable {
         let start = MemoryLayout<fos_ctl_hello_reply>.size
         let flen = min(Int(h.fleet_len), max(0, hello.payload.count - start))
         let fleet = String(decoding: hello.payload[start..<(start + flen)], as: UTF8.self)
-        let envSpin = ProcessInfo.processInfo.environment["FOS_SPIN_US"].flatMap(UInt64.init)
+        let envSpin = getenv("FOS_SPIN_US").flatMap { UInt64(String(cString: $0)) }
         let spin = (spinMicros ?? envSpin ?? 50) * 1000
         let loop = try EventLoop(control: control, spinNanos: spin)
         if let fd = hello.fds.first {

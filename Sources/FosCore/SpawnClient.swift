@@ -1,6 +1,10 @@
 import CFosWire
-import Foundation
+import FoundationEssentials
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What to start (`SpawnClient.spawn`): the program, its arguments and
 /// environment, its cwd, which of our descriptors it gets (and as which

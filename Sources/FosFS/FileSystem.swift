@@ -221,6 +221,8 @@ public final class FileSystem: @unchecked Sendable {
     /// is the slot superblock), and the contents of the block it falls in.
     var jPos = UInt64(Layout.blockSize)
     var jTail: [UInt8] = []
+    /// When the last operation ended (checkpointIfIdle).
+    var lastOperationEnd = ContinuousClock.now
 
     var inodes: [UInt64: Inode] = [:]
     var dirtyInodes: Set<UInt64> = []
@@ -289,7 +291,10 @@ public final class FileSystem: @unchecked Sendable {
             return try await body()
         }
         await opLock.lock()
-        defer { opLock.unlock() }
+        defer {
+            lastOperationEnd = .now
+            opLock.unlock()
+        }
         if let dead { throw dead }
         do {
             let r = try await body()

@@ -12,7 +12,9 @@ extension FileSystem {
         guard device.blockSize == Layout.blockSize else { throw FSError.EINVAL }
         let total = device.blockCount
         // Multiples of 8 keep AG starts byte-aligned in fsck's block map.
-        let jb = (UInt64(options.journalBlocks ?? Int(min(8192, max(64, total / 256)))) + 7) / 8 * 8
+        // A slot of 1/128 of the disk, at most 64 MiB: a burst of changes
+        // that fits in it never waits for a checkpoint (checkpointIfIdle).
+        let jb = (UInt64(options.journalBlocks ?? Int(min(16384, max(64, total / 128)))) + 7) / 8 * 8
         let first = Layout.journalStart + jb * UInt64(Layout.journalSlots)
         guard total > first + 64 else { throw FSError.ENOSPC }
         let avail = total - first

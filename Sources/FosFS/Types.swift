@@ -255,6 +255,15 @@ public final class AsyncLock: Sendable {
         }
     }
 
+    /// Takes the lock only if it is free and nobody waits for it.
+    public func tryLock() -> Bool {
+        state.withLock { s in
+            guard !s.locked else { return false }
+            s.locked = true
+            return true
+        }
+    }
+
     public func unlock() {
         let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
             if s.head < s.waiters.count {

@@ -557,6 +557,20 @@ func mountUnderLocks(_ blk: BlockClient, device: any BlockDevice, member: Int, m
     return fs
 }
 
+/// Checkpoints the journal in the pauses between bursts of requests
+/// (FileSystem.checkpointIfIdle): once it is an eighth full and the member
+/// has had nothing to do for 200 ms.
+func checkpointWhenIdle(_ fs: FileSystem, svc: FSService) async {
+    while true {
+        try? await Task.sleep(for: .milliseconds(100))
+        do {
+            _ = try await fs.checkpointIfIdle(minFill: 0.125, idle: .milliseconds(200))
+        } catch {
+            return svc.fatal("idle checkpoint: \(error)")
+        }
+    }
+}
+
 func runMember() -> Never {
     // SIGTERM and SIGINT are taken by a thread of ours (sigwait): blocked
     // here, before the runtime starts threads, so every thread inherits it.
@@ -610,6 +624,7 @@ func runMember() -> Never {
             await maps.adopt(svc: svc)
             rt.loop.spawn { await openers.reap(fs, mapped: { maps.has($0) }) { svc.fatal("\($0)") } }
             rt.loop.spawn { await maps.run(svc: svc) }
+            rt.loop.spawn { await checkpointWhenIdle(fs, svc: svc) }
             var handlers: [UInt16: FosServer.Handler] = [:]
             for op in UInt32(FOS_OP_FS_LOOKUP)...UInt32(FOS_OP_FS_RESOLVE) {
                 handlers[UInt16(op)] = { await svc.handle($0) }

@@ -1,5 +1,4 @@
 import CFosWire
-import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -16,13 +15,30 @@ enum Reach {
     static func binary(_ program: String, path: String?) -> String? {
         var file = program.contains("/") ? program : search(program, path: path)
         for _ in 0..<4 {
-            guard let f = file, let head = FileHandle(forReadingAtPath: f)?.readData(ofLength: 256) else { return nil }
+            guard let f = file, let head = head(of: f) else { return nil }
             guard head.starts(with: Array("#!".utf8)) else { return f }
             let line = String(decoding: head.dropFirst(2).prefix { $0 != 10 }, as: UTF8.self)
             guard let interp = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first else { return nil }
             file = String(interp)
         }
         return nil
+    }
+
+    /// The first 256 bytes of a file (fewer if it is shorter), nil if it cannot be read.
+    static func head(of file: String) -> [UInt8]? {
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 256)
+        var n = 0
+        while n < buf.count {
+            let r = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, $0.count - n) }
+            if r < 0 && errno == EINTR { continue }
+            guard r >= 0 else { return nil }
+            if r == 0 { break }
+            n += r
+        }
+        return Array(buf[..<n])
     }
 
     /// execvp's search: the first executable regular file on PATH.

@@ -1,6 +1,5 @@
 import ArgumentParser
 import FosCore
-import Foundation
 import Synchronization
 
 #if canImport(Glibc)
@@ -11,8 +10,45 @@ import Glibc
 let childPID = Atomic<Int32>(0)
 
 func fail(_ message: String, code: Int32 = 1) -> Never {
-    FileHandle.standardError.write(Data("fos-run: \(message)\n".utf8))
+    var line = Array("fos-run: \(message)\n".utf8)[...]
+    while !line.isEmpty {
+        let n = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { break }
+        line = line.dropFirst(n)
+    }
     exit(code)
+}
+
+// fos-run uses libc, not Foundation: it starts before every program run on
+// fos, and loading Foundation alone took most of its 10 ms start.
+
+/// The process's environment as a dictionary (the first of duplicate names wins, as getenv's does).
+func environment() -> [String: String] {
+    var env: [String: String] = [:]
+    var p = environ
+    while let entry = p.pointee {
+        let s = String(cString: entry)
+        if let eq = s.firstIndex(of: "=") {
+            let name = String(s[..<eq])
+            if env[name] == nil { env[name] = String(s[s.index(after: eq)...]) }
+        }
+        p += 1
+    }
+    return env
+}
+
+/// The current directory (getcwd), "/" if it cannot be named.
+func currentDirectory() -> String {
+    guard let p = getcwd(nil, 0) else { return "/" }
+    defer { free(p) }
+    return String(cString: p)
+}
+
+/// `path` without its last component ("/a/b" → "/a", "b" → ".").
+func directory(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
 }
 
 struct FosRun: ParsableCommand {
@@ -63,13 +99,13 @@ struct FosRun: ParsableCommand {
             fail("no fos node is running on \(rt) (start fosd, or give --runtime or FOS_RUNTIME)")
         }
 
-        var env = ProcessInfo.processInfo.environment
+        var env = environment()
         env["LD_PRELOAD"] = [shim, env["LD_PRELOAD"]].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
         env["FOS_PREFIX"] = pfx
         env["FOS_RUNTIME"] = rt
         var hostCwd: String?
         if let c = cwd {
-            let absolute = c.hasPrefix("/") ? c : FileManager.default.currentDirectoryPath + "/" + c
+            let absolute = c.hasPrefix("/") ? c : currentDirectory() + "/" + c
             guard let n = FosRun.normalise(absolute) else { fail("bad --cwd \(c)", code: 2) }
             if n == pfx || n.hasPrefix(pfx + "/") {
                 env["FOS_CWD"] = n
@@ -84,7 +120,7 @@ struct FosRun: ParsableCommand {
             // fos-exec (beside the shim) execs it under the shim, which asks
             // the spawn service to start it and makes fos-exec its stand-in.
             env["FOS_EXEC_STANDIN"] = "1"
-            run = [(shim as NSString).deletingLastPathComponent + "/fos-exec", program] + argv
+            run = [directory(of: shim) + "/fos-exec", program] + argv
         } else if let line = Reach.refusal(argv, env: env, prefix: pfx, fosCwd: env["FOS_CWD"] != nil) {
             fail(line, code: 126)
         }
@@ -94,7 +130,7 @@ struct FosRun: ParsableCommand {
     /// Is `program` stored under the prefix, or may a PATH search find it there?
     static func onFos(_ program: String, prefix: String, fosCwd: String?, path: String?) -> Bool {
         func under(_ p: String) -> Bool {
-            guard let n = normalise(p.hasPrefix("/") ? p : (fosCwd ?? FileManager.default.currentDirectoryPath) + "/" + p)
+            guard let n = normalise(p.hasPrefix("/") ? p : (fosCwd ?? currentDirectory()) + "/" + p)
             else { return false }
             return n == prefix || n.hasPrefix(prefix + "/")
         }
@@ -106,8 +142,10 @@ struct FosRun: ParsableCommand {
 
     /// libfosshim.so from the directory fos-run runs from (the build directory).
     static func shimPath() -> String {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return (exe as NSString).deletingLastPathComponent + "/libfosshim.so"
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        let exe = n > 0 ? String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
+        return directory(of: exe) + "/libfosshim.so"
     }
 
     /// An absolute path with ".", ".." and repeated slashes resolved by name.

@@ -141,3 +141,44 @@ import Testing
         try await fsckClean(dev)
     }
 }
+
+/// The member checkpoints in the pauses between bursts (checkpointIfIdle):
+/// only when the journal is full enough and nothing happened for a while,
+/// and what it checkpointed survives a power loss right after.
+@Suite struct IdleCheckpointTests {
+    @Test func checkpointsOnlyWhenIdleAndFullEnough() async throws {
+        let (dev, fs) = try await makeFS(mkfs: MkfsOptions(journalBlocks: 256))
+        let start = UInt64(Layout.blockSize)
+        let a = try await fs.create(parent: rootIno, name: "a", mode: 0o644, cred: root)
+        _ = try await fs.write(ino: a.ino, offset: 0, data: pattern(100, seed: 1))
+        // Barely used: not worth the flushes.
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .zero) == false)
+        var names: [String] = []
+        for i in 0..<40 {
+            let f = try await fs.create(parent: rootIno, name: "f\(i)", mode: 0o644, cred: root)
+            _ = try await fs.write(ino: f.ino, offset: 0, data: pattern(8000, seed: UInt64(i)))
+            names.append("f\(i)")
+        }
+        let used = fs.jPos
+        #expect(Double(used) >= 0.125 * Double(256 * 4096))
+        // An operation ended just now: not idle.
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .seconds(3600)) == false)
+        #expect(fs.jPos == used)
+        // Busy: an operation holds the lock.
+        #expect(fs.opLock.tryLock())
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .zero) == false)
+        fs.opLock.unlock()
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .zero) == true)
+        #expect(fs.jPos == start)
+        // Everything is home and durable: a power loss now loses nothing.
+        dev.simulatePowerLoss(keep: { _ in false })
+        dev.newBoot()
+        let fs2 = try await FileSystem.mount(device: dev)
+        for (i, n) in names.enumerated() {
+            let f = try await fs2.lookup(parent: rootIno, name: n, cred: root)
+            #expect(try await fs2.read(ino: f.ino, offset: 0, count: 8000) == pattern(8000, seed: UInt64(i)))
+        }
+        try await fs2.unmount()
+        try await fsckClean(dev)
+    }
+}

@@ -138,4 +138,7 @@ uint64_t fos_sys_now_ns(void);
 
 /* Size in bytes of a block device (BLKGETSIZE64). */
 int fos_sys_blockdev_bytes(int fd, uint64_t *bytes);
+/* Names the calling thread (at most 15 bytes are kept), for ps and gdb. */
+void fos_sys_name_thread(const char *name);
+
 #endif
