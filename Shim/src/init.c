@@ -68,15 +68,20 @@ static void fos_shim_init_runtime(void) {
     else snprintf(out, cap, "/tmp/fos-%u", (unsigned)getuid());
 }
 
-static void fos_shim_init_spin(void) {
-    const char *s = getenv("FOS_SPIN_US");
-    uint64_t us = 50;
+/* Microseconds from the environment variable `name`, else `dflt`. */
+static uint64_t fos_shim_env_us(const char *name, uint64_t dflt) {
+    const char *s = getenv(name);
     if (s && *s) {
         char *end;
         unsigned long long v = strtoull(s, &end, 10);
-        if (*end == 0 && v <= 1000000) us = v;
+        if (*end == 0 && v <= 1000000) return v;
     }
-    fos_shim_cfg.spin_ns = us * 1000;
+    return dflt;
+}
+
+static void fos_shim_init_spin(void) {
+    fos_shim_cfg.spin_ns = fos_shim_env_us("FOS_SPIN_US", 50) * 1000;
+    fos_shim_cfg.yield_ns = fos_shim_env_us("FOS_YIELD_US", 1000) * 1000;
 }
 
 __attribute__((constructor)) static void fos_shim_init(void) {

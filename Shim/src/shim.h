@@ -52,7 +52,8 @@ typedef struct fos_shim_config {
     char prefix[256];          /* "/fos": absolute, normalised, no trailing '/' */
     size_t prefix_len;
     char runtime[FOS_SHIM_PATH_BUF]; /* the node's runtime directory */
-    uint64_t spin_ns;          /* how long a waiting call spins before it sleeps */
+    uint64_t spin_ns;          /* how long a waiting call spins before it yields */
+    uint64_t yield_ns;         /* how long it then yields the core before it sleeps */
 } fos_shim_config;
 
 extern fos_shim_config fos_shim_cfg;

@@ -160,19 +160,30 @@ final class WatchLog: Sendable {
         while true {
             let (events, lost, cursor) = take(after: w.cursor, max: Int(w.max))
             if !events.isEmpty || lost || ContinuousClock.now >= deadline {
+                if !events.isEmpty { answered.withLock { $0 = .now } }
                 return reply(cursor: cursor, events: events, lost: lost)
             }
             await wait(after: w.cursor, until: deadline)
             // Woken by a change: let the burst it starts gather into one
             // answer. A watcher answered per event wakes once per operation
             // of every client and, on a small machine, takes the core the
-            // clients and this member need.
-            if ContinuousClock.now < deadline { try? await Task.sleep(for: WatchLog.gather) }
+            // clients and this member need. While changes keep coming, at
+            // most one answer per `burstInterval`: a tar x with a FUSE
+            // daemon watching ran 35% longer with an answer every 3 ms, and
+            // as fast as without a watcher with one every 30 ms.
+            let now = ContinuousClock.now
+            let last = answered.withLock { $0 }
+            let gather = max(WatchLog.gather, last + WatchLog.burstInterval - now)
+            if now < deadline { try? await Task.sleep(for: min(gather, deadline - now)) }
         }
     }
 
     /// How long a woken watcher waits for more events before its answer.
     static let gather: Duration = .milliseconds(3)
+    /// The least time between two answers while changes keep coming.
+    static let burstInterval: Duration = .milliseconds(25)
+    /// When a watcher was last answered with events.
+    private let answered = Mutex(ContinuousClock.now - .seconds(1))
 
     /// Events after `cursor`; whether some were lost; the cursor to go on from.
     private func take(after cursor: UInt64, max: Int) -> ([Event], Bool, UInt64) {
