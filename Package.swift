@@ -77,7 +77,7 @@ let package = Package(
         .testTarget(name: "FosFSTests", dependencies: ["FosFS"]),
         // The fs fleet (/sys/fs): FosFS behind messages, its client, and its server.
         .target(name: "FosFSClient", dependencies: ["FosCore", "FosFS", "CFosWire"]),
-        .executableTarget(name: "FosFSServer", dependencies: ["FosFSClient", "FosFS", "FosBlock", "FosCore", "CFosWire"],
+        .executableTarget(name: "FosFSServer", dependencies: ["FosFSClient", "FosFS", "FosBlock", "FosCore", "CFosWire", "CFosSys"],
                           swiftSettings: [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
         // The spawn service (/sys/spawn): starts programs as their callers.
         .executableTarget(name: "FosSpawnServer", dependencies: ["FosCore", "CFosWire", "CFosSys",
@@ -116,6 +116,6 @@ let package = Package(
         .target(name: "CFosFuse", linkerSettings: [.linkedLibrary("fuse3")]),
         // Where fos mounts are recorded (daemon pid per mount point), for fos-fuse and fosctl.
         .target(name: "FosMounts"),
-        .executableTarget(name: "FosFuse", dependencies: ["CFosFuse", "FosFSClient", "FosFS", "FosCore", "FosMounts"]),
+        .executableTarget(name: "FosFuse", dependencies: ["CFosFuse", "CFosSys", "FosFSClient", "FosFS", "FosCore", "FosMounts"]),
     ]
 )

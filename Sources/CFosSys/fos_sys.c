@@ -2,6 +2,7 @@
 #include "fos_sys.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -396,4 +397,9 @@ void fos_sys_name_thread(const char *name) {
     strncpy(short_name, name, sizeof short_name - 1);
     short_name[sizeof short_name - 1] = 0;
     (void)pthread_setname_np(pthread_self(), short_name);
+}
+
+void fos_sys_keep_heap(void) {
+    (void)mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    (void)mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }

@@ -1,3 +1,4 @@
+import CFosSys
 import CFosWire
 import FosBlock
 import FosCore
@@ -572,6 +573,7 @@ func checkpointWhenIdle(_ fs: FileSystem, svc: FSService) async {
 }
 
 func runMember() -> Never {
+    fos_sys_keep_heap()
     // SIGTERM and SIGINT are taken by a thread of ours (sigwait): blocked
     // here, before the runtime starts threads, so every thread inherits it.
     var sigs = sigset_t()

@@ -1,4 +1,5 @@
 import CFosFuse
+import CFosSys
 import FosCore
 import FosFSClient
 import FosMounts
@@ -97,6 +98,7 @@ func onLoop<T: Sendable>(_ rt: FosRuntime, _ body: @escaping @Sendable () async 
 }
 
 func main() -> Never {
+    fos_sys_keep_heap()
     let opts = Options.parse(Array(CommandLine.arguments.dropFirst()))
     // A daemon keeps none of its starter's descriptors (a pipe someone
     // waits on for EOF, say) but stdio and the ready pipe.

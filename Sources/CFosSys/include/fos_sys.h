@@ -141,4 +141,10 @@ int fos_sys_blockdev_bytes(int fd, uint64_t *bytes);
 /* Names the calling thread (at most 15 bytes are kept), for ps and gdb. */
 void fos_sys_name_thread(const char *name);
 
+/* Keeps freed heap memory for reuse instead of returning it to the kernel
+ * (malloc trim and mmap thresholds): a server that allocates and frees
+ * message-sized buffers at a high rate otherwise takes page faults and
+ * zeroes fresh pages for every one. */
+void fos_sys_keep_heap(void);
+
 #endif
