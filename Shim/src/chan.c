@@ -150,7 +150,13 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
      * woken. Elsewhere spin, then sleep. */
     int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
     uint64_t spin_until = start + fos_shim_cfg.spin_ns;
-    uint64_t yield_until = spin_until + fos_shim_cfg.yield_ns;
+    /* A slow answer (a flush): past the spin, give the core to whoever
+     * else wants it for a while, then sleep until woken. Sleeping at once
+     * cost each fsync some 25 µs more: waking a sleeping process (on a
+     * virtual machine, its idle virtual CPU) takes longer than the yields.
+     * Not on the server's core: there the call yields from the start. */
+    uint64_t yield_until = same_core ? 0 : spin_until + fos_shim_cfg.yield_ns;
+    int yielding = 0;
     if (same_core) fos_ring_set_yielding(&c->rx, 1);
     fos_msg_hdr h;
     int ok = 0;
@@ -161,7 +167,7 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
             if (same_core) fos_ring_set_yielding(&c->rx, 0);
             return EIO;
         }
-        if (same_core) {
+        if (same_core || yielding) {
             sched_yield();
         } else if (i & 63) {
             fos_cpu_relax();
@@ -169,14 +175,11 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
         }
         uint64_t now = fos_shim_now_ns();
         if (now < spin_until) continue;
-        /* A slow answer (a flush): give the core to whoever else wants it
-         * for a while, then sleep until woken. Sleeping at once cost each
-         * fsync some 25 µs more: waking a sleeping process (on a virtual
-         * machine, its idle virtual CPU) takes longer than the yields. */
-        if (now < yield_until && !same_core) {
-            sched_yield();
+        if (now < yield_until) {
+            yielding = 1;
             continue;
         }
+        yielding = 0;
         if (same_core) fos_ring_set_yielding(&c->rx, 0);
         same_core = 0;
         if (now > deadline) return ETIMEDOUT;

@@ -400,6 +400,8 @@ void fos_sys_name_thread(const char *name) {
 }
 
 void fos_sys_keep_heap(void) {
-    (void)mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    (void)mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    /* Above the largest message buffers (1 MiB writes, 60 KiB messages);
+     * what stays is bounded by the trim threshold. */
+    (void)mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    (void)mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }

@@ -40,7 +40,7 @@ public final class FosRuntime: Sendable {
         let start = MemoryLayout<fos_ctl_hello_reply>.size
         let flen = min(Int(h.fleet_len), max(0, hello.payload.count - start))
         let fleet = String(decoding: hello.payload[start..<(start + flen)], as: UTF8.self)
-        let envSpin = getenv("FOS_SPIN_US").flatMap { UInt64(String(cString: $0)) }
+        let envSpin = getenv("FOS_SPIN_US").flatMap { UInt64(String(cString: $0)) }.flatMap { $0 <= 1_000_000 ? $0 : nil }
         let spin = (spinMicros ?? envSpin ?? 50) * 1000
         let loop = try EventLoop(control: control, spinNanos: spin)
         if let fd = hello.fds.first {

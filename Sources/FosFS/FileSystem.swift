@@ -221,8 +221,6 @@ public final class FileSystem: @unchecked Sendable {
     /// is the slot superblock), and the contents of the block it falls in.
     var jPos = UInt64(Layout.blockSize)
     var jTail: [UInt8] = []
-    /// When the last operation ended (checkpointIfIdle).
-    var lastOperationEnd = ContinuousClock.now
 
     var inodes: [UInt64: Inode] = [:]
     var dirtyInodes: Set<UInt64> = []
@@ -291,10 +289,7 @@ public final class FileSystem: @unchecked Sendable {
             return try await body()
         }
         await opLock.lock()
-        defer {
-            lastOperationEnd = .now
-            opLock.unlock()
-        }
+        defer { opLock.unlock() }
         if let dead { throw dead }
         do {
             let r = try await body()

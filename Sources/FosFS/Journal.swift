@@ -296,23 +296,23 @@ extension FileSystem {
         freshDataUnflushed = false
     }
 
-    /// Checkpoints now if nobody is using the file system (no operation
-    /// runs or waits, none ended within `idle`) and the journal is at least
-    /// `minFill` full; says whether it did.
+    /// Checkpoints now, unless an operation runs or waits, if the journal
+    /// is at least `minFill` full or at least 8 MiB freed since the last
+    /// checkpoint are held back; says whether it did. The caller knows when clients
+    /// pause (the fs member: no request for a while).
     ///
     /// Why: a checkpoint flushes the device three times (the journal, the
     /// blocks it wrote home, its new start), milliseconds each. Left to the
     /// commit that finds the journal full, that stall lands on one request
     /// of a burst (a tar x of a few hundred files met it every ~250 files).
     /// Done in the pauses between bursts, a burst that fits in the journal
-    /// never waits for one.
-    public func checkpointIfIdle(minFill: Double, idle: Duration) async throws -> Bool {
+    /// never waits for one, and space freed by a delete becomes free
+    /// (statfs) without waiting for the journal to fill.
+    public func checkpointIfIdle(minFill: Double) async throws -> Bool {
         guard opLock.tryLock() else { return false }
         defer { opLock.unlock() }
-        guard dead == nil, !borrowing,
-              Double(jPos) >= minFill * Double(UInt64(sb.journalBlocks) * UInt64(Layout.blockSize)),
-              ContinuousClock.now - lastOperationEnd >= idle
-        else { return false }
+        let full = Double(jPos) >= minFill * Double(UInt64(sb.journalBlocks) * UInt64(Layout.blockSize))
+        guard dead == nil, !borrowing, full || reservedCount >= 2048 else { return false }
         do {
             try await commit()
             try await checkpoint()

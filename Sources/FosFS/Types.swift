@@ -205,7 +205,7 @@ public struct MkfsOptions: Sendable {
     public var agBlocks: Int?
     /// One inode per this many bytes of AG.
     public var bytesPerInode: Int = 16384
-    /// Blocks per journal slot (there are 4); nil = disk/256, 64...8192.
+    /// Blocks per journal slot (there are 4); nil = disk/128, 64...16384.
     public var journalBlocks: Int?
     public var rootMode: UInt32 = 0o755
     public var rootUid: UInt32 = 0

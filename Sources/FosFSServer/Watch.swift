@@ -160,7 +160,7 @@ final class WatchLog: Sendable {
         while true {
             let (events, lost, cursor) = take(after: w.cursor, max: Int(w.max))
             if !events.isEmpty || lost || ContinuousClock.now >= deadline {
-                if !events.isEmpty { answered.withLock { $0 = .now } }
+                if !events.isEmpty { noteAnswered(r.channelID) }
                 return reply(cursor: cursor, events: events, lost: lost)
             }
             await wait(after: w.cursor, until: deadline)
@@ -172,7 +172,7 @@ final class WatchLog: Sendable {
             // daemon watching ran 35% longer with an answer every 3 ms, and
             // as fast as without a watcher with one every 30 ms.
             let now = ContinuousClock.now
-            let last = answered.withLock { $0 }
+            let last = answered.withLock { $0[r.channelID] } ?? now - WatchLog.burstInterval
             let gather = max(WatchLog.gather, last + WatchLog.burstInterval - now)
             if now < deadline { try? await Task.sleep(for: min(gather, deadline - now)) }
         }
@@ -182,8 +182,17 @@ final class WatchLog: Sendable {
     static let gather: Duration = .milliseconds(3)
     /// The least time between two answers while changes keep coming.
     static let burstInterval: Duration = .milliseconds(25)
-    /// When a watcher was last answered with events.
-    private let answered = Mutex(ContinuousClock.now - .seconds(1))
+    /// When each watcher (by channel) was last answered with events.
+    private let answered = Mutex<[UInt64: ContinuousClock.Instant]>([:])
+
+    private func noteAnswered(_ channel: UInt64) {
+        let now = ContinuousClock.now
+        answered.withLock { a in
+            // Watchers that went away: forgotten once there are many.
+            if a.count >= 64 { a = a.filter { now - $0.value < WatchLog.burstInterval } }
+            a[channel] = now
+        }
+    }
 
     /// Events after `cursor`; whether some were lost; the cursor to go on from.
     private func take(after cursor: UInt64, max: Int) -> ([Event], Bool, UInt64) {

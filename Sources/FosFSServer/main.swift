@@ -33,6 +33,8 @@ final class FSService: Sendable {
     let fleet: String
     /// Our internal mailbox id, once created (FORWARD is accepted there only).
     let internalMailbox = Atomic<UInt64>(0)
+    /// When a client request last came or ended (monotonicNanos).
+    let lastRequest = Atomic<UInt64>(0)
     /// Channels to peers' internal mailboxes, by member index.
     let peers = Mutex<[Int: Channel]>([:])
     /// Supplementary groups of each client channel's process, read once.
@@ -75,6 +77,8 @@ final class FSService: Sendable {
     // MARK: dispatch
 
     func handle(_ r: Request) async -> Reply {
+        lastRequest.store(monotonicNanos(), ordering: .relaxed)
+        defer { lastRequest.store(monotonicNanos(), ordering: .relaxed) }
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return await watch.noted(r, await handleAs(r), svc: self) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
@@ -559,13 +563,17 @@ func mountUnderLocks(_ blk: BlockClient, device: any BlockDevice, member: Int, m
 }
 
 /// Checkpoints the journal in the pauses between bursts of requests
-/// (FileSystem.checkpointIfIdle): once it is an eighth full and the member
-/// has had nothing to do for 200 ms.
+/// (FileSystem.checkpointIfIdle): once it is an eighth full (or a delete
+/// left space held back) and no client request came or ended for 200 ms.
+/// Clients' requests only: the member's own periodic work (the orphan
+/// reaper every 200 ms) would otherwise never let it look idle.
 func checkpointWhenIdle(_ fs: FileSystem, svc: FSService) async {
+    let idleNs: UInt64 = 200_000_000
     while true {
         try? await Task.sleep(for: .milliseconds(100))
+        guard monotonicNanos() &- svc.lastRequest.load(ordering: .relaxed) >= idleNs else { continue }
         do {
-            _ = try await fs.checkpointIfIdle(minFill: 0.125, idle: .milliseconds(200))
+            _ = try await fs.checkpointIfIdle(minFill: 0.125)
         } catch {
             return svc.fatal("idle checkpoint: \(error)")
         }

@@ -38,9 +38,10 @@ func environment() -> [String: String] {
     return env
 }
 
-/// The current directory (getcwd), "/" if it cannot be named.
+/// The current directory (getcwd); fos-run fails if it cannot be named
+/// (removed, or too long), as relative paths would then mean nothing.
 func currentDirectory() -> String {
-    guard let p = getcwd(nil, 0) else { return "/" }
+    guard let p = getcwd(nil, 0) else { fail("cannot name the current directory: \(String(cString: strerror(errno)))") }
     defer { free(p) }
     return String(cString: p)
 }
@@ -144,8 +145,14 @@ struct FosRun: ParsableCommand {
     static func shimPath() -> String {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        let exe = n > 0 ? String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
-        return directory(of: exe) + "/libfosshim.so"
+        if n > 0 { return directory(of: String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) + "/libfosshim.so" }
+        // No /proc: the path we were started by, made absolute (the shim's
+        // path must mean the same in every directory the program goes to).
+        guard CommandLine.arguments[0].contains("/"), let real = realpath(CommandLine.arguments[0], nil) else {
+            fail("cannot find fos-run's own directory (no /proc/self/exe): start it by its path")
+        }
+        defer { free(real) }
+        return directory(of: String(cString: real)) + "/libfosshim.so"
     }
 
     /// An absolute path with ".", ".." and repeated slashes resolved by name.

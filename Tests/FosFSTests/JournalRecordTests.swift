@@ -143,16 +143,17 @@ import Testing
 }
 
 /// The member checkpoints in the pauses between bursts (checkpointIfIdle):
-/// only when the journal is full enough and nothing happened for a while,
-/// and what it checkpointed survives a power loss right after.
+/// only when the journal is full enough or a delete holds space back, never
+/// while an operation runs, and what it checkpointed is home: it survives a
+/// power loss with the journal gone.
 @Suite struct IdleCheckpointTests {
-    @Test func checkpointsOnlyWhenIdleAndFullEnough() async throws {
+    @Test func checkpointsWhenFullEnoughAndNotBusy() async throws {
         let (dev, fs) = try await makeFS(mkfs: MkfsOptions(journalBlocks: 256))
         let start = UInt64(Layout.blockSize)
         let a = try await fs.create(parent: rootIno, name: "a", mode: 0o644, cred: root)
         _ = try await fs.write(ino: a.ino, offset: 0, data: pattern(100, seed: 1))
         // Barely used: not worth the flushes.
-        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .zero) == false)
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125) == false)
         var names: [String] = []
         for i in 0..<40 {
             let f = try await fs.create(parent: rootIno, name: "f\(i)", mode: 0o644, cred: root)
@@ -161,18 +162,22 @@ import Testing
         }
         let used = fs.jPos
         #expect(Double(used) >= 0.125 * Double(256 * 4096))
-        // An operation ended just now: not idle.
-        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .seconds(3600)) == false)
-        #expect(fs.jPos == used)
         // Busy: an operation holds the lock.
         #expect(fs.opLock.tryLock())
-        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .zero) == false)
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125) == false)
         fs.opLock.unlock()
-        #expect(try await fs.checkpointIfIdle(minFill: 0.125, idle: .zero) == true)
+        #expect(fs.jPos == used)
+        #expect(try await fs.checkpointIfIdle(minFill: 0.125) == true)
         #expect(fs.jPos == start)
-        // Everything is home and durable: a power loss now loses nothing.
+        // Power loss, and the journal's records wiped: what the checkpoint
+        // wrote home is all there is.
         dev.simulatePowerLoss(keep: { _ in false })
         dev.newBoot()
+        let slot = fs.sb.journalSlotStart(fs.member)
+        for b in 1..<UInt64(fs.sb.journalBlocks) {
+            try await dev.write(block: slot + b, data: [UInt8](repeating: 0, count: Layout.blockSize))
+        }
+        try await dev.flush()
         let fs2 = try await FileSystem.mount(device: dev)
         for (i, n) in names.enumerated() {
             let f = try await fs2.lookup(parent: rootIno, name: n, cred: root)
@@ -180,5 +185,18 @@ import Testing
         }
         try await fs2.unmount()
         try await fsckClean(dev)
+    }
+
+    @Test func checkpointsWhenADeleteHoldsSpaceBack() async throws {
+        let (_, fs) = try await makeFS(mkfs: MkfsOptions(journalBlocks: 256))
+        let big = try await fs.create(parent: rootIno, name: "big", mode: 0o644, cred: root)
+        _ = try await fs.write(ino: big.ino, offset: 0, data: pattern(9 << 20, seed: 3))
+        #expect(try await fs.checkpointIfIdle(minFill: 1) == false)
+        let before = try await fs.statfs().availableBlocks
+        try await fs.unlink(parent: rootIno, name: "big", cred: root)
+        // Freed, but held back until a checkpoint.
+        #expect(try await fs.statfs().availableBlocks < before + 2048)
+        #expect(try await fs.checkpointIfIdle(minFill: 1) == true)
+        #expect(try await fs.statfs().availableBlocks >= before + 2304)
     }
 }

@@ -220,6 +220,26 @@ struct FSSpaceTests {
         }
     }
 
+    @Test("one member: space a delete frees is available once clients pause, with no request to force it")
+    func freedSpaceComesBackWhenIdle() async throws {
+        try await TestNode.with(members: 1, diskSize: smallDisk) { node in
+            let fs = try await FSClient.connect(try node.runtime())
+            let before = try await fs.statfs().fs.availableBlocks
+            _ = try await fs.writeFile(path: "/big", data: seededBytes(12 << 20, seed: 5))
+            try await fs.unlink(path: "/big")
+            // Held back until a checkpoint (blocks are not reused before their free is durable).
+            let right = try await fs.statfs().fs.availableBlocks
+            #expect(right < before - 2048, "\(right) blocks available right after the delete, \(before) before the write")
+            // The member checkpoints when no request came for 200 ms: ask every 500 ms.
+            var now = right
+            for _ in 0..<20 where now < before - 64 {
+                try await Task.sleep(for: .milliseconds(500))
+                now = try await fs.statfs().fs.availableBlocks
+            }
+            #expect(now >= before - 64, "\(now) blocks available 10 s after the delete, \(before) before the write")
+        }
+    }
+
     @Test("one member: out of inodes, create and mkdir are ENOSPC; an unlink gives one back")
     func outOfInodes() async throws {
         let seed = testSeed()
