@@ -169,9 +169,18 @@ int fos_shim_op_remove(char *fspath, int dir) {
     int r = fos_shim_parent(fspath, &q.dir, &name, &q.name_len);
     if (r == 1) return dir ? -EBUSY : -EISDIR;
     if (r) return r;
-    if (!dir) q.flags = fos_shim_fd_unlink_flags();
-    return fos_shim_req(dir ? FOS_OP_FS_RMDIR : FOS_OP_FS_UNLINK, &q, sizeof q, name, q.name_len, NULL, 0, NULL, 0,
-                        NULL);
+    if (dir) return fos_shim_req(FOS_OP_FS_RMDIR, &q, sizeof q, name, q.name_len, NULL, 0, NULL, 0, NULL);
+    uint64_t held[FOS_FS_UNLINK_LIST_MAX];
+    uint32_t n = 0;
+    q.flags = fos_shim_fd_unlink_flags(held, &n);
+    uint8_t list[4 + 8 * FOS_FS_UNLINK_LIST_MAX];
+    uint32_t len = 0;
+    if (q.flags & FOS_FS_UNLINK_HOLDS_LISTED) {
+        memcpy(list, &n, 4);
+        memcpy(list + 4, held, 8 * (size_t)n);
+        len = 4 + 8 * n;
+    }
+    return fos_shim_req(FOS_OP_FS_UNLINK, &q, sizeof q, name, q.name_len, list, len, NULL, 0, NULL);
 }
 
 int fos_shim_op_rename(char *from, char *to, uint32_t flags) {

@@ -173,8 +173,9 @@ int fos_shim_fd_inherited(void);
  * in a child of vfork: async-signal-safe). */
 void fos_shim_fd_note_child(void);
 /* What an UNLINK says about this process's own open files:
- * FOS_FS_UNLINK_HOLDS_NONE, FOS_FS_UNLINK_SHARED_NONE, or 0. */
-uint32_t fos_shim_fd_unlink_flags(void);
+ * FOS_FS_UNLINK_HOLDS_NONE, FOS_FS_UNLINK_HOLDS_LISTED (the inodes into
+ * list, their number into count), FOS_FS_UNLINK_SHARED_NONE, or 0. */
+uint32_t fos_shim_fd_unlink_flags(uint64_t list[FOS_FS_UNLINK_LIST_MAX], uint32_t *count);
 
 /* ------------------------------------------------------------------ */
 /* conn.c and chan.c: the connection to the node and its channels      */

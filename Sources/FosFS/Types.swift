@@ -110,23 +110,26 @@ public enum TimeSetting: Sendable, Equatable {
     case ns(Int64)
 }
 
-/// What setattr changes (nil = leave alone): chmod, chown, truncate, utimens.
 /// What the process removing a file's last name says about its own opens
 /// (the shim knows them; see FosFSServer/Openers.swift): it holds no fos
 /// file and gave none to a child (`holdsNone`), or it gave none to a child
-/// (`sharedNone`: then its descriptors tell whether it holds this one).
+/// (`sharedNone`: then its descriptors tell whether it holds this one, or
+/// `held` does: the inodes it has open).
 public struct Unlinker: Sendable, Equatable {
     public var pid: Int32
     public var holdsNone: Bool
     public var sharedNone: Bool
+    public var held: Set<UInt64>?
 
-    public init(pid: Int32, holdsNone: Bool = false, sharedNone: Bool = false) {
+    public init(pid: Int32, holdsNone: Bool = false, sharedNone: Bool = false, held: Set<UInt64>? = nil) {
         self.pid = pid
         self.holdsNone = holdsNone
-        self.sharedNone = sharedNone
+        self.sharedNone = sharedNone || held != nil
+        self.held = held
     }
 }
 
+/// What setattr changes (nil = leave alone): chmod, chown, truncate, utimens.
 public struct AttributeChanges: Sendable, Equatable {
     public var mode: UInt32?
     public var uid: UInt32?

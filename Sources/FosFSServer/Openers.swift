@@ -103,7 +103,9 @@ final class Openers: Sendable {
                 // child its files and its descriptors (stable: it waits for
                 // this answer) do not have this one.
                 if u.holdsNone { continue }
-                if u.sharedNone {
+                if let held = u.held {
+                    if !held.contains(ino) { continue }
+                } else if u.sharedNone {
                     var held = Set<UInt64>()
                     Self.scan(pid: o.pid, into: &held, node: node)
                     if !held.contains(ino) { continue }

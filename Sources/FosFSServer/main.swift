@@ -311,13 +311,20 @@ final class FSService: Sendable {
             return ok(try await fs.link(ino: h.ino, newParent: h.dir, name: name, cred: cred))
         case FOS_OP_FS_UNLINK, FOS_OP_FS_RMDIR:
             let h = try w.fixed(fos_fs_name_req.self)
-            let name = try w.name(Int(h.name_len), exactEnd: true)
+            let listed = UInt32(op) == FOS_OP_FS_UNLINK && h.flags & FOS_FS_UNLINK_HOLDS_LISTED != 0
+            let name = try w.name(Int(h.name_len), exactEnd: !listed)
             if UInt32(op) == FOS_OP_FS_UNLINK {
-                guard h.flags & ~(FOS_FS_UNLINK_HOLDS_NONE | FOS_FS_UNLINK_SHARED_NONE) == 0 else {
-                    throw FSError.posix(.invalidArgument)
+                let known = FOS_FS_UNLINK_HOLDS_NONE | FOS_FS_UNLINK_SHARED_NONE | FOS_FS_UNLINK_HOLDS_LISTED
+                guard h.flags & ~known == 0, h.flags.nonzeroBitCount <= 1 else { throw FSError.posix(.invalidArgument) }
+                var held: Set<UInt64>?
+                if listed {
+                    let n = try w.fixed(UInt32.self)
+                    guard n <= FOS_FS_UNLINK_LIST_MAX else { throw FSError.posix(.invalidArgument) }
+                    held = Set(try (0..<n).map { _ in try w.fixed(UInt64.self) })
+                    try w.end()
                 }
                 let who = Unlinker(pid: cred.pid, holdsNone: h.flags & FOS_FS_UNLINK_HOLDS_NONE != 0,
-                                   sharedNone: h.flags & FOS_FS_UNLINK_SHARED_NONE != 0)
+                                   sharedNone: h.flags & FOS_FS_UNLINK_SHARED_NONE != 0, held: held)
                 try await fs.unlink(parent: h.dir, name: name, cred: cred, unlinker: who)
             } else {
                 guard h.flags == 0 else { throw FSError.posix(.invalidArgument) }

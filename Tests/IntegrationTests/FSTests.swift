@@ -186,6 +186,20 @@ struct FSTests {
             #expect(try await call(FOS_OP_FS_SYMLINK, bytes(fos_fs_create(dir: 1, rdev: 0, mode: 0, flags: 0, name_len: 1,
                                                                          target_len: 40)) + name + name) == EPROTO)
             #expect(try await call(FOS_OP_FS_STATFS, [1]) == EPROTO)
+            // UNLINK's flags and its list of the caller's open files.
+            _ = try await fs.create(parent: FSClient.rootIno, name: "x")
+            func unlinkX(_ flags: UInt32, _ tail: [UInt8]) async throws -> Int32 {
+                try await call(FOS_OP_FS_UNLINK, bytes(fos_fs_name_req(dir: FSClient.rootIno, name_len: 1, flags: flags)) + name + tail)
+            }
+            let listed = FOS_FS_UNLINK_HOLDS_LISTED
+            #expect(try await unlinkX(0x8, []) == EINVAL)
+            #expect(try await unlinkX(FOS_FS_UNLINK_HOLDS_NONE | FOS_FS_UNLINK_SHARED_NONE, []) == EINVAL)
+            #expect(try await unlinkX(listed, []) == EPROTO)
+            #expect(try await unlinkX(listed, bytes(UInt32(2)) + bytes(a.ino)) == EPROTO)
+            #expect(try await unlinkX(listed, bytes(UInt32(1)) + bytes(a.ino) + [0]) == EPROTO)
+            #expect(try await unlinkX(listed, bytes(UInt32(33)) + [UInt8](repeating: 0, count: 33 * 8)) == EINVAL)
+            #expect(try await unlinkX(FOS_FS_UNLINK_HOLDS_NONE, bytes(UInt32(0))) == EPROTO)
+            #expect(try await unlinkX(listed, bytes(UInt32(1)) + bytes(a.ino)) == 0)
             // Shared mappings: flags, reserved bits, sizes, what may be mapped.
             #expect(try await call(FOS_OP_FS_MAP, bytes(fos_fs_map(ino: a.ino, flags: 0x80, reserved: 0))) == EINVAL)
             #expect(try await call(FOS_OP_FS_MAP, bytes(fos_fs_map(ino: a.ino, flags: 0, reserved: 1))) == EINVAL)

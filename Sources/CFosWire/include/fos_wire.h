@@ -216,6 +216,13 @@ typedef struct fos_fs_name_req {
  * (it may hold some itself): whether its own opens keep the file is what
  * its descriptors say. */
 #define FOS_FS_UNLINK_SHARED_NONE 0x2u
+/* UNLINK: as SHARED_NONE, and the caller's open fos files (directories
+ * aside) are exactly the listed inodes: after the name, a uint32 count
+ * (at most FOS_FS_UNLINK_LIST_MAX) and that many uint64 inode numbers, in
+ * host byte order, unaligned. Its own opens keep the file only if it is
+ * listed (nothing for the fs to read in /proc). */
+#define FOS_FS_UNLINK_HOLDS_LISTED 0x4u
+#define FOS_FS_UNLINK_LIST_MAX 32u
 
 typedef struct fos_fs_create {
     uint64_t dir;
