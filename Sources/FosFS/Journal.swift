@@ -298,8 +298,8 @@ extension FileSystem {
 
     /// Checkpoints now, unless an operation runs or waits, if the journal
     /// is at least `minFill` full or at least 8 MiB freed since the last
-    /// checkpoint are held back; says whether it did. The caller knows when clients
-    /// pause (the fs member: no request for a while).
+    /// checkpoint are held back; says whether it did. The caller knows
+    /// when clients pause (the fs member: no request for a while).
     ///
     /// Why: a checkpoint flushes the device three times (the journal, the
     /// blocks it wrote home, its new start), milliseconds each. Left to the
