@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <sys/uio.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -404,4 +405,13 @@ void fos_sys_keep_heap(void) {
      * what stays is bounded by the trim threshold. */
     (void)mallopt(M_MMAP_THRESHOLD, 4 << 20);
     (void)mallopt(M_TRIM_THRESHOLD, 64 << 20);
+}
+
+ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off) {
+    struct iovec v = {.iov_base = buf, .iov_len = n};
+    ssize_t r;
+    do {
+        r = preadv2(fd, &v, 1, (off_t)off, RWF_NOWAIT);
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
 }

@@ -1,3 +1,4 @@
+import CFosSys
 import FosBlock
 import FosFS
 import Synchronization
@@ -72,7 +73,29 @@ final class LocalCommitDevice: BlockDevice {
     var blockSize: Int { blk.blockSize }
     var blockCount: UInt64 { blk.blockCount }
     var bootID: UInt64 { blk.bootID }
-    func read(block: UInt64, count: Int) async throws -> [UInt8] { try await blk.read(block: block, count: count) }
+    /// What the kernel's page cache of the disk holds is read here, without
+    /// waiting for the device (RWF_NOWAIT); the rest from the blk server.
+    ///
+    /// Why: the commits of this member (and its peers) go through that page
+    /// cache, so a file written a moment ago is there; through the blk
+    /// server (O_DIRECT) it came from the device again: a 256 MiB file, past
+    /// this member's own cache, read at 340 MB/s through the shim. Coherent:
+    /// the blk server's direct writes drop the cached pages they cover.
+    /// Never blocks the loop on the device: a miss goes to the blk server.
+    func read(block: UInt64, count: Int) async throws -> [UInt8] {
+        let bs = blockSize
+        guard count > 0, block < blockCount, UInt64(count) <= blockCount - block else {
+            return try await blk.read(block: block, count: count)
+        }
+        var out = [UInt8](unsafeUninitializedCapacity: count * bs) { b, n in
+            let r = fos_sys_pread_cached(fd.rawValue, b.baseAddress, count * bs, block * UInt64(bs))
+            n = r > 0 ? r / bs * bs : 0
+        }
+        let got = out.count / bs
+        if got == count { return out }
+        out += try await blk.read(block: block + UInt64(got), count: count - got)
+        return out
+    }
     func write(block: UInt64, data: [UInt8]) async throws {
         try await blk.write(block: block, data: data)
         unflushed.store(true, ordering: .releasing)

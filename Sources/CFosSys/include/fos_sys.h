@@ -147,4 +147,9 @@ void fos_sys_name_thread(const char *name);
  * zeroes fresh pages for every one. */
 void fos_sys_keep_heap(void);
 
+/* pread of what the page cache holds, without waiting for the device
+ * (preadv2 RWF_NOWAIT): the bytes read (fewer than n, or -EAGAIN, when the
+ * rest would need the device), or -errno. */
+ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off);
+
 #endif
