@@ -187,6 +187,9 @@ int fos_shim_fd_path(int fd, const fos_shim_ofd *o, char out[FOS_SHIM_PATH_BUF])
  * exec in a child of vfork, posix_spawn with any open): our closes then
  * do not say the file is closed everywhere. */
 static int fos_shim_files_shared;
+/* Opens between their OPEN request and their entry in the table (another
+ * thread's: the fs already counts us as the file's opener). */
+int fos_shim_opens_pending;
 
 /* Whether this process holds an open fos file, by its table (a close it
  * did not see only makes the answer "yes", which is safe). */
@@ -209,7 +212,10 @@ uint32_t fos_shim_fd_unlink_flags(uint64_t list[FOS_FS_UNLINK_LIST_MAX], uint32_
     if (__atomic_load_n(&fos_shim_files_shared, __ATOMIC_RELAXED)) return 0;
     if (!fos_shim_fd_holds_files()) return FOS_FS_UNLINK_HOLDS_NONE;
     /* The files themselves, when few: the fs then need not read our
-     * descriptors in /proc (some 20 µs an unlink). */
+     * descriptors in /proc (some 20 µs an unlink). Not while another
+     * thread's open is between its answer and its entry here: the list
+     * would leave out a file we are about to hold. */
+    if (__atomic_load_n(&fos_shim_opens_pending, __ATOMIC_ACQUIRE) > 0) return FOS_FS_UNLINK_SHARED_NONE;
     int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
     uint32_t n = 0;
     for (int fd = 0; fd < top; fd++) {

@@ -176,6 +176,8 @@ void fos_shim_fd_note_child(void);
  * FOS_FS_UNLINK_HOLDS_NONE, FOS_FS_UNLINK_HOLDS_LISTED (the inodes into
  * list, their number into count), FOS_FS_UNLINK_SHARED_NONE, or 0. */
 uint32_t fos_shim_fd_unlink_flags(uint64_t list[FOS_FS_UNLINK_LIST_MAX], uint32_t *count);
+/* Opens of this process between their OPEN request and their descriptor. */
+extern int fos_shim_opens_pending;
 
 /* ------------------------------------------------------------------ */
 /* conn.c and chan.c: the connection to the node and its channels      */

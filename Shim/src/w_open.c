@@ -32,7 +32,11 @@ static int fos_shim_open_fos(char *fspath, int flags, mode_t mode) {
         if (r == 0 && (flags & O_DIRECTORY) && !S_ISDIR(st.mode)) r = -ENOTDIR;
     } else {
         uint32_t sent = (uint32_t)(flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW));
+        __atomic_add_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
         r = fos_shim_op_open(fspath, sent, (uint32_t)(mode & ~fos_shim_umask() & 07777), &st);
+        if (r == 0) r = fos_shim_fd_create(&st, flags, fspath);
+        __atomic_sub_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
+        return r;
     }
     if (r) return r;
     return fos_shim_fd_create(&st, flags, fspath);

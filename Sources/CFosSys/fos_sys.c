@@ -407,7 +407,21 @@ void fos_sys_keep_heap(void) {
     (void)mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
+#ifndef SYS_cachestat
+#define SYS_cachestat 451
+#endif
+
 ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off) {
+    /* Only a range the page cache holds whole: a miss under RWF_NOWAIT
+     * still starts the kernel's readahead, device I/O that the caller's
+     * other way of reading then repeats, and that can race direct writes.
+     * (cachestat(2): Linux 6.5.) */
+    struct { uint64_t off, len; } range = {off, n};
+    struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } cs;
+    if (n == 0) return 0;
+    if (syscall(SYS_cachestat, fd, &range, &cs, 0) != 0) return -errno;
+    uint64_t page = (uint64_t)getpagesize();
+    if (cs.nr_cache < (off + n + page - 1) / page - off / page) return -EAGAIN;
     struct iovec v = {.iov_base = buf, .iov_len = n};
     ssize_t r;
     do {

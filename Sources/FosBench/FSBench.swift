@@ -265,10 +265,10 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> FSResults {
         // the disk image before asking the blk server (LocalCommitDevice),
         // so its pages, clean after the fsync, are dropped too.
         let img = open(dir + "/state/disk.img", O_RDONLY | O_CLOEXEC)
-        if img >= 0 {
-            _ = posix_fadvise(img, 0, 0, POSIX_FADV_DONTNEED)
-            close(img)
-        }
+        guard img >= 0 else { die("cannot open the disk image to drop its pages: \(String(cString: strerror(errno)))") }
+        let dropped = posix_fadvise(img, 0, 0, POSIX_FADV_DONTNEED)
+        close(img)
+        guard dropped == 0 else { die("cannot drop the disk image's pages: \(String(cString: strerror(dropped)))") }
         let dev0 = deviceReadBytes(under: dir)
         let t1 = monotonicNanos()
         try await windowed(fosChunks, window: seqWindow) { i in

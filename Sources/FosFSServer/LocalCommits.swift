@@ -35,6 +35,9 @@ final class LocalCommitDevice: BlockDevice {
     let fd: FileDescriptor
     /// A write completed since the last flush began (or the last flush failed).
     let unflushed = Atomic<Bool>(true)
+    /// Whether reads may take the page cache's copy (`read`): not for a
+    /// block device, nor where the kernel lacks what it takes.
+    let cachedReads = Atomic<Bool>(false)
 
     private init(blk: BlockClient, fd: FileDescriptor) {
         self.blk = blk
@@ -64,6 +67,13 @@ final class LocalCommitDevice: BlockDevice {
             guard n == ours.count, ours == theirs, theirs.contains(where: { $0 != 0 }) else {
                 return (nil, "\(path) is not the blk server's disk (superblock differs)")
             }
+            // A block device's cached pages are not dropped after the blk
+            // server's asynchronous direct writes (an image file's are):
+            // a cached read could then return what was overwritten.
+            var st = stat()
+            if fstat(fd.rawValue, &st) == 0, st.st_mode & S_IFMT == S_IFREG {
+                dev.cachedReads.store(true, ordering: .relaxed)
+            }
         } catch {
             return (nil, "cannot read the disk \(path): \(error)")
         }
@@ -73,23 +83,32 @@ final class LocalCommitDevice: BlockDevice {
     var blockSize: Int { blk.blockSize }
     var blockCount: UInt64 { blk.blockCount }
     var bootID: UInt64 { blk.bootID }
-    /// What the kernel's page cache of the disk holds is read here, without
-    /// waiting for the device (RWF_NOWAIT); the rest from the blk server.
+    /// A range the kernel's page cache of the disk image holds whole is
+    /// read here, without device I/O (fos_sys_pread_cached); anything else
+    /// from the blk server.
     ///
     /// Why: the commits of this member (and its peers) go through that page
     /// cache, so a file written a moment ago is there; through the blk
     /// server (O_DIRECT) it came from the device again: a 256 MiB file, past
     /// this member's own cache, read at 340 MB/s through the shim. Coherent:
-    /// the blk server's direct writes drop the cached pages they cover.
-    /// Never blocks the loop on the device: a miss goes to the blk server.
+    /// the blk server's direct writes to an image file drop the cached pages
+    /// they cover (not so for a block device: `cachedReads`). A miss never
+    /// blocks the loop on the device, nor starts device I/O.
     func read(block: UInt64, count: Int) async throws -> [UInt8] {
         let bs = blockSize
-        guard count > 0, block < blockCount, UInt64(count) <= blockCount - block else {
+        guard cachedReads.load(ordering: .relaxed), count > 0, block < blockCount,
+              UInt64(count) <= blockCount - block else {
             return try await blk.read(block: block, count: count)
         }
+        var failed: Int = 0
         var out = [UInt8](unsafeUninitializedCapacity: count * bs) { b, n in
             let r = fos_sys_pread_cached(fd.rawValue, b.baseAddress, count * bs, block * UInt64(bs))
+            if r < 0 { failed = -r }
             n = r > 0 ? r / bs * bs : 0
+        }
+        if failed != 0, failed != Int(EAGAIN) {
+            // No cachestat or no RWF_NOWAIT here: the blk server only, from now on.
+            cachedReads.store(false, ordering: .relaxed)
         }
         let got = out.count / bs
         if got == count { return out }

@@ -147,9 +147,10 @@ void fos_sys_name_thread(const char *name);
  * zeroes fresh pages for every one. */
 void fos_sys_keep_heap(void);
 
-/* pread of what the page cache holds, without waiting for the device
- * (preadv2 RWF_NOWAIT): the bytes read (fewer than n, or -EAGAIN, when the
- * rest would need the device), or -errno. */
+/* pread of a range the page cache holds whole (cachestat, then preadv2
+ * RWF_NOWAIT), never waiting for or starting device I/O: the bytes read
+ * (fewer than n if pages went meanwhile), -EAGAIN if the range is not all
+ * cached, or -errno (-ENOSYS: no cachestat in this kernel). */
 ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off);
 
 #endif

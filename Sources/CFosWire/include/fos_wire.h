@@ -132,7 +132,7 @@ typedef struct fos_blk_info {
 #define FOS_OP_FS_MKNOD 0x405u       /* fos_fs_create + name -> fos_fs_stat (mode with S_IFMT, rdev) */
 #define FOS_OP_FS_SYMLINK 0x406u     /* fos_fs_create + name + target -> fos_fs_stat */
 #define FOS_OP_FS_LINK 0x407u        /* fos_fs_link + name -> fos_fs_stat */
-#define FOS_OP_FS_UNLINK 0x408u      /* fos_fs_name_req + name -> empty */
+#define FOS_OP_FS_UNLINK 0x408u      /* fos_fs_name_req + name [+ held list] -> empty */
 #define FOS_OP_FS_RMDIR 0x409u       /* fos_fs_name_req + name -> empty */
 #define FOS_OP_FS_RENAME 0x40au      /* fos_fs_rename + old name + new name -> empty */
 #define FOS_OP_FS_READLINK 0x40bu    /* fos_fs_ino -> target bytes */
