@@ -51,12 +51,16 @@ extension SharedMaps {
     /// that failed since the last ask (once). `memfdIno`: the memfd the
     /// caller maps, if it says (EIO if it is not ours: what it stored since
     /// cannot reach the file).
+    ///
+    /// Those two answers are thrown as a bare `Errno`: an answer to the
+    /// caller. As FSError.posix(.ioError) they would say that the file
+    /// system failed, and the member would restart (FSService.status).
     func sync(_ ino: UInt64, memfdIno: UInt64? = nil, svc: FSService) async throws {
         let f = file(ino)
-        if let memfdIno, f?.memfdIno != memfdIno { throw FSError.posix(.ioError) }
+        if let memfdIno, f?.memfdIno != memfdIno { throw Errno.ioError }
         try await writeBack(ino, svc: svc)
         if let e = f?.state.withLock({ s -> Errno? in defer { s.error = nil }; return s.error }) {
-            throw FSError.posix(e)
+            throw e
         }
     }
 
