@@ -210,23 +210,24 @@ void fos_shim_fd_note_child(void) {
 uint32_t fos_shim_fd_unlink_flags(uint64_t list[FOS_FS_UNLINK_LIST_MAX], uint32_t *count) {
     *count = 0;
     if (__atomic_load_n(&fos_shim_files_shared, __ATOMIC_RELAXED)) return 0;
-    if (!fos_shim_fd_holds_files()) return FOS_FS_UNLINK_HOLDS_NONE;
-    /* The files themselves, when few: the fs then need not read our
-     * descriptors in /proc (some 20 µs an unlink). Not while another
-     * thread's open is between its answer and its entry here: the list
-     * would leave out a file we are about to hold. */
-    if (__atomic_load_n(&fos_shim_opens_pending, __ATOMIC_ACQUIRE) > 0) return FOS_FS_UNLINK_SHARED_NONE;
+    /* The files themselves (one pass over the table), when few: the fs
+     * then need not read our descriptors in /proc (some 20 µs an unlink). */
     int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
     uint32_t n = 0;
-    for (int fd = 0; fd < top; fd++) {
+    int over = 0;
+    for (int fd = 0; fd < top && !over; fd++) {
         if (!fos_shim_fd_marked(fd) || S_ISDIR(fos_shim_fdtab[fd].mode)) continue;
         uint64_t ino = fos_shim_fdtab[fd].ino;
         uint32_t k = 0;
         while (k < n && list[k] != ino) k++;
         if (k < n) continue;
-        if (n == FOS_FS_UNLINK_LIST_MAX) return FOS_FS_UNLINK_SHARED_NONE;
-        list[n++] = ino;
+        if (n == FOS_FS_UNLINK_LIST_MAX) over = 1;
+        else list[n++] = ino;
     }
+    if (n == 0) return FOS_FS_UNLINK_HOLDS_NONE;
+    /* Not while another thread's open is between its answer and its entry
+     * here: the list would leave out a file we are about to hold. */
+    if (over || __atomic_load_n(&fos_shim_opens_pending, __ATOMIC_ACQUIRE) > 0) return FOS_FS_UNLINK_SHARED_NONE;
     *count = n;
     return FOS_FS_UNLINK_HOLDS_LISTED;
 }
