@@ -5,9 +5,9 @@
 #include "fos_fuse.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +17,11 @@
 static struct fuse_session *session;
 static struct fosfuse_ops ops;
 static struct fosfuse_config config;
-static pthread_t loop_thread;
-// Guards `looping` and the session's end: fosfuse_exit may come from any
-// thread at any time, also while fosfuse_unmount frees the session.
+// Guards the session's end and the device: fosfuse_exit may come from any
+// thread at any time, also while fosfuse_unmount closes the device.
 static pthread_mutex_t life = PTHREAD_MUTEX_INITIALIZER;
-static int looping, unmounted;
+static pthread_cond_t ended_cond = PTHREAD_COND_INITIALIZER;
+static int ended, unmounted;
 
 #define UD(req) fuse_req_userdata(req)
 #define R(req) ((fosfuse_req)(req))
@@ -331,45 +331,67 @@ int fosfuse_session(const struct fosfuse_config *cfg, const struct fosfuse_ops *
     return 0;
 }
 
-// The signal only interrupts the loop thread's wait (sem_wait never restarts).
-static void wake_handler(int sig) { (void)sig; }
+// The session is served by the caller's event loop, not libfuse's worker
+// threads: every request is handled on that loop anyway, and a hand-off from
+// a worker cost each request a thread wake-up (on a VM, tens of µs), the
+// larger part of a FUSE round trip. The loop polls the device between its
+// other work while it spins and sleeps on it in epoll.
+static struct fuse_buf rxbuf;
+
+static void end_locked(void) {
+    ended = 1;
+    pthread_cond_broadcast(&ended_cond);
+}
+
+int fosfuse_device_fd(void) {
+    if (!session) return -1;
+    int fd = fuse_session_fd(session);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+    return fd;
+}
+
+int fosfuse_poll(int max) {
+    int served = 0;
+    // `life` keeps fosfuse_unmount from closing the device under the read.
+    pthread_mutex_lock(&life);
+    while (served < max) {
+        if (!session || unmounted || ended || fuse_session_exited(session)) {
+            if (session && !ended) end_locked();
+            served = -1;
+            break;
+        }
+        int r = fuse_session_receive_buf(session, &rxbuf);
+        if (r == -EAGAIN || r == -EINTR) break;
+        if (r <= 0) {
+            // 0: unmounted (libfuse saw ENODEV); below 0: the device failed,
+            // which ends libfuse's own loops too.
+            fuse_session_exit(session);
+            end_locked();
+            served = -1;
+            break;
+        }
+        fuse_session_process_buf(session, &rxbuf);
+        served++;
+    }
+    pthread_mutex_unlock(&life);
+    return served;
+}
 
 int fosfuse_loop(void) {
     if (!session) return -1;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = wake_handler;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR2, &sa, NULL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGUSR2);
     pthread_mutex_lock(&life);
-    loop_thread = pthread_self();
-    looping = 1;
+    while (!ended) pthread_cond_wait(&ended_cond, &life);
     pthread_mutex_unlock(&life);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-
-    struct fuse_loop_config *lc = fuse_loop_cfg_create();
-    fuse_loop_cfg_set_max_threads(lc, config.max_threads ? config.max_threads : 8);
-    fuse_loop_cfg_set_idle_threads(lc, config.max_idle_threads ? config.max_idle_threads : 4);
-    fuse_loop_cfg_set_clone_fd(lc, 1);
-    int r = fuse_session_loop_mt(session, lc);
-    fuse_loop_cfg_destroy(lc);
-
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    pthread_mutex_lock(&life);
-    looping = 0;
-    pthread_mutex_unlock(&life);
-    return r;
+    return 0;
 }
 
-// Only while the loop runs: a caller repeats it until the loop has returned.
+// Any thread, any time: also before fosfuse_loop waits, or after it returned.
 void fosfuse_exit(void) {
     pthread_mutex_lock(&life);
-    if (session && looping && !unmounted) {
+    if (session && !unmounted) {
         fuse_session_exit(session);
-        pthread_kill(loop_thread, SIGUSR2);
+        end_locked();
     }
     pthread_mutex_unlock(&life);
 }

@@ -136,7 +136,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var controlEOF: [@Sendable () -> Void] = []
         var controlGone = false
         var pollers: [() -> Bool] = []
-        var pollerFDs: [CInt] = []
+        /// A poller's descriptor for epoll, and whether the loop reads it
+        /// empty on waking (an eventfd) or leaves that to the poller.
+        var pollerFDs: [(fd: CInt, drain: Bool)] = []
         var queueLength: UInt64 = 0
         var handled: UInt64 = 0
         var received: UInt64 = 0
@@ -309,7 +311,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                     case let tag where tag & EventLoop.channelTag == 0 && tag & EventLoop.pollerTag != 0:
                         // A poller's eventfd: drain it; its poll runs in the next pass.
                         let i = Int(tag & ~EventLoop.pollerTag)
-                        if i < st.pollerFDs.count { _ = fos_sys_eventfd_drain(st.pollerFDs[i]) }
+                        if i < st.pollerFDs.count, st.pollerFDs[i].drain { _ = fos_sys_eventfd_drain(st.pollerFDs[i].fd) }
                     case let tag:
                         if let e = st.entries[tag & ~EventLoop.channelTag] { _ = fos_sys_eventfd_drain(e.channel.waitFD) }
                     }
@@ -723,10 +725,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// Work the loop does every pass besides its rings (an io_uring's
     /// completions, say). `poll` returns true while it has work in hand, which
     /// keeps the loop from sleeping; `wakeFD` (if any) wakes a sleeping loop.
-    public func addPoller(wakeFD: CInt, _ poll: @escaping () -> Bool) {
+    /// The loop drains an eventfd `wakeFD` itself; any other descriptor
+    /// (`drains: false`) must be level-triggered readable only while `poll`
+    /// has work, which `poll` then takes.
+    public func addPoller(wakeFD: CInt, drains: Bool = true, _ poll: @escaping () -> Bool) {
         st.pollers.append(poll)
         if wakeFD >= 0 {
-            st.pollerFDs.append(wakeFD)
+            st.pollerFDs.append((wakeFD, drains))
             _ = fos_sys_epoll_add(epollFD, wakeFD, UInt32(FOS_EPOLLIN), EventLoop.pollerTag | UInt64(st.pollerFDs.count - 1))
         }
     }

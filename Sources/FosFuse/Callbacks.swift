@@ -5,8 +5,8 @@ import FosFSClient
 import Glibc
 #endif
 
-/// The entry points libfuse's workers call (fos_fuse.h). Each one copies its
-/// arguments out of the worker's buffer and hands the request to the daemon.
+/// The entry points libfuse calls on the loop (fos_fuse.h). Each one copies its
+/// arguments out of the receive buffer and hands the request to the daemon.
 /// Names must be UTF-8 (the fleet's names are): others get EINVAL, never a
 /// silently different name.
 private func daemon(_ ud: UnsafeMutableRawPointer?) -> Daemon { Unmanaged<Daemon>.fromOpaque(ud!).takeUnretainedValue() }
@@ -51,7 +51,7 @@ func makeOps() -> fosfuse_ops {
     }
     o.read = { ud, r, ino, size, off, _ in daemon(ud).read(Req(raw: r!), ino: ino, size: size, offset: off) }
     o.write = { ud, r, ino, buf, size, off, _, flags in
-        // Copied in message-sized chunks: the buffer is the worker's.
+        // Copied in message-sized chunks: the receive buffer is reused.
         let step = FSClient.maxIO
         var chunks: [[UInt8]] = []
         chunks.reserveCapacity((size + step - 1) / step)

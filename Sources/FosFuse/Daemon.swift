@@ -8,9 +8,9 @@ import Synchronization
 import Glibc
 #endif
 
-/// A FUSE request on its way from a libfuse worker to the task that answers it.
+/// A FUSE request on its way from libfuse's callback to the task that answers it.
 struct Req: @unchecked Sendable {
-    // `@unchecked Sendable`: a fuse_req_t has one owner at a time. The worker
+    // `@unchecked Sendable`: a fuse_req_t has one owner at a time. The callback
     // that received it hands it to exactly one task and never touches it
     // again; that task answers it exactly once. libfuse's reply functions are
     // safe on any thread (one writev on the session's descriptor; the request
@@ -20,14 +20,16 @@ struct Req: @unchecked Sendable {
 
 /// The daemon: one FSClient to the fs fleet and what the kernel knows.
 ///
-/// Threads. libfuse's workers (at most `maxThreads`) read requests from
-/// /dev/fuse and call the entry points in Callbacks.swift. An entry point
-/// copies its arguments, takes the caller's credentials, starts a task on
-/// the fos event loop and returns at once: the worker goes back for the next
-/// request, and the task — whose fleet calls are ring messages sent from the
-/// loop itself — answers the request from the loop thread when its reply
-/// comes. No worker ever waits for the fleet, so a lock wait or a slow
-/// member cannot exhaust the workers, and an answer costs no thread switch.
+/// Threads. The fos event loop reads requests from /dev/fuse itself
+/// (fosfuse_poll, between its rings, spinning first and then sleeping in
+/// epoll on the device too) and libfuse calls the entry points in
+/// Callbacks.swift on that thread. An entry point copies its arguments,
+/// takes the caller's credentials, starts a task on the loop and returns at
+/// once; the task — whose fleet calls are ring messages sent from the loop
+/// itself — answers the request when its reply comes. Nothing waits for the
+/// fleet, so a lock wait or a slow member holds up no other request, and a
+/// request costs no hand-off between threads (libfuse's worker threads cost
+/// one wake-up each: a quarter of a create or an unlink through the mount).
 final class Daemon: Sendable {
     let rt: FosRuntime
     let fs: FSClient
@@ -52,7 +54,7 @@ final class Daemon: Sendable {
     let noCapabilities = NoCapabilities()
     let waits = Interruptible()
     let stats = Stats()
-    /// Called on the worker that handles the kernel's INIT, before the answer.
+    /// Called on the loop as it handles the kernel's INIT, before the answer.
     let onInit: @Sendable (fosfuse_conn) -> Void
 
     init(rt: FosRuntime, fs: FSClient, lockClient: FSClient, timeout: Double,

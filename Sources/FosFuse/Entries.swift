@@ -167,7 +167,7 @@ extension Daemon {
 
 /// Inodes known to have no security.capability. The kernel asks for it
 /// before every write (to drop capabilities the write must clear): answered
-/// here, on the worker, instead of by the fleet. An inode leaves the set
+/// here, in the callback, instead of by the fleet. An inode leaves the set
 /// when its attributes change through anyone (the fleet announces xattr
 /// changes) and when the kernel forgets it.
 final class NoCapabilities: Sendable {

@@ -70,7 +70,7 @@ extension Daemon {
         // The kernel checked the caller's access (default_permissions). With
         // atomic O_TRUNC the truncation is ours, made as the caller.
         let truncate = flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY
-        // Nothing to ask the fleet: answered on the worker.
+        // Nothing to ask the fleet: answered in the callback.
         guard truncate else { return answerOpen(r, ino: ino, flags: flags) }
         serve(r) { r in
             _ = try await self.fs.truncate(ino: ino, size: 0)

@@ -15,7 +15,7 @@ import Glibc
 /// on --ready-fd that gets "ok" once the mount answers, or one error line.
 ///
 ///     fos-fuse [--runtime DIR] [--allow-other] [--read-only] [--ready-fd N]
-///              [--timeout SECONDS] [--threads N] [--debug] MOUNTPOINT
+///              [--timeout SECONDS] [--debug] MOUNTPOINT
 ///
 /// It unmounts and exits on SIGTERM, SIGINT or SIGHUP, when the node stops,
 /// and when the file system is unmounted under it.
@@ -27,7 +27,6 @@ struct Options {
     var readyFD: Int32 = -1
     /// nil: 10 s when the daemon announces others' changes (root), else 1 s.
     var timeout: Double?
-    var threads: UInt32 = 8
     var debug = false
 
     static func parse(_ args: [String]) -> Options {
@@ -47,9 +46,6 @@ struct Options {
             case "--timeout":
                 guard let t = Double(value()), t >= 0, t <= 3600 else { usage("--timeout needs 0...3600 seconds") }
                 o.timeout = t
-            case "--threads":
-                guard let n = UInt32(value()), (1...256).contains(n) else { usage("--threads needs 1...256") }
-                o.threads = n
             case "--debug": o.debug = true
             case let a where a.hasPrefix("-"): usage("unknown option \(a)")
             case let a:
@@ -65,7 +61,7 @@ struct Options {
 }
 
 func usage(_ why: String) -> Never {
-    FileHandle.standardError.write(Data("fos-fuse: \(why)\nusage: fos-fuse [--runtime DIR] [--allow-other] [--read-only] [--ready-fd N] [--timeout S] [--threads N] [--debug] MOUNTPOINT\n".utf8))
+    FileHandle.standardError.write(Data("fos-fuse: \(why)\nusage: fos-fuse [--runtime DIR] [--allow-other] [--read-only] [--ready-fd N] [--timeout S] [--debug] MOUNTPOINT\n".utf8))
     exit(2)
 }
 
@@ -189,7 +185,6 @@ func main() -> Never {
         fsname.withCString { name in
             var cfg = fosfuse_config(mountpoint: mp, fsname: name, allow_other: opts.allowOther ? 1 : 0,
                                      read_only: opts.readOnly ? 1 : 0, debug: opts.debug ? 1 : 0,
-                                     max_threads: opts.threads, max_idle_threads: min(4, opts.threads),
                                      max_background: 64, explicit_invalidation: daemon.invalidator != nil ? 1 : 0)
             return fosfuse_session(&cfg, &ops, Unmanaged.passRetained(daemon).toOpaque(), &err, err.count)
         }
@@ -198,6 +193,12 @@ func main() -> Never {
         fail(ready, String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + (geteuid() == 0 ? "" : " (see the log; is fusermount3 installed?)"))
     }
 
+    // The loop reads the device itself (fos_fuse.c says why).
+    let device = fosfuse_device_fd()
+    if device < 0 { fail(ready, "cannot make the FUSE device non-blocking: \(String(cString: strerror(errno)))") }
+    rt.loop.spawn {
+        rt.loop.addPoller(wakeFD: device, drains: false) { fosfuse_poll(64) > 0 }
+    }
     daemon.invalidator?.start()
 
     let signalThread = Thread {

@@ -3,11 +3,12 @@
  * and plain C types: libfuse's headers stay in this target, because they and
  * liburing's clash (fd_set) when both are Clang modules of one Swift module.
  *
- * One session per process. libfuse's worker threads call the Swift entry
- * points of `struct fosfuse_ops`; an entry point must copy what it needs out
- * of its pointer arguments before it returns (they point into the worker's
- * receive buffer), and must answer each request exactly once, from any
- * thread, with one of the fosfuse_reply_* functions.
+ * One session per process. The process's event loop reads the device
+ * (fosfuse_poll), and libfuse calls the Swift entry points of `struct
+ * fosfuse_ops` on that thread; an entry point must not block, must copy what
+ * it needs out of its pointer arguments before it returns (they point into
+ * the one receive buffer), and must answer each request exactly once, from
+ * any thread, with one of the fosfuse_reply_* functions.
  */
 #ifndef FOS_FUSE_H
 #define FOS_FUSE_H
@@ -177,8 +178,6 @@ struct fosfuse_config {
     int allow_other;
     int read_only;
     int debug;
-    uint32_t max_threads;        /* libfuse worker threads at most */
-    uint32_t max_idle_threads;
     uint32_t max_background;     /* asynchronous requests (readahead) in flight */
     /* The daemon announces every change by others (fosfuse_notify_*): the
      * kernel then keeps pages until told, instead of dropping them whenever
@@ -189,10 +188,15 @@ struct fosfuse_config {
 /* Creates the session and mounts it. On failure returns -1 with a message in err. */
 int fosfuse_session(const struct fosfuse_config *cfg, const struct fosfuse_ops *ops, void *ud,
                     char *err, size_t errlen);
-/* Serves requests on the calling thread (and libfuse's workers) until
- * fosfuse_exit or the kernel ends the session (umount). */
+/* The session's device, made non-blocking: readable when requests wait. */
+int fosfuse_device_fd(void);
+/* Reads and serves up to `max` waiting requests on the calling thread (one
+ * thread only: the receive buffer is shared). Returns how many, or -1 once
+ * the session has ended (fosfuse_exit, umount, a device error). */
+int fosfuse_poll(int max);
+/* Waits until the session ends (fosfuse_exit, or fosfuse_poll saw the end). */
 int fosfuse_loop(void);
-/* Ends fosfuse_loop from any thread. */
+/* Ends the session from any thread. */
 void fosfuse_exit(void);
 /* Unmounts (lazily). */
 void fosfuse_unmount(void);
