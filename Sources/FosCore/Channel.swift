@@ -208,6 +208,14 @@ public final class Channel: @unchecked Sendable {
         if fos_ring_release(&rx) != 0 { _ = fos_sys_eventfd_signal(wakeFD) }
     }
 
+    /// Before the loop sleeps with a message of `bytes` (header included)
+    /// queued for this ring: the consumer's next release wakes this side.
+    /// True if the space is there already.
+    func prepareWaitSpace(bytes: Int) -> Bool {
+        sendLock.withLock { _ in fos_ring_prepare_wait_space(&tx, UInt32(clamping: bytes)) != 0 }
+    }
+    func spaceDone() { sendLock.withLock { _ in fos_ring_space_done(&tx) } }
+
     /// Before sleeping: returns true if a message is already waiting.
     func prepareSleep() -> Bool { fos_ring_prepare_sleep(&rx) != 0 }
     func wakeDone() { fos_ring_wake_done(&rx) }

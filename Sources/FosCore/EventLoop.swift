@@ -294,12 +294,22 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
         }
         if !ready {
-            // With replies queued behind a full ring, look again soon: the
-            // peer frees space without knowing we wait for it.
-            var timeout: Int32 = st.backlogged.isEmpty ? 1000 : 1
+            // Messages queued behind a full ring: the peer's release wakes
+            // us once it has freed the space (as a message of its would).
+            for id in st.backlogged {
+                guard let e = st.entries[id], let first = e.outbound.first else { continue }
+                if e.channel.prepareWaitSpace(bytes: first.count) { ready = true }
+            }
+        }
+        if !ready {
+            var timeout: Int32 = 1000
             if st.nextDeadline != .max {
                 timeout = st.nextDeadline <= now ? 0 : Int32(min(1000, (st.nextDeadline - now) / 1_000_000 + 1))
             }
+            // And within 1 ms anyway, whatever the calls' deadlines: another
+            // thread sending on the channel shares its waiting flag and may
+            // have cleared it.
+            if !st.backlogged.isEmpty { timeout = min(timeout, 1) }
             var data = [UInt64](repeating: 0, count: 64)
             var events = [UInt32](repeating: 0, count: 64)
             let n = fos_sys_epoll_wait(epollFD, &data, &events, 64, timeout)
@@ -319,6 +329,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
         }
         for p in st.byPriority { for e in p { e.channel.wakeDone() } }
+        for id in st.backlogged { st.entries[id]?.channel.spaceDone() }
     }
 
     // MARK: Channels
