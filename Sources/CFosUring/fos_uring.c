@@ -70,6 +70,11 @@ int fos_uring_enable(fos_uring *u) {
 
 int fos_uring_register_file(fos_uring *u, int fd) { return io_uring_register_files(&u->ring, &fd, 1); }
 
+int fos_uring_register_files(fos_uring *u, int direct, int cached) {
+    int fds[2] = {direct, cached};
+    return io_uring_register_files(&u->ring, fds, 2);
+}
+
 int fos_uring_set_buffer(fos_uring *u, unsigned slot, void *base, size_t len) {
     if (slot >= u->buffer_slots) return -EINVAL;
     struct iovec iov = {.iov_base = base, .iov_len = base ? len : 0};
@@ -82,13 +87,21 @@ int fos_uring_register_eventfd(fos_uring *u, int efd) { return io_uring_register
 
 static struct io_uring_sqe *sqe_for(fos_uring *u) { return io_uring_get_sqe(&u->ring); }
 
-int fos_uring_read(fos_uring *u, void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user) {
+static int read_fixed(fos_uring *u, int file, void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user) {
     struct io_uring_sqe *s = sqe_for(u);
     if (!s) return -EBUSY;
-    io_uring_prep_read_fixed(s, 0, buf, len, off, (int)buf_slot);
+    io_uring_prep_read_fixed(s, file, buf, len, off, (int)buf_slot);
     s->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(s, user);
     return 0;
+}
+
+int fos_uring_read(fos_uring *u, void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user) {
+    return read_fixed(u, 0, buf, len, off, buf_slot, user);
+}
+
+int fos_uring_read_cached(fos_uring *u, void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user) {
+    return read_fixed(u, 1, buf, len, off, buf_slot, user);
 }
 
 int fos_uring_write(fos_uring *u, const void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user) {

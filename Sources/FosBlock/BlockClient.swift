@@ -47,13 +47,23 @@ public final class BlockClient: Sendable {
 
     /// Reads `count` blocks (chunks of one message each, issued together).
     public func read(block: UInt64, count: Int) async throws -> [UInt8] {
+        try await read(FOS_OP_BLK_READ, block: block, count: count)
+    }
+
+    /// Reads `count` blocks through the server's page cache, which keeps
+    /// them (FOS_OP_BLK_READ_CACHED).
+    public func readCached(block: UInt64, count: Int) async throws -> [UInt8] {
+        try await read(FOS_OP_BLK_READ_CACHED, block: block, count: count)
+    }
+
+    private func read(_ op: UInt32, block: UInt64, count: Int) async throws -> [UInt8] {
         guard count > 0 else { return [] }
         let chunks = stride(from: 0, to: count, by: BlockClient.inlineBlocks).map { ($0, min(BlockClient.inlineBlocks, count - $0)) }
-        if chunks.count == 1 { return try await request(FOS_OP_BLK_READ, block: block, count: count) }
+        if chunks.count == 1 { return try await request(op, block: block, count: count) }
         var out = [UInt8](repeating: 0, count: count * BlockClient.blockSize)
         try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { g in
             for (start, n) in chunks {
-                g.addTask { (start, try await self.request(FOS_OP_BLK_READ, block: block + UInt64(start), count: n)) }
+                g.addTask { (start, try await self.request(op, block: block + UInt64(start), count: n)) }
             }
             for try await (start, bytes) in g {
                 out.replaceSubrange(start * BlockClient.blockSize..<(start * BlockClient.blockSize + bytes.count), with: bytes)

@@ -81,7 +81,7 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             throw Errno(rawValue: err)
         }
         uring = u
-        try sys(fos_uring_register_file(u, disk.fd))
+        try sys(fos_uring_register_files(u, disk.fd, disk.cachedFD))
         var p: UnsafeMutableRawPointer?
         guard posix_memalign(&p, 4096, bounceSlotBytes * queueDepth) == 0, let b = p else {
             fos_uring_close(u)
@@ -108,7 +108,8 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
     // MARK: Requests
 
     public func receive(_ h: fos_msg_hdr, _ payload: UnsafeRawBufferPointer, on channel: Channel, loop: EventLoop) {
-        if freeSlots.isEmpty && (h.opcode == UInt16(FOS_OP_BLK_READ) || h.opcode == UInt16(FOS_OP_BLK_WRITE)
+        if freeSlots.isEmpty && (h.opcode == UInt16(FOS_OP_BLK_READ) || h.opcode == UInt16(FOS_OP_BLK_READ_CACHED)
+            || h.opcode == UInt16(FOS_OP_BLK_WRITE)
             || h.opcode == UInt16(FOS_OP_BLK_FLUSH) || h.opcode == UInt16(FOS_OP_BLK_DISCARD)) {
             waiting.append((channel.id, h, Array(payload)))
             return
@@ -127,7 +128,7 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             var info = fos_blk_info(blocks: disk.blocks, block_size: FOS_BLK_BLOCK, queue_depth: UInt32(queueDepth),
                                     max_blocks: BlockServer.maxRegionBlocks, reserved: 0)
             withUnsafeBytes(of: &info) { loop.reply(channel: channel, to: h, status: 0, payload: $0) }
-        case Int32(FOS_OP_BLK_READ), Int32(FOS_OP_BLK_WRITE), Int32(FOS_OP_BLK_DISCARD):
+        case Int32(FOS_OP_BLK_READ), Int32(FOS_OP_BLK_READ_CACHED), Int32(FOS_OP_BLK_WRITE), Int32(FOS_OP_BLK_DISCARD):
             io(channel, h, payload)
         case Int32(FOS_OP_BLK_LOCK), Int32(FOS_OP_BLK_UNLOCK):
             lockRequest(channel, h, payload)
@@ -158,6 +159,8 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             inflight[slot] = InFlight(channel: channel, header: h, bytes: 0)
             return queue(fos_uring_discard(uring, offset, UInt64(bytes), UInt64(slot)), slot)
         }
+        let cached = h.opcode == UInt16(FOS_OP_BLK_READ_CACHED)
+        if cached && r.slot != FOS_BLK_INLINE { return fail(channel, h, EINVAL) }
         if r.slot == FOS_BLK_INLINE {
             guard r.count <= BlockServer.maxInlineBlocks else { return fail(channel, h, EMSGSIZE) }
             guard payload.count == headerSize + (isWrite ? bytes : 0) else { return fail(channel, h, EINVAL) }
@@ -167,6 +170,8 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             inflight[slot] = InFlight(channel: channel, header: h, bytes: bytes, bounce: slot)
             let rc = isWrite
                 ? fos_uring_write(uring, buf, UInt32(bytes), offset, 0, UInt64(slot))
+                : cached && disk.isImageFile
+                ? fos_uring_read_cached(uring, buf, UInt32(bytes), offset, 0, UInt64(slot))
                 : fos_uring_read(uring, buf, UInt32(bytes), offset, 0, UInt64(slot))
             return queue(rc, slot)
         }
@@ -243,12 +248,12 @@ public final class BlockServer: ImmediateService, @unchecked Sendable {
             return fail(f.channel, f.header, EIO)  // short transfer: the disk shrank under us
         }
         switch Int32(op) {
-        case Int32(FOS_OP_BLK_READ): stats.reads &+= 1
+        case Int32(FOS_OP_BLK_READ), Int32(FOS_OP_BLK_READ_CACHED): stats.reads &+= 1
         case Int32(FOS_OP_BLK_WRITE): stats.writes &+= 1
         case Int32(FOS_OP_BLK_FLUSH): stats.flushes &+= 1
         default: break
         }
-        if op == UInt16(FOS_OP_BLK_READ), let b = f.bounce {
+        if op == UInt16(FOS_OP_BLK_READ) || op == UInt16(FOS_OP_BLK_READ_CACHED), let b = f.bounce {
             loop.reply(channel: f.channel, to: f.header, status: 0,
                        payload: UnsafeRawBufferPointer(start: bounce + b * bounceSlotBytes, count: f.bytes))
         } else {

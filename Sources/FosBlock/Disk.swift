@@ -17,6 +17,9 @@ public final class Disk: @unchecked Sendable {
     /// outlive the process that asked for them (FOS_OP_BLK_WRITE_CACHED).
     public let cachedFD: CInt
     public let blocks: UInt64
+    /// An image file (not a block device): its page cache stays true to
+    /// direct writes, which drop the pages they cover.
+    public let isImageFile: Bool
 
     /// Smallest disk fos accepts: room for a superblock, journals and data.
     public static let minimumBytes: UInt64 = 64 << 20
@@ -103,6 +106,7 @@ public final class Disk: @unchecked Sendable {
         self.fd = fd
         self.cachedFD = cached
         self.blocks = bytes / UInt64(FOS_BLK_BLOCK)
+        self.isImageFile = (st.st_mode & S_IFMT) == S_IFREG
     }
 
     deinit {

@@ -327,6 +327,43 @@ struct FSTests {
         }
     }
 
+    /// A large file's blocks are not kept in the member's cache (it holds
+    /// 32 MiB, and only the last of what was written). Read past the host's
+    /// page cache with O_DIRECT they stayed out of it too, and every later
+    /// read went to the device again (about 200 µs a request).
+    @Test("a large file read once from the device is in the host's page cache after: the next read needs no device")
+    func coldReadsFillThePageCache() async throws {
+        try await TestNode.with(members: 1) { node in
+            let fs = try await FSClient.connect(try node.runtime())
+            let f = try await fs.create(parent: FSClient.rootIno, name: "big")
+            let size = 64 << 20
+            let data = pattern(size, seed: 7)
+            var at = 0
+            while at < size {
+                let n = min(FSClient.maxIO, size - at)
+                #expect(try await fs.write(ino: f.ino, offset: UInt64(at), data: Array(data[at..<(at + n)])) == n)
+                at += n
+            }
+            try await fs.fsync(ino: f.ino)
+            let img = open(node.stateDir + "/disk.img", O_RDONLY | O_CLOEXEC)
+            try #require(img >= 0)
+            defer { close(img) }
+            // Clean after the fsync: the kernel drops them all.
+            #expect(posix_fadvise(img, 0, 0, POSIX_FADV_DONTNEED) == 0)
+            let before = try residentPages(img)
+            var back = [UInt8]()
+            while back.count < size {
+                let part = try await fs.read(ino: f.ino, offset: UInt64(back.count), count: FSClient.maxIO)
+                try #require(!part.isEmpty)
+                back += part
+            }
+            #expect(back == data)
+            let after = try residentPages(img)
+            // At least the part that was not in the member's cache.
+            #expect(after - before >= (32 << 20) / 4096 * 3 / 4, "pages of the image cached: \(before) before the read, \(after) after")
+        }
+    }
+
     @Test("a root client acting for a user (FOS_OP_FS_AS): that user's permissions and ownership")
     func actingAs() async throws {
         try await TestNode.with(members: 1) { node in
@@ -392,4 +429,18 @@ struct FSTests {
             #expect(r.status == 0 && r.stdout == "clean\n", "\(r.stdout) \(r.stderr)")
         }
     }
+}
+
+/// How many pages of the file `fd` the page cache holds (mincore).
+func residentPages(_ fd: Int32) throws -> Int {
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_size > 0 else { throw TestFailure("fstat: \(String(cString: strerror(errno)))") }
+    let len = Int(st.st_size)
+    guard let p = mmap(nil, len, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+        throw TestFailure("mmap: \(String(cString: strerror(errno)))")
+    }
+    defer { munmap(p, len) }
+    var vec = [UInt8](repeating: 0, count: (len + 4095) / 4096)
+    guard mincore(p, len, &vec) == 0 else { throw TestFailure("mincore: \(String(cString: strerror(errno)))") }
+    return vec.reduce(0) { $0 + Int($1 & 1) }
 }

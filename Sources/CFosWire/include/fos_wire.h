@@ -72,6 +72,12 @@ _Static_assert(sizeof(fos_msg_hdr) == 24, "fos_msg_hdr layout");
  * kernel has it, so it outlives the death of any fos process (not a power
  * loss: FLUSH makes it durable like any write). For journal writes. */
 #define FOS_OP_BLK_WRITE_CACHED 0x307u
+/* fos_blk_io (inline) -> data, read through the kernel's page cache, which
+ * then keeps the blocks (and reads ahead) for the readers of the page cache
+ * (fs members, FOS_OP_BLK_READ reads past it). On an image file only; on a
+ * block device it reads like READ (the kernel does not drop a block
+ * device's cached pages after an asynchronous direct write). */
+#define FOS_OP_BLK_READ_CACHED 0x308u
 /* Advisory locks on the disk, for the fleet that shares it (fs members use
  * one per journal slot, held for life, and one fleet-wide lock). A lock
  * belongs to a channel; it is released by UNLOCK or when the channel closes,
