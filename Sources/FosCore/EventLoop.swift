@@ -306,10 +306,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             if st.nextDeadline != .max {
                 timeout = st.nextDeadline <= now ? 0 : Int32(min(1000, (st.nextDeadline - now) / 1_000_000 + 1))
             }
-            // And within 1 ms anyway, whatever the calls' deadlines: another
-            // thread sending on the channel shares its waiting flag and may
-            // have cleared it.
-            if !st.backlogged.isEmpty { timeout = min(timeout, 1) }
+            // And within 10 ms anyway, whatever the calls' deadlines: a
+            // peer that does not read wakes us at that pace, not faster.
+            if !st.backlogged.isEmpty { timeout = min(timeout, 10) }
             var data = [UInt64](repeating: 0, count: 64)
             var events = [UInt32](repeating: 0, count: 64)
             let n = fos_sys_epoll_wait(epollFD, &data, &events, 64, timeout)
@@ -745,6 +744,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             st.pollerFDs.append((wakeFD, drains))
             _ = fos_sys_epoll_add(epollFD, wakeFD, UInt32(FOS_EPOLLIN), EventLoop.pollerTag | UInt64(st.pollerFDs.count - 1))
         }
+    }
+
+    /// Stops watching a poller's descriptor (one that stays readable once
+    /// its poller is done with it, such as a FUSE device after the end).
+    public func removePollerFD(_ fd: CInt) {
+        _ = fos_sys_epoll_del(epollFD, fd)
     }
 
     /// Answers a request an `ImmediateService` took. Loop thread only.

@@ -53,8 +53,7 @@ func announce(mountpoint: String, runtime: String, node: String, maxWrite: UInt3
 }
 
 /// Ends the session once, from a signal, the node's end, or not at all (the
-/// kernel ends it on umount). fosfuse_exit is repeated until the loop
-/// returns: its wake-up can fall between libfuse's check and its wait.
+/// kernel ends it on umount).
 final class Shutdown: Sendable {
     private let state = Mutex<(reason: String?, armed: Bool)>((nil, false))
 
@@ -78,12 +77,6 @@ final class Shutdown: Sendable {
     }
 
     private func stop() {
-        let t = Thread {
-            while true {
-                fosfuse_exit()
-                usleep(100_000)
-            }
-        }
-        t.start()
+        fosfuse_exit()
     }
 }

@@ -102,12 +102,11 @@ func main() -> Never {
     for fd in fds where fd > 2 && fd != opts.readyFD { close(fd) }
     let ready = Ready(opts.readyFD)
 
-    // Termination signals go to a thread of ours (sigwait); SIGUSR2 is
-    // fos_fuse.c's wake-up of the loop thread. Blocked before any thread
-    // starts, so that every thread inherits the mask.
+    // Termination signals go to a thread of ours (sigwait). Blocked before
+    // any thread starts, so that every thread inherits the mask.
     var sigs = sigset_t()
     sigemptyset(&sigs)
-    for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR2] { sigaddset(&sigs, s) }
+    for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&sigs, s) }
     pthread_sigmask(SIG_BLOCK, &sigs, nil)
     signal(SIGPIPE, SIG_IGN)
     // Hold no directory of whoever started us.
@@ -195,9 +194,24 @@ func main() -> Never {
 
     // The loop reads the device itself (fos_fuse.c says why).
     let device = fosfuse_device_fd()
-    if device < 0 { fail(ready, "cannot make the FUSE device non-blocking: \(String(cString: strerror(errno)))") }
+    if device < 0 {
+        let why = String(cString: strerror(errno))
+        fosfuse_unmount()
+        fail(ready, "cannot make the FUSE device non-blocking: \(why)")
+    }
     rt.loop.spawn {
-        rt.loop.addPoller(wakeFD: device, drains: false) { fosfuse_poll(64) > 0 }
+        var ended = false
+        rt.loop.addPoller(wakeFD: device, drains: false) {
+            if ended { return false }
+            let n = fosfuse_poll(64)
+            if n < 0 {
+                // Readable for good now (waiting requests, or an error):
+                // out of epoll, or the loop would spin until the exit.
+                ended = true
+                rt.loop.removePollerFD(device)
+            }
+            return n > 0
+        }
     }
     daemon.invalidator?.start()
 

@@ -51,7 +51,7 @@ struct FuseMountTests {
             try await withMount(node) { mp in
                 let path = mp + "/big"
                 var data = [UInt8](repeating: 0, count: 4 << 20)
-                for i in data.indices { data[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) }
+                for i in data.indices { data[i] = UInt8(truncatingIfNeeded: (i &* 2654435761) >> 13) }
                 try Data(data).write(to: URL(fileURLWithPath: path))
                 let fd = open(path, O_RDONLY | O_CLOEXEC)
                 try #require(fd >= 0)

@@ -80,6 +80,51 @@ struct ServerModelTests {
         }
     }
 
+    /// Replies that do not fit the ring wait in the server's backlog; a
+    /// server with nothing else to do sleeps until the client frees space.
+    /// Its sleep used to end only at its timeout: 1 ms meant, but replaced
+    /// by the deadline of any call it had made in the last few seconds (a
+    /// RELAY here: the member's own call to a peer), up to a second a wait.
+    @Test("replies that overfill the ring reach a client as fast as it reads them, also after the server made calls of its own")
+    func backlogFlowsWhenTheClientReads() async throws {
+        try await TestNode.with(members: 2) { node in
+            let rt = try node.runtime()
+            let e = try await rt.lookup("/app/echo")
+            // The member calls its peer: a call of its own, with a 5 s deadline.
+            let ch0 = try await rt.connect(e.addr, key: e.key)
+            #expect(try await rt.call(ch0, opcode: opRelay, payload: Array("relay".utf8)).status == 0)
+            // A channel this test reads itself, late: the replies pile up in the member.
+            let ch = try rt.connectDetached(e.addr, key: e.key)
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(FOS_MAX_PAYLOAD) + 64, alignment: 16)
+            defer { buf.deallocate() }
+            let count = 24, size = 60_000
+            var expected: [UInt64: [UInt8]] = [:]
+            for rid in 1...UInt64(count) {
+                let p = (0..<size).map { UInt8(truncatingIfNeeded: ($0 &* 31) ^ Int(rid)) }
+                expected[rid] = p
+                let h = fos_msg_hdr(version: UInt16(FOS_WIRE_VERSION), opcode: opEcho, flags: 0, request_id: rid,
+                                    payload_len: UInt32(size), status: 0)
+                try p.withUnsafeBytes { try ch.send(h, $0, deadline: monotonicNanos() + 5_000_000_000) }
+            }
+            // Past the member's spin: it sleeps with its backlog.
+            await pause(.milliseconds(200))
+            let t0 = monotonicNanos()
+            let hsize = MemoryLayout<fos_msg_hdr>.size
+            for _ in 0..<count {
+                let n = try ch.receiveBlocking(into: buf, deadline: monotonicNanos() + 10_000_000_000)
+                ch.release()
+                let h = try #require(loadStruct(fos_msg_hdr.self, from: UnsafeRawBufferPointer(rebasing: buf[0..<n])))
+                #expect(h.status == 0 && Array(buf[hsize..<n]) == expected.removeValue(forKey: h.request_id))
+            }
+            let took = Double(monotonicNanos() - t0) / 1e6
+            print(String(format: "IntegrationTests: %d replies of %d bytes (%.1f MiB) read after a pause in %.2f ms",
+                         count, size, Double(count * size) / 1048576, took))
+            #expect(expected.isEmpty)
+            #expect(took < 200, "the backlog took \(took) ms to arrive")
+            try await rt.close(ch0)
+        }
+    }
+
     @Test("ECHO_RELAY: a member asks a fleet peer over the internal mailbox")
     func relay() async throws {
         try await TestNode.with(members: 3) { node in
