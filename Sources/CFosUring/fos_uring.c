@@ -68,8 +68,6 @@ int fos_uring_enable(fos_uring *u) {
     return r == -EBADFD ? 0 : (int)r; /* not disabled (the fallback ring): fine */
 }
 
-int fos_uring_register_file(fos_uring *u, int fd) { return io_uring_register_files(&u->ring, &fd, 1); }
-
 int fos_uring_register_files(fos_uring *u, int direct, int cached) {
     int fds[2] = {direct, cached};
     return io_uring_register_files(&u->ring, fds, 2);

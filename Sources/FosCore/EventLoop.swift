@@ -306,8 +306,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             if st.nextDeadline != .max {
                 timeout = st.nextDeadline <= now ? 0 : Int32(min(1000, (st.nextDeadline - now) / 1_000_000 + 1))
             }
-            // And within 10 ms anyway, whatever the calls' deadlines: a
-            // peer that does not read wakes us at that pace, not faster.
+            // And within 10 ms anyway, whatever the calls' deadlines: another
+            // thread sending on the channel (Channel.send) shares the flag
+            // and may clear it; a peer that reads nothing wakes us no faster.
             if !st.backlogged.isEmpty { timeout = min(timeout, 10) }
             var data = [UInt64](repeating: 0, count: 64)
             var events = [UInt32](repeating: 0, count: 64)
@@ -748,6 +749,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Stops watching a poller's descriptor (one that stays readable once
     /// its poller is done with it, such as a FUSE device after the end).
+    /// Any thread: only the kernel's epoll set changes.
     public func removePollerFD(_ fd: CInt) {
         _ = fos_sys_epoll_del(epollFD, fd)
     }

@@ -53,7 +53,8 @@ func announce(mountpoint: String, runtime: String, node: String, maxWrite: UInt3
 }
 
 /// Ends the session once, from a signal, the node's end, or not at all (the
-/// kernel ends it on umount).
+/// kernel ends it on umount). Never from a FUSE callback: those run inside
+/// fosfuse_poll, under the lock fosfuse_exit takes.
 final class Shutdown: Sendable {
     private let state = Mutex<(reason: String?, armed: Bool)>((nil, false))
 

@@ -200,18 +200,7 @@ func main() -> Never {
         fail(ready, "cannot make the FUSE device non-blocking: \(why)")
     }
     rt.loop.spawn {
-        var ended = false
-        rt.loop.addPoller(wakeFD: device, drains: false) {
-            if ended { return false }
-            let n = fosfuse_poll(64)
-            if n < 0 {
-                // Readable for good now (waiting requests, or an error):
-                // out of epoll, or the loop would spin until the exit.
-                ended = true
-                rt.loop.removePollerFD(device)
-            }
-            return n > 0
-        }
+        rt.loop.addPoller(wakeFD: device, drains: false) { fosfuse_poll(64) > 0 }
     }
     daemon.invalidator?.start()
 
@@ -228,6 +217,10 @@ func main() -> Never {
 
     fosfuse_loop()
 
+    // The device stays readable now (waiting requests, or an error): out of
+    // the loop's epoll, or the loop spins; before the unmount closes it, so
+    // that the number is still the device's.
+    rt.loop.removePollerFD(device)
     FuseMounts.remove(runtime: runtime, mountpoint: mountpoint)
     fosfuse_unmount()
     ready.tell("error: the mount ended before it answered (see the log)")

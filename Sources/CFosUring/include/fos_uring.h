@@ -21,9 +21,8 @@ void fos_uring_close(fos_uring *u);
  * and reap. Registrations may come before, I/O only after. */
 int fos_uring_enable(fos_uring *u);
 
-/* The one file this ring does I/O on (registered, used as fixed file 0). */
-int fos_uring_register_file(fos_uring *u, int fd);
-/* The file, and the same file opened without O_DIRECT (fixed files 0 and 1). */
+/* The file this ring does I/O on, and the same file opened without
+ * O_DIRECT (registered: fixed files 0 and 1). */
 int fos_uring_register_files(fos_uring *u, int direct, int cached);
 /* Install (len > 0) or remove (base NULL) a registered buffer. */
 int fos_uring_set_buffer(fos_uring *u, unsigned slot, void *base, size_t len);
@@ -34,8 +33,9 @@ int fos_uring_register_eventfd(fos_uring *u, int efd);
  * registered buffer containing [buf, buf+len). */
 int fos_uring_read(fos_uring *u, void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user);
 int fos_uring_write(fos_uring *u, const void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user);
-/* A read of fixed file 1 (the page cache): a miss is served by the kernel's
- * worker threads, with readahead, and stays cached. */
+/* A read of fixed file 1 (the page cache): a miss is read by the kernel
+ * with the file's readahead (started while this ring submits, completed
+ * asynchronously), and the pages stay cached. */
 int fos_uring_read_cached(fos_uring *u, void *buf, unsigned len, uint64_t off, unsigned buf_slot, uint64_t user);
 /* fdatasync of the file, ordered after nothing: issue it once the writes it
  * must cover have completed. */
