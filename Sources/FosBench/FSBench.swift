@@ -337,7 +337,7 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> FSResults {
         print("")
         print("cold reads: the host file's pages, and the disk image's, were dropped after the fsync (POSIX_FADV_DONTNEED); the fs member's")
         print("buffer cache (MountOptions.cacheBlocks: \(cacheMiB) MiB) holds only the write's last \(cacheMiB) MiB, evicted before")
-        print("the read, which starts at the front, gets there; what the page cache lacks the blk server reads with O_DIRECT. Read from the disk")
+        print("the read, which starts at the front, gets there; what the page cache lacks the blk server reads through it (kernel readahead). Read from the disk")
         print("under \(dir) during the read test (median; other processes count too): host \(mib(seqRows[1].hostDeviceReadMiB)),")
         print("fos \(mib(seqRows[1].fosDeviceReadMiB)).")
     }
