@@ -698,6 +698,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     // MARK: API used on the loop thread
 
     func registerMailbox(_ id: UInt64, _ kind: MailboxKind) { st.mailboxes[id] = kind }
+    func ownsMailbox(_ id: UInt64) -> Bool { st.mailboxes[id] != nil }
 
     /// Adds a client-side channel (its replies are polled first).
     func adoptClient(_ ch: Channel) {

@@ -144,9 +144,15 @@ public final class FosRuntime: Sendable {
     }
 
     /// A channel to `addr` whose replies the loop polls (for `call`).
+    /// Not to a mailbox of this process (EDEADLK): the loop knows a channel
+    /// by its id, which both ends share, so it cannot hold both.
     public func connect(_ addr: MailboxAddress, key: Capability) async throws -> Channel {
         try await loop.onLoop {
             let ch = try self.openChannel(addr, key: key)
+            if self.loop.ownsMailbox(ch.mailbox) {
+                self.closeDetached(ch)
+                throw FosError.remote(.deadlock)
+            }
             self.loop.adoptClient(ch)
             return ch
         }

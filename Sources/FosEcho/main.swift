@@ -7,13 +7,23 @@ import Synchronization
 /// The example fleet: echo with a few twists that exercise the server model.
 ///   ECHO    replies with the payload;
 ///   SLOW    sleeps (u32 ms) then echoes: only that handler waits;
-///   RELAY   forwards to a peer over the fleet-internal mailbox (an RPC from a handler);
+///   RELAY   forwards to a peer over the fleet-internal mailbox (an RPC from a
+///           handler), or answers as the peer when alone in the fleet;
 ///   WHOAMI  reports pid, core and mailbox.
 do {
     let rt = try FosRuntime.connect(ownThread: false)
     let name = rt.isMember ? rt.fleet : (ProcessInfo.processInfo.environment["FOS_FLEET"] ?? "/app/echo")
     let policy = ProcessInfo.processInfo.environment["FOS_POLICY"].flatMap(NamePolicy.init(name:)) ?? .roundRobin
     let me = Mutex<FosServer.Addresses?>(nil)
+    @Sendable func whoami() -> Reply {
+        var w = fos_echo_whoami()
+        w.pid = getpid()
+        w.core = fos_sys_current_cpu()
+        w.mailbox = me.withLock { $0?.external.mailbox } ?? 0
+        var out = [UInt8]()
+        appendStruct(w, to: &out)
+        return Reply(payload: out)
+    }
     let server = FosServer(runtime: rt, handlers: [
         UInt16(FOS_OP_ECHO): { Reply(payload: $0.payload) },
         UInt16(FOS_OP_ECHO_SLOW): { req in
@@ -22,27 +32,21 @@ do {
             return Reply(payload: Array(req.payload.dropFirst(4)))
         },
         UInt16(FOS_OP_ECHO_RELAY): { req in
-            // The request came from outside: hand it to a fleet peer (ourselves if alone).
+            // The request came from outside: hand it to a fleet peer. Alone
+            // in the fleet, answer as that peer (a process cannot connect to
+            // its own mailbox).
             let mine = me.withLock { $0?.internal }
             let peer: NameEntry
             do {
                 peer = try await rt.lookup(name, fleetInternal: true, excluding: mine.map { [$0] } ?? [])
             } catch FosError.noSuchName {
-                peer = try await rt.lookup(name, fleetInternal: true)  // alone in the fleet: ask ourselves
+                return whoami()
             }
             let ch = try await rt.connect(peer.addr, key: rt.fleetKey)
             defer { Task { try? await rt.close(ch) } }
             return try await rt.call(ch, opcode: UInt16(FOS_OP_ECHO_WHOAMI), payload: req.payload)
         },
-        UInt16(FOS_OP_ECHO_WHOAMI): { _ in
-            var w = fos_echo_whoami()
-            w.pid = getpid()
-            w.core = fos_sys_current_cpu()
-            w.mailbox = me.withLock { $0?.external.mailbox } ?? 0
-            var out = [UInt8]()
-            appendStruct(w, to: &out)
-            return Reply(payload: out)
-        },
+        UInt16(FOS_OP_ECHO_WHOAMI): { _ in whoami() },
     ])
     rt.loop.spawn {
         do {

@@ -128,6 +128,36 @@ struct ServerModelTests {
         }
     }
 
+    /// The loop knows a channel by its id, which both ends share: a process
+    /// connected to its own mailbox lost one end, and its call waited out
+    /// its timeout (a one-member echo fleet's RELAY took 5 s and failed).
+    @Test("connecting to one's own mailbox is EDEADLK at once; a one-member fleet's RELAY answers as its own peer")
+    func selfConnection() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let t0 = monotonicNanos()
+            let r = try await rt.call(name: "/app/echo", opcode: opRelay, payload: Array("alone".utf8), timeout: .seconds(3))
+            let who = try #require(whoami(try r.checked()))
+            let e = try await rt.lookup("/app/echo")
+            #expect(who.pid == e.pid)
+            #expect(seconds(since: t0) < 1)
+
+            let key = Capability.random()
+            let server = FosServer(runtime: rt, handlers: [opEcho: { Reply(payload: $0.payload) }])
+            let addr = try await rt.createMailbox(key: key, service: server)
+            do {
+                _ = try await rt.connect(addr, key: key)
+                Issue.record("connected to a mailbox of its own")
+            } catch FosError.remote(let err) {
+                #expect(err == .deadlock)
+            }
+            // The mailbox serves others still.
+            let other = try node.runtime()
+            let ch = try await other.connect(addr, key: key)
+            #expect(try await other.call(ch, opcode: opEcho, payload: [4, 2]).payload == [4, 2])
+        }
+    }
+
     @Test("ECHO_RELAY: a member asks a fleet peer over the internal mailbox")
     func relay() async throws {
         try await TestNode.with(members: 3) { node in
