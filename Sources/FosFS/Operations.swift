@@ -167,7 +167,10 @@ extension FileSystem {
 
             if let size = ch.size, size < i.size { try requireLocalBlocks(i) }
             let now = nowNs()
-            if let size = ch.size { try await truncateData(i, to: size) }
+            if let size = ch.size {
+                try await truncateData(i, to: size)
+                if !cred.isRoot { dropSetID(i) }
+            }
             if let mode = ch.mode {
                 var m = (i.mode & M.fmt) | (mode & M.perm)
                 if !cred.isRoot, !cred.inGroup(i.gid), !(ch.gid.map { cred.inGroup($0) } ?? false) { m &= ~M.sgid }
@@ -416,6 +419,20 @@ extension FileSystem {
 
     // MARK: data
 
+    /// A write or truncation by someone without CAP_FSETID (here: not root)
+    /// drops setuid, and setgid where the group may execute (without it,
+    /// setgid marks mandatory locking), as Linux does: a program changed
+    /// by another user must not keep its owner's privileges.
+    func dropSetID(_ i: Inode) {
+        var m = i.mode
+        m &= ~M.suid
+        if m & M.xgrp != 0 { m &= ~M.sgid }
+        if m != i.mode {
+            i.mode = m
+            markDirty(i)
+        }
+    }
+
     /// pread(2). A large file's blocks that are not cached are read from the
     /// device after the operation lock is let go (see `StreamingRead`), so
     /// that reads of several clients overlap at the disk.
@@ -437,23 +454,26 @@ extension FileSystem {
         return try await finish(plan)
     }
 
-    /// pwrite(2): returns the bytes written.
-    public func write(ino: UInt64, offset: UInt64, data: [UInt8]) async throws -> Int {
+    /// pwrite(2): returns the bytes written. `dropSetID`: the writer is not
+    /// root (see `dropSetID(_:)`).
+    public func write(ino: UInt64, offset: UInt64, data: [UInt8], dropSetID: Bool = false) async throws -> Int {
         try await op {
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
+            if dropSetID { self.dropSetID(i) }
             return try await writeData(i, offset: offset, data: data)
         }
     }
 
     /// An O_APPEND write: atomically at the current end of the file. Returns
     /// where the data went and how much was written.
-    public func append(ino: UInt64, data: [UInt8]) async throws -> (offset: UInt64, count: Int) {
+    public func append(ino: UInt64, data: [UInt8], dropSetID: Bool = false) async throws -> (offset: UInt64, count: Int) {
         try await op {
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
+            if dropSetID { self.dropSetID(i) }
             let at = i.size
             return (at, try await writeData(i, offset: at, data: data))
         }

@@ -127,9 +127,12 @@ extension FileSystem {
         if i.isDir, flags.wantsWrite || flags.contains(.create) || flags.contains(.truncate) { throw FSError.EISDIR }
         if flags.wantsRead { try require(i, 4, cred) }
         if flags.wantsWrite { try require(i, 2, cred) }
-        if flags.contains(.truncate), flags.wantsWrite, i.isReg, i.size > 0 {
-            try requireLocalBlocks(i)
-            try await truncateData(i, to: 0)
+        if flags.contains(.truncate), flags.wantsWrite, i.isReg {
+            if i.size > 0 {
+                try requireLocalBlocks(i)
+                try await truncateData(i, to: 0)
+            }
+            if !cred.isRoot { dropSetID(i) }
         }
         return i
     }

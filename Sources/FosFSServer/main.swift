@@ -362,12 +362,12 @@ final class FSService: Sendable {
             try check(try await fs.getattr(ino: h.ino), 2, cred)
             var r = fos_fs_write_reply()
             if h.flags & FOS_FS_IO_APPEND != 0 {
-                let (at, n) = try await fs.append(ino: h.ino, data: data)
+                let (at, n) = try await fs.append(ino: h.ino, data: data, dropSetID: !cred.isRoot)
                 r.offset = at
                 r.count = UInt32(n)
             } else {
                 r.offset = h.offset
-                r.count = UInt32(try await fs.write(ino: h.ino, offset: h.offset, data: data))
+                r.count = UInt32(try await fs.write(ino: h.ino, offset: h.offset, data: data, dropSetID: !cred.isRoot))
             }
             var out = [UInt8]()
             appendStruct(r, to: &out)

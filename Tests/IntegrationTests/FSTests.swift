@@ -386,6 +386,40 @@ struct FSTests {
         }
     }
 
+    /// As Linux: a write or truncation by someone without CAP_FSETID drops
+    /// setuid, and setgid where the group may execute; root's does not.
+    @Test("a write or truncation by a user drops setuid and setgid (setgid only with group execute); root's keeps them")
+    func writesDropSetID() async throws {
+        try await TestNode.with(members: 1) { node in
+            let fs = try await FSClient.connect(try node.runtime())
+            func file(_ name: String, _ mode: UInt32) async throws -> UInt64 {
+                let a = try await fs.writeFile(path: "/" + name, data: [0])
+                _ = try await fs.chmod(ino: a.ino, mode: mode)
+                return a.ino
+            }
+            let rootWrite = try await file("root-write", 0o6777)
+            _ = try await fs.write(ino: rootWrite, offset: 0, data: [1])
+            #expect(try await fs.getattr(ino: rootWrite).mode & 0o7777 == 0o6777)
+
+            let both = try await file("both", 0o6777), lockGid = try await file("lock-gid", 0o2666)
+            let appended = try await file("appended", 0o4777), truncated = try await file("truncated", 0o6776)
+            let opened = try await file("opened", 0o4666)
+            let nobody = Credentials(uid: 65534, gid: 65534)
+            try await FSClient.$actingAs.withValue(nobody) {
+                #expect(await errnoOf { _ = try await fs.write(ino: both, offset: 1, data: [2]) } == nil)
+                #expect(await errnoOf { _ = try await fs.write(ino: lockGid, offset: 1, data: [2]) } == nil)
+                #expect(await errnoOf { _ = try await fs.append(ino: appended, data: [3]) } == nil)
+                #expect(await errnoOf { _ = try await fs.truncate(ino: truncated, size: 0) } == nil)
+                #expect(await errnoOf { _ = try await fs.open(path: "/opened", flags: [.writeOnly, .truncate]) } == nil)
+            }
+            #expect(try await fs.getattr(ino: both).mode & 0o7777 == 0o0777)
+            #expect(try await fs.getattr(ino: lockGid).mode & 0o7777 == 0o2666)
+            #expect(try await fs.getattr(ino: appended).mode & 0o7777 == 0o0777)
+            #expect(try await fs.getattr(ino: truncated).mode & 0o7777 == 0o0776)
+            #expect(try await fs.getattr(ino: opened).mode & 0o7777 == 0o0666)
+        }
+    }
+
     @Test("two members: files in several directories, written and read through both")
     func twoMembers() async throws {
         try await TestNode.with(members: 1, fsMembers: 2) { node in
