@@ -461,7 +461,7 @@ extension FileSystem {
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
-            if dropSetID { self.dropSetID(i) }
+            if dropSetID, !data.isEmpty { self.dropSetID(i) }
             return try await writeData(i, offset: offset, data: data)
         }
     }
@@ -473,7 +473,7 @@ extension FileSystem {
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
-            if dropSetID { self.dropSetID(i) }
+            if dropSetID, !data.isEmpty { self.dropSetID(i) }
             let at = i.size
             return (at, try await writeData(i, offset: at, data: data))
         }

@@ -408,10 +408,12 @@ struct FSTests {
             try await FSClient.$actingAs.withValue(nobody) {
                 #expect(await errnoOf { _ = try await fs.write(ino: both, offset: 1, data: [2]) } == nil)
                 #expect(await errnoOf { _ = try await fs.write(ino: lockGid, offset: 1, data: [2]) } == nil)
+                #expect(await errnoOf { _ = try await fs.write(ino: rootWrite, offset: 0, data: []) } == nil)  // nothing written
                 #expect(await errnoOf { _ = try await fs.append(ino: appended, data: [3]) } == nil)
                 #expect(await errnoOf { _ = try await fs.truncate(ino: truncated, size: 0) } == nil)
                 #expect(await errnoOf { _ = try await fs.open(path: "/opened", flags: [.writeOnly, .truncate]) } == nil)
             }
+            #expect(try await fs.getattr(ino: rootWrite).mode & 0o7777 == 0o6777)
             #expect(try await fs.getattr(ino: both).mode & 0o7777 == 0o0777)
             #expect(try await fs.getattr(ino: lockGid).mode & 0o7777 == 0o2666)
             #expect(try await fs.getattr(ino: appended).mode & 0o7777 == 0o0777)
