@@ -210,7 +210,9 @@ extension FileSystem {
         }
         // Only small writes journal their new blocks (`dataChanged`): a
         // large one would pass its data through the journal twice.
-        if data.count > FileSystem.journaledDataLimit * Layout.blockSize {
+        // Its whole blocks go home at once, past the buffer cache (`homeRun`).
+        let home = data.count > FileSystem.journaledDataLimit * Layout.blockSize
+        if home {
             txnJournaledData = max(txnJournaledData, FileSystem.journaledDataLimit)
         }
         var done = 0
@@ -264,6 +266,22 @@ extension FileSystem {
                 phys = got.start
                 run = UInt64(got.count)
             }
+            if home, inBlock == 0 {
+                let m = homeRun(phys!, upTo: Int(min(run, UInt64((data.count - done) / 4096))))
+                if m > 0 {
+                    let len = m * 4096
+                    try await device.writeOutliving(block: phys!,
+                                                    data: done == 0 && len == data.count ? data : Array(data[done..<done + len]))
+                    forgetOverwritten(phys!, m)
+                    if l < freshUntil && l + UInt64(m) > freshFrom { txnHasFreshData = true }
+                    done += len
+                    if pos + UInt64(len) > i.size {
+                        i.size = pos + UInt64(len)
+                        noteMappingChanged(i)
+                    }
+                    continue
+                }
+            }
             let isFresh = l >= freshFrom && l < freshUntil
             let buf = (isFresh || (inBlock == 0 && n == 4096)) ? try await fresh(phys!) : try await cached(phys!)
             let src = done
@@ -285,6 +303,39 @@ extension FileSystem {
             observeWrite(i, offset: offset, data[..<done])
         }
         return done
+    }
+
+    /// How many of the `upTo` blocks from `start` a large write may put home
+    /// with one device write, past the buffer cache: those neither in the
+    /// running transaction, nor committed and awaiting their checkpoint, nor
+    /// with an image in the journal (replay would put that image back over
+    /// them). Such a block is what `dataChanged` would only have marked
+    /// dirty, to write home at the commit: written now, it is home before
+    /// the transaction that maps it all the same (`txnHasFreshData` keeps a
+    /// durable commit flushing it first).
+    ///
+    /// Why: through the cache, every 4 KiB block of a large write was a
+    /// buffer of its own (an allocation, a dictionary entry, a copy, an
+    /// eviction sort and a coalescing copy later): 1.3 ms of this member's
+    /// time per MiB, most of a sequential write through the mount.
+    func homeRun(_ start: UInt64, upTo max: Int) -> Int {
+        var m = 0
+        while m < max {
+            let blk = start + UInt64(m)
+            if inJournal.contains(blk) { break }
+            if let b = cache[blk], b.inTxn || b.needsCheckpoint { break }
+            m += 1
+        }
+        return m
+    }
+
+    /// Forgets the cached copies of blocks just overwritten whole at home
+    /// (clean or dirty, never in a transaction: `homeRun`).
+    func forgetOverwritten(_ start: UInt64, _ count: Int) {
+        for blk in start..<(start + UInt64(count)) {
+            guard let b = cache.removeValue(forKey: blk) else { continue }
+            if b.dirtyData { dirtyData.remove(blk) }
+        }
     }
 
     /// Sets the file size: frees blocks past the end and zeroes the tail of
