@@ -61,8 +61,12 @@ let package = Package(
         .executableTarget(name: "FosEcho", dependencies: ["FosCore"]),
         .executableTarget(
             name: "FosBench",
-            dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", "CFosFuseReference",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // The fuse bench's reference: a FUSE daemon that keeps everything in
+        // memory (libfuse's headers stay inside it, as in CFosFuse).
+        .target(name: "CFosFuseReference", linkerSettings: [.linkedLibrary("fuse3")]),
         .testTarget(name: "FosCoreTests", dependencies: ["FosCore", "CFosWire"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FosCore", "CFosWire", "CFosSys", "FosFS", "FosFSClient", "FosBlock", "FosMounts"]),
         // CRC-32C for the file system's on-disk checksums.

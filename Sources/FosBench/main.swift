@@ -1,3 +1,4 @@
+import CFosFuseReference
 import CFosSys
 import CFosWire
 import FosCore
@@ -30,8 +31,11 @@ let usage = """
 
     fuse: 1 MiB sequential write and read, 4 KiB random read, create, stat
     and unlink on the fos FUSE mount (fosctl mount of a private node), on
-    /fos through the shim (the same code under fos-run) and on the host file
-    system, in the same run (--runs default 3, --seconds per test default 2).
+    /fos through the shim (the same code under fos-run), on the host file
+    system and on a reference FUSE mount (fos-bench's own daemon, everything
+    in its memory, fos-fuse's mount options: what any FUSE daemon can reach
+    on this kernel), in the same run (--runs default 3, --seconds per test
+    default 2).
 
     shim: per-call latency (stat of files never looked at, stat, open+close,
     create+unlink, 4 KiB read; --calls per test, default 10000) through the
@@ -62,6 +66,12 @@ if args.first == "peer" {
     case "rpc": runRPCPeer(runtime: args[5])
     default: die("unknown peer \(args[1])")
     }
+}
+
+if args.first == "fuse-reference" {
+    // fuse-reference MOUNTPOINT: the fuse bench's in-memory FUSE daemon, until SIGTERM.
+    guard args.count == 2 else { die("bad fuse-reference arguments") }
+    exit(fosref_fuse_serve(args[1], -1) == 0 ? 0 : 1)
 }
 
 if args.first == "fuse-round" {
