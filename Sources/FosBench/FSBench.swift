@@ -244,12 +244,11 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> FSResults {
     }
 
     // The sequential file: `fosChunk` writes, `seqWindow` in flight, fsync;
-    // then reads of the same size from the start. The fs member's
-    // buffer cache (MountOptions.cacheBlocks) is far smaller than the file
-    // and evicts the least recently used blocks first: the write leaves only
-    // its tail cached, and the read, starting at the front, has pushed that
-    // tail out long before it gets there. With the disk image's cached
-    // pages dropped too (below), every block read comes from the disk.
+    // then reads of the same size from the start. The fs member's buffer
+    // cache keeps none of it: whole blocks of large writes go home past it
+    // (FileData.homeRun), and a large file's reads are not cached there.
+    // With the disk image's cached pages dropped too (below), every block
+    // read comes from the disk.
     let fosChunks = (seqBytes + fosChunk - 1) / fosChunk
     @Sendable func fosSequential(_ r: Int) async throws -> SeqResult {
         let f = try await fs.create(parent: FSClient.rootIno, name: "seq\(r)")
@@ -336,8 +335,8 @@ func fsBench(runs: Int, seconds: Double, json: Bool) async throws -> FSResults {
         func mib(_ v: Double?) -> String { v.map { String(format: "%.0f MiB", $0) } ?? "unknown" }
         print("")
         print("cold reads: the host file's pages, and the disk image's, were dropped after the fsync (POSIX_FADV_DONTNEED); the fs member's")
-        print("buffer cache (MountOptions.cacheBlocks: \(cacheMiB) MiB) holds only the write's last \(cacheMiB) MiB, evicted before")
-        print("the read, which starts at the front, gets there; what the page cache lacks the blk server reads through it (kernel readahead). Read from the disk")
+        print("buffer cache (\(cacheMiB) MiB) holds none of the file (large writes go home past it, large reads do not fill it); what the")
+        print("page cache lacks the blk server reads through it (kernel readahead). Read from the disk")
         print("under \(dir) during the read test (median; other processes count too): host \(mib(seqRows[1].hostDeviceReadMiB)),")
         print("fos \(mib(seqRows[1].fosDeviceReadMiB)).")
     }
