@@ -220,6 +220,9 @@ public final class Channel: @unchecked Sendable {
     func prepareSleep() -> Bool { fos_ring_prepare_sleep(&rx) != 0 }
     func wakeDone() { fos_ring_wake_done(&rx) }
     var hasInput: Bool { fos_ring_readable(&rx) != 0 }
+    /// The receive ring's shared control block: mapped as long as this
+    /// channel lives (for EventLoop's look at every ring without ARC traffic).
+    var rxControl: UnsafeMutablePointer<fos_ring_ctl> { rx.ctl }
     var backlogBytes: UInt64 { fos_ring_backlog(&rx) }
 
     /// Blocks on this side's eventfd (used by detached channels).

@@ -161,6 +161,13 @@ static inline void fos_ring_set_yielding(fos_ring *r, uint32_t on) {
     __atomic_store_n(&r->ctl->consumer_yielding, on, __ATOMIC_RELAXED);
 }
 
+/* Consumer, from its ring's shared control block alone: has the producer
+ * published past what the consumer released? A peer that scribbles on the
+ * block only earns its own channel a needless full look (fos_ring_readable). */
+static inline int fos_ring_ctl_pending(const fos_ring_ctl *c) {
+    return __atomic_load_n(&c->tail, __ATOMIC_ACQUIRE) != __atomic_load_n(&c->head, __ATOMIC_RELAXED);
+}
+
 /* Consumer: is a record available? 1, 0, or -EPROTO. */
 static inline int fos_ring_readable(fos_ring *r) {
     if (r->other != r->pos) return 1;
