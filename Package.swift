@@ -112,8 +112,8 @@ let package = Package(
         // every program run on fos, so it links the Swift libraries into
         // itself (-static-stdlib): loading them from shared objects at each
         // start cost more than the rest of its work.
-        .executableTarget(name: "FosRun", dependencies: ["FosCore", "CFosWire", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                          linkerSettings: [.unsafeFlags(["-static-stdlib", "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims"])]),
+        .executableTarget(name: "FosRun", dependencies: ["FosCore", "CFosWire"],
+                          linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         // The FUSE mount (fosctl mount): libfuse 3 behind prefixed names in a C
         // target of its own (its headers and liburing's clash as Clang modules
         // of one Swift module: never import CFosFuse next to CFosUring).

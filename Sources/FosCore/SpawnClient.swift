@@ -1,5 +1,4 @@
 import CFosWire
-import FoundationEssentials
 import SystemPackage
 
 #if canImport(Glibc)
@@ -137,8 +136,10 @@ public final class SpawnClient: Sendable {
         _ = try await call(FOS_OP_SPAWN_KILL, p)
     }
 
-    /// The node's processes (all users').
-    public func list() async throws -> [ProcessRow] {
-        try JSONDecoder().decode([ProcessRow].self, from: Data(try await call(FOS_OP_SPAWN_LIST, [])))
+    /// The node's processes (all users'): the spawn service's JSON array of
+    /// `ProcessRow`, for the caller to decode (FosCore stays free of
+    /// Foundation: linked into fos-run, it doubled its start).
+    public func listJSON() async throws -> [UInt8] {
+        try await call(FOS_OP_SPAWN_LIST, [])
     }
 }

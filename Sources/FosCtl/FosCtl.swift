@@ -99,7 +99,7 @@ struct Ps: AsyncParsableCommand {
         let rt = try common.connect()
         let rows: [ProcessRow]
         do {
-            rows = try await SpawnClient.connect(rt).list()
+            rows = try JSONDecoder().decode([ProcessRow].self, from: Data(try await SpawnClient.connect(rt).listJSON()))
         } catch {
             fail("cannot list processes: \(error)")
         }

@@ -1,4 +1,3 @@
-import ArgumentParser
 import FosCore
 import Synchronization
 
@@ -52,41 +51,14 @@ func directory(of path: String) -> String {
     return slash == path.startIndex ? "/" : String(path[..<slash])
 }
 
-struct FosRun: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "fos-run",
-        abstract: "Run a program on the fos file system.",
-        usage: "fos-run [--prefix <prefix>] [--cwd <cwd>] [--runtime <runtime>] -- COMMAND [ARGS...]",
-        discussion: """
-            Starts COMMAND with the fos shim (libfosshim.so, from fos-run's own directory) \
-            preloaded: its file calls on paths under the prefix go to the fs fleet of the node on \
-            the runtime directory; every other path goes to the host as usual. stdin, stdout, \
-            stderr and the environment pass through; fos-run exits with COMMAND's status, or \
-            128+N if a signal N killed it. SIGTERM and SIGHUP are passed on to COMMAND.
-
-            A program stored under the prefix (a binary, or a #! script) is started by the \
-            node's spawn service, with fos-exec standing in for it. Only dynamically linked \
-            programs that call libc see the shim: a static binary or a Go program sees the \
-            host's paths only, so fos-run (and the shim, at every exec) refuses one whose cwd \
-            or arguments are under the prefix, naming the FUSE mount (fosctl mount DIR) as the \
-            way for it; FOS_ALLOW_UNREACHABLE=1 lets it run anyway.
-            """)
-
-    @Option(help: "Where the fos file system appears to the program.")
-    var prefix: String = "/fos"
-
-    @Option(help: "Working directory of the program; under the prefix it is a fos directory.")
+struct FosRun {
+    var prefix = "/fos"
     var cwd: String?
-
-    @Option(help: "The node's runtime directory (default: FOS_RUNTIME, $XDG_RUNTIME_DIR/fos, /run/fos for root).")
     var runtime: String?
-
-    @Argument(parsing: .remaining, help: "COMMAND and its arguments, after --.")
     var command: [String] = []
 
-    func run() throws {
-        var argv = command
-        if argv.first == "--" { argv.removeFirst() }
+    func run() -> Never {
+        let argv = command
         guard let program = argv.first else { fail("no command given (fos-run -- CMD ARGS...)", code: 2) }
         guard let pfx = FosRun.normalise(prefix), pfx != "/" else {
             fail("--prefix must be an absolute directory other than /", code: 2)
@@ -219,4 +191,4 @@ func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePo
     return ptrs.withUnsafeBufferPointer { body($0.baseAddress!) }
 }
 
-FosRun.main()
+FosRun.parse(Array(CommandLine.arguments.dropFirst())).run()

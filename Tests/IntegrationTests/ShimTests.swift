@@ -112,6 +112,18 @@ struct ShimTests {
             #expect(prefix.status == 0 && prefix.stdout == "/data/sub\n/data/sub\n", "\(prefix)")
             let help = try await runCommand(try Shim.fosRun, ["--help"], outputIn: node.root)
             #expect(help.status == 0 && help.stdout.contains("--prefix") && help.stdout.contains("128+N"))
+            // fos-run's own parser: --name=value, a command without --, options after it are the command's.
+            let inline = try await runCommand(try Shim.fosRun, ["--runtime=" + node.runtimeDir, "--prefix=/data", "/bin/sh", "-c",
+                                                                 "echo $FOS_PREFIX"], outputIn: node.root)
+            #expect(inline.status == 0 && inline.stdout == "/data\n", "\(inline)")
+            let theirs = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "/bin/echo", "--prefix", "x"],
+                                              outputIn: node.root)
+            #expect(theirs.status == 0 && theirs.stdout == "--prefix x\n", "\(theirs)")
+            let bad = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "--bogus", "--", "/bin/true"],
+                                           outputIn: node.root)
+            #expect(bad.status == 64 && bad.stderr.hasPrefix("fos-run: unknown option '--bogus'"), "\(bad)")
+            let noValue = try await runCommand(try Shim.fosRun, ["--cwd"], outputIn: node.root)
+            #expect(noValue.status == 64 && noValue.stderr.contains("missing value for '--cwd"), "\(noValue)")
         }
     }
 

@@ -12,6 +12,11 @@ import Glibc
 /// `fosctl ps` and `fosctl spawn`.
 @Suite("spawn service")
 struct SpawnTests {
+    /// The node's processes, as `fosctl ps` decodes them.
+    static func processes(_ sp: SpawnClient) async throws -> [ProcessRow] {
+        try JSONDecoder().decode([ProcessRow].self, from: Data(try await sp.listJSON()))
+    }
+
     /// Everything readable from `fd` until EOF.
     static func drain(_ fd: CInt) -> String {
         var out = [UInt8]()
@@ -47,13 +52,13 @@ struct SpawnTests {
             // A long runner: listed, killed, its end reported.
             let (sleeper, _) = try await sp.spawn(SpawnRequest(path: "/bin/sleep", arguments: ["sleep", "30"]))
             #expect(try await sp.wait(sleeper, timeout: .milliseconds(100)) == nil)
-            let row = try #require(try await sp.list().first { $0.command == "sleep 30" })
+            let row = try #require(try await Self.processes(sp).first { $0.command == "sleep 30" })
             #expect(row.state == "running" && row.uid == getuid())
             let ps = try await node.fosctl(["ps"])
             #expect(ps.status == 0 && ps.stdout.contains("sleep 30") && ps.stdout.contains(row.gpid), "\(ps.stdout)")
             try await sp.kill(sleeper, signal: SIGTERM)
             #expect(try await sp.wait(sleeper, timeout: .seconds(10)) == .signaled(SIGTERM))
-            #expect(try await sp.list().first { $0.command == "sleep 30" }?.state == "killed by signal 15")
+            #expect(try await Self.processes(sp).first { $0.command == "sleep 30" }?.state == "killed by signal 15")
 
             // Errors: a missing program, a relative path, a bad descriptor,
             // another node, an unknown process.
