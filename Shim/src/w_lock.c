@@ -15,6 +15,37 @@
 
 static int fos_shim_posix_locks; /* this process took a POSIX lock on a fos file */
 
+/* The files this process may hold POSIX locks on, so that a close of
+ * another file sends no release (sqlite closes its journal once per
+ * transaction while it holds locks on the database). A file goes in after
+ * its lock is granted and out before its release is sent: a lock granted
+ * to another thread meanwhile keeps its file in, or was released. When the
+ * table is full, every close sends a release, as without it. */
+#define FOS_SHIM_LOCKED_SLOTS 16
+static uint64_t fos_shim_locked[FOS_SHIM_LOCKED_SLOTS];
+static int fos_shim_locked_full;
+
+static void fos_shim_locked_add(uint64_t ino) {
+    for (int i = 0; i < FOS_SHIM_LOCKED_SLOTS; i++) {
+        if (__atomic_load_n(&fos_shim_locked[i], __ATOMIC_ACQUIRE) == ino) return;
+    }
+    for (int i = 0; i < FOS_SHIM_LOCKED_SLOTS; i++) {
+        uint64_t none = 0;
+        if (__atomic_compare_exchange_n(&fos_shim_locked[i], &none, ino, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return;
+    }
+    __atomic_store_n(&fos_shim_locked_full, 1, __ATOMIC_RELEASE);
+}
+
+/* Takes ino out; says whether the process may hold locks on it. */
+static int fos_shim_locked_take(uint64_t ino) {
+    int found = __atomic_load_n(&fos_shim_locked_full, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < FOS_SHIM_LOCKED_SLOTS; i++) {
+        uint64_t want = ino;
+        if (__atomic_compare_exchange_n(&fos_shim_locked[i], &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) found = 1;
+    }
+    return found;
+}
+
 static int fos_shim_lock_wait(fos_fs_lock *l, fos_fs_lock_reply *rep) {
     for (;;) {
         int r = fos_shim_op_lock(l, rep);
@@ -77,6 +108,7 @@ int fos_shim_fcntl_lock(int fd, const fos_shim_ofd *o, int cmd, struct flock *fl
             fl->l_pid = rep.pid;
         }
     } else if (!ofd && l.type != FOS_FS_LOCK_UNLOCK) {
+        fos_shim_locked_add(o->ino);
         __atomic_store_n(&fos_shim_posix_locks, 1, __ATOMIC_RELEASE);
     }
     return 0;
@@ -85,6 +117,7 @@ int fos_shim_fcntl_lock(int fd, const fos_shim_ofd *o, int cmd, struct flock *fl
 /* On close: Linux drops the process's POSIX locks on the file. */
 void fos_shim_lock_release(const fos_shim_ofd *o) {
     if (!__atomic_load_n(&fos_shim_posix_locks, __ATOMIC_ACQUIRE)) return;
+    if (!fos_shim_locked_take(o->ino)) return;
     fos_fs_lock l = {.ino = o->ino, .owner = (uint64_t)getpid(), .pid = getpid(), .type = FOS_FS_LOCK_UNLOCK,
                      .kind = FOS_FS_LOCK_POSIX, .command = FOS_FS_LOCK_SET};
     fos_fs_lock_reply rep;

@@ -88,6 +88,20 @@ static void test_fork(const char *d) {
     close(fd);
 }
 
+/* 1 if another process sees bytes 0-4 of path write-locked, 0 if free. */
+static int locked_elsewhere(const char *path) {
+    pid_t p = fork();
+    if (p == 0) {
+        int g = open(path, O_RDWR);
+        struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 5};
+        if (g < 0 || fcntl(g, F_GETLK, &q) != 0) _exit(2);
+        _exit(q.l_type == F_UNLCK ? 0 : 1);
+    }
+    int st;
+    if (p < 0 || waitpid(p, &st, 0) != p || !WIFEXITED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
 static void test_locks(const char *d) {
     int fd = make(d, "lock", "0123456789");
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 5};
@@ -114,8 +128,18 @@ static void test_locks(const char *d) {
     int tries = 0;
     while (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK && tries++ < 200) usleep(10000);
     CHECK(tries < 200 && flock(fd, LOCK_UN) == 0);
+    /* Closing a descriptor of another file keeps the process's POSIX locks;
+     * closing any descriptor of this one drops them. */
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 1);
+    close(make(d, "unrelated", "x"));
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 1);
+    close(open(path_in(d, "lock"), O_RDONLY));
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 0);
+    CHECK(fcntl(fd, F_SETLK, &fl) == 0);
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 1);
     fl.l_type = F_UNLCK;
     CHECK(fcntl(fd, F_SETLK, &fl) == 0);
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 0);
     close(fd);
 }
 
