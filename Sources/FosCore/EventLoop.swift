@@ -292,8 +292,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             return b
         }
         if batch.isEmpty { return false }
+        // As the task executor, not isolated to the loop as a serial
+        // executor: every job here is nonisolated code that prefers this
+        // executor (no actor runs on the loop), and a job started "isolated"
+        // hopped off at once to the generic executor, which sent it back
+        // through `enqueue` for another pass: two jobs per request.
         for j in batch {
-            j.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
+            j.runSynchronously(on: asUnownedTaskExecutor())
         }
         return true
     }
