@@ -217,7 +217,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         while !stopFlag.load(ordering: .relaxed) {
             iter &+= 1
             var did = runJobs()
-            if anyInput() { did = pollChannels() || did }
+            // Every 16th pass looks at every ring whatever the shared
+            // indices say: a peer may write the head index too, and hide
+            // its ring from `anyInput` (not from `sleep`, which would then
+            // keep finding it ready).
+            if iter & 15 == 0 || anyInput() { did = pollChannels() || did }
             for p in st.pollers where p() { did = true }
             // The control socket costs a syscall: look at it when epoll said
             // so, and otherwise only every few hundred passes.
@@ -244,7 +248,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 continue
             }
             if now &- idleSince < spinNanos {
-                fos_cpu_relax()
+                // A yield now and then: a process waiting for the core this
+                // loop spins on (a FUSE request's caller blocked in the
+                // kernel, a client) gets it at once, not at the spin's end.
+                // A 4 KiB write through the mount, its caller on the fs
+                // member's core: about 100 µs without, 35 µs with.
+                if iter & 63 == 0 { sched_yield() } else { fos_cpu_relax() }
                 continue
             }
             publishStats()

@@ -162,8 +162,8 @@ static inline void fos_ring_set_yielding(fos_ring *r, uint32_t on) {
 }
 
 /* Consumer, from its ring's shared control block alone: has the producer
- * published past what the consumer released? A peer that scribbles on the
- * block only earns its own channel a needless full look (fos_ring_readable). */
+ * published past what the consumer released? A hint: the producer can write
+ * head too, so a consumer must also look with fos_ring_readable now and then. */
 static inline int fos_ring_ctl_pending(const fos_ring_ctl *c) {
     return __atomic_load_n(&c->tail, __ATOMIC_ACQUIRE) != __atomic_load_n(&c->head, __ATOMIC_RELAXED);
 }
