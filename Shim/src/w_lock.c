@@ -108,7 +108,7 @@ int fos_shim_fcntl_lock(int fd, const fos_shim_ofd *o, int cmd, struct flock *fl
             fl->l_pid = rep.pid;
         }
     } else if (!ofd && l.type != FOS_FS_LOCK_UNLOCK) {
-        fos_shim_locked_add(o->ino);
+        if (!fos_shim_in_vfork_child()) fos_shim_locked_add(o->ino);
         __atomic_store_n(&fos_shim_posix_locks, 1, __ATOMIC_RELEASE);
     }
     return 0;
@@ -117,7 +117,9 @@ int fos_shim_fcntl_lock(int fd, const fos_shim_ofd *o, int cmd, struct flock *fl
 /* On close: Linux drops the process's POSIX locks on the file. */
 void fos_shim_lock_release(const fos_shim_ofd *o) {
     if (!__atomic_load_n(&fos_shim_posix_locks, __ATOMIC_ACQUIRE)) return;
-    if (!fos_shim_locked_take(o->ino)) return;
+    /* A vfork child shares the table with its parent, not the locks: it
+     * releases its own (none) and leaves the parent's entries alone. */
+    if (!fos_shim_in_vfork_child() && !fos_shim_locked_take(o->ino)) return;
     fos_fs_lock l = {.ino = o->ino, .owner = (uint64_t)getpid(), .pid = getpid(), .type = FOS_FS_LOCK_UNLOCK,
                      .kind = FOS_FS_LOCK_POSIX, .command = FOS_FS_LOCK_SET};
     fos_fs_lock_reply rep;

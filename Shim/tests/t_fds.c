@@ -137,6 +137,20 @@ static void test_locks(const char *d) {
     CHECK(locked_elsewhere(path_in(d, "lock")) == 0);
     CHECK(fcntl(fd, F_SETLK, &fl) == 0);
     CHECK(locked_elsewhere(path_in(d, "lock")) == 1);
+    /* A vfork child's close of the file releases the child's locks (none),
+     * not the parent's; the parent's own close still releases them. */
+    int other = open(path_in(d, "lock"), O_RDONLY);
+    CHECK(other >= 0);
+    pid_t v = vfork();
+    if (v == 0) {
+        close(other);
+        _exit(0);
+    }
+    CHECK(v > 0 && waitpid(v, &st, 0) == v);
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 1);
+    close(other);
+    CHECK(locked_elsewhere(path_in(d, "lock")) == 0);
+    CHECK(fcntl(fd, F_SETLK, &fl) == 0);
     fl.l_type = F_UNLCK;
     CHECK(fcntl(fd, F_SETLK, &fl) == 0);
     CHECK(locked_elsewhere(path_in(d, "lock")) == 0);

@@ -1,10 +1,12 @@
-// The FUSE reference of `fos-bench fuse`: the least work a FUSE daemon can do
-// per request. Every node lives in this process's memory (a name hash and
-// file data in 1 MiB chunks); requests are answered on libfuse's
-// single-threaded loop straight from there. The mount options and the
-// capabilities asked for in INIT are fos-fuse's (default_permissions, no
-// write-back cache, no splice, the same timeouts, a getxattr answered with
-// ENODATA), so the kernel sends it the same requests it sends fos-fuse.
+// The FUSE reference of `fos-bench fuse`: a simple in-memory libfuse daemon.
+// Every node lives in this process's memory (a name hash and file data in
+// 1 MiB chunks); requests are answered on libfuse's single-threaded loop
+// (a blocking read of the device, so a wake-up per request, which fos-fuse's
+// polling loop avoids) straight from there. The mount options and what it
+// asks for in INIT are fos-fuse's as the bench runs it (default_permissions,
+// no write-back cache, no splice, readdirplus, max_background 64, root's
+// 10 s timeouts, pages kept across opens, a getxattr answered with
+// ENODATA), so the kernel sends it the requests it sends fos-fuse.
 // It is a measuring stick, not a file system: no hard links, no xattrs, no
 // locks, and an unlinked file's data goes at once.
 #define FUSE_USE_VERSION 314
@@ -50,7 +52,7 @@ static uint64_t hash(uint64_t parent, const char *name) {
     return h & (BUCKETS - 1);
 }
 
-static struct node *get(fuse_ino_t ino) { return ino < nnodes && nodes[ino].name ? &nodes[ino] : NULL; }
+static struct node *get(fuse_ino_t ino) { return ino > 0 && ino < nnodes && nodes[ino].name ? &nodes[ino] : NULL; }
 
 static uint64_t find(uint64_t parent, const char *name) {
     for (uint64_t i = buckets[hash(parent, name)]; i; i = nodes[i].next)
@@ -130,12 +132,16 @@ static void reply_entry(fuse_req_t req, uint64_t ino) {
 
 static void ref_init(void *ud, struct fuse_conn_info *conn) {
     (void)ud;
-    unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
-                    FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_DIO | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_EXPLICIT_INVAL_DATA;
+    unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_ATOMIC_O_TRUNC |
+                    FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_DIO |
+                    FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_EXPORT_SUPPORT | FUSE_CAP_EXPLICIT_INVAL_DATA;
     conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
     conn->want |= want & conn->capable;
     conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
                               FUSE_CAP_SPLICE_MOVE | FUSE_CAP_HANDLE_KILLPRIV);
+    conn->max_background = 64;
+    conn->congestion_threshold = 48;
+    conn->time_gran = 1;
 }
 
 static void ref_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -176,6 +182,7 @@ static void ref_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int set,
     if (set & FUSE_SET_ATTR_SIZE) {
         if (a->st_size < n->st.st_size) drop_data(n, a->st_size);
         n->st.st_size = a->st_size;
+        n->st.st_blocks = (a->st_size + 511) / 512;
         n->st.st_mtim = t;
     }
     if (set & FUSE_SET_ATTR_ATIME) n->st.st_atim = a->st_atim;
@@ -256,7 +263,7 @@ static void ref_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
     }
     if (fi->flags & O_TRUNC) {
         drop_data(n, 0);
-        n->st.st_size = 0;
+        n->st.st_size = n->st.st_blocks = 0;
     }
     fi->keep_cache = 1;
     fuse_reply_open(req, fi);
@@ -290,6 +297,10 @@ static void ref_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
     struct node *n = get(ino);
     if (!n) {
         fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (off < 0 || (uint64_t)off > (uint64_t)INT64_MAX - size - CHUNK) {
+        fuse_reply_err(req, EFBIG);
         return;
     }
     size_t last = (size_t)((off + (off_t)size + CHUNK - 1) >> CHUNK_SHIFT);
@@ -345,8 +356,7 @@ static void ref_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 
 // Entries in inode order, the offset of each being the next inode to look at
 // (a scan of every node: the bench lists no directory).
-static void ref_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-    (void)fi;
+static void list(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus) {
     char *buf = malloc(size);
     if (!buf) {
         fuse_reply_err(req, ENOMEM);
@@ -355,12 +365,28 @@ static void ref_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
     size_t used = 0;
     for (uint64_t i = off > 0 ? (uint64_t)off : 1; i < nnodes; i++) {
         if (!nodes[i].name || nodes[i].parent != ino || i == ino) continue;
-        size_t need = fuse_add_direntry(req, buf + used, size - used, nodes[i].name, &nodes[i].st, (off_t)(i + 1));
+        struct fuse_entry_param e;
+        memset(&e, 0, sizeof e);
+        e.ino = i;
+        e.attr = nodes[i].st;
+        e.attr_timeout = e.entry_timeout = TIMEOUT;
+        size_t need = plus ? fuse_add_direntry_plus(req, buf + used, size - used, nodes[i].name, &e, (off_t)(i + 1))
+                           : fuse_add_direntry(req, buf + used, size - used, nodes[i].name, &e.attr, (off_t)(i + 1));
         if (need > size - used) break;
         used += need;
     }
     fuse_reply_buf(req, buf, used);
     free(buf);
+}
+
+static void ref_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)fi;
+    list(req, ino, size, off, 0);
+}
+
+static void ref_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)fi;
+    list(req, ino, size, off, 1);
 }
 
 static void ref_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
@@ -403,6 +429,7 @@ static const struct fuse_lowlevel_ops ref_ops = {
     .fsync = ref_fsync,
     .opendir = ref_opendir,
     .readdir = ref_readdir,
+    .readdirplus = ref_readdirplus,
     .releasedir = ref_ok,
     .statfs = ref_statfs,
     .getxattr = ref_getxattr,

@@ -108,18 +108,25 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     let node = spawn([selfDir + "/fosd", "--runtime", dir + "/run", "--state", dir + "/state", "--disk-size", "2G",
                       "--fs-members", "1"], keep: [], core: -1)
     let reference = spawn([selfPath, "fuse-reference", refMP], keep: [], core: -1)
-    var mounted = false
-    defer {
+    // Both mounts go, the daemons and the node stop, also when a round dies.
+    @Sendable func cleanUp() {
         _ = fos_sys_pidfd_kill(reference.pidfd, SIGTERM)
         _ = fos_sys_reap(reference.pid, 0)
         umount2(refMP, Int32(MNT_DETACH))
-        if mounted {
+        if isMounted(mp) {
             let u = spawn([selfDir + "/fosctl", "umount", "--runtime", dir + "/run", mp], keep: [], core: -1)
             _ = fos_sys_reap(u.pid, 0)
         }
         _ = fos_sys_pidfd_kill(node.pidfd, SIGTERM)
         _ = fos_sys_reap(node.pid, 0)
         try? FileManager.default.removeItem(atPath: dir)
+    }
+    let hookID = Int(getpid())
+    onDie.withLock { $0.append((hookID, cleanUp)) }
+    var mounted = false
+    defer {
+        onDie.withLock { $0.removeAll { $0.id == hookID } }
+        cleanUp()
     }
     // fosctl mount fails until the node's fs fleet answers.
     for _ in 0..<300 where !mounted {
@@ -187,15 +194,19 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     }
     printTable(table, leftColumns: 2)
     print("")
-    print("FUSE ref: fos-bench's own FUSE daemon with fos-fuse's mount options, answering every request from its")
-    print("memory on one thread: what the kernel's FUSE allows here. ref/host below a target: no FUSE daemon meets it.")
+    print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: libfuse's one-thread loop, fos-fuse's mount")
+    print("options), answering every request from its memory: how fast FUSE itself is here, next to the host and the mount.")
 }
 
-/// Whether a FUSE file system is mounted on `path` (per /proc/self/mountinfo).
+/// Whether a FUSE file system is mounted on `path` (per /proc/self/mountinfo,
+/// which names mount points by their real path, with blanks as \040).
 func isMounted(_ path: String) -> Bool {
-    guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+    guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
+          let real = realpath(path, nil) else { return false }
+    defer { free(real) }
+    let want = String(cString: real).replacingOccurrences(of: " ", with: "\\040")
     return info.split(separator: "\n").contains { line in
         let f = line.split(separator: " ")
-        return f.count > 4 && f[4] == path && line.contains(" - fuse.")
+        return f.count > 4 && f[4] == want && line.contains(" - fuse.")
     }
 }

@@ -3,6 +3,7 @@ import CFosSys
 import CFosWire
 import FosCore
 import Foundation
+import Synchronization
 
 /// fos-bench messaging: fos channels against a Unix-domain socket and a pipe,
 /// all between two processes pinned to different cores, in one run.
@@ -32,9 +33,9 @@ let usage = """
     fuse: 1 MiB sequential write and read, 4 KiB random read, create, stat
     and unlink on the fos FUSE mount (fosctl mount of a private node), on
     /fos through the shim (the same code under fos-run), on the host file
-    system and on a reference FUSE mount (fos-bench's own daemon, everything
-    in its memory, fos-fuse's mount options: what any FUSE daemon can reach
-    on this kernel), in the same run (--runs default 3, --seconds per test
+    system and on a reference FUSE mount (a simple in-memory libfuse daemon
+    of fos-bench's own with fos-fuse's mount options: how fast FUSE itself
+    is here), in the same run (--runs default 3, --seconds per test
     default 2).
 
     shim: per-call latency (stat of files never looked at, stat, open+close,
@@ -47,8 +48,13 @@ let usage = """
     --runs (default 5), on a private node with one fs member.
     """
 
+/// Undone before `die` exits (mounts, nodes), newest first; a section that
+/// ends normally takes its own back out.
+let onDie = Mutex<[(id: Int, undo: @Sendable () -> Void)]>([])
+
 func die(_ s: String) -> Never {
     FileHandle.standardError.write(Data("fos-bench: \(s)\n".utf8))
+    for hook in onDie.withLock({ h in defer { h = [] }; return h }).reversed() { hook.undo() }
     exit(2)
 }
 

@@ -279,6 +279,7 @@ extension FileSystem {
                         i.size = pos + UInt64(len)
                         noteMappingChanged(i)
                     }
+                    if txn.count >= txnSoftLimit { try await commit(flush: false) }
                     continue
                 }
             }

@@ -92,6 +92,8 @@ extension FosRun {
             i += 1
         }
         o.command = Array(args[i...])
+        // "fos-run -- -- CMD": the second -- too (as swift-argument-parser did).
+        if o.command.first == "--" { o.command.removeFirst() }
         return o
     }
 }

@@ -119,6 +119,9 @@ struct ShimTests {
             let theirs = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "/bin/echo", "--prefix", "x"],
                                               outputIn: node.root)
             #expect(theirs.status == 0 && theirs.stdout == "--prefix x\n", "\(theirs)")
+            let twice = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "--", "/bin/echo", "x"],
+                                             outputIn: node.root)
+            #expect(twice.status == 0 && twice.stdout == "x\n", "\(twice)")
             let bad = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "--bogus", "--", "/bin/true"],
                                            outputIn: node.root)
             #expect(bad.status == 64 && bad.stderr.hasPrefix("fos-run: unknown option '--bogus'"), "\(bad)")
