@@ -248,12 +248,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 continue
             }
             if now &- idleSince < spinNanos {
-                // A yield now and then: a process waiting for the core this
-                // loop spins on (a FUSE request's caller blocked in the
-                // kernel, a client) gets it at once, not at the spin's end.
-                // A 4 KiB write through the mount, its caller on the fs
-                // member's core: about 100 µs without, 35 µs with.
-                if iter & 63 == 0 { sched_yield() } else { fos_cpu_relax() }
+                // No sched_yield here: it let a FUSE request's caller on this
+                // core in sooner (a 4 KiB write through the mount 33-52 µs
+                // instead of 53-106), but cost make -j2 under fos-run 15%:
+                // a compiler then shared the fs member's core, and requests
+                // waited for its time slice.
+                fos_cpu_relax()
                 continue
             }
             publishStats()
