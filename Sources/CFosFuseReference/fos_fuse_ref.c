@@ -3,7 +3,8 @@
 // 1 MiB chunks); requests are answered on libfuse's single-threaded loop
 // (a blocking read of the device, so a wake-up per request, which fos-fuse's
 // polling loop avoids) straight from there. The mount options and what it
-// asks for in INIT are fos-fuse's as the bench runs it (default_permissions,
+// asks for in INIT are fos-fuse's as the bench runs it, less locks and
+// export support (default_permissions,
 // no write-back cache, no splice, readdirplus, max_background 64, root's
 // 10 s timeouts, pages kept across opens, a getxattr answered with
 // ENODATA), so the kernel sends it the requests it sends fos-fuse.
@@ -132,9 +133,10 @@ static void reply_entry(fuse_req_t req, uint64_t ino) {
 
 static void ref_init(void *ud, struct fuse_conn_info *conn) {
     (void)ud;
-    unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_ATOMIC_O_TRUNC |
-                    FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_DIO |
-                    FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_EXPORT_SUPPORT | FUSE_CAP_EXPLICIT_INVAL_DATA;
+    // fos-fuse's, less locks and export support, which this daemon does not
+    // serve (the kernel then keeps locks itself; the bench takes none).
+    unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
+                    FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_DIO | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_EXPLICIT_INVAL_DATA;
     conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
     conn->want |= want & conn->capable;
     conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |

@@ -279,7 +279,10 @@ extension FileSystem {
                         i.size = pos + UInt64(len)
                         noteMappingChanged(i)
                     }
-                    if txn.count >= txnSoftLimit { try await commit(flush: false) }
+                    if txn.count >= txnSoftLimit {
+                        try await commit(flush: false)
+                        txnJournaledData = FileSystem.journaledDataLimit  // still a large write
+                    }
                     continue
                 }
             }
