@@ -61,7 +61,7 @@ let package = Package(
         .executableTarget(name: "FosEcho", dependencies: ["FosCore"]),
         .executableTarget(
             name: "FosBench",
-            dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", "CFosFuseReference",
+            dependencies: ["FosCore", "FosBlock", "FosFS", "FosFSClient", "FosMounts", "CFosFuseReference",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The fuse bench's reference: a FUSE daemon that keeps everything in

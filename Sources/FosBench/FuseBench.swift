@@ -1,5 +1,6 @@
 import CFosSys
 import FosCore
+import FosMounts
 import Foundation
 
 // fos-bench fuse: the same POSIX workload on the fos FUSE mount, on /fos
@@ -113,7 +114,7 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
         _ = fos_sys_pidfd_kill(reference.pidfd, SIGTERM)
         _ = fos_sys_reap(reference.pid, 0)
         umount2(refMP, Int32(MNT_DETACH))
-        if isMounted(mp) {
+        if FuseMounts.isMounted(FuseMounts.normalize(mp)) {
             let u = spawn([selfDir + "/fosctl", "umount", "--runtime", dir + "/run", mp], keep: [], core: -1)
             _ = fos_sys_reap(u.pid, 0)
         }
@@ -136,8 +137,11 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     }
     setThreadAffinity(pinned)
     guard mounted else { die("cannot mount the fos file system on \(mp)") }
-    for _ in 0..<100 where !isMounted(refMP) { usleep(50_000) }
-    guard isMounted(refMP) else { die("the reference FUSE daemon did not mount \(refMP)") }
+    func referenceUp() -> Bool {
+        FuseMounts.mounted(fsType: "fuse.fosref").contains { $0.mountpoint == FuseMounts.normalize(refMP) }
+    }
+    for _ in 0..<100 where !referenceUp() { usleep(50_000) }
+    guard referenceUp() else { die("the reference FUSE daemon did not mount \(refMP)") }
     // Let the daemon watch the fleet, so that open files keep their pages.
     usleep(500_000)
 
@@ -196,17 +200,4 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     print("")
     print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: libfuse's one-thread loop, fos-fuse's mount")
     print("options), answering every request from its memory: how fast FUSE itself is here, next to the host and the mount.")
-}
-
-/// Whether a FUSE file system is mounted on `path` (per /proc/self/mountinfo,
-/// which names mount points by their real path, with blanks as \040).
-func isMounted(_ path: String) -> Bool {
-    guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
-          let real = realpath(path, nil) else { return false }
-    defer { free(real) }
-    let want = String(cString: real).replacingOccurrences(of: " ", with: "\\040")
-    return info.split(separator: "\n").contains { line in
-        let f = line.split(separator: " ")
-        return f.count > 4 && f[4] == want && line.contains(" - fuse.")
-    }
 }
