@@ -27,6 +27,13 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// power loss before the next `flush` (the blk server: through the page
     /// cache, microseconds instead of a device round trip).
     func writeOutliving(block: UInt64, data: [UInt8]) async throws
+    /// `writeOutliving` of blocks whose first `unchanged` bytes already
+    /// hold what `data` starts with (the caller wrote them last): a device
+    /// that can change bytes in place may skip those.
+    func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws
+    /// The blocks [block, block + count) will take many small writes
+    /// (`writeOutliving` with `unchanged`): a journal.
+    func expectSmallWrites(block: UInt64, count: Int)
 }
 
 extension BlockDevice {
@@ -34,6 +41,10 @@ extension BlockDevice {
     /// when the host goes down.
     public var bootID: UInt64 { hostBootID }
     public func writeOutliving(block: UInt64, data: [UInt8]) async throws { try await write(block: block, data: data) }
+    public func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
+        try await writeOutliving(block: block, data: data)
+    }
+    public func expectSmallWrites(block: UInt64, count: Int) {}
 }
 
 /// /proc/sys/kernel/random/boot_id folded to 64 bits (0 if unreadable:

@@ -237,7 +237,7 @@ extension FileSystem {
         var out = jPos % bs == 0 ? [] : Array(jTail.prefix(Int(jPos % bs)))
         out += w.finish(flags: flags, boot: device.bootID)
         out += [UInt8](repeating: 0, count: (Layout.blockSize - out.count % Layout.blockSize) % Layout.blockSize)
-        try await device.writeOutliving(block: journalStart + jPos / bs, data: out)
+        try await device.writeOutliving(block: journalStart + jPos / bs, data: out, unchanged: Int(jPos % bs))
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
         txnJournaledData = 0

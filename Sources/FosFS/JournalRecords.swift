@@ -27,6 +27,11 @@
 // every delta since the checkpoint in order leaves each byte with its last
 // committed value either way. A block whose earlier contents do not matter
 // (newly allocated metadata, file data) is recorded whole.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
 enum DeltaFormat {
     static let deltaMagic: UInt64 = 0x3154_4C44_4A53_4F46  // "FOSJDLT1"
     static let trailerMagic: UInt64 = 0x3152_5254_4A53_4F46  // "FOSJTRR1"
@@ -117,6 +122,11 @@ enum DeltaFormat {
 
     /// Byte ranges (8-byte aligned) where two equally long blocks differ,
     /// neighbours closer than `mergeGapWords` words merged.
+    ///
+    /// Equal stretches are skipped a chunk at a time with memcmp (vector
+    /// compares), then the differing chunks word by word: a commit diffs
+    /// every block it touched, nearly all of each unchanged, and the word
+    /// loop alone was a tenth of a create's time in the member.
     static func changedRanges(_ a: [UInt8], _ b: [UInt8]) -> [Range<Int>] {
         var ranges: [Range<Int>] = []
         a.withUnsafeBytes { pa in
@@ -126,8 +136,17 @@ enum DeltaFormat {
                     pa.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
                         != pb.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
                 }
+                @inline(__always) func chunkEqual(_ i: Int) -> Bool {
+                    guard i % chunkWords == 0, i + chunkWords <= words else { return false }
+                    let off = i * 8
+                    return memcmp(pa.baseAddress! + off, pb.baseAddress! + off, chunkWords * 8) == 0
+                }
                 var i = 0
                 while i < words {
+                    if chunkEqual(i) {
+                        i += chunkWords
+                        continue
+                    }
                     guard differs(i) else {
                         i += 1
                         continue
@@ -150,6 +169,9 @@ enum DeltaFormat {
         }
         return ranges
     }
+
+    /// Words `changedRanges` compares at once (256 bytes).
+    static let chunkWords = 32
 
     /// Checks a whole delta transaction (all its blocks) and returns its
     /// flags, boot and records; nil if it is torn or not transaction `seq`.

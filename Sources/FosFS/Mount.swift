@@ -128,6 +128,7 @@ extension FileSystem {
         let fs = FileSystem(device: device, sb: sb, member: member, members: members, options: options)
         fs.jSeq = next
         fs.jStartSeq = next
+        device.expectSmallWrites(block: sb.journalSlotStart(member), count: Int(sb.journalBlocks))
         try await fs.countFree()
         try await fs.loadOrphans()
         return fs

@@ -22,6 +22,44 @@ import Testing
         #expect(c == b)
     }
 
+    /// The chunked diff against the plain word-by-word one, on random
+    /// changes: in chunks, across chunk edges, in runs and scattered.
+    @Test func changedRangesMatchAWordByWordDiff() {
+        func plain(_ a: [UInt8], _ b: [UInt8]) -> [Range<Int>] {
+            var out: [Range<Int>] = []
+            let words = a.count / 8
+            func differs(_ i: Int) -> Bool { a[(i * 8)..<(i * 8 + 8)] != b[(i * 8)..<(i * 8 + 8)] }
+            var i = 0
+            while i < words {
+                guard differs(i) else {
+                    i += 1
+                    continue
+                }
+                let start = i
+                var end = i + 1
+                i += 1
+                while i < words, i - end < DeltaFormat.mergeGapWords {
+                    if differs(i) { end = i + 1 }
+                    i += 1
+                }
+                out.append(start * 8..<end * 8)
+                i = end
+            }
+            return out
+        }
+        var rng = SystemRandomNumberGenerator()
+        let a = block(5)
+        for round in 0..<2000 {
+            var b = a
+            for _ in 0..<(round % 12) {
+                let at = Int.random(in: 0..<4096, using: &rng)
+                let len = round % 3 == 0 ? Int.random(in: 1...300, using: &rng) : 1
+                for k in at..<min(4096, at + len) { b[k] ^= UInt8.random(in: 1...255, using: &rng) }
+            }
+            #expect(DeltaFormat.changedRanges(a, b) == plain(a, b), "round \(round)")
+        }
+    }
+
     @Test func roundTripAndWholeBlockWhenCheaper() throws {
         let old = block(2)
         var small = old
