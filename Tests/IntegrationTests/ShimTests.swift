@@ -81,6 +81,19 @@ struct ShimTests {
         }
     }
 
+    @Test("a program calling from the fs member's core moves to another and keeps its allowed cores",
+          .enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2))
+    func leavesTheMembersCore() async throws {
+        try await TestNode.with(members: 1) { node in
+            let fs = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
+            try #require(fs.core >= 0, "the fs member is not pinned")
+            let exe = try await Shim.compile("t_core", into: node.root)
+            _ = try await Shim.run(node, ["/bin/mkdir", "/fos/core"])
+            let r = try await Shim.run(node, [exe, "/fos/core", String(fs.core)])
+            #expect(r.status == 0 && r.stdout.hasSuffix("ok\n"), "\(r.status)\n\(r.stdout)\n\(r.stderr)")
+        }
+    }
+
     @Test("no node: fos-run says so in one line; the shim fails fos calls with EHOSTDOWN")
     func noNode() async throws {
         let dir = NSTemporaryDirectory() + "fos-shim-nonode-\(getpid())"
