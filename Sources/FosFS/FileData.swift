@@ -203,7 +203,8 @@ extension FileSystem {
 
     /// Writes `data` at `offset`, allocating blocks for holes. Returns the
     /// bytes written (short only if the disk filled up part-way).
-    func writeData(_ i: Inode, offset: UInt64, data: [UInt8]) async throws -> Int {
+    /// `journal`: new blocks of a small write may be journaled (`dataChanged`).
+    func writeData(_ i: Inode, offset: UInt64, data: [UInt8], journal: Bool = true) async throws -> Int {
         guard !data.isEmpty else { return 0 }
         guard offset < Layout.maxFileSize, UInt64(data.count) <= Layout.maxFileSize - offset else {
             throw FSError.EFBIG
@@ -292,7 +293,7 @@ extension FileSystem {
             buf.data.withUnsafeMutableBytes { d in
                 data.withUnsafeBytes { s in (d.baseAddress! + inBlock).copyMemory(from: s.baseAddress! + src, byteCount: n) }
             }
-            dataChanged(buf, fresh: isFresh)
+            dataChanged(buf, fresh: isFresh, journal: journal)
             done += n
             if pos + UInt64(n) > i.size {
                 i.size = pos + UInt64(n)

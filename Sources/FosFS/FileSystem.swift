@@ -406,13 +406,17 @@ public final class FileSystem: @unchecked Sendable {
     /// File data changed in `b`: journaled if the block has an image in the
     /// journal since the last checkpoint (replay would otherwise put that
     /// older image back over it); else written home at the end of the
-    /// operation, before the transaction.
-    func dataChanged(_ b: Buffer, fresh: Bool) {
+    /// operation, before the transaction. `journal`: a new block may be
+    /// journaled (see below).
+    func dataChanged(_ b: Buffer, fresh: Bool, journal: Bool = true) {
         // The first few new blocks of a transaction are journaled with the
         // metadata that maps them (replay writes them home): an fsync after
         // small writes (a database page, a log line) then costs one flush
-        // instead of two (see `flushRecorded`). Larger writes go home first.
-        if fresh, txnJournaledData < FileSystem.journaledDataLimit || b.inTxn {
+        // instead of two (see `flushRecorded`). Larger writes go home first,
+        // and so do the writes of a client that never asks for an fsync
+        // (`journal` false): the journal would only carry that data twice
+        // and fill, and the checkpoint that empties it stalls a request.
+        if fresh, (journal && txnJournaledData < FileSystem.journaledDataLimit) || b.inTxn {
             if !b.inTxn { txnJournaledData += 1 }
             if b.dirtyData {
                 b.dirtyData = false

@@ -455,27 +455,30 @@ extension FileSystem {
     }
 
     /// pwrite(2): returns the bytes written. `dropSetID`: the writer is not
-    /// root (see `dropSetID(_:)`).
-    public func write(ino: UInt64, offset: UInt64, data: [UInt8], dropSetID: Bool = false) async throws -> Int {
+    /// root (see `dropSetID(_:)`). `journalData`: the writer may fsync soon,
+    /// so new blocks of a small write are best journaled (`dataChanged`).
+    public func write(ino: UInt64, offset: UInt64, data: [UInt8], dropSetID: Bool = false,
+                      journalData: Bool = true) async throws -> Int {
         try await op {
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
             if dropSetID, !data.isEmpty { self.dropSetID(i) }
-            return try await writeData(i, offset: offset, data: data)
+            return try await writeData(i, offset: offset, data: data, journal: journalData)
         }
     }
 
     /// An O_APPEND write: atomically at the current end of the file. Returns
     /// where the data went and how much was written.
-    public func append(ino: UInt64, data: [UInt8], dropSetID: Bool = false) async throws -> (offset: UInt64, count: Int) {
+    public func append(ino: UInt64, data: [UInt8], dropSetID: Bool = false,
+                       journalData: Bool = true) async throws -> (offset: UInt64, count: Int) {
         try await op {
             let i = try await inode(ino)
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
             if dropSetID, !data.isEmpty { self.dropSetID(i) }
             let at = i.size
-            return (at, try await writeData(i, offset: at, data: data))
+            return (at, try await writeData(i, offset: at, data: data, journal: journalData))
         }
     }
 
