@@ -130,30 +130,30 @@ extension FileSystem {
         return l
     }
 
-    /// Inserts a record into block `l` (reserved by dirReserve).
+    /// Inserts a record into block `l` (reserved by dirReserve). The block's
+    /// new slack comes from the same parse: the split record has none left,
+    /// the new one what it does not use, the others what they had.
     func dirInsert(_ dir: Inode, name: String, ino: UInt64, type: UInt8, block l: Int) async throws {
         let idx = try await dirIndex(dir)
         let nameBytes = Array(name.utf8)
         let need = DirFormat.recSize(nameLen: nameBytes.count)
         let buf = try await metaForWrite(try dirBlockPhysical(dir, l))
-        let recs = try parseBlock(buf.data, dir: dir.ino, block: l)
         var placed: Int?
-        for r in recs {
-            if r.ino == 0, r.recLen >= need {
-                placed = r.offset
-                write(&buf.data, at: r.offset, ino: ino, recLen: r.recLen, name: nameBytes, type: type)
-                break
+        var slack = 0
+        for r in try parseBlock(buf.data, dir: dir.ino, block: l) {
+            // A record with no entry (a block's emptied first) is all free.
+            let used = r.ino == 0 ? 0 : DirFormat.recSize(nameLen: r.nameLen)
+            guard placed == nil, r.recLen - used >= need else {
+                slack = max(slack, r.recLen - used)
+                continue
             }
-            let used = DirFormat.recSize(nameLen: r.nameLen)
-            if r.ino != 0, r.recLen - used >= need {
-                buf.data.put16(r.offset + 8, UInt16(used))
-                placed = r.offset + used
-                write(&buf.data, at: r.offset + used, ino: ino, recLen: r.recLen - used, name: nameBytes, type: type)
-                break
-            }
+            if used > 0 { buf.data.put16(r.offset + 8, UInt16(used)) }
+            placed = r.offset + used
+            write(&buf.data, at: r.offset + used, ino: ino, recLen: r.recLen - used, name: nameBytes, type: type)
+            slack = max(slack, r.recLen - used - need)
         }
         guard let off = placed else { throw FSError.corrupt("directory \(dir.ino): reserved block \(l) is full") }
-        idx.slack[l] = Self.slack(try parseBlock(buf.data, dir: dir.ino, block: l))
+        idx.slack[l] = UInt16(slack)
         idx.names[name] = DirIndex.Slot(ino: ino, type: type, block: UInt32(l), offset: UInt16(off))
         dirIndexEntries += 1
     }
