@@ -137,6 +137,36 @@ static int fos_shim_take(fos_ring *r, uint16_t op, uint64_t id, fos_msg_hdr *h, 
 static FOS_SHIM_TLS unsigned fos_shim_same_core_calls;
 /* When a thread of this process last left a server's core (ns). */
 static uint64_t fos_shim_left_core_at;
+/* Whether a seccomp filter may forbid sched_setaffinity: 0 not known yet,
+ * 1 no filter, -1 a filter (systemd's SystemCallFilter=~@resources kills
+ * the process with SIGSYS for it). */
+static int fos_shim_affinity_free;
+
+/* Reads Seccomp: from /proc/self/status once (raw calls, a stack buffer:
+ * this may run in a signal handler's fos call). */
+static int fos_shim_no_seccomp_filter(void) {
+    int known = __atomic_load_n(&fos_shim_affinity_free, __ATOMIC_RELAXED);
+    if (known) return known > 0;
+    char buf[4096];
+    long n = -1;
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = syscall(SYS_read, fd, buf, sizeof buf - 1);
+        fos_shim_sys_close(fd);
+    }
+    int ok = 0;
+    if (n > 0) {
+        buf[n] = 0;
+        const char *p = strstr(buf, "\nSeccomp:");
+        if (p) {
+            p += 9;
+            while (*p == ' ' || *p == '\t') p++;
+            ok = *p == '0';
+        }
+    }
+    __atomic_store_n(&fos_shim_affinity_free, ok ? 1 : -1, __ATOMIC_RELAXED);
+    return ok;
+}
 
 /* Moves this thread off the server's core when it keeps landing there:
  * out of the thread's allowed cores and straight back in. The kernel
@@ -151,25 +181,27 @@ static uint64_t fos_shim_left_core_at;
  * A tar extraction of 600 files took 75-95 ms instead of 52 when it
  * started there. A process that only makes a call now and then never
  * gets 16 in a row there. At most once per 2 ms in a process (the kernel
- * may move it back when the other cores are busy), and never if the
- * thread may run only there. */
+ * may move it back when the other cores are busy); never if the thread
+ * may run only there, under a seccomp filter, or with FOS_LEAVE_CORE=0.
+ * The restored set is the one read before, now set explicitly: a change
+ * made to it by another thread in between is lost. */
 static int fos_shim_leave_core(int core, uint64_t now) {
     if (++fos_shim_same_core_calls < 16) return 0;
     fos_shim_same_core_calls = 0;
     uint64_t last = __atomic_load_n(&fos_shim_left_core_at, __ATOMIC_RELAXED);
-    if (now - last < 2000000ull) return 0;
+    if (!fos_shim_cfg.leave_core || now - last < 2000000ull) return 0;
     __atomic_store_n(&fos_shim_left_core_at, now, __ATOMIC_RELAXED);
-    cpu_set_t was, off;
-    if (core >= CPU_SETSIZE || sched_getaffinity(0, sizeof was, &was) != 0 || !CPU_ISSET(core, &was) ||
-        CPU_COUNT(&was) < 2) {
-        return 0;
-    }
-    off = was;
-    CPU_CLR(core, &off);
     int saved = errno, moved = 0;
-    if (sched_setaffinity(0, sizeof off, &off) == 0) {
-        moved = 1;
-        (void)sched_setaffinity(0, sizeof was, &was);
+    cpu_set_t was, off;
+    if (core < CPU_SETSIZE && fos_shim_no_seccomp_filter() && sched_getaffinity(0, sizeof was, &was) == 0 &&
+        CPU_ISSET(core, &was) && CPU_COUNT(&was) >= 2) {
+        off = was;
+        CPU_CLR(core, &off);
+        if (sched_setaffinity(0, sizeof off, &off) == 0) {
+            moved = 1;
+            /* Should the restore fail, the thread is only kept off that core. */
+            if (sched_setaffinity(0, sizeof was, &was) != 0) (void)sched_setaffinity(0, sizeof was, &was);
+        }
     }
     errno = saved;
     return moved;

@@ -54,6 +54,7 @@ typedef struct fos_shim_config {
     char runtime[FOS_SHIM_PATH_BUF]; /* the node's runtime directory */
     uint64_t spin_ns;          /* how long a waiting call spins before it yields */
     uint64_t yield_ns;         /* how long it then yields the core before it sleeps */
+    int leave_core;            /* a thread may move off its server's core (chan.c); FOS_LEAVE_CORE=0: never */
 } fos_shim_config;
 
 extern fos_shim_config fos_shim_cfg;

@@ -22,6 +22,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -428,4 +429,13 @@ ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off) {
         r = preadv2(fd, &v, 1, (off_t)off, RWF_NOWAIT);
     } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
+}
+
+int64_t fos_sys_fs_type(int fd) {
+    struct statfs st;
+    int r;
+    do {
+        r = fstatfs(fd, &st);
+    } while (r != 0 && errno == EINTR);
+    return r == 0 ? (int64_t)st.f_type : -(int64_t)errno;
 }

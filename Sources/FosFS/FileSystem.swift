@@ -24,8 +24,9 @@
 // afterwards loses nothing it acknowledged, since the kernel has the writes
 // (page cache of the disk); fsync adds the flush that makes them survive a
 // power loss too. A commit first writes file data home (overwrites, and the
-// new blocks of large writes; a small write's new blocks are journaled with
-// their mapping), then the transaction as one journal write. A power loss
+// new blocks of large writes and of writers that never asked for an fsync;
+// the new blocks of other small writes are journaled with their mapping),
+// then the transaction as one journal write. A power loss
 // may keep a transaction and lose the data it
 // maps, so a transaction that gave files new blocks without a flush before it
 // is marked, and replay in a later boot skips it unless a flush is known to
@@ -106,9 +107,10 @@ final class Inode {
     }
 
     /// One pass over the slot's bytes (every commit encodes each inode it
-    /// changed: field by field through Array's checked stores, and a
-    /// generic fill for the zeroing, this was 6% of a create's time).
+    /// changed: field by field, each store through Array's uniqueness check,
+    /// and a generic fill for the zeroing, this was 6% of a create's time).
     func encode(into b: inout [UInt8], at o: Int) {
+        precondition(o >= 0 && o + Layout.inodeSize <= b.count, "inode slot outside its block")
         let inline = flags & InodeFlags.inlineSymlink != 0
         let inlineExtents = !inline && extents.count <= Layout.inlineExtents
         b.withUnsafeMutableBytes { raw in

@@ -19,6 +19,9 @@ public enum BlockDeviceError: Error, Equatable, Sendable {
     case outOfRange(block: UInt64, count: Int)
     case badLength(Int)
     case crashed
+    /// `writeOutliving(block:data:unchanged:)` was told the device held
+    /// bytes it does not.
+    case unchangedDiffers(block: UInt64)
 }
 
 /// A small deterministic generator (SplitMix64) for seeded tests and crash
@@ -78,6 +81,19 @@ public final class MemoryBlockDevice: BlockDevice {
             }
             return out
         }
+    }
+
+    /// Checks the caller's promise that the device holds `data`'s first
+    /// `unchanged` bytes already (a device with a mapping copies only the
+    /// rest): every test on this device checks it.
+    public func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
+        if unchanged > 0 {
+            let have = try await read(block: block, count: (unchanged + blockSize - 1) / blockSize)
+            guard unchanged <= data.count, have.prefix(unchanged) == data.prefix(unchanged) else {
+                throw BlockDeviceError.unchangedDiffers(block: block)
+            }
+        }
+        try await write(block: block, data: data)
     }
 
     public func write(block: UInt64, data: [UInt8]) async throws {

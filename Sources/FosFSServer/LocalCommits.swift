@@ -23,7 +23,8 @@ import Glibc
 /// answered), and the blk server's flush (fdatasync of the same file)
 /// makes it durable. Its other I/O is O_DIRECT, which the kernel keeps
 /// coherent with the page cache (dirty cached pages are written before a
-/// direct read or write of the range). All we write is whole blocks.
+/// direct read or write of the range). All we write is whole blocks, but
+/// for the journal's last block (`writeOutliving(block:data:unchanged:)`).
 ///
 /// Flushes are ours too (`flush`).
 ///
@@ -38,15 +39,21 @@ final class LocalCommitDevice: BlockDevice {
     /// Whether reads may take the page cache's copy (`read`): not for a
     /// block device, nor where the kernel lacks what it takes.
     let cachedReads = Atomic<Bool>(false)
+    /// The disk is an image file on a file system that overwrites blocks in
+    /// place (`expectSmallWrites`).
+    let inPlaceImage = Atomic<Bool>(false)
 
-    /// This member's journal slot, mapped shared (`expectSmallWrites`).
+    /// This member's journal slot, mapped shared (`expectSmallWrites`), and
+    /// the one block of it locked in memory (`pinned`).
     /// Sendable by hand: the mapping lives as long as this device (unmapped
-    /// in deinit), and only the member's commits write through it, one at a
-    /// time under the file system's operation lock.
+    /// in deinit), and only the member's commits use it, one at a time
+    /// under the file system's operation lock.
     struct Window: @unchecked Sendable {
         let base: UnsafeMutableRawPointer
         let first: UInt64
         let count: UInt64
+        var pinned: UInt64?
+        func page(_ block: UInt64, _ bs: Int) -> UnsafeMutableRawPointer { base + Int(block - first) * bs }
     }
     let window = Mutex<Window?>(nil)
 
@@ -87,6 +94,13 @@ final class LocalCommitDevice: BlockDevice {
             var st = stat()
             if fstat(fd.rawValue, &st) == 0, st.st_mode & S_IFMT == S_IFREG {
                 dev.cachedReads.store(true, ordering: .relaxed)
+                // ext4, XFS and tmpfs keep an allocated block where it is:
+                // a store into a mapped page never allocates, so never fails
+                // (on a copy-on-write file system a full disk would make it
+                // a SIGBUS instead of a pwrite's ENOSPC).
+                if [0xEF53, 0x5846_5342, 0x0102_1994].contains(fos_sys_fs_type(fd.rawValue)) {
+                    dev.inPlaceImage.store(true, ordering: .relaxed)
+                }
             }
         } catch {
             return (nil, "cannot read the disk \(path): \(error)")
@@ -113,8 +127,7 @@ final class LocalCommitDevice: BlockDevice {
     /// every read after (at about 200 µs a request).
     func read(block: UInt64, count: Int) async throws -> [UInt8] {
         let bs = blockSize
-        guard cachedReads.load(ordering: .relaxed), count > 0, block < blockCount,
-              UInt64(count) <= blockCount - block else {
+        guard cachedReads.load(ordering: .relaxed), holds(block: block, count: count) else {
             return try await blk.read(block: block, count: count)
         }
         var failed: Int = 0
@@ -170,12 +183,18 @@ final class LocalCommitDevice: BlockDevice {
         unflushed.store(true, ordering: .releasing)
     }
 
-    /// Maps the journal slot shared, where the disk is an image file (as
-    /// for `cachedReads`: a block device's page cache is not kept coherent
-    /// with the blk server's direct I/O). Without it, commits use pwrite.
+    /// Whether [block, block + count) is a non-empty range of the disk.
+    func holds(block: UInt64, count: Int) -> Bool {
+        count > 0 && block < blockCount && UInt64(count) <= blockCount - block
+    }
+
+    /// Maps the journal slot shared, where the disk is an image file on a
+    /// file system that overwrites in place (`inPlaceImage`; a block
+    /// device's page cache is not kept coherent with the blk server's
+    /// direct I/O). Without it, commits are pwrites.
     func expectSmallWrites(block: UInt64, count: Int) {
-        guard cachedReads.load(ordering: .relaxed), count > 0, block < blockCount,
-              UInt64(count) <= blockCount - block, window.withLock({ $0 == nil }) else { return }
+        guard inPlaceImage.load(ordering: .relaxed), holds(block: block, count: count),
+              window.withLock({ $0 == nil }) else { return }
         // A failure (a page size above the block size, no address space)
         // leaves the pwrites.
         guard let p = mmap(nil, count * blockSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.rawValue,
@@ -191,21 +210,32 @@ final class LocalCommitDevice: BlockDevice {
     /// Why: most commits are a few hundred bytes (a setattr, a create), and
     /// the pwrite of the whole 4 KiB block, with the image file's timestamp
     /// update it brings, was a quarter of such an operation's time in the
-    /// member. Only within the continued block: the last commit wrote it,
-    /// so it is in the page cache but under memory pressure, and the copy
-    /// reads nothing from the disk (where an I/O error would be a SIGBUS
-    /// instead of EIO). A commit that starts or spills into a fresh block
-    /// is a pwrite.
+    /// member. (After a flush the next store faults once and updates the
+    /// timestamp: an fsync-heavy client gains less.)
+    ///
+    /// Only into the block locked in memory (mlock) after the pwrite that
+    /// began it: the copy then never has to read the page from the disk,
+    /// where an I/O error would be a SIGBUS instead of EIO. Any other
+    /// commit is a pwrite, and moves the lock to the block it ends in.
     func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
-        if unchanged > 0, unchanged < data.count, data.count == blockSize,
-           let w = window.withLock({ $0 }), block >= w.first, block - w.first < w.count {
+        let bs = blockSize
+        let w = window.withLock { $0 }
+        if let w, unchanged > 0, unchanged < data.count, data.count == bs, w.pinned == block {
             data.withUnsafeBytes { s in
-                (w.base + Int(block - w.first) * blockSize + unchanged)
-                    .copyMemory(from: s.baseAddress! + unchanged, byteCount: data.count - unchanged)
+                (w.page(block, bs) + unchanged).copyMemory(from: s.baseAddress! + unchanged, byteCount: bs - unchanged)
             }
             unflushed.store(true, ordering: .releasing)
             return
         }
         try await writeOutliving(block: block, data: data)
+        guard let w, data.count >= bs, data.count % bs == 0 else { return }
+        let last = block + UInt64(data.count / bs) - 1
+        guard last != w.pinned else { return }
+        if let old = w.pinned { munlock(w.page(old, bs), bs) }
+        var pinned: UInt64?
+        // Just written, so in memory: locking it reads nothing. Past
+        // RLIMIT_MEMLOCK it fails, and commits stay pwrites.
+        if last >= w.first, last - w.first < w.count, mlock(w.page(last, bs), bs) == 0 { pinned = last }
+        window.withLock { $0?.pinned = pinned }
     }
 }

@@ -81,8 +81,7 @@ struct ShimTests {
         }
     }
 
-    @Test("a program calling from the fs member's core moves to another and keeps its allowed cores",
-          .enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2))
+    @Test("a program calling from the fs member's core moves to another and keeps its allowed cores")
     func leavesTheMembersCore() async throws {
         try await TestNode.with(members: 1) { node in
             let fs = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
@@ -90,6 +89,7 @@ struct ShimTests {
             let exe = try await Shim.compile("t_core", into: node.root)
             _ = try await Shim.run(node, ["/bin/mkdir", "/fos/core"])
             let r = try await Shim.run(node, [exe, "/fos/core", String(fs.core)])
+            if r.status == 77 { return }  // fewer than two cores to use
             #expect(r.status == 0 && r.stdout.hasSuffix("ok\n"), "\(r.status)\n\(r.stdout)\n\(r.stderr)")
         }
     }

@@ -153,4 +153,7 @@ void fos_sys_keep_heap(void);
  * cached, or -errno (-ENOSYS: no cachestat in this kernel). */
 ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off);
 
+/* The f_type of the file system fd is on (fstatfs), or -errno. */
+int64_t fos_sys_fs_type(int fd);
+
 #endif
