@@ -137,35 +137,35 @@ static int fos_shim_take(fos_ring *r, uint16_t op, uint64_t id, fos_msg_hdr *h, 
 static FOS_SHIM_TLS unsigned fos_shim_same_core_calls;
 /* When a thread of this process last left a server's core (ns). */
 static uint64_t fos_shim_left_core_at;
-/* Whether a seccomp filter may forbid sched_setaffinity: 0 not known yet,
- * 1 no filter, -1 a filter (systemd's SystemCallFilter=~@resources kills
- * the process with SIGSYS for it). */
-static int fos_shim_affinity_free;
 
-/* Reads Seccomp: from /proc/self/status once (raw calls, a stack buffer:
- * this may run in a signal handler's fos call). */
-static int fos_shim_no_seccomp_filter(void) {
-    int known = __atomic_load_n(&fos_shim_affinity_free, __ATOMIC_RELAXED);
-    if (known) return known > 0;
+/* Set once a seccomp filter was seen: filters are never removed, and one
+ * may forbid sched_setaffinity (systemd's SystemCallFilter=~@resources
+ * kills the process with SIGSYS for it). */
+static int fos_shim_filtered;
+
+/* Whether this thread runs without a seccomp filter, from Seccomp: in
+ * /proc/thread-self/status. Read again at every move while it says none
+ * (a process may sandbox itself later; a move is at most every 2 ms).
+ * Raw calls and a stack buffer: this may run in a signal handler's fos
+ * call; never inlined, so that the buffer is not in every call's frame. */
+static __attribute__((noinline, cold)) int fos_shim_unfiltered(void) {
+    if (__atomic_load_n(&fos_shim_filtered, __ATOMIC_RELAXED)) return 0;
     char buf[4096];
     long n = -1;
-    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC);
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/thread-self/status", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         n = syscall(SYS_read, fd, buf, sizeof buf - 1);
         fos_shim_sys_close(fd);
     }
-    int ok = 0;
-    if (n > 0) {
-        buf[n] = 0;
-        const char *p = strstr(buf, "\nSeccomp:");
-        if (p) {
-            p += 9;
-            while (*p == ' ' || *p == '\t') p++;
-            ok = *p == '0';
-        }
-    }
-    __atomic_store_n(&fos_shim_affinity_free, ok ? 1 : -1, __ATOMIC_RELAXED);
-    return ok;
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *p = strstr(buf, "\nSeccomp:");
+    if (!p) return 0;
+    p += 9;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '0') return 1;
+    if (*p >= '1' && *p <= '9') __atomic_store_n(&fos_shim_filtered, 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
 /* Moves this thread off the server's core when it keeps landing there:
@@ -193,7 +193,7 @@ static int fos_shim_leave_core(int core, uint64_t now) {
     __atomic_store_n(&fos_shim_left_core_at, now, __ATOMIC_RELAXED);
     int saved = errno, moved = 0;
     cpu_set_t was, off;
-    if (core < CPU_SETSIZE && fos_shim_no_seccomp_filter() && sched_getaffinity(0, sizeof was, &was) == 0 &&
+    if (core < CPU_SETSIZE && fos_shim_unfiltered() && sched_getaffinity(0, sizeof was, &was) == 0 &&
         CPU_ISSET(core, &was) && CPU_COUNT(&was) >= 2) {
         off = was;
         CPU_CLR(core, &off);

@@ -24,6 +24,15 @@ public enum BlockDeviceError: Error, Equatable, Sendable {
     case unchangedDiffers(block: UInt64)
 }
 
+/// The promise of `writeOutliving(block:data:unchanged:)`, checked against
+/// what `device` reads back.
+func checkUnchanged(_ device: any BlockDevice, block: UInt64, data: [UInt8], unchanged: Int) async throws {
+    guard unchanged > 0 else { return }
+    guard unchanged <= data.count else { throw BlockDeviceError.unchangedDiffers(block: block) }
+    let have = try await device.read(block: block, count: (unchanged + device.blockSize - 1) / device.blockSize)
+    guard have.prefix(unchanged) == data.prefix(unchanged) else { throw BlockDeviceError.unchangedDiffers(block: block) }
+}
+
 /// A small deterministic generator (SplitMix64) for seeded tests and crash
 /// models.
 public struct SeededRandom: RandomNumberGenerator, Sendable {
@@ -87,12 +96,7 @@ public final class MemoryBlockDevice: BlockDevice {
     /// `unchanged` bytes already (a device with a mapping copies only the
     /// rest): every test on this device checks it.
     public func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
-        if unchanged > 0 {
-            let have = try await read(block: block, count: (unchanged + blockSize - 1) / blockSize)
-            guard unchanged <= data.count, have.prefix(unchanged) == data.prefix(unchanged) else {
-                throw BlockDeviceError.unchangedDiffers(block: block)
-            }
-        }
+        try await checkUnchanged(self, block: block, data: data, unchanged: unchanged)
         try await write(block: block, data: data)
     }
 
@@ -217,6 +221,13 @@ public final class CrashingBlockDevice: BlockDevice {
         var data = try await inner.read(block: block, count: count)
         for (i, d) in overlay { data.replaceSubrange(i * blockSize..<(i + 1) * blockSize, with: d) }
         return data
+    }
+
+    /// Checks the promise against this device's view (pending writes
+    /// included), as MemoryBlockDevice does.
+    public func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
+        try await checkUnchanged(self, block: block, data: data, unchanged: unchanged)
+        try await write(block: block, data: data)
     }
 
     public func write(block: UInt64, data: [UInt8]) async throws {

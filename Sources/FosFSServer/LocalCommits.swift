@@ -53,6 +53,8 @@ final class LocalCommitDevice: BlockDevice {
         let first: UInt64
         let count: UInt64
         var pinned: UInt64?
+        /// False once mlock was refused.
+        var lockable = true
         func page(_ block: UInt64, _ bs: Int) -> UnsafeMutableRawPointer { base + Int(block - first) * bs }
     }
     let window = Mutex<Window?>(nil)
@@ -94,11 +96,14 @@ final class LocalCommitDevice: BlockDevice {
             var st = stat()
             if fstat(fd.rawValue, &st) == 0, st.st_mode & S_IFMT == S_IFREG {
                 dev.cachedReads.store(true, ordering: .relaxed)
-                // ext4, XFS and tmpfs keep an allocated block where it is:
-                // a store into a mapped page never allocates, so never fails
-                // (on a copy-on-write file system a full disk would make it
-                // a SIGBUS instead of a pwrite's ENOSPC).
-                if [0xEF53, 0x5846_5342, 0x0102_1994].contains(fos_sys_fs_type(fd.rawValue)) {
+                // ext4 and tmpfs keep an allocated block where it is: a
+                // store into a mapped page never allocates, so never fails
+                // for want of space (on a copy-on-write file system, XFS's
+                // reflinks included, a full disk would make it a SIGBUS
+                // instead of a pwrite's ENOSPC). Left: an ext4 that shut
+                // itself down after an error answers the store with SIGBUS
+                // (a pwrite with EIO); the member is unusable either way.
+                if [0xEF53, 0x0102_1994].contains(fos_sys_fs_type(fd.rawValue)) {
                     dev.inPlaceImage.store(true, ordering: .relaxed)
                 }
             }
@@ -210,8 +215,9 @@ final class LocalCommitDevice: BlockDevice {
     /// Why: most commits are a few hundred bytes (a setattr, a create), and
     /// the pwrite of the whole 4 KiB block, with the image file's timestamp
     /// update it brings, was a quarter of such an operation's time in the
-    /// member. (After a flush the next store faults once and updates the
-    /// timestamp: an fsync-heavy client gains less.)
+    /// member. (After every writeback of the page, a flush's or the
+    /// kernel's own, the next store faults once and updates the timestamp:
+    /// an fsync-heavy client gains less.)
     ///
     /// Only into the block locked in memory (mlock) after the pwrite that
     /// began it: the copy then never has to read the page from the disk,
@@ -219,8 +225,9 @@ final class LocalCommitDevice: BlockDevice {
     /// commit is a pwrite, and moves the lock to the block it ends in.
     func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
         let bs = blockSize
-        let w = window.withLock { $0 }
-        if let w, unchanged > 0, unchanged < data.count, data.count == bs, w.pinned == block {
+        let pinned = window.withLock { $0?.pinned }
+        if unchanged > 0, unchanged < data.count, data.count == bs, pinned == block,
+           let w = window.withLock({ $0 }) {
             data.withUnsafeBytes { s in
                 (w.page(block, bs) + unchanged).copyMemory(from: s.baseAddress! + unchanged, byteCount: bs - unchanged)
             }
@@ -228,14 +235,19 @@ final class LocalCommitDevice: BlockDevice {
             return
         }
         try await writeOutliving(block: block, data: data)
-        guard let w, data.count >= bs, data.count % bs == 0 else { return }
+        guard data.count >= bs, data.count % bs == 0 else { return }
         let last = block + UInt64(data.count / bs) - 1
-        guard last != w.pinned else { return }
-        if let old = w.pinned { munlock(w.page(old, bs), bs) }
-        var pinned: UInt64?
-        // Just written, so in memory: locking it reads nothing. Past
-        // RLIMIT_MEMLOCK it fails, and commits stay pwrites.
-        if last >= w.first, last - w.first < w.count, mlock(w.page(last, bs), bs) == 0 { pinned = last }
-        window.withLock { $0?.pinned = pinned }
+        window.withLock { w in
+            guard var v = w, v.lockable, last != v.pinned else { return }
+            if let old = v.pinned { munlock(v.page(old, bs), bs) }
+            v.pinned = nil
+            // Just written, so in memory: locking it reads nothing. Refused
+            // (RLIMIT_MEMLOCK) once, it is not tried again: commits stay
+            // pwrites.
+            if last >= v.first, last - v.first < v.count {
+                if mlock(v.page(last, bs), bs) == 0 { v.pinned = last } else { v.lockable = false }
+            }
+            w = v
+        }
     }
 }

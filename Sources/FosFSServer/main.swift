@@ -600,7 +600,11 @@ func checkpointWhenIdle(_ fs: FileSystem, svc: FSService) async {
     var wait: UInt64 = 100_000_000
     while true {
         try? await Task.sleep(for: .nanoseconds(Int64(wait)))
-        let quiet = monotonicNanos() &- svc.lastRequest.load(ordering: .relaxed)
+        if Task.isCancelled { return }
+        // The last request's time first: read after the clock, a newer one
+        // would make `quiet` wrap.
+        let last = svc.lastRequest.load(ordering: .relaxed)
+        let quiet = monotonicNanos() &- last
         if quiet < idleNs {
             // Wake when the pause would be long enough.
             wait = idleNs - quiet + 1_000_000
@@ -612,7 +616,9 @@ func checkpointWhenIdle(_ fs: FileSystem, svc: FSService) async {
             return svc.fatal("idle checkpoint: \(error)")
         }
         // Soon again while requests came within the last second (the next
-        // pause is likely near), rarely once the member has been idle.
+        // pause is likely near), rarely once the member has been idle: the
+        // end of a first short burst after that is seen up to 100 ms late,
+        // when the journal is seldom full enough to matter.
         wait = quiet < 1_000_000_000 ? 10_000_000 : 100_000_000
     }
 }

@@ -15,6 +15,9 @@ final class SlowReadDevice: BlockDevice {
         return try await inner.read(block: block, count: count)
     }
     func write(block: UInt64, data: [UInt8]) async throws { try await inner.write(block: block, data: data) }
+    func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
+        try await inner.writeOutliving(block: block, data: data, unchanged: unchanged)
+    }
     func flush() async throws { try await inner.flush() }
     func discard(block: UInt64, count: Int) async throws { try await inner.discard(block: block, count: count) }
 }
