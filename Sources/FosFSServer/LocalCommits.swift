@@ -225,9 +225,8 @@ final class LocalCommitDevice: BlockDevice {
     /// commit is a pwrite, and moves the lock to the block it ends in.
     func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
         let bs = blockSize
-        let pinned = window.withLock { $0?.pinned }
-        if unchanged > 0, unchanged < data.count, data.count == bs, pinned == block,
-           let w = window.withLock({ $0 }) {
+        let w = window.withLock { $0 }
+        if let w, unchanged > 0, unchanged < data.count, data.count == bs, w.pinned == block {
             data.withUnsafeBytes { s in
                 (w.page(block, bs) + unchanged).copyMemory(from: s.baseAddress! + unchanged, byteCount: bs - unchanged)
             }
