@@ -183,13 +183,17 @@ struct ShimOrphanTests {
                 os.write(fd, b'x' * 100000)
                 os.fsync(fd)
                 os.unlink(d + '/c')
-                open(sys.argv[1], 'w').write('%d %d' % (u0, os.getpid()))
+                open(sys.argv[1] + '.new', 'w').write('%d %d' % (u0, os.getpid()))
+                os.rename(sys.argv[1] + '.new', sys.argv[1])
                 time.sleep(120)
                 """
             let holder = try Subprocess(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "/usr/bin/python3", "-c",
                                                           script, marker], outputIn: node.root)
             let held = try await eventually("the orphan to be held", timeout: .seconds(30)) {
-                try? String(contentsOfFile: marker, encoding: .utf8).split(separator: " ").compactMap { Int32($0) }
+                // Both numbers or not yet (the marker appears whole, by rename;
+                // an empty list is "not yet" too, not a value to index).
+                let n = (try? String(contentsOfFile: marker, encoding: .utf8))?.split(separator: " ").compactMap { Int32($0) }
+                return n?.count == 2 ? n : nil
             }
             // fos-run's program is not its child: kill that process itself.
             kill(held[1], SIGKILL)
