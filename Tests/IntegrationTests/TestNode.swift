@@ -221,6 +221,9 @@ final class Subprocess: Sendable {
     let pid: pid_t
     let outPath: String
     let errPath: String
+    /// The node it runs on (`--runtime DIR` among its arguments), whose
+    /// processes a timeout describes.
+    let runtimeDir: String?
     /// Set once reaped: (exit status, killed by a signal).
     private let exit = Mutex<(Int32, Bool)?>(nil)
 
@@ -255,6 +258,7 @@ final class Subprocess: Sendable {
         }
         guard r == 0 else { throw TestFailure("cannot start \(exe): \(String(cString: strerror(r)))") }
         pid = child
+        runtimeDir = args.firstIndex(of: "--runtime").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
     }
 
     func kill(_ sig: Int32 = SIGKILL) {
@@ -278,8 +282,12 @@ final class Subprocess: Sendable {
     func wait(timeout: Duration = .seconds(15)) async -> CLIResult {
         let deadline = ContinuousClock.now + timeout
         var killed = false
+        var hung = ""
         while !reap() {
             if !killed && ContinuousClock.now > deadline {
+                // What hung, before the kill changes it: the child and, if
+                // it ran on a node, every process of that node.
+                hung = await processSnapshot(pid: pid, runtimeDir: runtimeDir)
                 kill()
                 killed = true
             }
@@ -291,8 +299,56 @@ final class Subprocess: Sendable {
         try? FileManager.default.removeItem(atPath: errPath)
         let (status, signaled) = exit.withLock { $0 } ?? (-1, false)
         return CLIResult(status: status, signaled: signaled || killed,
-                         stdout: out, stderr: err + (killed ? "\n[killed by the test after \(timeout)]" : ""))
+                         stdout: out, stderr: err + (killed ? "\n[killed by the test after \(timeout)]\n" + hung : ""))
     }
+}
+
+/// The processes a hung command leaves to look at: `pid` and those whose
+/// command line or environment names `runtimeDir` (fosd, its members, and
+/// every program fos-run started there), with state, kernel wait channel
+/// and kernel stack of each thread; and gdb's backtrace of the programs
+/// (not fos's own processes) where gdb is installed.
+func processSnapshot(pid: pid_t, runtimeDir: String?) async -> String {
+    func read(_ path: String) -> [UInt8] { FileManager.default.contents(atPath: path).map { [UInt8]($0) } ?? [] }
+    func text(_ bytes: [UInt8]) -> String {
+        String(decoding: bytes.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.sorted()
+    var out = "processes at the timeout:\n"
+    for p in pids {
+        let cmd = text(read("/proc/\(p)/cmdline"))
+        var mine = p == pid, program = false
+        if !mine, let dir = runtimeDir {
+            let env = text(read("/proc/\(p)/environ")).contains("FOS_RUNTIME=" + dir)
+            mine = env || cmd.contains(dir)
+            // A program, not one of fos's own processes (fosd, members, fos-exec).
+            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p)/exe")) ?? ""
+            program = env && !(BuildProducts.directory.map { exe.hasPrefix($0 + "/") } ?? false)
+        }
+        guard mine else { continue }
+        let status = text(read("/proc/\(p)/status")).split(separator: "\n")
+        let ppid = status.first { $0.hasPrefix("PPid:") }?.dropFirst(5).trimmingCharacters(in: .whitespaces) ?? "?"
+        out += "  \(p) (parent \(ppid)) \(cmd.prefix(160))\n"
+        for t in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p)/task")) ?? []).sorted() {
+            let st = text(read("/proc/\(p)/task/\(t)/stat"))
+            // The state is the field after the parenthesised name.
+            let state = st.range(of: ") ").map { String(st[$0.upperBound...].prefix(1)) } ?? "?"
+            // "[<0>] do_wait+0x53/0x120": the names, up to the syscall entry.
+            let stack = text(read("/proc/\(p)/task/\(t)/stack")).split(separator: "\n")
+                .compactMap { $0.split(separator: " ").last?.split(separator: "+").first.map(String.init) }
+                .prefix { !$0.hasPrefix("do_syscall") && !$0.hasPrefix("entry_SYSCALL") }.prefix(6)
+                .joined(separator: " < ")
+            out += "    thread \(t) \(state) \(text(read("/proc/\(p)/task/\(t)/wchan"))) [\(stack)]\n"
+        }
+        if program, FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb"),
+           let gdb = try? Subprocess("/usr/bin/gdb", ["-batch", "-nx", "-p", String(p), "-ex", "thread apply all bt 12"],
+                                     outputIn: NSTemporaryDirectory()) {
+            let r = await gdb.wait(timeout: .seconds(20))
+            out += r.stdout.split(separator: "\n").filter { $0.hasPrefix("#") || $0.hasPrefix("Thread") }
+                .map { "      " + $0.prefix(200) }.joined(separator: "\n") + "\n"
+        }
+    }
+    return out
 }
 
 func runCommand(_ exe: String, _ args: [String], outputIn dir: String, timeout: Duration = .seconds(15)) async throws -> CLIResult {
