@@ -162,6 +162,15 @@ static void fos_shim_standin_forward(int sig, siginfo_t *si, void *uc) {
         sigprocmask(SIG_UNBLOCK, &one, NULL); /* stops here until SIGCONT */
         sigprocmask(SIG_BLOCK, &one, NULL);
         sigaction(sig, &mine, NULL);
+        /* Only a SIGCONT ends a stop, and it waits here (every signal is
+         * blocked in this handler). Without one we never stopped: the
+         * kernel discards these signals in an orphaned process group, and
+         * so the program, which a caller there would never see stopped,
+         * must not stay stopped either. */
+        sigset_t pending;
+        if (sigpending(&pending) == 0 && sigismember(&pending, SIGCONT) != 1) {
+            syscall(SYS_kill, -fos_shim_standin_pid, SIGCONT);
+        }
     }
     errno = saved;
 }

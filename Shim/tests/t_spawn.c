@@ -293,6 +293,38 @@ static void test_signals(const char *self) {
     posix_spawn_file_actions_destroy(&fa);
 }
 
+/* In an orphaned process group the kernel discards SIGTSTP: a program
+ * there never stops, and so must not one behind a stand-in. A child in a
+ * session of its own starts a program and stops it with SIGTSTP; SIGUSR2
+ * must then end it. The alarm turns a program left stopped into a failure. */
+static void test_orphaned_stop(const char *self) {
+    pid_t c = fork();
+    CHECK(c >= 0);
+    if (c == 0) {
+        alarm(20);
+        CHECK(setsid() > 0);
+        int pp[2];
+        CHECK(pipe(pp) == 0);
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, pp[1], 1);
+        posix_spawn_file_actions_addclose(&fa, pp[0]);
+        char *wargs[] = {(char *)self, (char *)dir, "child", "wait", NULL};
+        pid_t p;
+        CHECK(posix_spawn(&p, self, &fa, NULL, wargs, environ) == 0);
+        close(pp[1]);
+        char b[6] = {0};
+        CHECK(read(pp[0], b, 6) == 6 && memcmp(b, "ready\n", 6) == 0);
+        CHECK(kill(p, SIGTSTP) == 0);
+        usleep(100 * 1000); /* time to stop, were it going to */
+        CHECK(kill(p, SIGUSR2) == 0);
+        int st = status_of(p);
+        _exit(WIFEXITED(st) && WEXITSTATUS(st) == 12 ? 0 : 1);
+    }
+    int st = status_of(c);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* File actions that open fos paths: for a host program, for a program
  * stored under the prefix, relative to the (virtual) cwd, and failing. */
 static int open_fds(void) {
@@ -489,6 +521,10 @@ int main(int argc, char **argv) {
     }
     CHECK(argc == 2 && mkdir(argv[1], 0755) == 0);
     dir = argv[1];
+    /* A group of our own, whose parent is in another group of the session:
+     * not orphaned, wherever we were started (a non-interactive shell's
+     * group, under setsid, is), so that test_signals' SIGTSTP stops. */
+    setpgid(0, 0);
     char self[4200];
     snprintf(self, sizeof self, "%s/self", dir);
     copy_self(self);
@@ -501,6 +537,7 @@ int main(int argc, char **argv) {
     test_fexecve(self);
     test_execveat();
     test_signals(self);
+    test_orphaned_stop(self);
     test_file_actions(self);
     test_chdir_actions();
     test_errors();
