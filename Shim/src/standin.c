@@ -13,7 +13,9 @@
  *     resize) to the program's whole process group, as the terminal would
  *     have reached the program's children in the caller's job; a stop as
  *     SIGSTOP (the program's own session has no job control) while
- *     stopping itself, so its shell sees the job stop and can continue it;
+ *     stopping itself, so its shell sees the job stop and can continue it
+ *     (and continuing the program at once where the kernel discards our
+ *     own stop: in an orphaned process group);
  *   - is tied to it: the service kills the program if we end first, which
  *     only SIGKILL makes us do (so kill -9 of the pid the parent knows
  *     ends the program, as it would have);
@@ -163,10 +165,11 @@ static void fos_shim_standin_forward(int sig, siginfo_t *si, void *uc) {
         sigprocmask(SIG_BLOCK, &one, NULL);
         sigaction(sig, &mine, NULL);
         /* Only a SIGCONT ends a stop, and it waits here (every signal is
-         * blocked in this handler). Without one we never stopped: the
-         * kernel discards these signals in an orphaned process group, and
-         * so the program, which a caller there would never see stopped,
-         * must not stay stopped either. */
+         * blocked in this handler). Without one our stop was discarded
+         * (the kernel does so in an orphaned process group, where a caller
+         * never sees a program stop), or a newer stop signal took the
+         * SIGCONT away; either way the program is to be continued (the
+         * newer stop's own handler stops it again). */
         sigset_t pending;
         if (sigpending(&pending) == 0 && sigismember(&pending, SIGCONT) != 1) {
             syscall(SYS_kill, -fos_shim_standin_pid, SIGCONT);

@@ -23,6 +23,12 @@ static void on_usr2(int s) {
     _exit(12);
 }
 
+static void on_cont(int s) {
+    (void)s;
+    ssize_t r = write(1, "cont\n", 5);
+    (void)r;
+}
+
 static int child(int argc, char **argv) {
     const char *mode = argv[3];
     if (strcmp(mode, "exit") == 0) return atoi(argv[4]);
@@ -57,6 +63,7 @@ static int child(int argc, char **argv) {
     }
     if (strcmp(mode, "wait") == 0) {
         signal(SIGUSR2, on_usr2);
+        signal(SIGCONT, on_cont);
         puts("ready");
         fflush(stdout);
         for (;;) pause();
@@ -294,13 +301,24 @@ static void test_signals(const char *self) {
 }
 
 /* In an orphaned process group the kernel discards SIGTSTP: a program
- * there never stops, and so must not one behind a stand-in. A child in a
- * session of its own starts a program and stops it with SIGTSTP; SIGUSR2
- * must then end it. The alarm turns a program left stopped into a failure. */
+ * there never stops, nor must a program behind a stand-in stay stopped.
+ * A child in a session of its own starts a program and sends it SIGTSTP:
+ * the stand-in, whose own stop is discarded, must continue the program it
+ * stopped (which says "cont"). The alarm turns a program left stopped into
+ * a failure, and ends the stand-in (and so the program tied to it). */
+static volatile pid_t orphan_standin;
+
+static void on_orphan_alarm(int s) {
+    (void)s;
+    if (orphan_standin > 0) kill(orphan_standin, SIGKILL);
+    _exit(2);
+}
+
 static void test_orphaned_stop(const char *self) {
     pid_t c = fork();
     CHECK(c >= 0);
     if (c == 0) {
+        signal(SIGALRM, on_orphan_alarm);
         alarm(20);
         CHECK(setsid() > 0);
         int pp[2];
@@ -312,11 +330,12 @@ static void test_orphaned_stop(const char *self) {
         char *wargs[] = {(char *)self, (char *)dir, "child", "wait", NULL};
         pid_t p;
         CHECK(posix_spawn(&p, self, &fa, NULL, wargs, environ) == 0);
+        orphan_standin = p;
         close(pp[1]);
         char b[6] = {0};
         CHECK(read(pp[0], b, 6) == 6 && memcmp(b, "ready\n", 6) == 0);
         CHECK(kill(p, SIGTSTP) == 0);
-        usleep(100 * 1000); /* time to stop, were it going to */
+        CHECK(read(pp[0], b, 5) == 5 && memcmp(b, "cont\n", 5) == 0);
         CHECK(kill(p, SIGUSR2) == 0);
         int st = status_of(p);
         _exit(WIFEXITED(st) && WEXITSTATUS(st) == 12 ? 0 : 1);
@@ -521,10 +540,12 @@ int main(int argc, char **argv) {
     }
     CHECK(argc == 2 && mkdir(argv[1], 0755) == 0);
     dir = argv[1];
-    /* A group of our own, whose parent is in another group of the session:
-     * not orphaned, wherever we were started (a non-interactive shell's
-     * group, under setsid, is), so that test_signals' SIGTSTP stops. */
-    setpgid(0, 0);
+    /* test_signals needs a process group the kernel lets stop: not an
+     * orphaned one, as a non-interactive shell's under setsid is. Unless
+     * we run in a terminal's foreground group (a shell's job, which is
+     * not orphaned, and whose ^C should reach us), a group of our own:
+     * our parent is in another group of the same session. */
+    if (tcgetpgrp(STDIN_FILENO) != getpgrp()) CHECK(setpgid(0, 0) == 0 || getpgrp() == getpid());
     char self[4200];
     snprintf(self, sizeof self, "%s/self", dir);
     copy_self(self);

@@ -303,48 +303,76 @@ final class Subprocess: Sendable {
     }
 }
 
-/// The processes a hung command leaves to look at: `pid` and those whose
-/// command line or environment names `runtimeDir` (fosd, its members, and
-/// every program fos-run started there), with state, kernel wait channel
-/// and kernel stack of each thread; and gdb's backtrace of the programs
-/// (not fos's own processes) where gdb is installed.
+/// The processes a hung command leaves to look at: `pid`, the node's fosd
+/// (its lock file in `runtimeDir` names it) and every descendant of either
+/// (members, and the programs fos-run or the spawn service started), with
+/// the state, kernel wait channel and kernel stack of each thread; and
+/// gdb's backtrace of a few programs (not fos's own processes) where gdb
+/// is installed and may attach.
+///
+/// The tree comes from /proc/PID/stat, which takes no lock of the process's
+/// memory: a command line is read only of a process not in uninterruptible
+/// sleep (one stuck in a FUSE page fault may hold that lock, and reading
+/// its command line would hang the test process too).
 func processSnapshot(pid: pid_t, runtimeDir: String?) async -> String {
     func read(_ path: String) -> [UInt8] { FileManager.default.contents(atPath: path).map { [UInt8]($0) } ?? [] }
     func text(_ bytes: [UInt8]) -> String {
         String(decoding: bytes.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
-    let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.sorted()
-    var out = "processes at the timeout:\n"
-    for p in pids {
-        let cmd = text(read("/proc/\(p)/cmdline"))
-        var mine = p == pid, program = false
-        if !mine, let dir = runtimeDir {
-            let env = text(read("/proc/\(p)/environ")).contains("FOS_RUNTIME=" + dir)
-            mine = env || cmd.contains(dir)
-            // A program, not one of fos's own processes (fosd, members, fos-exec).
-            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p)/exe")) ?? ""
-            program = env && !(BuildProducts.directory.map { exe.hasPrefix($0 + "/") } ?? false)
+    /// State and parent from a stat line: the fields after the
+    /// parenthesised name (found from the end: a name may hold ") ").
+    func stateAndParent(_ stat: String) -> (String, Int32)? {
+        guard let r = stat.range(of: ") ", options: .backwards) else { return nil }
+        let f = stat[r.upperBound...].split(separator: " ")
+        guard f.count > 1, let pp = Int32(f[1]) else { return nil }
+        return (String(f[0]), pp)
+    }
+    var parent: [Int32: Int32] = [:]
+    var state: [Int32: String] = [:]
+    for p in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap({ Int32($0) }) {
+        if let (st, pp) = stateAndParent(text(read("/proc/\(p)/stat"))) {
+            parent[p] = pp
+            state[p] = st
         }
-        guard mine else { continue }
-        let status = text(read("/proc/\(p)/status")).split(separator: "\n")
-        let ppid = status.first { $0.hasPrefix("PPid:") }?.dropFirst(5).trimmingCharacters(in: .whitespaces) ?? "?"
-        out += "  \(p) (parent \(ppid)) \(cmd.prefix(160))\n"
+    }
+    var roots: Set<Int32> = [pid]
+    if let dir = runtimeDir, let fosd = Int32(text(read(dir + "/fosd.lock"))) { roots.insert(fosd) }
+    func underRoot(_ p: Int32) -> Bool {
+        var q = p, steps = 0
+        while steps < 64, q > 1 {
+            if roots.contains(q) { return true }
+            q = parent[q] ?? 0
+            steps += 1
+        }
+        return false
+    }
+    var out = "processes at the timeout:\n"
+    var traced = 0
+    for p in parent.keys.sorted() where underRoot(p) {
+        let stuck = state[p] == "D"
+        let cmd = stuck ? "[" + text(read("/proc/\(p)/comm")) + ", in uninterruptible sleep]" : text(read("/proc/\(p)/cmdline"))
+        out += "  \(p) (parent \(parent[p] ?? 0)) \(cmd.prefix(160))\n"
         for t in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p)/task")) ?? []).sorted() {
-            let st = text(read("/proc/\(p)/task/\(t)/stat"))
-            // The state is the field after the parenthesised name.
-            let state = st.range(of: ") ").map { String(st[$0.upperBound...].prefix(1)) } ?? "?"
-            // "[<0>] do_wait+0x53/0x120": the names, up to the syscall entry.
+            let st = stateAndParent(text(read("/proc/\(p)/task/\(t)/stat")))?.0 ?? "?"
+            // "[<0>] do_wait+0x53/0x120": the names, up to the syscall entry
+            // (empty without the privilege to read kernel stacks).
             let stack = text(read("/proc/\(p)/task/\(t)/stack")).split(separator: "\n")
                 .compactMap { $0.split(separator: " ").last?.split(separator: "+").first.map(String.init) }
                 .prefix { !$0.hasPrefix("do_syscall") && !$0.hasPrefix("entry_SYSCALL") }.prefix(6)
                 .joined(separator: " < ")
-            out += "    thread \(t) \(state) \(text(read("/proc/\(p)/task/\(t)/wchan"))) [\(stack)]\n"
+            out += "    thread \(t) \(st) \(text(read("/proc/\(p)/task/\(t)/wchan"))) [\(stack)]\n"
         }
-        if program, FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb"),
-           let gdb = try? Subprocess("/usr/bin/gdb", ["-batch", "-nx", "-p", String(p), "-ex", "thread apply all bt 12"],
-                                     outputIn: NSTemporaryDirectory()) {
-            let r = await gdb.wait(timeout: .seconds(20))
-            out += r.stdout.split(separator: "\n").filter { $0.hasPrefix("#") || $0.hasPrefix("Thread") }
+        // A program, not one of fos's own (fosd, members, fos-exec, fos-run).
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p)/exe")) ?? ""
+        let ours = BuildProducts.directory.map { exe.hasPrefix($0 + "/") } ?? true
+        if !ours, !stuck, traced < 4, FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb"),
+           let gdb = try? Subprocess("/usr/bin/gdb", ["-batch", "-nx", "-iex", "set debuginfod enabled off", "-p", String(p),
+                                                      "-ex", "thread apply all bt 12"], outputIn: NSTemporaryDirectory()) {
+            traced += 1
+            let r = await gdb.wait(timeout: .seconds(15))
+            // Frames, and why there are none (ptrace refused, say).
+            out += (r.stdout + "\n" + r.stderr).split(separator: "\n")
+                .filter { $0.hasPrefix("#") || $0.hasPrefix("Thread") || $0.hasPrefix("ptrace") || $0.contains("ould not attach") }
                 .map { "      " + $0.prefix(200) }.joined(separator: "\n") + "\n"
         }
     }
