@@ -234,9 +234,13 @@ extension FileSystem {
         // again, its earlier bytes unchanged (so a torn write of that block
         // cannot damage what it already held).
         let bs = UInt64(Layout.blockSize)
-        var out = jPos % bs == 0 ? [] : Array(jTail.prefix(Int(jPos % bs)))
-        out += w.finish(flags: flags, boot: device.bootID)
-        out += [UInt8](repeating: 0, count: (Layout.blockSize - out.count % Layout.blockSize) % Layout.blockSize)
+        let kept = Int(jPos % bs)
+        let txnBytes = w.finish(flags: flags, boot: device.bootID)
+        var out = [UInt8]()
+        out.reserveCapacity((kept + txnBytes.count + Layout.blockSize - 1) / Layout.blockSize * Layout.blockSize)
+        out += jTail.prefix(kept)
+        out += txnBytes
+        out.append(contentsOf: repeatElement(0, count: (Layout.blockSize - out.count % Layout.blockSize) % Layout.blockSize))
         try await device.writeOutliving(block: journalStart + jPos / bs, data: out, unchanged: Int(jPos % bs))
         lastTxnHadFreshData = freshDataUnflushed
         txnHasFreshData = false
@@ -261,7 +265,16 @@ extension FileSystem {
         }
         txn.removeAll()
         jPos += need
-        jTail = jPos % bs == 0 ? [] : Array(out[(out.count - Layout.blockSize)...])
+        if jPos % bs == 0 {
+            jTail = []
+        } else if jTail.count == Layout.blockSize {
+            // Copied into the block it holds already: no new array per commit.
+            jTail.withUnsafeMutableBytes { d in
+                out.withUnsafeBytes { d.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[($0.count - Layout.blockSize)...])) }
+            }
+        } else {
+            jTail = Array(out[(out.count - Layout.blockSize)...])
+        }
         jSeq += 1
     }
 

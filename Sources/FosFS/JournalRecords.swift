@@ -84,12 +84,15 @@ enum DeltaFormat {
 
         var streamBytes: Int { out.count - DeltaFormat.headerBytes }
 
+        // Headers and padding are zeros appended and then filled in, not
+        // arrays of their own: a commit makes one record per changed range,
+        // and each array was an allocation on every operation's path.
         mutating func add(home: UInt64, offset: Int, _ bytes: ArraySlice<UInt8>) {
-            var h = [UInt8](repeating: 0, count: DeltaFormat.recordHeader)
-            h.put64(0, home)
-            h.put16(8, UInt16(offset))
-            h.put16(10, UInt16(bytes.count))
-            out.append(contentsOf: h)
+            let h = out.count
+            out.append(contentsOf: repeatElement(0, count: DeltaFormat.recordHeader))
+            out.put64(h, home)
+            out.put16(h + 8, UInt16(offset))
+            out.put16(h + 10, UInt16(bytes.count))
             out.append(contentsOf: bytes)
             records += 1
         }
@@ -111,13 +114,13 @@ enum DeltaFormat {
             out.put32(20, flags)
             out.put32(24, UInt32(stream))
             let t = out.count
-            out.append(contentsOf: [UInt8](repeating: 0, count: DeltaFormat.trailerBytes))
+            out.append(contentsOf: repeatElement(0, count: DeltaFormat.trailerBytes))
             out.put64(t, DeltaFormat.trailerMagic)
             out.put64(t + 8, seq)
             out.put64(t + 16, boot)
             out.put32(t + 24, crc32c(out, count: t + 24))
             let padded = DeltaFormat.length(streamBytes: stream)
-            out.append(contentsOf: [UInt8](repeating: 0, count: padded - out.count))
+            out.append(contentsOf: repeatElement(0, count: padded - out.count))
             return out
         }
     }

@@ -43,8 +43,9 @@ final class LocalCommitDevice: BlockDevice {
     /// place (`expectSmallWrites`).
     let inPlaceImage = Atomic<Bool>(false)
 
-    /// This member's journal slot, mapped shared (`expectSmallWrites`), and
-    /// the one block of it locked in memory (`pinned`).
+    /// This member's journal slot, mapped shared (`expectSmallWrites`), the
+    /// block the last pwrite ended in (`written`), and the run of blocks
+    /// from there that is locked in memory (`locked`).
     /// Sendable by hand: the mapping lives as long as this device (unmapped
     /// in deinit), and only the member's commits use it, one at a time
     /// under the file system's operation lock.
@@ -52,11 +53,18 @@ final class LocalCommitDevice: BlockDevice {
         let base: UnsafeMutableRawPointer
         let first: UInt64
         let count: UInt64
-        var pinned: UInt64?
+        var written: UInt64?
+        var locked: Range<UInt64>?
         /// False once mlock was refused.
         var lockable = true
         func page(_ block: UInt64, _ bs: Int) -> UnsafeMutableRawPointer { base + Int(block - first) * bs }
+        /// The block a commit may be copied into: written, and locked.
+        var pinned: UInt64? { written.flatMap { locked?.contains($0) == true ? $0 : nil } }
     }
+    /// Blocks locked at a time: an mlock and an munlock split and merge the
+    /// mapping, and done at every block the journal moved on they were 5%
+    /// of an untar's time in the member.
+    static let lockRun: UInt64 = 64
     let window = Mutex<Window?>(nil)
 
     private init(blk: BlockClient, fd: FileDescriptor) {
@@ -219,10 +227,12 @@ final class LocalCommitDevice: BlockDevice {
     /// kernel's own, the next store faults once and updates the timestamp:
     /// an fsync-heavy client gains less.)
     ///
-    /// Only into the block locked in memory (mlock) after the pwrite that
-    /// began it: the copy then never has to read the page from the disk,
+    /// Only into the block the last pwrite ended in (so the disk has it: a
+    /// store never allocates), and only while it is locked in memory
+    /// (mlock): the copy then never has to read the page from the disk,
     /// where an I/O error would be a SIGBUS instead of EIO. Any other
-    /// commit is a pwrite, and moves the lock to the block it ends in.
+    /// commit is a pwrite; one that ends past the locked run moves the run
+    /// to start at its last block.
     func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
         let bs = blockSize
         let w = window.withLock { $0 }
@@ -237,14 +247,23 @@ final class LocalCommitDevice: BlockDevice {
         guard data.count >= bs, data.count % bs == 0 else { return }
         let last = block + UInt64(data.count / bs) - 1
         window.withLock { w in
-            guard var v = w, v.lockable, last != v.pinned else { return }
-            if let old = v.pinned { munlock(v.page(old, bs), bs) }
-            v.pinned = nil
-            // Just written, so in memory: locking it reads nothing. Refused
-            // (RLIMIT_MEMLOCK) once, it is not tried again: commits stay
-            // pwrites.
-            if last >= v.first, last - v.first < v.count {
-                if mlock(v.page(last, bs), bs) == 0 { v.pinned = last } else { v.lockable = false }
+            guard var v = w, v.lockable else { return }
+            guard last >= v.first, last - v.first < v.count else {
+                v.written = nil
+                w = v
+                return
+            }
+            v.written = last
+            if v.locked?.contains(last) != true {
+                if let old = v.locked { munlock(v.page(old.lowerBound, bs), Int(old.count) * bs) }
+                v.locked = nil
+                // Its first block was just written, so is in memory; the
+                // others are the journal's next ones, cached from its last
+                // lap or holes (zero pages, nothing read). Refused
+                // (RLIMIT_MEMLOCK) once, it is not tried again: commits
+                // stay pwrites.
+                let run = last..<min(last + Self.lockRun, v.first + v.count)
+                if mlock(v.page(run.lowerBound, bs), Int(run.count) * bs) == 0 { v.locked = run } else { v.lockable = false }
             }
             w = v
         }
