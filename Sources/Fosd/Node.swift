@@ -189,20 +189,37 @@ final class Node {
     /// still runs one of our binaries is ended here).
     func recoverLeftovers() {
         let path = config.runtimeDir + "/members"
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
-        var killed = 0
-        for line in text.split(separator: "\n") {
-            let parts = line.split(separator: " ", maxSplits: 2)
-            guard parts.count == 3, let pid = Int32(parts[0]), pid > 1 else { continue }
-            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? ""
-            // Same pid, same start time, same executable: the very process we started.
-            if !exe.isEmpty && exe == String(parts[2]) && processStartTime(pid) == String(parts[1]) {
-                kill(pid, SIGKILL)
-                killed += 1
-            }
-        }
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        let killed = Self.endLeftovers(runtimeDir: config.runtimeDir, wait: .seconds(5))
         unlink(path)
         log("recovered leftovers of a previous node\(killed > 0 ? " (ended \(killed) stray members)" : "")")
+    }
+
+    /// Ends the members that a node killed on `runtimeDir` left running, and
+    /// waits up to `wait` for them to be gone. Why wait: they die with their
+    /// fosd (PR_SET_PDEATHSIG), but on a loaded machine that took over the
+    /// 2 s a new node waits for the disk's lock, which the blk server holds,
+    /// and the new node then refused the disk as in use. Returns how many.
+    static func endLeftovers(runtimeDir: String, wait: Duration) -> Int {
+        guard let text = try? String(contentsOfFile: runtimeDir + "/members", encoding: .utf8) else { return 0 }
+        // Same pid, same start time, same executable: the very process it
+        // started (a zombie, already gone, has no executable).
+        func alive(_ pid: Int32, _ start: Substring, _ exe: Substring) -> Bool {
+            let now = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? ""
+            return !now.isEmpty && now == String(exe) && processStartTime(pid) == String(start)
+        }
+        var ended: [(Int32, Substring, Substring)] = []
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 2)
+            guard parts.count == 3, let pid = Int32(parts[0]), pid > 1, alive(pid, parts[1], parts[2]) else { continue }
+            kill(pid, SIGKILL)
+            ended.append((pid, parts[1], parts[2]))
+        }
+        let deadline = ContinuousClock.now + wait
+        while ContinuousClock.now < deadline, ended.contains(where: { alive($0.0, $0.1, $0.2) }) {
+            usleep(10_000)
+        }
+        return ended.count
     }
 
     func writeMemberList() {

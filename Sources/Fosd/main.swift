@@ -150,6 +150,12 @@ struct Fosd: ParsableCommand {
             let path = disk ?? stateDir + "/disk.img"
             do {
                 try Node.makeDirectory(stateDir, mode: 0o700)
+                // A node killed here may have left members that still hold
+                // the disk (no fosd runs here, so they are leftovers).
+                let ended = Node.endLeftovers(runtimeDir: runtimeDir, wait: .seconds(10))
+                if ended > 0 {
+                    FileHandle.standardError.write(Data("fosd: ended \(ended) members a killed node left running\n".utf8))
+                }
                 Fosd.waitForDiskLock(path)
                 _ = try Disk(path: path, createBytes: disk == nil ? Disk.parseSize(diskSize) : nil)
             } catch let e as Disk.Problem {
