@@ -73,8 +73,9 @@ extension ImmediateService {
 /// a short spin. Everything in `LoopState` is touched on the loop thread only.
 ///
 /// `@unchecked Sendable`: cross-thread state is `jobs` (Mutex), `sleeping`,
-/// `stopFlag` (Atomic) and `wakeFD` (immutable); `st` is confined to the loop
-/// thread, which every entry point reaches through `onLoop` first.
+/// `stopFlag` (Atomic) and `wakeFD` (immutable); `st` and `spareJobs` are
+/// confined to the loop thread, which every entry point reaches through
+/// `onLoop` first.
 public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable {
     let control: ControlConnection
     let wakeFD: CInt
@@ -293,12 +294,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         _ = fos_sys_eventfd_signal(wakeFD)
     }
 
+    /// The buffer the queue and a running batch trade (loop thread only):
+    /// taking a batch swaps it in, so that no pass allocates a new queue.
+    private var spareJobs: [UnownedJob] = []
+
     private func runJobs() -> Bool {
-        let batch = jobs.withLock { q -> [UnownedJob] in
-            if q.isEmpty { return [] }
-            let b = q
-            q.removeAll(keepingCapacity: true)
-            return b
+        var batch: [UnownedJob] = []
+        swap(&batch, &spareJobs)
+        jobs.withLock { q in
+            if !q.isEmpty { swap(&q, &batch) }
+        }
+        defer {
+            batch.removeAll(keepingCapacity: true)
+            swap(&batch, &spareJobs)
         }
         if batch.isEmpty { return false }
         // As the task executor, not isolated to the loop as a serial
