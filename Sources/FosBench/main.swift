@@ -81,11 +81,15 @@ if args.first == "fuse-reference" {
 }
 
 if args.first == "fuse-round" {
-    // fuse-round DIR SECONDS: one round of the fuse bench's tests in DIR,
-    // the six numbers on one line (the shim column: run under fos-run).
-    guard args.count == 3, let secs = Double(args[2]) else { die("bad fuse-round arguments") }
+    // fuse-round DIR SECONDS [unlink]: one round of the fuse bench's tests
+    // in DIR (all but unlink; with "unlink", only that, of the files the
+    // round made), the numbers on one line (the shim column: under fos-run).
+    guard args.count == 3 || (args.count == 4 && args[3] == "unlink"), let secs = Double(args[2]) else {
+        die("bad fuse-round arguments")
+    }
     do {
-        let values = try await fuseRound(args[1], seconds: secs)
+        let values = args.count == 4 ? [try await fuseUnlinkRound(args[1], seconds: secs)]
+                                     : try await fuseRound(args[1], seconds: secs)
         print(values.map { String($0) }.joined(separator: " "))
         exit(0)
     } catch {
