@@ -26,7 +26,8 @@ struct FuseRow: Codable {
     /// The fos mount against the reference.
     var mountToReference: Double
     var target: Double
-    /// nil: not judged (the host's create rate was no reference, `hostCreateProbe`).
+    /// nil (absent from the JSON): not judged, the host's create rate was
+    /// no reference (`hostCreateProbe`).
     var met: Bool?
 }
 
@@ -101,6 +102,7 @@ func fuseRound(_ dir: String, seconds: Double) async throws -> [Double] {
 func fuseUnlinkRound(_ dir: String, seconds: Double) async throws -> Double {
     var made = 0
     while access(dir + "/f\(made)", F_OK) == 0 { made += 1 }
+    if made == 0 { die("no files to unlink in \(dir): its round did not run there") }
     let rate = try await opsPerSecond(seconds, limit: made) { i in
         if unlink(dir + "/f\(i)") != 0 { die("unlink \(dir)/f\(i): \(String(cString: strerror(errno)))") }
     }
@@ -232,9 +234,9 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     printTable(table, leftColumns: 2)
     print(String(format: "(a host file created in %.1f µs before the runs)", hostCreate))
     if hostSlow {
-        print(String(format: "NOTE: over %.0f µs: ext4 passing over inodes freed in the last minutes; the host's create "
-                     + "rate is not representative and its target is not judged: run again a few minutes after the "
-                     + "last deletes", hostCreateLimitMicros))
+        print(String(format: "NOTE: over %.0f µs: the host is slow to create files (as ext4 without a journal is for "
+                     + "minutes after deletes); its create rate is not representative and that target is not judged: "
+                     + "run again a few minutes after the last deletes", hostCreateLimitMicros))
     }
     print("")
     print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: libfuse's one-thread loop, fos-fuse's mount")

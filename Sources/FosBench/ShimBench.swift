@@ -249,9 +249,10 @@ func shimBench(runs: Int, calls: Int, json: Bool) async throws -> ShimResults {
     var targets: [String: Bool] = [:]
     var hostNote: String?
     if hostCreate > hostCreateLimitMicros {
-        hostNote = String(format: "a host file took %.0f µs to create before the runs (over %.0f: ext4 passing over "
-                          + "inodes freed in the last minutes); the native times are not representative, so the "
-                          + "workloads' targets are not judged: run again a few minutes after the last deletes",
+        hostNote = String(format: "a host file took %.0f µs to create before the runs (over %.0f: the host is slow to "
+                          + "create files, as ext4 without a journal is for minutes after deletes); the native times "
+                          + "are not representative, so the workloads' targets are not judged: run again a few "
+                          + "minutes after the last deletes",
                           hostCreate, hostCreateLimitMicros)
     } else {
         for w in wrows.prefix(3) { targets["\(w.workload): within 1.3× of native"] = w.ratio <= 1.3 }

@@ -258,12 +258,21 @@ final class LocalCommitDevice: BlockDevice {
                 if let old = v.locked { munlock(v.page(old.lowerBound, bs), Int(old.count) * bs) }
                 v.locked = nil
                 // Its first block was just written, so is in memory; the
-                // others are the journal's next ones, cached from its last
-                // lap or holes (zero pages, nothing read). Refused
-                // (RLIMIT_MEMLOCK) once, it is not tried again: commits
-                // stay pwrites.
-                let run = last..<min(last + Self.lockRun, v.first + v.count)
-                if mlock(v.page(run.lowerBound, bs), Int(run.count) * bs) == 0 { v.locked = run } else { v.lockable = false }
+                // others are the journal's next ones (written whole by
+                // mkfs), usually cached from the last lap, else read here
+                // once. Refused, a run of one block is tried (a small
+                // RLIMIT_MEMLOCK); refused again, never again: commits stay
+                // pwrites. A refused mlock may have locked part of its
+                // range: unlocked again.
+                for length in [min(Self.lockRun, v.first + v.count - last), 1] {
+                    let run = last..<(last + length)
+                    if mlock(v.page(run.lowerBound, bs), Int(run.count) * bs) == 0 {
+                        v.locked = run
+                        break
+                    }
+                    munlock(v.page(run.lowerBound, bs), Int(run.count) * bs)
+                }
+                if v.locked == nil { v.lockable = false }
             }
             w = v
         }

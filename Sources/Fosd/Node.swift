@@ -211,8 +211,8 @@ final class Node {
         var ended: [(Int32, Substring, Substring)] = []
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: " ", maxSplits: 2)
-            guard parts.count == 3, let pid = Int32(parts[0]), pid > 1, alive(pid, parts[1], parts[2]) else { continue }
-            kill(pid, SIGKILL)
+            guard parts.count == 3, let pid = Int32(parts[0]), pid > 1, alive(pid, parts[1], parts[2]),
+                  kill(pid, SIGKILL) == 0 else { continue }
             ended.append((pid, parts[1], parts[2]))
         }
         let deadline = ContinuousClock.now + wait

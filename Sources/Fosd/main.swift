@@ -86,13 +86,13 @@ struct Fosd: ParsableCommand {
 
     /// A node that just stopped may still hold its disk for a moment: the
     /// kernel tears the blk server's io_uring (and with it the disk's flock)
-    /// down asynchronously. Wait up to 2 s for that before opening the disk,
-    /// which then refuses a disk that is really in use.
-    static func waitForDiskLock(_ path: String) {
+    /// down asynchronously. Wait up to `seconds` for that before opening the
+    /// disk, which then refuses a disk that is really in use.
+    static func waitForDiskLock(_ path: String, seconds: Int = 2) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
         defer { close(fd) }
-        for _ in 0..<100 {
+        for _ in 0..<(seconds * 50) {
             if flock(fd, LOCK_EX | LOCK_NB) == 0 {
                 flock(fd, LOCK_UN)
                 return
@@ -151,12 +151,21 @@ struct Fosd: ParsableCommand {
             do {
                 try Node.makeDirectory(stateDir, mode: 0o700)
                 // A node killed here may have left members that still hold
-                // the disk (no fosd runs here, so they are leftovers).
-                let ended = Node.endLeftovers(runtimeDir: runtimeDir, wait: .seconds(10))
+                // the disk. Only while holding the runtime directory's lock
+                // (briefly: the node takes it for good later): a fosd
+                // starting here at the same time must not lose its members.
+                var ended = 0
+                let lock = open(runtimeDir + "/fosd.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+                if lock >= 0 {
+                    if flock(lock, LOCK_EX | LOCK_NB) == 0 { ended = Node.endLeftovers(runtimeDir: runtimeDir, wait: .seconds(10)) }
+                    close(lock)
+                }
                 if ended > 0 {
                     FileHandle.standardError.write(Data("fosd: ended \(ended) members a killed node left running\n".utf8))
                 }
-                Fosd.waitForDiskLock(path)
+                // Gone, their io_uring (holding the disk's lock) may still be
+                // torn down in the kernel for a while.
+                Fosd.waitForDiskLock(path, seconds: ended > 0 ? 10 : 2)
                 _ = try Disk(path: path, createBytes: disk == nil ? Disk.parseSize(diskSize) : nil)
             } catch let e as Disk.Problem {
                 FileHandle.standardError.write(Data("fosd: \(e.description)\n".utf8))
