@@ -55,8 +55,10 @@ final class LocalCommitDevice: BlockDevice {
         let count: UInt64
         var written: UInt64?
         var locked: Range<UInt64>?
-        /// False once mlock was refused.
+        /// False once mlock was refused even one block.
         var lockable = true
+        /// Blocks to lock at a time: `lockRun`, or 1 once a run was refused.
+        var runLength = LocalCommitDevice.lockRun
         func page(_ block: UInt64, _ bs: Int) -> UnsafeMutableRawPointer { base + Int(block - first) * bs }
         /// The block a commit may be copied into: written, and locked.
         var pinned: UInt64? { written.flatMap { locked?.contains($0) == true ? $0 : nil } }
@@ -264,15 +266,21 @@ final class LocalCommitDevice: BlockDevice {
                 // RLIMIT_MEMLOCK); refused again, never again: commits stay
                 // pwrites. A refused mlock may have locked part of its
                 // range: unlocked again.
-                for length in [min(Self.lockRun, v.first + v.count - last), 1] {
-                    let run = last..<(last + length)
-                    if mlock(v.page(run.lowerBound, bs), Int(run.count) * bs) == 0 {
-                        v.locked = run
-                        break
+                var length = min(v.runLength, v.first + v.count - last)
+                while v.locked == nil {
+                    let bytes = Int(length) * bs
+                    if mlock(v.page(last, bs), bytes) == 0 {
+                        v.locked = last..<(last + length)
+                    } else {
+                        munlock(v.page(last, bs), bytes)
+                        if length == 1 {
+                            v.lockable = false
+                            break
+                        }
+                        length = 1
+                        v.runLength = 1
                     }
-                    munlock(v.page(run.lowerBound, bs), Int(run.count) * bs)
                 }
-                if v.locked == nil { v.lockable = false }
             }
             w = v
         }
