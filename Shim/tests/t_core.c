@@ -59,17 +59,30 @@ int main(int argc, char **argv) {
     /* The shim moves the thread on the 16th call in a row there. The
      * kernel's load balancer moves it too, mostly after 10-50 ms but
      * sometimes at once, and may move it back at once when the other core
-     * is busy: such a try says nothing, and is made again (3 ms later: the
-     * shim moves a process at most every 2 ms). Without the shim's move a
-     * try takes all 64 calls. */
-    int calls = 0;
-    char seen[8 * 4] = "";
-    for (int attempt = 0; attempt < 8 && calls != 16; attempt++) {
+     * is busy: such a try says nothing, and is made again (20 ms later: the
+     * shim moves a process at most every 2 ms, and the machine's load may
+     * pass). Without the shim's move a try takes all 64 calls. */
+    int calls = 0, early = 0, first = -1, same = 1;
+    char seen[20 * 4] = "";
+    for (int attempt = 0; attempt < 20 && calls != 16; attempt++) {
         calls = calls_until_moved(fd, core, &all);
         snprintf(seen + strlen(seen), sizeof seen - strlen(seen), " %d", calls);
-        if (calls != 16) usleep(3000);
+        if (calls == 64) break;
+        if (calls < 16) {
+            early++;
+            if (first < 0) first = calls;
+            same = same && calls == first;
+        }
+        if (calls != 16) usleep(20000);
     }
     if (calls != 16) fprintf(stderr, "left the member's core after%s calls, never after 16\n", seen);
+    /* Every try cut short by the kernel, at varying counts (a busy
+     * machine pulling the thread away at once): nothing to judge here. A
+     * shim that moved early would do it at the same count every time. */
+    if (calls != 16 && early == 20 && !(same && first > 1)) {
+        printf("skipped: the kernel moved the thread before its 16th call in every try:%s\n", seen);
+        return 77;
+    }
     CHECK(calls == 16);
     CHECK(sched_getcpu() != core);
     CHECK(sched_getaffinity(0, sizeof after, &after) == 0);
