@@ -271,6 +271,26 @@ static void test_execveat(void) {
     close(f);
 }
 
+/* Starts this program in "wait" mode with its stdout on a pipe, and
+ * returns once it is ready (its signal handlers set); *out: the pipe. */
+static pid_t spawn_waiting(const char *self, int *out) {
+    int pp[2];
+    CHECK(pipe(pp) == 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pp[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pp[0]);
+    char *wargs[] = {(char *)self, (char *)dir, "child", "wait", NULL};
+    pid_t p;
+    CHECK(posix_spawn(&p, self, &fa, NULL, wargs, environ) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    close(pp[1]);
+    char b[6] = {0};
+    CHECK(read(pp[0], b, 6) == 6 && memcmp(b, "ready\n", 6) == 0);
+    *out = pp[0];
+    return p;
+}
+
 static void test_signals(const char *self) {
     /* A stop that never comes (a process group the kernel will not stop,
      * see main) ends the test here instead of at its caller's timeout. */
@@ -282,25 +302,15 @@ static void test_signals(const char *self) {
     int st = status_of(p);
     CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGUSR1);
     /* A signal to the pid we have reaches the program; so do stop and continue. */
-    int pp[2];
-    CHECK(pipe(pp) == 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, pp[1], 1);
-    posix_spawn_file_actions_addclose(&fa, pp[0]);
-    char *wargs[] = {(char *)self, (char *)dir, "child", "wait", NULL};
-    CHECK(posix_spawn(&p, self, &fa, NULL, wargs, environ) == 0);
-    close(pp[1]);
-    char b[6] = {0};
-    CHECK(read(pp[0], b, 6) == 6 && memcmp(b, "ready\n", 6) == 0);
+    int out;
+    p = spawn_waiting(self, &out);
     CHECK(kill(p, SIGTSTP) == 0);
     CHECK(waitpid(p, &st, WUNTRACED) == p && WIFSTOPPED(st) && WSTOPSIG(st) == SIGTSTP);
     CHECK(kill(p, SIGCONT) == 0);
     CHECK(kill(p, SIGUSR2) == 0);
     st = status_of(p);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 12);
-    close(pp[0]);
-    posix_spawn_file_actions_destroy(&fa);
+    close(out);
     alarm(0);
 }
 
@@ -325,21 +335,12 @@ static void test_orphaned_stop(const char *self) {
         signal(SIGALRM, on_orphan_alarm);
         alarm(20);
         CHECK(setsid() > 0);
-        int pp[2];
-        CHECK(pipe(pp) == 0);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, pp[1], 1);
-        posix_spawn_file_actions_addclose(&fa, pp[0]);
-        char *wargs[] = {(char *)self, (char *)dir, "child", "wait", NULL};
-        pid_t p;
-        CHECK(posix_spawn(&p, self, &fa, NULL, wargs, environ) == 0);
+        int out;
+        pid_t p = spawn_waiting(self, &out);
         orphan_standin = p;
-        close(pp[1]);
-        char b[6] = {0};
-        CHECK(read(pp[0], b, 6) == 6 && memcmp(b, "ready\n", 6) == 0);
         CHECK(kill(p, SIGTSTP) == 0);
-        CHECK(read(pp[0], b, 5) == 5 && memcmp(b, "cont\n", 5) == 0);
+        char b[5];
+        CHECK(read(out, b, 5) == 5 && memcmp(b, "cont\n", 5) == 0);
         CHECK(kill(p, SIGUSR2) == 0);
         int st = status_of(p);
         _exit(WIFEXITED(st) && WEXITSTATUS(st) == 12 ? 0 : 1);
