@@ -472,11 +472,20 @@ public final class FileSystem: @unchecked Sendable {
 
     func makeRoom() async throws {
         guard cache.count >= options.cacheBlocks else { return }
-        let victims = cache.values.filter { !$0.inTxn }.sorted { $0.lastUse < $1.lastUse }
-        let n = max(1, cache.count / 4)
-        if victims.prefix(n).contains(where: { $0.needsCheckpoint }) { try await makeJournalDurable() }
+        // The quarter used longest ago (outside the running transaction)
+        // goes: those used no later than a cut-off found by selection. A
+        // sort of the cache's buffers took 2 ms for 8192 of them, a
+        // microsecond for every block a write brought in (14% of a member's
+        // time under a stream of small writes); this takes a sixth of that.
+        var uses: [UInt64] = []
+        uses.reserveCapacity(cache.count)
+        for b in cache.values where !b.inTxn { uses.append(b.lastUse) }
+        guard !uses.isEmpty else { return }
+        let cut = uses.selectSmallest(min(max(1, cache.count / 4), uses.count) - 1)
+        let victims = cache.values.filter { !$0.inTxn && $0.lastUse <= cut }
+        if victims.contains(where: { $0.needsCheckpoint }) { try await makeJournalDurable() }
         var writes: [(UInt64, [UInt8])] = []
-        for b in victims.prefix(n) {
+        for b in victims {
             if b.dirtyData {
                 writes.append((b.block, b.data))
                 dirtyData.remove(b.block)
