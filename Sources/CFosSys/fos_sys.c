@@ -439,3 +439,11 @@ int64_t fos_sys_fs_type(int fd) {
     } while (r != 0 && errno == EINTR);
     return r == 0 ? (int64_t)st.f_type : -(int64_t)errno;
 }
+
+int fos_sys_allocate(int fd, uint64_t off, uint64_t len) {
+    int r;
+    do {
+        r = fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+    } while (r != 0 && errno == EINTR);
+    return r == 0 ? 0 : -errno;
+}

@@ -68,6 +68,12 @@ final class LocalCommitDevice: BlockDevice {
     /// of an untar's time in the member.
     static let lockRun: UInt64 = 64
     let window = Mutex<Window?>(nil)
+    /// Whether the image file's space is allocated ahead of writes (ext4).
+    let allocatesAhead = Atomic<Bool>(false)
+    /// Bit c: chunk c (of `aheadChunk` blocks) was allocated, or tried.
+    let aheadDone = Mutex<[UInt64]>([])
+    /// 16 MiB: one fallocate of it took 0.1-1 ms on ext4.
+    static let aheadChunk: UInt64 = 4096
 
     private init(blk: BlockClient, fd: FileDescriptor) {
         self.blk = blk
@@ -113,8 +119,14 @@ final class LocalCommitDevice: BlockDevice {
                 // instead of a pwrite's ENOSPC). Left: an ext4 that shut
                 // itself down after an error answers the store with SIGBUS
                 // (a pwrite with EIO); the member is unusable either way.
-                if [0xEF53, 0x0102_1994].contains(fos_sys_fs_type(fd.rawValue)) {
+                let type = fos_sys_fs_type(fd.rawValue)
+                if [0xEF53, 0x0102_1994].contains(type) {
                     dev.inPlaceImage.store(true, ordering: .relaxed)
+                }
+                if type == 0xEF53 {
+                    let chunks = (dev.blockCount + aheadChunk - 1) / aheadChunk
+                    dev.aheadDone.withLock { $0 = [UInt64](repeating: 0, count: Int(chunks / 64 + 1)) }
+                    dev.allocatesAhead.store(true, ordering: .relaxed)
                 }
             }
         } catch {
@@ -188,6 +200,7 @@ final class LocalCommitDevice: BlockDevice {
     func writeOutliving(block: UInt64, data: [UInt8]) async throws {
         guard data.count % blockSize == 0, block < blockCount,
               UInt64(data.count / blockSize) <= blockCount - block else { throw FSError.posix(.invalidArgument) }
+        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: UInt64(data.count / blockSize)) }
         do {
             _ = try data.withUnsafeBytes {
                 try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize), $0)
@@ -196,6 +209,36 @@ final class LocalCommitDevice: BlockDevice {
             throw FSError.posix(.ioError)
         }
         unflushed.store(true, ordering: .releasing)
+    }
+
+    /// Allocates the image file's space (fallocate, as unwritten extents) a
+    /// chunk at a time, before this member's first write into the chunk.
+    ///
+    /// Why: a write into a hole of the sparse image makes ext4 reserve and
+    /// track a delayed allocation page by page: writing 1 MiB into a hole
+    /// took the kernel 170-250 µs, into allocated space 100 µs (a 4 KiB
+    /// block 3.0 µs against 2.0), on the reply path of every write. The
+    /// file system never punches holes back, so a chunk stays allocated.
+    /// The host's disk pays up to a chunk more per region written than the
+    /// blocks themselves. A chunk is tried once: a failure (the host's disk
+    /// full) leaves the write to allocate, or to fail, as before.
+    private func allocateAhead(block: UInt64, count: UInt64) {
+        let chunk = Self.aheadChunk
+        let todo = aheadDone.withLock { bits -> [UInt64] in
+            var todo: [UInt64] = []
+            for c in (block / chunk)...((block + count - 1) / chunk) {
+                let (w, b) = (Int(c / 64), c % 64)
+                guard w < bits.count, bits[w] & (1 << b) == 0 else { continue }
+                bits[w] |= 1 << b
+                todo.append(c)
+            }
+            return todo
+        }
+        let bs = UInt64(blockSize)
+        for c in todo {
+            let r = fos_sys_allocate(fd.rawValue, c * chunk * bs, min(chunk, blockCount - c * chunk) * bs)
+            if r == -EOPNOTSUPP { allocatesAhead.store(false, ordering: .relaxed) }
+        }
     }
 
     /// Whether [block, block + count) is a non-empty range of the disk.

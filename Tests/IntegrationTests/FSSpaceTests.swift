@@ -1,4 +1,5 @@
 import CFosCRC
+import CFosSys
 import FosCore
 import FosFS
 import FosFSClient
@@ -343,4 +344,39 @@ struct FSSpaceTests {
             try await verifyFiles(c, fill.files, "seed \(seed), after a restart")
         }
     }
+
+    /// The member allocates the image file's space on the host a 16 MiB
+    /// chunk at a time, ahead of its first write into it (ext4 only:
+    /// LocalCommitDevice.allocateAhead): a small file takes one chunk, not
+    /// its own blocks alone, and not more than two.
+    @Test("the disk image's host space is allocated a chunk ahead of the first write into it (ext4)",
+          .enabled(if: isExt4(NSTemporaryDirectory())))
+    func allocatedAhead() async throws {
+        try await TestNode.with(members: 1, diskSize: "256M") { node in
+            let img = node.stateDir + "/disk.img"
+            let c = try await FSClient.connect(try node.runtime())
+            let before = try allocatedBytes(img)
+            let f = try await c.create(parent: FSClient.rootIno, name: "small", mode: 0o644)
+            #expect(try await c.write(ino: f.ino, offset: 0, data: pattern(4096)) == 4096)
+            let grown = try allocatedBytes(img) - before
+            #expect(grown >= 4 << 20, "the image grew by \(grown) bytes for a 4 KiB file: no chunk allocated ahead")
+            #expect(grown <= 33 << 20, "the image grew by \(grown) bytes for a 4 KiB file: more than two chunks")
+            #expect(try await c.read(ino: f.ino, offset: 0, count: 4096) == pattern(4096))
+        }
+    }
+}
+
+/// Whether `path` is on ext4.
+func isExt4(_ path: String) -> Bool {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return fos_sys_fs_type(fd) == 0xEF53
+}
+
+/// The bytes the host has allocated to a file (st_blocks).
+func allocatedBytes(_ path: String) throws -> Int {
+    var st = stat()
+    guard stat(path, &st) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    return Int(st.st_blocks) * 512
 }

@@ -156,4 +156,7 @@ ssize_t fos_sys_pread_cached(int fd, void *buf, size_t n, uint64_t off);
 /* The f_type of the file system fd is on (fstatfs), or -errno. */
 int64_t fos_sys_fs_type(int fd);
 
+/* fallocate(fd, FALLOC_FL_KEEP_SIZE, off, len), retried on EINTR: 0 or -errno. */
+int fos_sys_allocate(int fd, uint64_t off, uint64_t len);
+
 #endif
