@@ -175,6 +175,7 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
         return v
     }
     let hostCreate = try hostCreateProbe(host + "/probe", count: 500)
+    let memoryTouch = memoryTouchProbe(mib: 64)
     for r in 0..<runs {
         // Alternate who goes first.
         if r % 2 == 1 { for (i, v) in try await fuseRound(mp + "/r\(r)", seconds: secs).enumerated() { fos[i].append(v) } }
@@ -210,12 +211,16 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
             var sequentialBytes: Int
             /// Microseconds per host file created before the runs.
             var hostCreateMicros: Double
+            /// Microseconds per first touch of a new page of memory before the runs.
+            var memoryTouchMicros: Double
+            var memoryNote: String?
             var rows: [FuseRow]
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         print(String(decoding: try enc.encode(Out(benchmark: "fuse", runs: runs, secondsPerTest: secs,
                                                   sequentialBytes: fuseSeqBytes, hostCreateMicros: hostCreate,
+                                                  memoryTouchMicros: memoryTouch, memoryNote: memoryNote(memoryTouch),
                                                   rows: rows)), as: UTF8.self))
         return
     }
@@ -238,6 +243,8 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
                      + "minutes after deletes); its create rate is not representative and that target is not judged: "
                      + "run again a few minutes after the last deletes", hostCreateLimitMicros))
     }
+    print(String(format: "(a new page of memory touched in %.1f µs before the runs)", memoryTouch))
+    if let note = memoryNote(memoryTouch) { print("NOTE: \(note)") }
     print("")
     print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: libfuse's one-thread loop, fos-fuse's mount")
     print("options), answering every request from its memory: how fast FUSE itself is here, next to the host and the mount.")

@@ -41,6 +41,10 @@ struct ShimResults: Codable {
     /// (`hostCreateProbe`), and why the workloads' targets were not judged.
     var hostCreateMicros: Double
     var hostNote: String?
+    /// Microseconds per first touch of a new page of memory before the
+    /// runs (`memoryTouchProbe`), and what that means if it was slow.
+    var memoryTouchMicros: Double
+    var memoryNote: String?
     var targets: [String: Bool]
 }
 
@@ -62,6 +66,38 @@ func hostCreateProbe(_ dir: String, count: Int) throws -> Double {
         close(fd)
     }
     return Double(monotonicNanos() - start) / Double(count) / 1000
+}
+
+/// Touches `mib` MiB of new anonymous memory, a byte per 4 KiB page, and
+/// returns the microseconds per page.
+///
+/// Why: this machine is a VM that hands memory freed in the guest back to
+/// its host (virtio-balloon free page reporting), and the first touch of
+/// such a page costs 5-10 µs instead of about 1 µs. Every new page of the
+/// page cache (a file written on the host, the disk image's pages under
+/// fos) pays it or not, depending on what the guest freed lately: a run
+/// that finds this slow has noisy ratios. Reported, not corrected for.
+func memoryTouchProbe(mib: Int) -> Double {
+    let bytes = mib << 20
+    guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+        return 0
+    }
+    defer { munmap(p, bytes) }
+    let start = monotonicNanos()
+    for off in stride(from: 0, to: bytes, by: 4096) { p.storeBytes(of: 1, toByteOffset: off, as: UInt8.self) }
+    return Double(monotonicNanos() - start) / Double(bytes / 4096) / 1000
+}
+
+/// Above this a first touch of memory is taken for the VM backing it anew
+/// (`memoryTouchProbe`; recycled pages: about 1 µs here).
+let memoryTouchLimitMicros = 3.0
+
+func memoryNote(_ micros: Double) -> String? {
+    micros > memoryTouchLimitMicros
+        ? String(format: "a new 4 KiB page of memory took %.1f µs to touch before the runs (over %.0f: this VM backs "
+                 + "memory anew after the guest frees it); new page cache pages, on the host and in the disk image, "
+                 + "then cost that much more, unevenly: expect noisy ratios", micros, memoryTouchLimitMicros)
+        : nil
 }
 
 /// Above this a host create is taken for ext4 passing over freed inodes
@@ -185,6 +221,7 @@ func shimBench(runs: Int, calls: Int, json: Bool) async throws -> ShimResults {
 
     try makeWorkloadInputs(dir)
     let hostCreate = try hostCreateProbe(host + "/probe", count: 500)
+    let memoryTouch = memoryTouchProbe(mib: 64)
     var callSamples: [String: [String: [Double]]] = [:]
     var work: [String: (native: [Double], fos: [Double])] = [:]
     func add(_ name: String, _ native: Double, _ fos: Double) {
@@ -264,7 +301,8 @@ func shimBench(runs: Int, calls: Int, json: Bool) async throws -> ShimResults {
         }
     }
     let res = ShimResults(runs: runs, calls: rows, workloads: wrows, fuseNote: fuseNote, hostCreateMicros: hostCreate,
-                          hostNote: hostNote, targets: targets)
+                          hostNote: hostNote, memoryTouchMicros: memoryTouch, memoryNote: memoryNote(memoryTouch),
+                          targets: targets)
     if !json { printShimResults(res, calls: calls, core: core) }
     return res
 }
@@ -289,6 +327,8 @@ func printShimResults(_ r: ShimResults, calls: Int, core: Int32?) {
     printTable(w)
     print(String(format: "(a host file created in %.1f µs before the runs)", r.hostCreateMicros))
     if let note = r.hostNote { print("NOTE: \(note)") }
+    print(String(format: "(a new page of memory touched in %.1f µs before the runs)", r.memoryTouchMicros))
+    if let note = r.memoryNote { print("NOTE: \(note)") }
     print("")
     for (name, ok) in r.targets.sorted(by: { $0.key < $1.key }) { print("target: \(name): \(ok ? "met" : "NOT met")") }
 }
