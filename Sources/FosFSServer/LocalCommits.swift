@@ -223,6 +223,7 @@ final class LocalCommitDevice: BlockDevice {
     /// blocks themselves. A chunk is tried once: a failure (the host's disk
     /// full) leaves the write to allocate, or to fail, as before.
     private func allocateAhead(block: UInt64, count: UInt64) {
+        guard count > 0 else { return }
         let chunk = Self.aheadChunk
         let todo = aheadDone.withLock { bits -> [UInt64] in
             var todo: [UInt64] = []
