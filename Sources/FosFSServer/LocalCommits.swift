@@ -220,8 +220,10 @@ final class LocalCommitDevice: BlockDevice {
     /// block 3.0 µs against 2.0), on the reply path of every write. The
     /// file system never punches holes back, so a chunk stays allocated.
     /// The host's disk pays up to a chunk more per region written than the
-    /// blocks themselves. A chunk is tried once: a failure (the host's disk
-    /// full) leaves the write to allocate, or to fail, as before.
+    /// blocks themselves. A chunk is tried once: on a host disk that fills
+    /// up, fallocate keeps what it could allocate (the last free space may
+    /// go to this image a chunk early), and the write then allocates, or
+    /// fails, as before.
     private func allocateAhead(block: UInt64, count: UInt64) {
         guard count > 0 else { return }
         let chunk = Self.aheadChunk
