@@ -193,7 +193,8 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     }
     // A host slow to create files before the runs (deletes of the last
     // minutes, `hostCreateProbe`) makes its create rate no reference.
-    let hostSlow = hostCreate > hostCreateLimitMicros
+    let hostNote = hostSlowNote(hostCreate, unjudged: "its create rate is not representative and that target is not judged")
+    let hostSlow = hostNote != nil
     let rows = fuseTests.indices.map { i in
         let h = median(hostRuns[i]), f = median(fos[i]), s = median(shimRuns[i]), ref = median(refRuns[i])
         let ratio = f / max(h, 1e-9)
@@ -237,14 +238,7 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
                       String(format: "%.2f", r.referenceRatio), String(format: "%.2f", r.mountToReference)])
     }
     printTable(table, leftColumns: 2)
-    print(String(format: "(a host file created in %.1f µs before the runs)", hostCreate))
-    if hostSlow {
-        print(String(format: "NOTE: over %.0f µs: the host is slow to create files (as ext4 without a journal is for "
-                     + "minutes after deletes); its create rate is not representative and that target is not judged: "
-                     + "run again a few minutes after the last deletes", hostCreateLimitMicros))
-    }
-    print(String(format: "(a new page of memory touched in %.1f µs before the runs)", memoryTouch))
-    if let note = memoryNote(memoryTouch) { print("NOTE: \(note)") }
+    printProbes(hostCreate: hostCreate, hostNote: hostNote, memoryTouch: memoryTouch)
     print("")
     print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: libfuse's one-thread loop, fos-fuse's mount")
     print("options), answering every request from its memory: how fast FUSE itself is here, next to the host and the mount.")

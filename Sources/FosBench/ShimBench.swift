@@ -106,6 +106,23 @@ func memoryNote(_ micros: Double) -> String? {
 /// (healthy: 10-20 µs here; minutes after deletes: 50-400 µs).
 let hostCreateLimitMicros = 40.0
 
+/// What a run that found the host slow to create files (`hostCreateProbe`)
+/// says, with what that leaves unjudged; nil when the host was not slow.
+func hostSlowNote(_ micros: Double, unjudged: String) -> String? {
+    guard micros > hostCreateLimitMicros else { return nil }
+    return String(format: "a host file took %.0f µs to create before the runs (over %.0f: the host is slow to create "
+                  + "files, as ext4 without a journal is for minutes after deletes); ", micros, hostCreateLimitMicros)
+        + unjudged + ": run again a few minutes after the last deletes"
+}
+
+/// The probes' lines under a benchmark's tables.
+func printProbes(hostCreate: Double, hostNote: String?, memoryTouch: Double) {
+    print(String(format: "(a host file created in %.1f µs before the runs)", hostCreate))
+    if let note = hostNote { print("NOTE: \(note)") }
+    print(String(format: "(a new page of memory touched in %.1f µs before the runs)", memoryTouch))
+    if let note = memoryNote(memoryTouch) { print("NOTE: \(note)") }
+}
+
 /// A command's wall time; dies if it fails.
 func timed(_ argv: [String]) throws -> (seconds: Double, out: String) {
     let r = try command(argv)
@@ -293,14 +310,9 @@ func shimBench(runs: Int, calls: Int, json: Bool) async throws -> ShimResults {
                                ratio: median(w.fos) / median(w.native))
     }
     var targets: [String: Bool] = [:]
-    var hostNote: String?
-    if hostCreate > hostCreateLimitMicros {
-        hostNote = String(format: "a host file took %.0f µs to create before the runs (over %.0f: the host is slow to "
-                          + "create files, as ext4 without a journal is for minutes after deletes); the native times "
-                          + "are not representative, so the workloads' targets are not judged: run again a few "
-                          + "minutes after the last deletes",
-                          hostCreate, hostCreateLimitMicros)
-    } else {
+    let hostNote = hostSlowNote(hostCreate, unjudged: "the native times are not representative, so the workloads' "
+                                + "targets are not judged")
+    if hostNote == nil {
         for w in wrows.prefix(3) { targets["\(w.workload): within 1.3× of native"] = w.ratio <= 1.3 }
     }
     if let first = rows.first, let f = first.fuseOverShim {
@@ -334,10 +346,7 @@ func printShimResults(_ r: ShimResults, calls: Int, core: Int32?) {
                   String(format: "%.2f×", x.ratio)])
     }
     printTable(w)
-    print(String(format: "(a host file created in %.1f µs before the runs)", r.hostCreateMicros))
-    if let note = r.hostNote { print("NOTE: \(note)") }
-    print(String(format: "(a new page of memory touched in %.1f µs before the runs)", r.memoryTouchMicros))
-    if let note = r.memoryNote { print("NOTE: \(note)") }
+    printProbes(hostCreate: r.hostCreateMicros, hostNote: r.hostNote, memoryTouch: r.memoryTouchMicros)
     print("")
     for (name, ok) in r.targets.sorted(by: { $0.key < $1.key }) { print("target: \(name): \(ok ? "met" : "NOT met")") }
 }
