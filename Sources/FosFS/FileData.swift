@@ -273,11 +273,33 @@ extension FileSystem {
                 run = UInt64(got.count)
             }
             if home, inBlock == 0 {
-                let m = homeRun(phys!, upTo: Int(min(run, UInt64((data.count - done) / 4096))))
+                let left = data.count - done
+                var m = homeRun(phys!, upTo: Int(min(run, UInt64(left / 4096))))
+                // The write's last block, only partly written but new to the
+                // file, goes in the same device write, padded with the zeros
+                // it holds anyway: through a buffer it was a second pwrite at
+                // the commit (an untar's writes took the member 14.8 µs each,
+                // now 13.5).
+                let tail = left % 4096
+                let last = l + UInt64(m)
+                let padded = tail != 0 && m == left / 4096 && UInt64(m) < run && last >= freshFrom && last < freshUntil
+                    && homeRun(phys! + UInt64(m), upTo: 1) == 1
+                if padded { m += 1 }
                 if m > 0 {
-                    let len = m * 4096
-                    try await device.writeOutliving(block: phys!,
-                                                    data: done == 0 && len == data.count ? data : Array(data[done..<done + len]))
+                    let len = padded ? left : m * 4096
+                    let bytes: [UInt8]
+                    if padded {
+                        bytes = [UInt8](unsafeUninitializedCapacity: m * 4096) { b, n in
+                            data.withUnsafeBytes { s in
+                                UnsafeMutableRawPointer(b.baseAddress!).copyMemory(from: s.baseAddress! + done, byteCount: len)
+                            }
+                            (b.baseAddress! + len).initialize(repeating: 0, count: m * 4096 - len)
+                            n = m * 4096
+                        }
+                    } else {
+                        bytes = done == 0 && len == data.count ? data : Array(data[done..<done + len])
+                    }
+                    try await device.writeOutliving(block: phys!, data: bytes)
                     forgetOverwritten(phys!, m)
                     if l < freshUntil && l + UInt64(m) > freshFrom { txnHasFreshData = true }
                     done += len

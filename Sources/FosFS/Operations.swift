@@ -457,10 +457,13 @@ extension FileSystem {
     /// pwrite(2): returns the bytes written. `dropSetID`: the writer is not
     /// root (see `dropSetID(_:)`). `journalData`: the writer may fsync soon,
     /// so new blocks of a small write are best journaled (`dataChanged`).
+    /// `cred`: who must be allowed to write the file (checked under the
+    /// same lock; nil: the caller checked).
     public func write(ino: UInt64, offset: UInt64, data: [UInt8], dropSetID: Bool = false,
-                      journalData: Bool = true) async throws -> Int {
+                      journalData: Bool = true, cred: Credentials? = nil) async throws -> Int {
         try await op {
             let i = try await inode(ino)
+            if let cred, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
             if dropSetID, !data.isEmpty { self.dropSetID(i) }
@@ -471,9 +474,10 @@ extension FileSystem {
     /// An O_APPEND write: atomically at the current end of the file. Returns
     /// where the data went and how much was written.
     public func append(ino: UInt64, data: [UInt8], dropSetID: Bool = false,
-                       journalData: Bool = true) async throws -> (offset: UInt64, count: Int) {
+                       journalData: Bool = true, cred: Credentials? = nil) async throws -> (offset: UInt64, count: Int) {
         try await op {
             let i = try await inode(ino)
+            if let cred, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
             if i.isDir { throw FSError.EISDIR }
             if !i.isReg { throw FSError.EINVAL }
             if dropSetID, !data.isEmpty { self.dropSetID(i) }

@@ -370,17 +370,17 @@ final class FSService: Sendable {
             }
             let data = try w.bytes(Int(h.count))
             try w.end()
-            try check(try await fs.getattr(ino: h.ino), 2, cred)
             let journal = syncers.withLock { $0.contains(cred.pid) }
             var r = fos_fs_write_reply()
             if h.flags & FOS_FS_IO_APPEND != 0 {
-                let (at, n) = try await fs.append(ino: h.ino, data: data, dropSetID: !cred.isRoot, journalData: journal)
+                let (at, n) = try await fs.append(ino: h.ino, data: data, dropSetID: !cred.isRoot, journalData: journal,
+                                                  cred: cred)
                 r.offset = at
                 r.count = UInt32(n)
             } else {
                 r.offset = h.offset
                 r.count = UInt32(try await fs.write(ino: h.ino, offset: h.offset, data: data, dropSetID: !cred.isRoot,
-                                                    journalData: journal))
+                                                    journalData: journal, cred: cred))
             }
             var out = [UInt8]()
             appendStruct(r, to: &out)

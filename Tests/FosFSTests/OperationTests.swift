@@ -103,6 +103,15 @@ import Testing
         let carol = Credentials(uid: 1002, gid: 1002, groups: [50])
         _ = try await fs.open(path: "/pub/a", flags: [], cred: carol)
         await expectErrno(.permissionDenied, "group has no w") { _ = try await fs.open(path: "/pub/a", flags: [.writeOnly], cred: carol) }
+        // a write names who writes: checked against the file's mode under the write's own lock
+        await expectErrno(.permissionDenied, "carol writes without w") {
+            _ = try await fs.write(ino: af.ino, offset: 0, data: [1], cred: carol)
+        }
+        await expectErrno(.permissionDenied, "carol appends without w") {
+            _ = try await fs.append(ino: af.ino, data: [1], cred: carol)
+        }
+        #expect(try await fs.write(ino: af.ino, offset: 0, data: [1, 2], cred: alice) == 2)
+        #expect(try await fs.append(ino: af.ino, data: [3], cred: root).offset == 2)
         // chown by root clears setuid
         _ = try await fs.setattr(ino: af.ino, AttributeChanges(mode: 0o4755), cred: alice)
         #expect(try await fs.setattr(ino: af.ino, AttributeChanges(uid: 1001), cred: root).mode & 0o7777 == 0o755)
