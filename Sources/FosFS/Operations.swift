@@ -433,6 +433,14 @@ extension FileSystem {
         }
     }
 
+    /// A write's checks, and the set-id bits it drops.
+    private func mayWrite(_ i: Inode, _ data: [UInt8], _ cred: Credentials?) throws {
+        if let cred, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
+        if i.isDir { throw FSError.EISDIR }
+        if !i.isReg { throw FSError.EINVAL }
+        if let cred, !cred.isRoot, !data.isEmpty { dropSetID(i) }
+    }
+
     /// pread(2). A large file's blocks that are not cached are read from the
     /// device after the operation lock is let go (see `StreamingRead`), so
     /// that reads of several clients overlap at the disk.
@@ -454,33 +462,27 @@ extension FileSystem {
         return try await finish(plan)
     }
 
-    /// pwrite(2): returns the bytes written. `dropSetID`: the writer is not
-    /// root (see `dropSetID(_:)`). `journalData`: the writer may fsync soon,
-    /// so new blocks of a small write are best journaled (`dataChanged`).
-    /// `cred`: who must be allowed to write the file (checked under the
-    /// same lock; nil: the caller checked).
-    public func write(ino: UInt64, offset: UInt64, data: [UInt8], dropSetID: Bool = false,
-                      journalData: Bool = true, cred: Credentials? = nil) async throws -> Int {
+    /// pwrite(2): returns the bytes written. `journalData`: the writer may
+    /// fsync soon, so new blocks of a small write are best journaled
+    /// (`dataChanged`). `cred`: who writes, checked under the same lock;
+    /// one who is not root drops the set-id bits (`dropSetID(_:)`). nil:
+    /// the caller checked, as root.
+    public func write(ino: UInt64, offset: UInt64, data: [UInt8], journalData: Bool = true,
+                      cred: Credentials? = nil) async throws -> Int {
         try await op {
             let i = try await inode(ino)
-            if let cred, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
-            if i.isDir { throw FSError.EISDIR }
-            if !i.isReg { throw FSError.EINVAL }
-            if dropSetID, !data.isEmpty { self.dropSetID(i) }
+            try mayWrite(i, data, cred)
             return try await writeData(i, offset: offset, data: data, journal: journalData)
         }
     }
 
     /// An O_APPEND write: atomically at the current end of the file. Returns
     /// where the data went and how much was written.
-    public func append(ino: UInt64, data: [UInt8], dropSetID: Bool = false,
-                       journalData: Bool = true, cred: Credentials? = nil) async throws -> (offset: UInt64, count: Int) {
+    public func append(ino: UInt64, data: [UInt8], journalData: Bool = true,
+                       cred: Credentials? = nil) async throws -> (offset: UInt64, count: Int) {
         try await op {
             let i = try await inode(ino)
-            if let cred, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
-            if i.isDir { throw FSError.EISDIR }
-            if !i.isReg { throw FSError.EINVAL }
-            if dropSetID, !data.isEmpty { self.dropSetID(i) }
+            try mayWrite(i, data, cred)
             let at = i.size
             return (at, try await writeData(i, offset: at, data: data, journal: journalData))
         }

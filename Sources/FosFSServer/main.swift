@@ -373,14 +373,13 @@ final class FSService: Sendable {
             let journal = syncers.withLock { $0.contains(cred.pid) }
             var r = fos_fs_write_reply()
             if h.flags & FOS_FS_IO_APPEND != 0 {
-                let (at, n) = try await fs.append(ino: h.ino, data: data, dropSetID: !cred.isRoot, journalData: journal,
-                                                  cred: cred)
+                let (at, n) = try await fs.append(ino: h.ino, data: data, journalData: journal, cred: cred)
                 r.offset = at
                 r.count = UInt32(n)
             } else {
                 r.offset = h.offset
-                r.count = UInt32(try await fs.write(ino: h.ino, offset: h.offset, data: data, dropSetID: !cred.isRoot,
-                                                    journalData: journal, cred: cred))
+                r.count = UInt32(try await fs.write(ino: h.ino, offset: h.offset, data: data, journalData: journal,
+                                                    cred: cred))
             }
             var out = [UInt8]()
             appendStruct(r, to: &out)

@@ -112,6 +112,12 @@ import Testing
         }
         #expect(try await fs.write(ino: af.ino, offset: 0, data: [1, 2], cred: alice) == 2)
         #expect(try await fs.append(ino: af.ino, data: [3], cred: root).offset == 2)
+        // a write by someone other than root drops setuid, and setgid where the group may execute
+        _ = try await fs.setattr(ino: af.ino, AttributeChanges(mode: 0o6750), cred: alice50)
+        _ = try await fs.write(ino: af.ino, offset: 0, data: [4], cred: root)
+        #expect(try await fs.getattr(ino: af.ino).mode & 0o7777 == 0o6750)
+        _ = try await fs.write(ino: af.ino, offset: 0, data: [5], cred: alice)
+        #expect(try await fs.getattr(ino: af.ino).mode & 0o7777 == 0o750)
         // chown by root clears setuid
         _ = try await fs.setattr(ino: af.ino, AttributeChanges(mode: 0o4755), cred: alice)
         #expect(try await fs.setattr(ino: af.ino, AttributeChanges(uid: 1001), cred: root).mode & 0o7777 == 0o755)
