@@ -76,7 +76,7 @@ let package = Package(
         // executor (nonisolated(nonsending)): on the fs member's event loop
         // every call into a nonisolated async function would otherwise be a
         // hop through the loop's job queue (~0.7 µs each, several per operation).
-        .target(name: "FosFS", dependencies: ["CFosCRC", .product(name: "SystemPackage", package: "swift-system")],
+        .target(name: "FosFS", dependencies: ["CFosCRC", "CFosSys", .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
         .testTarget(name: "FosFSTests", dependencies: ["FosFS"]),
         // The fs fleet (/sys/fs): FosFS behind messages, its client, and its server.

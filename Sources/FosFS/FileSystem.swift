@@ -255,7 +255,7 @@ public final class FileSystem: @unchecked Sendable {
     var agBlockHint: [UInt64]
     var agInodeHint: [UInt64]
     var nextDirAG = 0
-    var rng = SystemRandomNumberGenerator()
+    var rng = BufferedRandom()
     /// Set after an I/O error or inconsistency inside an operation, and on
     /// unmount: the in-memory state can no longer be trusted or used.
     var dead: FSError?

@@ -1,4 +1,4 @@
-import FosFS
+@testable import FosFS
 import SystemPackage
 import Testing
 
@@ -266,5 +266,21 @@ import Testing
         #expect(try await fs2.read(ino: f.ino, offset: 0, count: 2) == bytes("ZZ"))
         #expect(try await fs2.getattr(ino: f.ino).size == 40960)
         try await fsckClean(dev)
+    }
+
+    /// Every new inode gets a random generation (BufferedRandom): never 0,
+    /// and a thousand files, past many refills of the pool, all differ.
+    @Test func generationsDiffer() async throws {
+        let (_, fs) = try await makeFS()
+        var seen = Set<UInt32>()
+        for k in 0..<1000 {
+            let a = try await fs.create(parent: rootIno, name: "g\(k)", mode: 0o644, cred: root)
+            #expect(a.generation != 0)
+            seen.insert(a.generation)
+        }
+        #expect(seen.count >= 999, "only \(seen.count) distinct generations of 1000")
+        var r = BufferedRandom()
+        let draws = (0..<100).map { _ in r.next() }
+        #expect(Set(draws).count == 100)
     }
 }
