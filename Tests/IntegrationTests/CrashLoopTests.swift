@@ -30,18 +30,18 @@ struct CrashLoopTests {
             let durable = Durable()
             var crashesMidWork = 0
             for it in 0..<iterations {
-                let fs = try await FSClient.connect(try node.runtime())
+                let fs = try await step("connect", it, node) { try await FSClient.connect(try node.runtime()) }
                 // Everything made durable before earlier crashes is there, byte for byte.
                 for (path, data) in durable.files.withLock({ $0 }) {
-                    let got = try await fs.readFile(path: path)
+                    let got = try await step("read \(path)", it, node) { try await fs.readFile(path: path) }
                     #expect(got == data, "iteration \(it): \(path) lost or changed (\(got.count) of \(data.count) bytes)")
                 }
                 // Two top-level directories on different members (the fleet
                 // places them by name): files move between them in
                 // cross-member renames.
-                let dir = try await fs.mkdir(path: "/it\(it)")
+                let dir = try await step("mkdir", it, node) { try await fs.mkdir(path: "/it\(it)") }
                 let otherName = topLevelNames(on: 1 - FileSystem.home(of: dir.ino, members: 2), of: 2, 1, prefix: "o\(it)-")[0]
-                let other = try await fs.mkdir(path: "/" + otherName)
+                let other = try await step("mkdir", it, node) { try await fs.mkdir(path: "/" + otherName) }
                 let work = Task {
                     var k = 0
                     while !Task.isCancelled {
@@ -81,8 +81,10 @@ struct CrashLoopTests {
                     }
                     #expect(check.status == 0 && check.stdout == "clean\n", "iteration \(it): fsck: \(check.stdout) \(check.stderr)")
                 }
-                try node.launch()
-                try await node.waitReady()
+                try await step("restart", it, node) {
+                    try node.launch()
+                    try await node.waitReady()
+                }
             }
             // The crashes hit the workload, not an idle node.
             #expect(crashesMidWork >= iterations / 2, "only \(crashesMidWork) of \(iterations) crashes interrupted the workload")
@@ -91,6 +93,17 @@ struct CrashLoopTests {
                 #expect(try await fs.readFile(path: path) == data, "at the end: \(path)")
             }
             #expect(durable.files.withLock { $0.count } >= iterations, "the workload made too little durable to test")
+        }
+    }
+
+    /// A step of iteration `it`; its error comes back saying which step
+    /// failed, with the end of fosd's log (a rare failure is then readable
+    /// from CI's output alone).
+    func step<T>(_ what: String, _ it: Int, _ node: TestNode, _ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch {
+            throw TestFailure("iteration \(it), \(what): \(error); fosd's log ends:\n\(node.log.suffix(4000))")
         }
     }
 }
