@@ -80,6 +80,10 @@ final class Node {
     var deposits: [[UInt8]: Deposit] = [:]
     var stopping = false
     var listenPausedUntil: UInt64 = 0
+    /// Every control datagram is received into this (`controlReceive`),
+    /// not into a new zeroed 64 KiB buffer each (a malloc and a 64 KiB
+    /// memset for a request of a few dozen bytes).
+    var rxBuffer: [UInt8] = []
     let started = Date()
     let myUID = getuid()
 
@@ -340,7 +344,7 @@ final class Node {
         for _ in 0..<64 {
             let got: ControlMessage??
             do {
-                got = try controlReceive(fd, dontWait: true)
+                got = try controlReceive(fd, dontWait: true, buffer: &rxBuffer)
             } catch {
                 if (error as? Errno) == .resourceTemporarilyUnavailable { return }
                 closeConn(fd)
