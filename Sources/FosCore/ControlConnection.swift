@@ -53,12 +53,7 @@ public func controlSend(_ fd: CInt, _ bytes: [UInt8], fds: [CInt] = []) throws {
 }
 
 /// Receives one datagram. nil at end of stream; `.some(nil)` for a malformed one.
-public func controlReceive(_ fd: CInt, dontWait: Bool) throws -> ControlMessage?? {
-    var buf = [UInt8](repeating: 0, count: Int(FOS_CTL_MAX_DATAGRAM))
-    return try controlReceive(fd, dontWait: dontWait, buffer: &buf)
-}
-
-/// The same into a buffer of the caller's, which is kept: the event loop
+/// Into a buffer the caller keeps (sized here on first use): the event loop
 /// looks at its control socket every few hundred passes, and a fresh 64 KiB
 /// buffer each time (allocated, zeroed) was 5% of a busy fs member's time.
 public func controlReceive(_ fd: CInt, dontWait: Bool, buffer buf: inout [UInt8]) throws -> ControlMessage?? {

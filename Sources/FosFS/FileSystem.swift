@@ -486,13 +486,13 @@ public final class FileSystem: @unchecked Sendable {
         // checkpoint writes them home and makes them ordinary buffers.
         let n = max(1, cache.count / 4)
         var uses: [UInt64] = []
+        var awaiting: [UInt64] = []
         uses.reserveCapacity(cache.count)
-        for b in cache.values where !b.inTxn && !b.needsCheckpoint { uses.append(b.lastUse) }
-        let flushing = uses.count < n
-        if flushing {
-            uses.removeAll(keepingCapacity: true)
-            for b in cache.values where !b.inTxn { uses.append(b.lastUse) }
+        for b in cache.values where !b.inTxn {
+            if b.needsCheckpoint { awaiting.append(b.lastUse) } else { uses.append(b.lastUse) }
         }
+        let flushing = uses.count < n
+        if flushing { uses += awaiting }
         guard !uses.isEmpty else { return }
         let cut = uses.selectSmallest(min(n, uses.count) - 1)
         let victims = cache.values.filter { !$0.inTxn && (flushing || !$0.needsCheckpoint) && $0.lastUse <= cut }
