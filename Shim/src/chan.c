@@ -6,8 +6,10 @@
  * re-check: the Dekker protocol of fos_ring.h) and waits on its eventfd,
  * and on fosd's socket, which says when the server side is gone.
  *
- * The shim has one call in flight per channel: any record that is not the
- * reply to it breaks the protocol (EIO, and the caller drops the channel).
+ * The shim has one call in flight per channel, but for writes sent ahead
+ * (ahead.c), whose replies it takes in order before its next call: any
+ * record that is not the reply waited for breaks the protocol (EIO, and
+ * the caller drops the channel).
  */
 #include "shim.h"
 
@@ -207,24 +209,44 @@ static int fos_shim_leave_core(int core, uint64_t now) {
     return moved;
 }
 
+int fos_shim_chan_on_peer_core(fos_shim_chan *c) {
+    if (c->peer_core >= 0 && sched_getcpu() == c->peer_core) return 1;
+    fos_shim_same_core_calls = 0;
+    return 0;
+}
+
+int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flags, uint8_t *msg, uint32_t mlen,
+                       const void *bulk, uint32_t blen) {
+    if (c->closed) return EPIPE;
+    /* Each request counts once toward leaving the server's core (not each
+     * wait: taking the answers of writes sent ahead is not a call). */
+    if (c->peer_core >= 0 && sched_getcpu() == c->peer_core) {
+        (void)fos_shim_leave_core(c->peer_core, fos_shim_now_ns());
+    } else {
+        fos_shim_same_core_calls = 0;
+    }
+    fos_msg_hdr rq = {.version = FOS_WIRE_VERSION, .opcode = op, .flags = flags, .request_id = id,
+                      .payload_len = mlen - (uint32_t)sizeof rq + blen};
+    memcpy(msg, &rq, sizeof rq);
+    return fos_shim_chan_send(c, msg, mlen, bulk, blen, fos_shim_now_ns() + FOS_SHIM_CALL_TIMEOUT_NS);
+}
+
 int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg, uint32_t mlen,
                        const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
                        int32_t *status) {
-    if (c->closed) return EPIPE;
-    fos_msg_hdr rq = {.version = FOS_WIRE_VERSION, .opcode = op, .request_id = id,
-                      .payload_len = mlen - (uint32_t)sizeof rq + blen};
-    memcpy(msg, &rq, sizeof rq);
+    int err = fos_shim_chan_post(c, op, id, 0, msg, mlen, bulk, blen);
+    return err ? err : fos_shim_chan_wait(c, op, id, out, outcap, outlen, status);
+}
+
+int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, uint32_t outcap, uint32_t *outlen,
+                       int32_t *status) {
     uint64_t start = fos_shim_now_ns();
     uint64_t deadline = start + FOS_SHIM_CALL_TIMEOUT_NS;
-    int err = fos_shim_chan_send(c, msg, mlen, bulk, blen, deadline);
-    if (err) return err;
     /* On the server's own core, spinning would keep it from answering:
      * yield the core to it instead, saying so, and it yields back once it
      * has answered (Channel.trySend) — cheaper than sleeping and being
      * woken. Elsewhere spin, then sleep. */
     int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
-    if (same_core && fos_shim_leave_core(c->peer_core, start)) same_core = sched_getcpu() == c->peer_core;
-    if (!same_core) fos_shim_same_core_calls = 0;
     uint64_t spin_until = start + fos_shim_cfg.spin_ns;
     /* A slow answer (a flush): past the spin, give the core to whoever
      * else wants it for a while, then sleep until woken. Sleeping at once
@@ -269,6 +291,7 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
     if (same_core) fos_ring_set_yielding(&c->rx, 0);
     if (fos_ring_release(&c->rx)) fos_shim_efd_signal(c->wake_fd);
     if (!ok) return EIO;
+    c->reply_flags = h.flags;
     *outlen = h.payload_len;
     *status = h.status;
     return 0;

@@ -59,6 +59,7 @@ struct fos_shim_conn {
     fos_shim_chan fs;
     fos_shim_chan name;  /* open only while looking a name up */
     fos_shim_chan spawn; /* open from the first spawn request on */
+    fos_shim_ahead_q ahead; /* fs WRITEs sent ahead (ahead.c) */
     /* Requests are assembled here under the lock: [hdr][fixed][tail]. */
     _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + 64 + FOS_SHIM_PATH_BUF + 2 * FOS_FS_NAME_MAX];
 };
@@ -120,6 +121,8 @@ static void fos_shim_chan_release(fos_shim_conn *c, fos_shim_chan *ch) {
 }
 
 static void fos_shim_drop(fos_shim_conn *c) {
+    /* Writes sent ahead on it and not answered go again on the next one. */
+    if (c->ahead.done < c->ahead.n) c->ahead.orphaned = 1;
     fos_shim_chan_release(c, &c->fs);
     fos_shim_chan_release(c, &c->name);
     fos_shim_chan_release(c, &c->spawn);
@@ -376,13 +379,54 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     if (tlen) memcpy(c->msg + sizeof(fos_msg_hdr) + flen, tail, tlen);
     fos_mailbox_addr dead[2];
     int ndead = 0;
+    fos_shim_ahead_q *q = &c->ahead;
+    const fos_fs_io *io = !spawn && op == FOS_OP_FS_WRITE && flen == sizeof *io ? fixed : NULL;
+    if (io && (err = fos_shim_ahead_take_late(q, io->ino)) != 0) {
+        fos_shim_leave(c, cancel);
+        return err;
+    }
     for (int attempt = 0;; attempt++) {
         unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
-        if (c->up && (__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) || c->cred_gen != gen)) fos_shim_drop(c);
+        if (c->up && (__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) || c->cred_gen != gen)) {
+            /* The answers first, if they can be had: a program that closed
+             * our descriptors leaves only those already there. */
+            (void)fos_shim_ahead_collect(q, &c->fs, !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE));
+            fos_shim_drop(c);
+        }
         if (!c->up) {
             err = fos_shim_connect(c, dead, ndead);
             if (err) break;
             c->cred_gen = gen;
+        }
+        /* Writes sent ahead to a member that died go to this one first. */
+        if (q->orphaned && (err = fos_shim_ahead_replay(q, &c->fs, &c->msg_id)) != 0) {
+            dead[ndead++] = c->fs_addr;
+            fos_shim_drop(c);
+            if (err != EPIPE || attempt == 1) {
+                fos_shim_ahead_lost(q);
+                err = EIO;
+                break;
+            }
+            continue;
+        }
+        if (io && fos_shim_ahead_post(q, &c->fs, c->msg_id + 1, io, bulk) == 0) {
+            c->msg_id++;
+            fos_fs_write_reply w = {.offset = io->offset, .count = io->count};
+            memcpy(out, &w, sizeof w);
+            *outlen = sizeof w;
+            err = 0;
+            break;
+        }
+        /* Every ordinary request after the answers of those sent ahead. */
+        if (q->n > 0 && (err = fos_shim_ahead_collect(q, &c->fs, 1)) != 0) {
+            dead[ndead++] = c->fs_addr;
+            fos_shim_drop(c);
+            if (attempt == 1) {
+                fos_shim_ahead_lost(q);
+                err = EIO;
+                break;
+            }
+            continue;
         }
         if (spawn) {
             fos_name_entry e;
@@ -401,7 +445,13 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         int32_t st = 0;
         err = fos_shim_chan_call(&c->fs, op, ++c->msg_id, c->msg, mlen, bulk, blen, out, outcap, outlen, &st);
         if (err == 0) {
+            q->ok = (c->fs.reply_flags & FOS_MSG_AHEAD_OK) != 0;
             err = st;
+            if (err == 0 && op == FOS_OP_FS_FSYNC && flen >= sizeof(uint64_t)) {
+                uint64_t ino;
+                memcpy(&ino, fixed, sizeof ino);
+                err = fos_shim_ahead_take_late(q, ino);
+            }
             break;
         }
         /* The member died (fosd restarts it) or broke the protocol: never
@@ -421,6 +471,41 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                      const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
     return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen);
+}
+
+int fos_shim_fs_unsettled(void) {
+    fos_shim_ahead_q *q = &C.ahead;
+    if (__atomic_load_n(&q->n, __ATOMIC_RELAXED) != 0) return 1;
+    for (unsigned i = 0; i < sizeof q->late / sizeof q->late[0]; i++) {
+        if (__atomic_load_n(&q->late[i].ino, __ATOMIC_RELAXED) != 0) return 1;
+    }
+    return 0;
+}
+
+int fos_shim_fs_settle(uint64_t ino) {
+    if (fos_shim_in_vfork_child()) return 0; /* it never sends ahead */
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return 0;
+    fos_shim_ahead_q *q = &c->ahead;
+    if (q->n > 0) {
+        if (!c->up || fos_shim_ahead_collect(q, &c->fs, 1) != 0) {
+            /* The member died: to a new one, now. */
+            fos_mailbox_addr dead = c->fs_addr;
+            if (c->up) fos_shim_drop(c);
+            unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
+            err = fos_shim_connect(c, &dead, 1);
+            if (err == 0) {
+                c->cred_gen = gen;
+                err = fos_shim_ahead_replay(q, &c->fs, &c->msg_id);
+                if (err) fos_shim_drop(c);
+            }
+            if (err) fos_shim_ahead_lost(q);
+        }
+    }
+    err = ino ? fos_shim_ahead_take_late(q, ino) : 0;
+    fos_shim_leave(c, cancel);
+    return err;
 }
 
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen) {
@@ -457,6 +542,7 @@ void fos_shim_conn_atfork_child(void) {
     fos_shim_proc_pid = (pid_t)syscall(SYS_getpid);
     pthread_mutex_init(&C.mu, NULL);
     if (C.up || C.ctl >= 0) fos_shim_drop(&C);
+    fos_shim_ahead_forget(&C.ahead); /* the parent's, which it takes itself */
     fos_shim_in_call = 0;
     fos_shim_vconn = NULL;
 }

@@ -33,6 +33,12 @@ static void fos_shim_atfork_child(void) {
     fos_shim_fa_atfork_child();
 }
 
+/* At exit (not _exit): this process's writes sent ahead are answered,
+ * or sent again to a new member if theirs died. */
+__attribute__((destructor)) static void fos_shim_fini(void) {
+    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0);
+}
+
 /* "/fos" unless FOS_PREFIX names another absolute directory ("/" would
  * capture the whole host and is refused, as are "." and ".." parts). */
 static void fos_shim_init_prefix(void) {

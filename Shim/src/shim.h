@@ -194,6 +194,7 @@ typedef struct fos_shim_chan {
     int closed;            /* fosd said the other side closed */
     int peer_core;         /* the core the server is pinned to, -1 if unknown */
     fos_shim_conn *conn;   /* whose control socket says when the peer is gone */
+    uint32_t reply_flags;  /* fos_msg_hdr flags of the last reply taken */
     fos_ring tx, rx;
 } fos_shim_chan;
 
@@ -209,6 +210,59 @@ void fos_shim_chan_unmap(fos_shim_chan *c);
 int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg, uint32_t mlen,
                        const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
                        int32_t *status);
+/* The two halves of a call: the request (with header flags), and waiting
+ * for the reply to (op, id). */
+int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flags, uint8_t *msg, uint32_t mlen,
+                       const void *bulk, uint32_t blen);
+/* Whether this thread runs on c's server's core; a call from elsewhere
+ * starts the count of calls in a row there (fos_shim_leave_core) again. */
+int fos_shim_chan_on_peer_core(fos_shim_chan *c);
+int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, uint32_t outcap, uint32_t *outlen,
+                       int32_t *status);
+
+/* ------------------------------------------------------------------ */
+/* ahead.c: WRITEs that do not wait for their answer (FOS_MSG_AHEAD)    */
+/* ------------------------------------------------------------------ */
+
+typedef struct fos_shim_ahead_w {
+    uint64_t id, ino, off;
+    uint32_t len, at; /* at: where its data is kept */
+} fos_shim_ahead_w;
+
+typedef struct fos_shim_ahead_q {
+    fos_shim_ahead_w w[FOS_FS_AHEAD_MAX];
+    unsigned n;       /* sent, oldest first */
+    unsigned done;    /* of which answered (in order) */
+    uint32_t used;    /* bytes of kept */
+    uint8_t *kept;    /* their data (FOS_FS_AHEAD_BYTES), mapped at the first */
+    int ok;           /* the member's last reply said AHEAD_OK */
+    int orphaned;     /* the channel they went on is gone: replay them */
+    struct {
+        uint64_t ino; /* 0: free */
+        int err;
+    } late[8];        /* errors of answered ones, for the file's next write, fsync or close */
+} fos_shim_ahead_q;
+
+/* Sends a WRITE (io, data) ahead on fs as request id if it may go so: 0,
+ * or -1 (send it as an ordinary request; nothing was sent). msg has room
+ * for the header and io. */
+int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, const fos_fs_io *io, const void *data);
+/* Takes the answers of WRITEs sent ahead: all of them (wait), or those
+ * already there. 0, or the channel's errno (EPIPE: the member is gone);
+ * those without an answer stay for fos_shim_ahead_replay. */
+int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait);
+/* Sends the unanswered ones again, in order, as ordinary WRITEs on a new
+ * channel (a member that died before answering may or may not have
+ * served them: a WRITE at an offset may be served twice). 0 or errno. */
+int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_id);
+/* The unanswered ones could not be sent again (no node, no fs member):
+ * each one's file is told EIO. */
+void fos_shim_ahead_lost(fos_shim_ahead_q *q);
+/* Forgets everything (the child of fork: they are the parent's). */
+void fos_shim_ahead_forget(fos_shim_ahead_q *q);
+/* An error to report at the next write, fsync or close of ino; taking it. */
+void fos_shim_ahead_late(fos_shim_ahead_q *q, uint64_t ino, int err);
+int fos_shim_ahead_take_late(fos_shim_ahead_q *q, uint64_t ino);
 
 /* Control socket (ctl.c). Notifications read on the way go to conn. */
 int fos_shim_ctl_open(const char *runtime);
@@ -235,6 +289,11 @@ int fos_shim_conn_ctl_fd(const fos_shim_chan *c);
  */
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                      const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen);
+/* Waits for the answers of this process's writes sent ahead; the error
+ * one of them met for ino (0: none, or ino 0: any file), else 0. */
+int fos_shim_fs_settle(uint64_t ino);
+/* Whether this process may have writes sent ahead or errors to report. */
+int fos_shim_fs_unsettled(void);
 /* One request to the spawn service (/sys/spawn), never retried (a SPAWN
  * may have started its program). Errors as fos_shim_fs_call. */
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen);

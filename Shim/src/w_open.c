@@ -123,13 +123,22 @@ FOS_SHIM_EXPORT int __openat64_2(int dirfd, const char *path, int flags) {
 }
 
 FOS_SHIM_EXPORT int close(int fd) {
+    int late = 0;
     if (FOS_SHIM_UNLIKELY(fos_shim_fd_marked(fd))) {
         int saved = errno;
         fos_shim_ofd *o = fos_shim_fd(fd);
+        /* Writes sent ahead (ahead.c) are answered first: an error one
+         * met is this close's, as NFS reports a failed write-behind. */
+        if (o && fos_shim_fs_unsettled()) late = fos_shim_fs_settle(o->ino);
         if (o) fos_shim_lock_release(o);
         fos_shim_fd_forget(fd);
         errno = saved;
     }
     fos_shim_conn_owns(fd);
-    return FOS_REAL(close)(fd);
+    int r = FOS_REAL(close)(fd);
+    if (r == 0 && late != 0) {
+        errno = late;
+        return -1;
+    }
+    return r;
 }

@@ -11,7 +11,7 @@ int fos_msg_validate(const void *buf, size_t len) {
     if (h.opcode == 0) return EPROTO;
     if (h.payload_len > FOS_MAX_PAYLOAD) return EMSGSIZE;
     if ((size_t)h.payload_len + sizeof h != len) return EBADMSG;
-    if (h.flags & ~(uint32_t)(FOS_MSG_REPLY | FOS_MSG_ONEWAY)) return EPROTO;
+    if (h.flags & ~(uint32_t)(FOS_MSG_REPLY | FOS_MSG_ONEWAY | FOS_MSG_AHEAD | FOS_MSG_AHEAD_OK)) return EPROTO;
     return 0;
 }
 

@@ -202,6 +202,14 @@ public final class Channel: @unchecked Sendable {
         return Int(n)
     }
 
+    /// The header of the next record, without taking it; false if there is
+    /// none (or it is shorter than a header, or the ring is corrupt: the
+    /// next receive says so).
+    func peekHeader(_ h: inout fos_msg_hdr) -> Bool {
+        let size = MemoryLayout<fos_msg_hdr>.size
+        return withUnsafeMutableBytes(of: &h) { fos_ring_peek(&rx, $0.baseAddress, UInt32(size)) } == Int64(size)
+    }
+
     /// Publishes consumed space; wakes a producer waiting for it.
     @inline(__always)
     public func release() {

@@ -49,12 +49,25 @@ public protocol MailboxService: AnyObject, Sendable {
     func disconnected(_ channel: Channel)
     /// The channel's client attached a bulk region (before using it in a message).
     func attached(_ region: Region, to channel: Channel)
+    /// Whether this service serves requests in order with those sent ahead
+    /// (FOS_MSG_AHEAD, see AheadOrder.swift): if so, every request it gets
+    /// waits for the ones taken ahead before it.
+    var ordersAhead: Bool { get }
+    /// Whether this AHEAD-flagged request is taken as one (called on the
+    /// loop thread as it is taken from the ring); if not, it is served as
+    /// an ordinary request.
+    func takesAhead(_ request: Request) -> Bool
+    /// Whether replies on `channel` say FOS_MSG_AHEAD_OK.
+    func welcomesAhead(on channel: Channel) -> Bool
 }
 
 extension MailboxService {
     public func connected(_ channel: Channel, statsFD: CInt) { closeFD(statsFD) }
     public func disconnected(_ channel: Channel) {}
     public func attached(_ region: Region, to channel: Channel) {}
+    public var ordersAhead: Bool { false }
+    public func takesAhead(_ request: Request) -> Bool { false }
+    public func welcomesAhead(on channel: Channel) -> Bool { false }
 }
 
 /// A service that takes validated messages straight from the ring, on the
@@ -140,6 +153,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         /// A poller's descriptor for epoll, and whether the loop reads it
         /// empty on waking (an eventfd) or leaves that to the poller.
         var pollerFDs: [(fd: CInt, drain: Bool)] = []
+        /// Requests taken AHEAD so far, and how many of them were answered
+        /// (in the order taken); tasks waiting for a number of answers.
+        var aheadTaken: UInt64 = 0
+        var aheadAnswered: UInt64 = 0
+        var aheadWaiters: [(turn: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+        var takingAhead = false
         var queueLength: UInt64 = 0
         var handled: UInt64 = 0
         var received: UInt64 = 0
@@ -152,7 +171,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     /// and a release per channel per pass, most of an idle member's time.
     private var ringControls: [UnsafeMutablePointer<fos_ring_ctl>] = []
     private var controlReady = true
-    private let rxBuffer = UnsafeMutableRawBufferPointer.allocate(
+    let rxBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: Int(FOS_MAX_PAYLOAD) + MemoryLayout<fos_msg_hdr>.size, alignment: 16)
 
     init(control: ControlConnection, spinNanos: UInt64) throws {
@@ -415,7 +434,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         return did
     }
 
-    private func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer) {
+    func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer) {
         let valid = fos_msg_validate(bytes.baseAddress, bytes.count)
         let hdr = loadStruct(fos_msg_hdr.self, from: bytes)
         if valid != 0 {
@@ -468,9 +487,19 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         let req = Request(opcode: h.opcode, requestID: h.request_id, payload: payload,
                           sender: e.channel.peer, channelID: e.channel.id, mailbox: e.channel.mailbox)
         let oneway = h.flags & UInt32(FOS_MSG_ONEWAY) != 0
+        // Requests sent ahead come first (AheadOrder.swift): an ordinary
+        // one waits for every one taken so far, after taking those that
+        // wait at the head of the other rings; each ahead one waits for
+        // those taken before it.
+        let ordered = service.ordersAhead
+        let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
+        if ordered && !ahead { takeAhead(except: e) }
+        let turn = st.aheadTaken
+        if ahead { st.aheadTaken &+= 1 }
         st.queueLength &+= 1
         e.inflight += 1
         Task(executorPreference: self) { [self] in
+            if ordered { await aheadTurn(turn) }
             let reply: Reply
             do {
                 reply = try await service.handle(req)
@@ -491,6 +520,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             if !oneway, let e = st.entries[req.channelID] {
                 sendReply(e, req.opcode, req.requestID, reply)
             }
+            if ahead { aheadAnswered() }
         }
     }
 
@@ -500,8 +530,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             return sendRaw(e, fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: 0,
                                           flags: UInt32(FOS_MSG_REPLY), status: EMSGSIZE), [])
         }
+        let ok = e.service?.welcomesAhead(on: e.channel) == true ? UInt32(FOS_MSG_AHEAD_OK) : 0
         sendRaw(e, fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: r.payload.count,
-                               flags: UInt32(FOS_MSG_REPLY), status: r.status), r.payload)
+                               flags: UInt32(FOS_MSG_REPLY) | ok, status: r.status), r.payload)
     }
 
     /// Sends without blocking; a full ring queues the message in order.
@@ -646,7 +677,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             m.closeFDs()
             guard let c = m.payload.withUnsafeBytes({ loadStruct(fos_ctl_channel_close.self, from: $0) }) else { return }
             if let e = st.entries[c.channel] {
-                drop(e, reason: "closed by peer", tellNode: false)
+                closedByPeer(e)
             } else if let w = detached.withLock({ $0.removeValue(forKey: c.channel) }) {
                 w.channel?.markClosed()
             }
@@ -837,13 +868,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Sends a request and suspends until its reply, the deadline, or the
     /// channel's end. Must run on the loop (callers go through `onLoop`).
-    func call(_ ch: Channel, opcode: UInt16, payload: [UInt8], timeout: Duration, oneway: Bool = false) async throws -> Reply {
+    func call(_ ch: Channel, opcode: UInt16, payload: [UInt8], timeout: Duration, oneway: Bool = false,
+              flags: UInt32 = 0) async throws -> Reply {
         guard let e = st.entries[ch.id] else { throw FosError.peerGone }
         guard payload.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.messageTooLong) }
         let rid = st.nextRequestID
         st.nextRequestID &+= 1
         let h = fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: payload.count,
-                            flags: oneway ? UInt32(FOS_MSG_ONEWAY) : 0)
+                            flags: (oneway ? UInt32(FOS_MSG_ONEWAY) : 0) | flags)
         if oneway {
             sendRaw(e, h, payload)
             return Reply()

@@ -225,6 +225,16 @@ public final class FosRuntime: Sendable {
         try await loop.onLoop { try await self.loop.call(ch, opcode: opcode, payload: payload, timeout: timeout) }
     }
 
+    /// A call sent ahead (FOS_MSG_AHEAD): a server that takes it so serves
+    /// it before every request it gets later, from any channel
+    /// (AheadOrder.swift). The caller may go on before the reply comes.
+    public func callAhead(_ ch: Channel, opcode: UInt16, payload: [UInt8] = [],
+                          timeout: Duration = .seconds(5)) async throws -> Reply {
+        try await loop.onLoop {
+            try await self.loop.call(ch, opcode: opcode, payload: payload, timeout: timeout, flags: UInt32(FOS_MSG_AHEAD))
+        }
+    }
+
     /// Sends a message that gets no reply.
     public func post(_ ch: Channel, opcode: UInt16, payload: [UInt8] = []) async throws {
         _ = try await loop.onLoop {

@@ -17,15 +17,35 @@ public final class FosServer: MailboxService {
     private let handlers: [UInt16: Handler]
     private let onConnect: (@Sendable (Channel, CInt) -> Void)?
     private let onDisconnect: (@Sendable (Channel) -> Void)?
+    private let ahead: AheadPolicy?
+
+    /// How a server takes requests sent ahead (FOS_MSG_AHEAD,
+    /// AheadOrder.swift); both run on the loop thread.
+    public struct AheadPolicy: Sendable {
+        /// Whether an AHEAD-flagged request is taken as one.
+        public var takes: @Sendable (Request) -> Bool
+        /// Whether replies on a channel say FOS_MSG_AHEAD_OK.
+        public var welcomes: @Sendable (Channel) -> Bool
+        public init(takes: @escaping @Sendable (Request) -> Bool, welcomes: @escaping @Sendable (Channel) -> Bool) {
+            self.takes = takes
+            self.welcomes = welcomes
+        }
+    }
 
     public init(runtime: FosRuntime, handlers: [UInt16: Handler],
                 onConnect: (@Sendable (Channel, CInt) -> Void)? = nil,
-                onDisconnect: (@Sendable (Channel) -> Void)? = nil) {
+                onDisconnect: (@Sendable (Channel) -> Void)? = nil,
+                ahead: AheadPolicy? = nil) {
         self.runtime = runtime
         self.handlers = handlers
         self.onConnect = onConnect
         self.onDisconnect = onDisconnect
+        self.ahead = ahead
     }
+
+    public var ordersAhead: Bool { ahead != nil }
+    public func takesAhead(_ request: Request) -> Bool { ahead?.takes(request) ?? false }
+    public func welcomesAhead(on channel: Channel) -> Bool { ahead?.welcomes(channel) ?? false }
 
     public func handle(_ request: Request) async throws -> Reply {
         guard let h = handlers[request.opcode] else { return Reply(status: ENOSYS) }

@@ -225,6 +225,10 @@ public final class FileSystem: @unchecked Sendable {
     var jStartSeq: UInt64 = 1
     var reserved: [(start: UInt64, count: UInt64)] = []
     var reservedCount: UInt64 = 0
+    /// `availableBlocks` in bytes as of the end of the last operation that changed
+    /// something: for decisions made off the operation lock (whether a
+    /// client may send writes ahead, FOS_MSG_AHEAD_OK).
+    public let roomBytes = Atomic<UInt64>(0)
 
     var jSeq: UInt64 = 1
     /// Where the next transaction goes: a byte offset in the slot (block 0
@@ -327,7 +331,8 @@ public final class FileSystem: @unchecked Sendable {
     /// nothing it acknowledged.
     func endOperation() async throws {
         try await writeDirtyInodesAsync()
-        if !txn.isEmpty || !dirtyData.isEmpty {
+        let changed = !txn.isEmpty || !dirtyData.isEmpty
+        if changed {
             try await commit(flush: false)
         }
         // Space held back since the last checkpoint is needed: free it.
@@ -335,6 +340,7 @@ public final class FileSystem: @unchecked Sendable {
             try await commit()
             try await checkpoint()
         }
+        if changed { roomBytes.store(availableBlocks * UInt64(Layout.blockSize), ordering: .relaxed) }
         trimCaches()
     }
 

@@ -106,6 +106,8 @@ final class SharedMaps: DataObserver, Sendable {
 
     func file(_ ino: UInt64) -> MapFile? { state.withLock { $0.files[ino] } }
     func has(_ ino: UInt64) -> Bool { file(ino) != nil }
+    /// No file is mapped shared from this member.
+    var isEmpty: Bool { state.withLock { $0.files.isEmpty } }
     var files: [MapFile] { state.withLock { Array($0.files.values) } }
 
     /// `f` leaves the table (if still there; with `unlessGivenSince`, only if

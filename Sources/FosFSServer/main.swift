@@ -35,6 +35,8 @@ final class FSService: Sendable {
     let internalMailbox = Atomic<UInt64>(0)
     /// When a client request last came or ended (monotonicNanos).
     let lastRequest = Atomic<UInt64>(0)
+    /// Channels open to this member (both mailboxes): Ahead.swift.
+    let channels = Atomic<Int>(0)
     /// Channels to peers' internal mailboxes, by member index.
     let peers = Mutex<[Int: Channel]>([:])
     /// Supplementary groups of each client channel's process, read once.
@@ -691,12 +693,14 @@ func runMember() -> Never {
             handlers[UInt16(FOS_OP_FS_MSYNC)] = { await svc.handle($0) }
             let server = FosServer(runtime: rt, handlers: handlers, onConnect: { ch, stats in
                 closeFD(stats)
+                svc.channels.add(1, ordering: .relaxed)
                 svc.locks.connected(ch.id)
             }, onDisconnect: { ch in
+                svc.channels.subtract(1, ordering: .relaxed)
                 _ = svc.groups.withLock { $0.removeValue(forKey: ch.id) }
                 svc.locks.disconnected(ch.id, svc: svc)
                 svc.channelClosed(ch.id)
-            })
+            }, ahead: FosServer.AheadPolicy(takes: { svc.takesAhead($0) }, welcomes: { _ in svc.welcomesAhead }))
             service.withLock { $0 = svc }
             let a = try await server.start(name: fleetName, policy: .roundRobin)
             if let i = a.internal {

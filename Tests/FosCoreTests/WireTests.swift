@@ -105,7 +105,11 @@ struct WireTests {
     }
 
     @Test func msgUnknownFlags() {
-        for bit in 2..<32 {
+        for flag in [FOS_MSG_ONEWAY, FOS_MSG_AHEAD, FOS_MSG_AHEAD_OK] {
+            let h = fos_msg_hdr(opcode: 1, requestID: 1, payloadLength: 0, flags: UInt32(flag))
+            #expect(msgValidate(msg(h)) == 0, "flag \(flag)")
+        }
+        for bit in 4..<32 {
             let h = fos_msg_hdr(opcode: 1, requestID: 1, payloadLength: 0, flags: UInt32(1) << UInt32(bit))
             #expect(msgValidate(msg(h)) == EPROTO, "flag bit \(bit)")
         }
@@ -240,7 +244,7 @@ struct WireTests {
                 let h = buf.withUnsafeBytes { $0.loadUnaligned(as: fos_msg_hdr.self) }
                 let ok = h.version == UInt16(FOS_WIRE_VERSION) && h.opcode != 0 &&
                     h.payload_len <= FOS_MAX_PAYLOAD && Int(h.payload_len) + 24 == buf.count &&
-                    h.flags & ~UInt32(FOS_MSG_REPLY | FOS_MSG_ONEWAY) == 0
+                    h.flags & ~UInt32(FOS_MSG_REPLY | FOS_MSG_ONEWAY | FOS_MSG_AHEAD | FOS_MSG_AHEAD_OK) == 0
                 #expect(ok, "accepted a bad message: \(buf.prefix(24))")
             }
             let c = ctlValidate(buf)

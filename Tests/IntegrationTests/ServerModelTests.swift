@@ -2,6 +2,7 @@ import CFosSys
 import CFosWire
 import FosCore
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -155,6 +156,56 @@ struct ServerModelTests {
             let other = try node.runtime()
             let ch = try await other.connect(addr, key: key)
             #expect(try await other.call(ch, opcode: opEcho, payload: [4, 2]).payload == [4, 2])
+        }
+    }
+
+    /// FOS_MSG_AHEAD (FosCore/AheadOrder.swift): B's ordinary request,
+    /// sent after A's ahead ones, is served after them although B's ring
+    /// is polled first (B connected first) and A's handlers suspend.
+    /// Without taking A's records first, or without waiting for their
+    /// answers, "read" comes before the writes.
+    @Test("requests sent ahead are served before a later ordinary request on another channel")
+    func aheadBeforeLater() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let opBlock: UInt16 = 0x7001, opWrite: UInt16 = 0x7002, opRead: UInt16 = 0x7003
+            let log = Mutex<[String]>([])
+            let server = FosServer(runtime: rt, handlers: [
+                // Holds the server's loop, so that both rings fill meanwhile.
+                opBlock: { _ in usleep(150_000); return Reply() },
+                opWrite: { r in
+                    try? await Task.sleep(for: .milliseconds(20))
+                    log.withLock { $0.append(String(decoding: r.payload, as: UTF8.self)) }
+                    return Reply()
+                },
+                opRead: { _ in
+                    log.withLock { $0.append("read") }
+                    return Reply()
+                },
+            ], ahead: FosServer.AheadPolicy(takes: { $0.opcode == opWrite }, welcomes: { _ in true }))
+            let key = Capability.random()
+            let addr = try await rt.createMailbox(key: key, service: server)
+            let (b, a, c) = (try node.runtime(), try node.runtime(), try node.runtime())
+            let chB = try await b.connect(addr, key: key)
+            let chA = try await a.connect(addr, key: key)
+            let chC = try await c.connect(addr, key: key)
+            let first = try await a.callAhead(chA, opcode: opWrite, payload: Array("w0".utf8))
+            #expect(first.status == 0)
+            log.withLock { $0.removeAll() }
+
+            let blocked = Task { try await c.call(chC, opcode: opBlock) }
+            try await Task.sleep(for: .milliseconds(30))
+            let writes = (1...3).map { i in
+                Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) }
+            }
+            try await Task.sleep(for: .milliseconds(30))
+            let read = try await b.call(chB, opcode: opRead)
+            #expect(read.status == 0)
+            for w in writes { #expect(try await w.value.status == 0) }
+            _ = try await blocked.value
+            let order = log.withLock { $0 }
+            #expect(order.count == 4)
+            #expect(order.last == "read", "served in the order \(order)")
         }
     }
 

@@ -171,6 +171,55 @@ struct ShimTests {
         }
     }
 
+    /// Writes sent ahead (Shim/src/ahead.c) to a member that is stopped
+    /// and then killed never reached it: the shim sends them again to the
+    /// restarted member when the file is closed. The script uses builtins
+    /// only while the member is stopped (an exec or any other fos call
+    /// would wait for it).
+    @Test("writes sent ahead to a member killed before it served them are sent again to its successor")
+    func aheadReplayedAfterMemberDeath() async throws {
+        try await TestNode.with(members: 1) { node in
+            let d = node.root + "/sync"
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+            #expect(mkfifo(d + "/fifo", 0o600) == 0)
+            let script = """
+                n=0; nap() { read -t 0.02 <>\(d)/fifo; n=$((n+1)); [ $n -lt 3000 ] || exit 3; }
+                exec 3>/fos/ahead.txt
+                : > \(d)/opened
+                until [ -e \(d)/stopped ]; do nap; done
+                i=1; while [ $i -le 50 ]; do printf 'line %d\n' $i >&3; i=$((i+1)); done
+                : > \(d)/wrote
+                until [ -e \(d)/killed ]; do nap; done
+                exec 3>&- || echo "close failed"
+                wc -l < /fos/ahead.txt; tail -n 1 /fos/ahead.txt
+                """
+            // Off the member's core: a write from there waits for its
+            // answer (nothing would overlap), and would wait for the
+            // stopped member.
+            _ = try await Shim.sh(node, "true")  // the fs fleet is up
+            let member = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
+            let other = member.core == 0 ? 1 : 0
+            try #require(sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two cores")
+            let p = try Subprocess("/usr/bin/taskset", ["-c", String(other), try Shim.fosRun, "--runtime", node.runtimeDir,
+                                                        "--", "/bin/bash", "-c", script], outputIn: node.root)
+            defer { p.kill() }
+            func waitFor(_ f: String) async throws {
+                try await eventually("the script to reach \(f)", timeout: .seconds(30)) {
+                    FileManager.default.fileExists(atPath: d + "/" + f) ? true : nil
+                }
+            }
+            try await waitFor("opened")
+            #expect(kill(member.pid, SIGSTOP) == 0)
+            _ = FileManager.default.createFile(atPath: d + "/stopped", contents: nil)
+            try await waitFor("wrote")
+            #expect(kill(member.pid, SIGKILL) == 0)
+            _ = FileManager.default.createFile(atPath: d + "/killed", contents: nil)
+            let r = await p.wait(timeout: .seconds(60))
+            #expect(r.status == 0 && r.stdout == "50\nline 50\n", "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))")
+            #expect(try await node.fleets().first { $0.fleet == "/sys/fs" }?.restarts == 1)
+        }
+    }
+
     @Test("coreutils on /fos match the same commands on a host directory")
     func coreutils() async throws {
         try await TestNode.with(members: 1) { node in

@@ -177,10 +177,9 @@ static inline int fos_ring_readable(fos_ring *r) {
     return tail != r->pos;
 }
 
-/* Consumer: copy the next record into out (capacity outcap).
- * Returns its length (> 0), 0 if empty, -EPROTO for a corrupt ring.
- * The slot is freed for the producer at the next fos_ring_release. */
-static inline int64_t fos_ring_read(fos_ring *r, void *out, uint32_t outcap) {
+/* Consumer: the length of the next record (> 0), 0 if none, -EPROTO for a
+ * corrupt ring. */
+static inline int64_t fos_ring_next(fos_ring *r) {
     int ready = fos_ring_readable(r);
     if (ready <= 0) return ready;
     uint64_t avail = r->other - r->pos;
@@ -190,12 +189,31 @@ static inline int64_t fos_ring_read(fos_ring *r, void *out, uint32_t outcap) {
     uint32_t len = rec[0];
     if ((rec[1] ^ FOS_RING_CHECK) != len || len == 0 || len > FOS_RING_MAX_RECORD)
         return -EPROTO;
-    uint64_t need = FOS_RING_RECORD_HDR + fos_ring_align8(len);
-    if (need > avail) return -EPROTO;
-    if (len > outcap) return -EPROTO;
-    fos_ring_copy_out(r, r->pos + FOS_RING_RECORD_HDR, out, len);
-    r->pos += need;
+    if (FOS_RING_RECORD_HDR + fos_ring_align8(len) > avail) return -EPROTO;
     return (int64_t)len;
+}
+
+/* Consumer: copy the next record into out (capacity outcap).
+ * Returns its length (> 0), 0 if empty, -EPROTO for a corrupt ring.
+ * The slot is freed for the producer at the next fos_ring_release. */
+static inline int64_t fos_ring_read(fos_ring *r, void *out, uint32_t outcap) {
+    int64_t len = fos_ring_next(r);
+    if (len <= 0) return len;
+    if ((uint64_t)len > outcap) return -EPROTO;
+    fos_ring_copy_out(r, r->pos + FOS_RING_RECORD_HDR, out, (uint32_t)len);
+    r->pos += FOS_RING_RECORD_HDR + fos_ring_align8((uint32_t)len);
+    return len;
+}
+
+/* Consumer: copy the first n bytes of the next record into out without
+ * taking it. Returns n, 0 if no record or a shorter one, -EPROTO for a
+ * corrupt ring. */
+static inline int64_t fos_ring_peek(fos_ring *r, void *out, uint32_t n) {
+    int64_t len = fos_ring_next(r);
+    if (len <= 0) return len;
+    if ((uint64_t)len < n) return 0;
+    fos_ring_copy_out(r, r->pos + FOS_RING_RECORD_HDR, out, n);
+    return (int64_t)n;
 }
 
 /* Consumer: publish the head. Returns 1 if the producer waits for space and

@@ -32,6 +32,16 @@
 /* flags of fos_msg_hdr */
 #define FOS_MSG_REPLY 0x1u   /* this is a reply to request_id */
 #define FOS_MSG_ONEWAY 0x2u  /* no reply expected */
+/* A request whose sender goes on without waiting for its reply (it takes
+ * the reply later, before its next ordinary request). A server that takes
+ * it as such serves it before every request it takes after it from any
+ * channel, so that whatever the sender does next (a message to another
+ * process that then asks this server) finds it done; one that does not
+ * serves it as an ordinary request. The fs fleet takes WRITEs so
+ * (FOS_FS_AHEAD_BYTES). */
+#define FOS_MSG_AHEAD 0x4u
+/* In a reply: this server takes AHEAD requests from this channel now. */
+#define FOS_MSG_AHEAD_OK 0x8u
 
 typedef struct fos_msg_hdr {
     uint16_t version;     /* FOS_WIRE_VERSION */
@@ -128,6 +138,12 @@ typedef struct fos_blk_info {
 #define FOS_FS_PATH_MAX 4096u
 #define FOS_FS_MAX_IO (60u * 1024u)        /* bytes of one READ or WRITE */
 #define FOS_FS_MAX_GROUPS 64u
+/* WRITEs sent AHEAD (FOS_MSG_AHEAD) and not yet answered: at most this
+ * many bytes of data per channel. A member says AHEAD_OK only while it has
+ * this much room for every channel it serves beyond a margin, so a write
+ * sent ahead does not meet ENOSPC late. */
+#define FOS_FS_AHEAD_BYTES (256u * 1024u)
+#define FOS_FS_AHEAD_MAX 64u               /* ... and at most this many WRITEs */
 #define FOS_FS_ROOT_INO 1u
 
 #define FOS_OP_FS_LOOKUP 0x400u      /* fos_fs_name_req + name -> fos_fs_stat */

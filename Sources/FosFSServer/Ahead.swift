@@ -1,0 +1,49 @@
+import CFosWire
+import FosCore
+import FosFS
+
+/// Which writes a client may send ahead (FOS_MSG_AHEAD: it goes on without
+/// waiting for the answer; FosCore/AheadOrder.swift keeps the order).
+///
+/// Only WRITEs at an offset (an append's place is known only when it is
+/// served, and a client replaying one after a restart would append it
+/// twice), and only in a fleet of one member: a member serves a request
+/// for an inode homed elsewhere by forwarding it, and a write sent ahead
+/// that waited for a peer while that peer's own waited for us would hang
+/// both. (In a larger fleet every reply says no, and a shim sends each
+/// write as an ordinary request.)
+///
+/// Shared mappings: a write must be in every shared mapping of the file
+/// when it returns, and mappings are read without asking us. So while any
+/// file of this member is mapped shared, replies say no (the reply to the
+/// MAP itself among them). Left: a process whose last reply came before
+/// another process mapped the file may still send its next writes ahead,
+/// until a reply tells it otherwise (at most FOS_FS_AHEAD_MAX writes).
+///
+/// Room: a write sent ahead cannot be answered ENOSPC in time, so replies
+/// say AHEAD_OK only while this member has, beyond a margin, room for
+/// FOS_FS_AHEAD_BYTES from every channel it serves at once (the most a
+/// client may have unanswered). Past that, writes wait for their answers
+/// again and a full disk says ENOSPC to the write that meets it. The room
+/// is as of the last change (`FileSystem.roomBytes`); a client whose
+/// ahead writes still meet an error (EIO, a full disk that others filled
+/// between two of its replies) is told at its next write, fsync or close
+/// of the file.
+extension FSService {
+    /// Kept free beyond the clients' ahead bytes: metadata, the journal,
+    /// other clients' ordinary writes in the meantime.
+    static let aheadMarginBytes: UInt64 = 64 << 20
+
+    func takesAhead(_ r: Request) -> Bool {
+        guard members == 1, r.opcode == UInt16(FOS_OP_FS_WRITE),
+              let h = r.payload.withUnsafeBytes({ loadStruct(fos_fs_io.self, from: $0) }) else { return false }
+        return h.flags & FOS_FS_IO_APPEND == 0 && h.count <= FOS_FS_AHEAD_BYTES
+    }
+
+    var welcomesAhead: Bool {
+        guard members == 1, maps.isEmpty else { return false }
+        let room = fs.roomBytes.load(ordering: .relaxed)
+        let clients = UInt64(max(0, channels.load(ordering: .relaxed)))
+        return room >= Self.aheadMarginBytes + clients * UInt64(FOS_FS_AHEAD_BYTES)
+    }
+}
