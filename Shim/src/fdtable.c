@@ -104,7 +104,7 @@ static int fos_shim_install(int fd, const fos_shim_ofd *o) {
 
 int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath) {
     char name[96];
-    uint32_t kept = (uint32_t)(oflags & (O_ACCMODE | O_PATH));
+    uint32_t kept = (uint32_t)(oflags & (O_ACCMODE | O_PATH | O_SYNC)); /* O_SYNC: O_DSYNC too */
     snprintf(name, sizeof name, "fos-%llx-%x-%x-%llx", (unsigned long long)st->ino, kept, st->mode,
              (unsigned long long)__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED));
     int fd = (int)syscall(SYS_memfd_create, name, MFD_ALLOW_SEALING | ((oflags & O_CLOEXEC) ? MFD_CLOEXEC : 0));

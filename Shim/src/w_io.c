@@ -38,13 +38,20 @@ int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size
     if (r) return r;
     if (n > FOS_SHIM_MAX_RW) n = FOS_SHIM_MAX_RW;
     /* O_APPEND appends even for pwrite, as Linux does. */
-    int append = (fos_shim_fd_status(fd, o) & O_APPEND) != 0;
+    uint32_t status = fos_shim_fd_status(fd, o);
+    int append = (status & O_APPEND) != 0;
     int64_t off = at < 0 && !append ? fos_shim_fd_offset(fd) : at;
     if (off < 0 && !append) return off;
     if (n == 0) return 0;
     uint64_t where = (uint64_t)off;
     int64_t put = fos_shim_op_write(o->ino, (uint64_t)off, buf, n, append, &where);
     if (put > 0 && at < 0) fos_shim_fd_seek(fd, where + (uint64_t)put);
+    /* O_SYNC, O_DSYNC: durable when write returns (the FSYNC also takes
+     * the answer of a write sent ahead, and reports its error). */
+    if (put > 0 && (status & O_DSYNC)) {
+        int r = fos_shim_op_fsync(o->ino, (status & O_SYNC) != O_SYNC);
+        if (r) return r;
+    }
     return put;
 }
 

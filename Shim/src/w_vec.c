@@ -75,8 +75,9 @@ FOS_SHIM_EXPORT ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_
     return fos_shim_vector_any(fd, iov, cnt, 1, at, 1);
 }
 
-/* The 2 forms: offset -1 means the shared offset; the RWF_ flags (hints
- * and per-call O_DSYNC-like requests) change nothing in the fs's answer. */
+/* The 2 forms: offset -1 means the shared offset; of the RWF_ flags only
+ * RWF_DSYNC and RWF_SYNC change anything here: a write with one is
+ * flushed before it returns, as through O_DSYNC or O_SYNC. */
 FOS_SHIM_EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t at, int flags) {
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(preadv2)(fd, iov, cnt, at, flags);
     return at == -1 ? fos_shim_vector_any(fd, iov, cnt, 0, -1, 0) : fos_shim_vector_any(fd, iov, cnt, 0, at, 1);
@@ -84,5 +85,10 @@ FOS_SHIM_EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t 
 
 FOS_SHIM_EXPORT ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t at, int flags) {
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(pwritev2)(fd, iov, cnt, at, flags);
-    return at == -1 ? fos_shim_vector_any(fd, iov, cnt, 1, -1, 0) : fos_shim_vector_any(fd, iov, cnt, 1, at, 1);
+    ssize_t r = at == -1 ? fos_shim_vector_any(fd, iov, cnt, 1, -1, 0) : fos_shim_vector_any(fd, iov, cnt, 1, at, 1);
+    if (r <= 0 || !(flags & (RWF_DSYNC | RWF_SYNC))) return r;
+    int saved = errno;
+    fos_shim_ofd *o = fos_shim_fd(fd);
+    int e = o ? fos_shim_op_fsync(o->ino, !(flags & RWF_SYNC)) : 0;
+    return e ? fos_shim_ret(e, saved) : r;
 }

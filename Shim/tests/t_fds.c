@@ -157,6 +157,32 @@ static void test_locks(const char *d) {
     close(fd);
 }
 
+/* O_SYNC and O_DSYNC are kept (F_GETFL shows them, as on Linux; a dup
+ * shares them), and writes through them work (that each is flushed
+ * before it returns cannot be seen from here). */
+static void test_sync(const char *d) {
+    int fd = open(path_in(d, "sync"), O_CREAT | O_RDWR | O_SYNC, 0644);
+    CHECK(fd >= 0 && (fcntl(fd, F_GETFL) & O_SYNC) == O_SYNC);
+    int e = dup(fd);
+    CHECK((fcntl(e, F_GETFL) & O_SYNC) == O_SYNC);
+    CHECK(write(e, "sync", 4) == 4 && pwrite(fd, "S", 1, 0) == 1);
+    close(e);
+    close(fd);
+    fd = open(path_in(d, "sync"), O_RDWR | O_DSYNC);
+    CHECK(fd >= 0 && (fcntl(fd, F_GETFL) & O_SYNC) == O_DSYNC);
+    char b[4];
+    CHECK(read(fd, b, 4) == 4 && memcmp(b, "Sync", 4) == 0);
+    struct iovec v = {.iov_base = "!", .iov_len = 1};
+    CHECK(pwritev2(fd, &v, 1, 4, RWF_DSYNC) == 1 && pwritev2(fd, &v, 1, 5, RWF_SYNC) == 1);
+    close(fd);
+    fd = open(path_in(d, "sync"), O_RDONLY);
+    CHECK(fd >= 0 && read(fd, b, 4) == 4 && read(fd, b, 4) == 2 && memcmp(b, "!!", 2) == 0);
+    close(fd);
+    fd = open(path_in(d, "sync"), O_RDONLY);
+    CHECK(fd >= 0 && !(fcntl(fd, F_GETFL) & O_DSYNC));
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     umask(022);
     CHECK(argc == 2 && mkdir(argv[1], 0755) == 0);
@@ -164,6 +190,7 @@ int main(int argc, char **argv) {
     test_vectors(argv[1]);
     test_fork(argv[1]);
     test_locks(argv[1]);
+    test_sync(argv[1]);
     puts("ok");
     return 0;
 }
