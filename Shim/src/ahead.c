@@ -44,6 +44,8 @@ static void fos_shim_ahead_empty(fos_shim_ahead_q *q) {
 
 int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, const fos_fs_io *io, const void *data) {
     if (!q->ok || io->flags != 0 || io->count == 0 || io->count > FOS_FS_AHEAD_BYTES) return -1;
+    /* Past the largest file: EFBIG, from the write itself. */
+    if (io->offset > FOS_FS_MAX_FILE_SIZE - io->count) return -1;
     if (fos_shim_in_vfork_child()) return -1; /* its connection is gone at its exec */
     /* On the member's own core nothing would overlap (and a call there
      * counts toward leaving it: chan.c). */

@@ -229,6 +229,8 @@ public final class FileSystem: @unchecked Sendable {
     /// something: for decisions made off the operation lock (whether a
     /// client may send writes ahead, FOS_MSG_AHEAD_OK).
     public let roomBytes = Atomic<UInt64>(0)
+    /// The largest file (a write past it is EFBIG).
+    public static var maxFileSize: UInt64 { Layout.maxFileSize }
 
     var jSeq: UInt64 = 1
     /// Where the next transaction goes: a byte offset in the slot (block 0

@@ -37,7 +37,10 @@ extension FSService {
     func takesAhead(_ r: Request) -> Bool {
         guard members == 1, r.opcode == UInt16(FOS_OP_FS_WRITE),
               let h = r.payload.withUnsafeBytes({ loadStruct(fos_fs_io.self, from: $0) }) else { return false }
+        // A write the file system refuses whatever its state (EFBIG) is
+        // the shim's to refuse at once; one that comes anyway is ordinary.
         return h.flags & FOS_FS_IO_APPEND == 0 && h.count <= FOS_FS_AHEAD_BYTES
+            && h.offset <= FileSystem.maxFileSize - UInt64(h.count)
     }
 
     var welcomesAhead: Bool {

@@ -1,4 +1,6 @@
+import CFosWire
 import FosCore
+import FosFS
 import Foundation
 import Testing
 
@@ -218,6 +220,13 @@ struct ShimTests {
             #expect(r.status == 0 && r.stdout == "50\nline 50\n", "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))")
             #expect(try await node.fleets().first { $0.fleet == "/sys/fs" }?.restarts == 1)
         }
+    }
+
+    /// The shim refuses writes past the largest file itself (EFBIG at the
+    /// write, never late): its limit must be the file system's.
+    @Test("the wire's largest file is FosFS's")
+    func largestFile() {
+        #expect(FileSystem.maxFileSize == FOS_FS_MAX_FILE_SIZE)
     }
 
     @Test("coreutils on /fos match the same commands on a host directory")

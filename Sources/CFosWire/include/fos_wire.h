@@ -144,6 +144,8 @@ typedef struct fos_blk_info {
  * sent ahead does not meet ENOSPC late. */
 #define FOS_FS_AHEAD_BYTES (256u * 1024u)
 #define FOS_FS_AHEAD_MAX 64u               /* ... and at most this many WRITEs */
+/* Largest file (FosFS: 2^32 blocks of 4 KiB); a write past it is EFBIG. */
+#define FOS_FS_MAX_FILE_SIZE (1ull << 44)
 #define FOS_FS_ROOT_INO 1u
 
 #define FOS_OP_FS_LOOKUP 0x400u      /* fos_fs_name_req + name -> fos_fs_stat */
