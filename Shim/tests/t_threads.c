@@ -69,6 +69,8 @@ static void test_credentials(void) {
     CHECK(fd >= 0 && write(fd, "s", 1) == 1 && close(fd) == 0);
     /* The parent of the dir must let nobody through for ENOENT vs EACCES to mean something. */
     CHECK(chmod(dir, 0755) == 0);
+    const char *pub = path_in(dir, "pub");
+    CHECK(mkdir(pub, 0777) == 0 && chmod(pub, 0777) == 0);
     pid_t p = fork();
     CHECK(p >= 0);
     if (p == 0) {
@@ -80,6 +82,13 @@ static void test_credentials(void) {
         if (g >= 0 || errno != EACCES) _exit(4);
         struct stat st;
         if (stat(secret, &st) != 0) _exit(5); /* the directory is still searchable */
+        /* Created 0444, written through the descriptor that created it
+         * (write permission is checked at open, as on Linux). */
+        char ro[4096];
+        snprintf(ro, sizeof ro, "%s/ro", pub);
+        int w = open(ro, O_CREAT | O_EXCL | O_WRONLY, 0444);
+        if (w < 0 || write(w, "x", 1) != 1 || close(w) != 0) _exit(6);
+        if (open(ro, O_WRONLY) >= 0 || errno != EACCES) _exit(7);
         _exit(0);
     }
     int st;

@@ -434,8 +434,13 @@ extension FileSystem {
     }
 
     /// A write's checks, and the set-id bits it drops.
+    /// Write permission is Linux's at open; a write only names who writes.
+    /// So the owner may always write (as NFS servers let the owner, who
+    /// could make the file writable anyway): a file created 0444 and
+    /// written through the descriptor that created it, or made read-only
+    /// while open, takes the writes as on Linux. Others need w now.
     private func mayWrite(_ i: Inode, _ data: [UInt8], _ cred: Credentials?) throws {
-        if let cred, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
+        if let cred, cred.uid != i.uid, !may(i, 2, cred) { throw FSError.posix(.permissionDenied) }
         if i.isDir { throw FSError.EISDIR }
         if !i.isReg { throw FSError.EINVAL }
         if let cred, !cred.isRoot, !data.isEmpty { dropSetID(i) }

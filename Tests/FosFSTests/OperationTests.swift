@@ -111,6 +111,14 @@ import Testing
             _ = try await fs.append(ino: af.ino, data: [1], cred: carol)
         }
         #expect(try await fs.write(ino: af.ino, offset: 0, data: [1, 2], cred: alice) == 2)
+        // The owner writes even without w (Linux checks at open: a file
+        // created 0444, or made read-only while open); others may not.
+        _ = try await fs.setattr(ino: af.ino, AttributeChanges(mode: 0o444), cred: alice)
+        #expect(try await fs.write(ino: af.ino, offset: 0, data: [1, 2], cred: alice) == 2)
+        await expectErrno(.permissionDenied, "carol writes a 0444 file") {
+            _ = try await fs.write(ino: af.ino, offset: 0, data: [1], cred: carol)
+        }
+        _ = try await fs.setattr(ino: af.ino, AttributeChanges(mode: 0o640), cred: alice)
         #expect(try await fs.append(ino: af.ino, data: [3], cred: root).offset == 2)
         // a write by someone other than root drops setuid, and setgid where the group may execute
         _ = try await fs.setattr(ino: af.ino, AttributeChanges(mode: 0o6750), cred: alice50)
