@@ -81,13 +81,22 @@ extension FileSystem {
     /// file description (use `append(ino:data:)`). Returns the opened inode.
     public func open(path: String, flags: OpenFlags, mode: UInt32 = 0o644, cred: Credentials,
                      at: UInt64 = FileSystem.rootIno) async throws -> FileAttributes {
+        try await openNoting(path: path, flags: flags, mode: mode, cred: cred, at: at).attributes
+    }
+
+    /// open(2), also saying the directory its last component was looked up
+    /// in (nil for a path of no components): where an O_CREAT may have
+    /// made a name, for change notifications, without walking the path
+    /// again.
+    public func openNoting(path: String, flags: OpenFlags, mode: UInt32 = 0o644, cred: Credentials,
+                           at: UInt64 = FileSystem.rootIno) async throws -> (attributes: FileAttributes, parent: UInt64?) {
         try await op {
             let s = try split(path)
             var links = 0
             let start = s.absolute ? Layout.rootIno : at
             guard let last = s.components.last else {
                 let root = try await inode(start)
-                return try await openExisting(root, flags: flags, cred, trailingSlash: true).attributes
+                return (try await openExisting(root, flags: flags, cred, trailingSlash: true).attributes, nil)
             }
             let parent = try await walk(Array(s.components.dropLast()), from: start, followLast: true,
                                         cred: cred, links: &links)
@@ -95,8 +104,9 @@ extension FileSystem {
             if s.trailingSlash, flags.contains(.create), (try await lookupIno(dir, last, cred)) == nil {
                 throw FSError.EISDIR
             }
-            return try await openIn(dir, last, flags: flags, mode: mode, cred, links: links,
-                                    trailingSlash: s.trailingSlash).attributes
+            let opened = try await openIn(dir, last, flags: flags, mode: mode, cred, links: links,
+                                          trailingSlash: s.trailingSlash)
+            return (opened.attributes, parent)
         }
     }
 

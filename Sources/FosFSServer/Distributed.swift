@@ -64,7 +64,9 @@ extension FSService {
             let r = try await at(fs.home(of: parent), op: UInt16(FOS_OP_FS_OPENAT),
                                  payload: Self.openAt(parent, last, flags, mode: h.mode, links: s.links, trailing: trailing),
                                  cred: cred)
-            return try await finish(try Self.decodeStep(r), flags: flags, trailingSlash: trailing, cred: cred)
+            let done = try await finish(try Self.decodeStep(r), flags: flags, trailingSlash: trailing, cred: cred)
+            if flags.contains(.create), done.status == 0 { watch.created(in: parent, path: path, pid: cred.pid) }
+            return done
         default:
             return Reply(status: EXDEV)
         }

@@ -64,6 +64,21 @@ final class WatchLog: Sendable {
         return reply
     }
 
+    /// An OPEN with O_CREAT succeeded: a name may have been made in
+    /// `parent`, the directory the path's last component was looked up in
+    /// (the open says which: walking the path again here cost every create
+    /// a second walk while a mount watched). Logged before the reply
+    /// leaves, like the request's other events (`noted`).
+    func created(in parent: UInt64, path: String, pid: Int32) {
+        guard watched.load(ordering: .relaxed) else { return }
+        let p = Array(path.utf8)
+        guard let slash = p.lastIndex(of: 0x2F) else { return }
+        let name = Array(p[(slash + 1)...])
+        guard !name.isEmpty else { return }
+        append([Event(kind: UInt8(FOS_FS_EVENT_ENTRY), parent: parent, pid: pid, name: name),
+                Event(kind: UInt8(FOS_FS_EVENT_INODE), ino: parent, pid: pid)])
+    }
+
     /// A change the member made by itself (a shared mapping's pages written
     /// back): data of `ino` in [offset, offset+length), by no client.
     func changed(ino: UInt64, offset: UInt64, length: UInt64) {
@@ -109,20 +124,9 @@ final class WatchLog: Sendable {
         case FOS_OP_FS_OPEN:
             guard let o = at(fos_fs_open.self), let a = try? FSWire.decodeAttributes(reply) else { return [] }
             var out: [Event] = []
+            // A name O_CREAT may have made: the OPEN handler logs it
+            // (`created`), knowing the directory.
             if o.flags & UInt32(O_TRUNC) != 0 { out.append(inode(a.ino, all: true)) }
-            // A name O_CREAT may have made: in the directory the path names.
-            if o.flags & UInt32(O_CREAT) != 0 {
-                let path = bytes(MemoryLayout<fos_fs_open>.size, Int(o.path_len))
-                guard let slash = path.lastIndex(of: 0x2F) else { return out }
-                let name = Array(path[(slash + 1)...])
-                let dir = slash == 0 ? [0x2F] : Array(path[..<slash])
-                var q = [UInt8]()
-                appendStruct(fos_fs_open(flags: 0, mode: 0, path_len: UInt32(dir.count), reserved: 0), to: &q)
-                let r = await svc.serve(op: UInt16(FOS_OP_FS_RESOLVE), payload: q + dir, cred: .root, forwarded: false)
-                if r.status == 0, !name.isEmpty, let d = r.payload.withUnsafeBytes({ loadStruct(fos_fs_ino.self, from: $0) }) {
-                    out += [entry(d.ino, name), inode(d.ino)]
-                }
-            }
             return out
         default:
             return []

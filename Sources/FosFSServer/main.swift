@@ -458,7 +458,9 @@ final class FSService: Sendable {
             let (h, path) = try w.pathRequest()
             if UInt32(op) == FOS_OP_FS_OPEN {
                 let flags = OpenFlags(rawValue: Int32(bitPattern: h.flags))
-                return ok(opened(try await fs.open(path: path, flags: flags, mode: h.mode, cred: cred), for: cred))
+                let (a, parent) = try await fs.openNoting(path: path, flags: flags, mode: h.mode, cred: cred)
+                if flags.contains(.create), let parent { watch.created(in: parent, path: path, pid: cred.pid) }
+                return ok(opened(a, for: cred))
             }
             let noFollow = UInt32(bitPattern: OpenFlags.noFollow.rawValue)
             guard h.flags & ~noFollow == 0, h.mode == 0 else { throw FSError.posix(.invalidArgument) }
