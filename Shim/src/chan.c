@@ -111,16 +111,10 @@ static int fos_shim_chan_send(fos_shim_chan *c, const void *a, uint32_t alen, co
  * corrupt ring. fos_ring_read, but with the payload copied straight into
  * the caller's buffer (a read's data lands in the program's memory). */
 static int fos_shim_take(fos_ring *r, uint16_t op, uint64_t id, fos_msg_hdr *h, void *out, uint32_t outcap, int *ok) {
-    int ready = fos_ring_readable(r);
-    if (ready <= 0) return ready;
-    uint64_t avail = r->other - r->pos;
-    uint32_t rec[2];
-    if (avail < FOS_RING_RECORD_HDR) return -EPROTO;
-    fos_ring_copy_out(r, r->pos, rec, sizeof rec);
-    uint32_t len = rec[0];
-    if ((rec[1] ^ FOS_RING_CHECK) != len || len == 0 || len > FOS_RING_MAX_RECORD) return -EPROTO;
+    int64_t next = fos_ring_next(r);
+    if (next <= 0) return (int)next;
+    uint32_t len = (uint32_t)next;
     uint64_t need = FOS_RING_RECORD_HDR + fos_ring_align8(len);
-    if (need > avail) return -EPROTO;
     *ok = 0;
     if (len >= sizeof *h) {
         fos_ring_copy_out(r, r->pos + FOS_RING_RECORD_HDR, h, sizeof *h);
