@@ -172,7 +172,7 @@ struct ServerModelTests {
             let log = Mutex<[String]>([])
             let server = FosServer(runtime: rt, handlers: [
                 // Holds the server's loop, so that both rings fill meanwhile.
-                opBlock: { _ in usleep(150_000); return Reply() },
+                opBlock: { _ in usleep(400_000); return Reply() },
                 opWrite: { r in
                     try? await Task.sleep(for: .milliseconds(20))
                     log.withLock { $0.append(String(decoding: r.payload, as: UTF8.self)) }
@@ -193,12 +193,14 @@ struct ServerModelTests {
             #expect(first.status == 0)
             log.withLock { $0.removeAll() }
 
+            // Generous pauses: on a loaded machine the writes must still be
+            // sent before the read (or the read rightly comes first).
             let blocked = Task { try await c.call(chC, opcode: opBlock) }
-            try await Task.sleep(for: .milliseconds(30))
+            try await Task.sleep(for: .milliseconds(100))
             let writes = (1...3).map { i in
                 Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) }
             }
-            try await Task.sleep(for: .milliseconds(30))
+            try await Task.sleep(for: .milliseconds(100))
             let read = try await b.call(chB, opcode: opRead)
             #expect(read.status == 0)
             for w in writes { #expect(try await w.value.status == 0) }
