@@ -86,6 +86,32 @@ static void test_fork(const char *d) {
     struct stat s;
     CHECK(stat(path_in(d, "from-child"), &s) == 0 && s.st_size == 5);
     close(fd);
+    /* A write the parent sent ahead (ahead.c) before fork is the parent's
+     * alone: the child, on its own connection, must not send it again
+     * (over the parent's later write). */
+    fd = make(d, "fork2", "");
+    int go[2];
+    CHECK(pipe(go) == 0);
+    CHECK(pwrite(fd, "A", 1, 0) == 1);
+    p = fork();
+    CHECK(p >= 0);
+    if (p == 0) {
+        char c;
+        close(go[1]);
+        if (read(go[0], &c, 1) != 1) _exit(2);
+        if (pread(fd, &c, 1, 0) != 1 || c != 'B') _exit(3);
+        if (pread(fd, &c, 1, 0) != 1 || c != 'B') _exit(4);
+        _exit(0);
+    }
+    close(go[0]);
+    CHECK(pwrite(fd, "B", 1, 0) == 1 && fsync(fd) == 0);
+    CHECK(write(go[1], "g", 1) == 1);
+    CHECK(waitpid(p, &st, 0) == p && WIFEXITED(st));
+    if (WEXITSTATUS(st) != 0) fprintf(stderr, "fork child: step %d\n", WEXITSTATUS(st));
+    CHECK(WEXITSTATUS(st) == 0);
+    CHECK(pread(fd, b, 1, 0) == 1 && b[0] == 'B');
+    close(go[1]);
+    close(fd);
 }
 
 /* 1 if another process sees bytes 0-4 of path write-locked, 0 if free. */
