@@ -405,7 +405,7 @@ struct FSTests {
             let appended = try await file("appended", 0o4777), truncated = try await file("truncated", 0o6776)
             let opened = try await file("opened", 0o4666)
             let nobody = Credentials(uid: 65534, gid: 65534)
-            try await FSClient.$actingAs.withValue(nobody) {
+            await FSClient.$actingAs.withValue(nobody) {
                 #expect(await errnoOf { _ = try await fs.write(ino: both, offset: 1, data: [2]) } == nil)
                 #expect(await errnoOf { _ = try await fs.write(ino: lockGid, offset: 1, data: [2]) } == nil)
                 #expect(await errnoOf { _ = try await fs.write(ino: rootWrite, offset: 0, data: []) } == nil)  // nothing written
