@@ -203,10 +203,8 @@ static int fos_shim_leave_core(int core, uint64_t now) {
     return moved;
 }
 
-int fos_shim_chan_on_peer_core(fos_shim_chan *c) {
-    if (c->peer_core >= 0 && sched_getcpu() == c->peer_core) return 1;
-    fos_shim_same_core_calls = 0;
-    return 0;
+int fos_shim_chan_on_peer_core(const fos_shim_chan *c) {
+    return c->peer_core >= 0 && sched_getcpu() == c->peer_core;
 }
 
 int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flags, uint8_t *msg, uint32_t mlen,
@@ -214,7 +212,7 @@ int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flag
     if (c->closed) return EPIPE;
     /* Each request counts once toward leaving the server's core (not each
      * wait: taking the answers of writes sent ahead is not a call). */
-    if (c->peer_core >= 0 && sched_getcpu() == c->peer_core) {
+    if (fos_shim_chan_on_peer_core(c)) {
         (void)fos_shim_leave_core(c->peer_core, fos_shim_now_ns());
     } else {
         fos_shim_same_core_calls = 0;
@@ -240,7 +238,7 @@ int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, ui
      * yield the core to it instead, saying so, and it yields back once it
      * has answered (Channel.trySend) — cheaper than sleeping and being
      * woken. Elsewhere spin, then sleep. */
-    int same_core = c->peer_core >= 0 && sched_getcpu() == c->peer_core;
+    int same_core = fos_shim_chan_on_peer_core(c);
     uint64_t spin_until = start + fos_shim_cfg.spin_ns;
     /* A slow answer (a flush): past the spin, give the core to whoever
      * else wants it for a while, then sleep until woken. Sleeping at once

@@ -375,6 +375,12 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
     if (c == NULL) return err;
+    /* op 0 (fos_shim_fs_settle): no request, only the writes sent ahead
+     * answered, or sent again to a new member if theirs died. */
+    if (op == 0 && c->ahead.n == 0) {
+        fos_shim_leave(c, cancel);
+        return 0;
+    }
     if (flen) memcpy(c->msg + sizeof(fos_msg_hdr), fixed, flen);
     if (tlen) memcpy(c->msg + sizeof(fos_msg_hdr) + flen, tail, tlen);
     fos_mailbox_addr dead[2];
@@ -428,6 +434,10 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             }
             continue;
         }
+        if (op == 0) {
+            err = 0;
+            break;
+        }
         if (spawn) {
             fos_name_entry e;
             err = c->spawn.base ? 0 : fos_shim_open_service(c, FOS_SHIM_SPAWN_NAME, &c->spawn, &e, NULL, 0);
@@ -473,7 +483,7 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
     return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen);
 }
 
-int fos_shim_fs_unsettled(void) {
+static int fos_shim_fs_unsettled(void) {
     fos_shim_ahead_q *q = &C.ahead;
     if (__atomic_load_n(&q->n, __ATOMIC_RELAXED) != 0) return 1;
     for (unsigned i = 0; i < sizeof q->late / sizeof q->late[0]; i++) {
@@ -483,27 +493,14 @@ int fos_shim_fs_unsettled(void) {
 }
 
 int fos_shim_fs_settle(uint64_t ino) {
-    if (fos_shim_in_vfork_child()) return 0; /* it never sends ahead */
+    /* A vfork child never sends ahead (C is its parent's). */
+    if (!fos_shim_fs_unsettled() || fos_shim_in_vfork_child()) return 0;
+    (void)fos_shim_call(0, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL);
+    if (ino == 0) return 0;
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
     if (c == NULL) return 0;
-    fos_shim_ahead_q *q = &c->ahead;
-    if (q->n > 0) {
-        if (!c->up || fos_shim_ahead_collect(q, &c->fs, 1) != 0) {
-            /* The member died: to a new one, now. */
-            fos_mailbox_addr dead = c->fs_addr;
-            if (c->up) fos_shim_drop(c);
-            unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
-            err = fos_shim_connect(c, &dead, 1);
-            if (err == 0) {
-                c->cred_gen = gen;
-                err = fos_shim_ahead_replay(q, &c->fs, &c->msg_id);
-                if (err) fos_shim_drop(c);
-            }
-            if (err) fos_shim_ahead_lost(q);
-        }
-    }
-    err = ino ? fos_shim_ahead_take_late(q, ino) : 0;
+    err = fos_shim_ahead_take_late(&c->ahead, ino);
     fos_shim_leave(c, cancel);
     return err;
 }

@@ -36,7 +36,7 @@ static void fos_shim_atfork_child(void) {
 /* At exit (not _exit): this process's writes sent ahead are answered,
  * or sent again to a new member if theirs died. */
 __attribute__((destructor)) static void fos_shim_fini(void) {
-    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0);
+    (void)fos_shim_fs_settle(0);
 }
 
 /* "/fos" unless FOS_PREFIX names another absolute directory ("/" would

@@ -214,9 +214,8 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
  * for the reply to (op, id). */
 int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flags, uint8_t *msg, uint32_t mlen,
                        const void *bulk, uint32_t blen);
-/* Whether this thread runs on c's server's core; a call from elsewhere
- * starts the count of calls in a row there (fos_shim_leave_core) again. */
-int fos_shim_chan_on_peer_core(fos_shim_chan *c);
+/* Whether this thread runs on c's server's core. */
+int fos_shim_chan_on_peer_core(const fos_shim_chan *c);
 int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, uint32_t outcap, uint32_t *outlen,
                        int32_t *status);
 
@@ -289,11 +288,11 @@ int fos_shim_conn_ctl_fd(const fos_shim_chan *c);
  */
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                      const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen);
-/* Waits for the answers of this process's writes sent ahead; the error
- * one of them met for ino (0: none, or ino 0: any file), else 0. */
+/* Waits for the answers of this process's writes sent ahead (sending
+ * them again to a new member if theirs died); the error one of them met
+ * for ino (ino 0: none is taken), else 0. Returns at once when there is
+ * nothing to wait for or to tell. */
 int fos_shim_fs_settle(uint64_t ino);
-/* Whether this process may have writes sent ahead or errors to report. */
-int fos_shim_fs_unsettled(void);
 /* One request to the spawn service (/sys/spawn), never retried (a SPAWN
  * may have started its program). Errors as fos_shim_fs_call. */
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen);

@@ -105,7 +105,7 @@ static int fos_shim_exec_fos(const char *path, char *const argv[], char *const e
     if (r < 0) return r;
     FOS_SHIM_HELPER_ARGV(hargv, path, argv);
     FOS_SHIM_FIXED_ENV(envp, env, 1);
-    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0); /* this image's writes sent ahead */
+    (void)fos_shim_fs_settle(0); /* this image's writes sent ahead */
     fos_shim_conn_child_release();
     FOS_REAL(execve)(hargv[0], hargv, env);
     return -errno;
@@ -128,7 +128,7 @@ FOS_SHIM_EXPORT int execve(const char *path, char *const argv[], char *const env
     int r = fos_shim_host_check(use, argv, envp);
     if (r < 0) return (int)fos_shim_ret(r, saved);
     FOS_SHIM_FIXED_ENV(envp, env, 0);
-    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0); /* this image's writes sent ahead */
+    (void)fos_shim_fs_settle(0); /* this image's writes sent ahead */
     fos_shim_conn_child_release();
     FOS_REAL(execve)(use, argv, env);
     int e = errno;
@@ -208,7 +208,7 @@ FOS_SHIM_EXPORT int execvpe(const char *file, char *const argv[], char *const en
     if (fos_shim_search_is_ours(argv, envp)) return fos_shim_execvpe_search(file, argv, envp);
     FOS_SHIM_FIXED_ENV(envp, env, 0);
     fos_shim_conn_child_release();
-    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0);
+    (void)fos_shim_fs_settle(0);
     return FOS_REAL(execvpe)(file, argv, env);
 }
 
@@ -250,7 +250,7 @@ FOS_SHIM_EXPORT int fexecve(int fd, char *const argv[], char *const envp[]) {
     if (r < 0) return (int)fos_shim_ret(r, saved);
     FOS_SHIM_FIXED_ENV(envp, env, 0);
     fos_shim_conn_child_release();
-    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0);
+    (void)fos_shim_fs_settle(0);
     return FOS_REAL(fexecve)(fd, argv, env);
 }
 
@@ -274,7 +274,7 @@ FOS_SHIM_EXPORT int execveat(int dirfd, const char *path, char *const argv[], ch
     }
     FOS_SHIM_FIXED_ENV(envp, env, 0);
     fos_shim_conn_child_release();
-    if (fos_shim_fs_unsettled()) (void)fos_shim_fs_settle(0);
+    (void)fos_shim_fs_settle(0);
     return FOS_REAL(execveat)(dirfd, path, argv, env, flags);
 }
 

@@ -129,7 +129,7 @@ FOS_SHIM_EXPORT int close(int fd) {
         fos_shim_ofd *o = fos_shim_fd(fd);
         /* Writes sent ahead (ahead.c) are answered first: an error one
          * met is this close's, as NFS reports a failed write-behind. */
-        if (o && fos_shim_fs_unsettled()) late = fos_shim_fs_settle(o->ino);
+        if (o) late = fos_shim_fs_settle(o->ino);
         if (o) fos_shim_lock_release(o);
         fos_shim_fd_forget(fd);
         errno = saved;

@@ -342,12 +342,17 @@ public final class FileSystem: @unchecked Sendable {
             try await commit()
             try await checkpoint()
         }
-        if changed { roomBytes.store(availableBlocks * UInt64(Layout.blockSize), ordering: .relaxed) }
+        if changed { publishRoom() }
         trimCaches()
     }
 
     var availableBlocks: UInt64 {
         ownedAGs.reduce(0) { $0 + agFreeBlocks[$1] } - reservedCount
+    }
+
+    /// `roomBytes` from the free counts now (after a change, a checkpoint, mount).
+    func publishRoom() {
+        roomBytes.store(availableBlocks * UInt64(Layout.blockSize), ordering: .relaxed)
     }
 
     func trimCaches() {

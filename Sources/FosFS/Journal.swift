@@ -358,7 +358,7 @@ extension FileSystem {
         inJournal.removeAll()
         reserved.removeAll()
         reservedCount = 0
-        roomBytes.store(availableBlocks * UInt64(Layout.blockSize), ordering: .relaxed)
+        publishRoom()
     }
 }
 

@@ -131,7 +131,7 @@ extension FileSystem {
         device.expectSmallWrites(block: sb.journalSlotStart(member), count: Int(sb.journalBlocks))
         try await fs.countFree()
         try await fs.loadOrphans()
-        fs.roomBytes.store(fs.availableBlocks * UInt64(Layout.blockSize), ordering: .relaxed)
+        fs.publishRoom()
         return fs
     }
 

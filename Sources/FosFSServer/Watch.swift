@@ -49,7 +49,7 @@ final class WatchLog: Sendable {
 
     /// The events of a client's request that succeeded (FOS_OP_FS_AS
     /// unwrapped): what it changed, by whom.
-    func noted(_ r: Request, _ reply: Reply, svc: FSService) async -> Reply {
+    func noted(_ r: Request, _ reply: Reply) -> Reply {
         guard reply.status == 0, watched.load(ordering: .relaxed) else { return reply }
         var op = r.opcode, payload = r.payload
         if op == UInt16(FOS_OP_FS_AS) {
@@ -57,7 +57,7 @@ final class WatchLog: Sendable {
             op = h.opcode
             payload = Array(payload[end...])
         }
-        var events = await Self.events(op: op, payload, reply: reply.payload, svc: svc)
+        var events = Self.events(op: op, payload, reply: reply.payload)
         guard !events.isEmpty else { return reply }
         for i in events.indices { events[i].pid = r.sender.pid }
         append(events)
@@ -88,7 +88,7 @@ final class WatchLog: Sendable {
 
     /// What a successful request changed, from its payload (validated by
     /// then) and its reply.
-    static func events(op: UInt16, _ p: [UInt8], reply: [UInt8], svc: FSService) async -> [Event] {
+    static func events(op: UInt16, _ p: [UInt8], reply: [UInt8]) -> [Event] {
         func at<T>(_ t: T.Type) -> T? { p.withUnsafeBytes { loadStruct(T.self, from: $0) } }
         func bytes(_ from: Int, _ n: Int) -> [UInt8] { from >= 0 && n >= 0 && from + n <= p.count ? Array(p[from..<(from + n)]) : [] }
         func inode(_ ino: UInt64, all: Bool = false) -> Event {

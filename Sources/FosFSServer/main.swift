@@ -93,10 +93,9 @@ final class FSService: Sendable {
         lastRequest.store(monotonicNanos(), ordering: .relaxed)
         defer { lastRequest.store(monotonicNanos(), ordering: .relaxed) }
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
-        if r.opcode == UInt16(FOS_OP_FS_AS) { return await watch.noted(r, await handleAs(r), svc: self) }
+        if r.opcode == UInt16(FOS_OP_FS_AS) { return watch.noted(r, await handleAs(r)) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
-        return await watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false),
-                                 svc: self)
+        return watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
     }
 
     /// A peer's forwarded request: only on our internal mailbox, only from a
