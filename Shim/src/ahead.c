@@ -1,7 +1,10 @@
 /*
  * Writes sent ahead (FOS_MSG_AHEAD, fos_wire.h): a WRITE at an offset goes
  * out and write() returns without waiting for the member's answer, while
- * the member's last reply said AHEAD_OK. The answers are taken in order
+ * the member's last reply said AHEAD_OK. So does root's change of a file's
+ * mode, owner or times (a SETATTR that cannot fail for it): tar sets all
+ * three on every file it writes, and the member commits the file's writes
+ * and changes at once (FosCore/AheadOrder.swift). The answers are taken in order
  * before the process's next ordinary request (so it reads what it wrote),
  * at close and fsync of a file (which report an error one of them met),
  * and at exit and exec. The member serves them before anything that
@@ -42,10 +45,37 @@ static void fos_shim_ahead_empty(fos_shim_ahead_q *q) {
     q->done = 0;
 }
 
-int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, const fos_fs_io *io, const void *data) {
-    if (!q->ok || io->flags != 0 || io->count == 0 || io->count > FOS_FS_AHEAD_BYTES) return -1;
-    /* Past the largest file: EFBIG, from the write itself. */
-    if (io->offset > FOS_FS_MAX_FILE_SIZE - io->count) return -1;
+/* Whether a SETATTR can go ahead: only what cannot fail for the caller
+ * (a late error would surprise a program told it succeeded). Root may
+ * change any file's mode, owner and times; a size is a truncate, which
+ * may meet a full disk or a shared mapping. */
+static int fos_shim_ahead_setattr_ok(const fos_fs_setattr *sa) {
+    const uint32_t may = FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID | FOS_FS_SET_ATIME | FOS_FS_SET_MTIME |
+                         FOS_FS_SET_ATIME_NOW | FOS_FS_SET_MTIME_NOW;
+    return sa->valid != 0 && (sa->valid & ~may) == 0 && syscall(SYS_geteuid) == 0;
+}
+
+int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
+                        const void *data) {
+    fos_fs_io io;
+    fos_fs_setattr sa;
+    uint32_t len;
+    if (op == FOS_OP_FS_WRITE) {
+        memcpy(&io, fixed, sizeof io);
+        if (io.flags != 0 || io.count == 0 || io.count > FOS_FS_AHEAD_BYTES) return -1;
+        /* Past the largest file: EFBIG, from the write itself. */
+        if (io.offset > FOS_FS_MAX_FILE_SIZE - io.count) return -1;
+        len = io.count;
+    } else if (op == FOS_OP_FS_SETATTR) {
+        memcpy(&sa, fixed, sizeof sa);
+        if (!fos_shim_ahead_setattr_ok(&sa)) return -1;
+        io = (fos_fs_io){.ino = sa.ino};
+        data = &sa;
+        len = sizeof sa;
+    } else {
+        return -1;
+    }
+    if (!q->ok) return -1;
     if (fos_shim_in_vfork_child()) return -1; /* its connection is gone at its exec */
     /* On the member's own core nothing would overlap (and a call there
      * counts toward leaving it: chan.c). */
@@ -56,7 +86,7 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, con
     /* Answers already there first (they also refresh q->ok); all of them
      * when the queue or the buffer is full. */
     if (q->done < q->n && fos_shim_ahead_collect(q, fs, 0) != 0) return -1;
-    if (q->n == FOS_FS_AHEAD_MAX || q->used + io->count > FOS_FS_AHEAD_BYTES) {
+    if (q->n == FOS_FS_AHEAD_MAX || q->used + len > FOS_FS_AHEAD_BYTES) {
         if (fos_shim_ahead_collect(q, fs, 1) != 0) return -1;
     }
     if (!q->ok) return -1;
@@ -66,25 +96,40 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, con
         q->kept = p;
     }
     uint32_t at = q->used;
-    memcpy(q->kept + at, data, io->count);
-    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof *io];
-    memcpy(msg + sizeof(fos_msg_hdr), io, sizeof *io);
-    if (fos_shim_chan_post(fs, FOS_OP_FS_WRITE, id, FOS_MSG_AHEAD, msg, sizeof msg, q->kept + at, io->count) != 0) {
-        return -1;
+    memcpy(q->kept + at, data, len);
+    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof sa];
+    int err;
+    if (op == FOS_OP_FS_WRITE) {
+        memcpy(msg + sizeof(fos_msg_hdr), &io, sizeof io);
+        err = fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, sizeof(fos_msg_hdr) + sizeof io, q->kept + at, len);
+    } else {
+        memcpy(msg + sizeof(fos_msg_hdr), &sa, sizeof sa);
+        err = fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, sizeof msg, NULL, 0);
     }
-    q->w[q->n] = (fos_shim_ahead_w){.id = id, .ino = io->ino, .off = io->offset, .len = io->count, .at = at};
+    if (err != 0) return -1;
+    q->w[q->n] = (fos_shim_ahead_w){.id = id, .ino = io.ino, .off = io.offset, .len = len, .at = at, .op = op};
     __atomic_store_n(&q->n, q->n + 1, __ATOMIC_RELAXED);
-    q->used += io->count;
+    q->used += len;
     return 0;
 }
 
+/* What an answer may carry. */
+typedef union fos_shim_ahead_reply {
+    fos_fs_write_reply w;
+    fos_fs_stat st;
+} fos_shim_ahead_reply;
+
 /* One answer: its error, if any, kept for the file. */
 static void fos_shim_ahead_answered(fos_shim_ahead_q *q, const fos_shim_ahead_w *w, int32_t status,
-                                    const fos_fs_write_reply *r, uint32_t rlen) {
+                                    const fos_shim_ahead_reply *r, uint32_t rlen) {
     int err = status;
-    /* A short count is the disk filling up (FileSystem.write stops there). */
-    if (err == 0 && (rlen != sizeof *r || r->count > w->len)) err = EIO;
-    if (err == 0 && r->count < w->len) err = ENOSPC;
+    if (w->op == FOS_OP_FS_SETATTR) {
+        if (err == 0 && rlen != sizeof r->st) err = EIO;
+    } else {
+        /* A short count is the disk filling up (FileSystem.write stops there). */
+        if (err == 0 && (rlen != sizeof r->w || r->w.count > w->len)) err = EIO;
+        if (err == 0 && r->w.count < w->len) err = ENOSPC;
+    }
     if (err) fos_shim_ahead_late(q, w->ino, err);
 }
 
@@ -92,10 +137,10 @@ int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
     while (q->done < q->n) {
         if (!wait && fos_ring_readable(&fs->rx) <= 0) return 0;
         const fos_shim_ahead_w *w = &q->w[q->done];
-        fos_fs_write_reply r;
+        fos_shim_ahead_reply r;
         uint32_t rlen = 0;
         int32_t status = 0;
-        int err = fos_shim_chan_wait(fs, FOS_OP_FS_WRITE, w->id, &r, sizeof r, &rlen, &status);
+        int err = fos_shim_chan_wait(fs, w->op, w->id, &r, sizeof r, &rlen, &status);
         if (err) return err;
         q->ok = (fs->reply_flags & FOS_MSG_AHEAD_OK) != 0;
         fos_shim_ahead_answered(q, w, status, &r, rlen);
@@ -109,14 +154,24 @@ int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
 int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_id) {
     while (q->done < q->n) {
         const fos_shim_ahead_w *w = &q->w[q->done];
-        fos_fs_io io = {.ino = w->ino, .offset = w->off, .count = w->len};
-        _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof io];
-        memcpy(msg + sizeof(fos_msg_hdr), &io, sizeof io);
-        fos_fs_write_reply r;
+        _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof(fos_fs_setattr)];
+        uint32_t mlen;
+        const void *bulk = NULL;
+        uint32_t blen = 0;
+        if (w->op == FOS_OP_FS_SETATTR) {
+            memcpy(msg + sizeof(fos_msg_hdr), q->kept + w->at, sizeof(fos_fs_setattr));
+            mlen = sizeof msg;
+        } else {
+            fos_fs_io io = {.ino = w->ino, .offset = w->off, .count = w->len};
+            memcpy(msg + sizeof(fos_msg_hdr), &io, sizeof io);
+            mlen = sizeof(fos_msg_hdr) + sizeof io;
+            bulk = q->kept + w->at;
+            blen = w->len;
+        }
+        fos_shim_ahead_reply r;
         uint32_t rlen = 0;
         int32_t status = 0;
-        int err = fos_shim_chan_call(fs, FOS_OP_FS_WRITE, ++*msg_id, msg, sizeof msg, q->kept + w->at, w->len, &r,
-                                     sizeof r, &rlen, &status);
+        int err = fos_shim_chan_call(fs, w->op, ++*msg_id, msg, mlen, bulk, blen, &r, sizeof r, &rlen, &status);
         if (err) return err;
         fos_shim_ahead_answered(q, w, status, &r, rlen);
         q->done++;

@@ -220,12 +220,14 @@ int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, ui
                        int32_t *status);
 
 /* ------------------------------------------------------------------ */
-/* ahead.c: WRITEs that do not wait for their answer (FOS_MSG_AHEAD)    */
+/* ahead.c: WRITEs and SETATTRs that do not wait for their answer        */
+/* (FOS_MSG_AHEAD)                                                      */
 /* ------------------------------------------------------------------ */
 
 typedef struct fos_shim_ahead_w {
     uint64_t id, ino, off;
-    uint32_t len, at; /* at: where its data is kept */
+    uint32_t len, at; /* at: where a WRITE's data, a SETATTR's request is kept */
+    uint16_t op;
 } fos_shim_ahead_w;
 
 typedef struct fos_shim_ahead_q {
@@ -242,17 +244,19 @@ typedef struct fos_shim_ahead_q {
     } late[8];        /* errors of answered ones, for the file's next write, fsync or close */
 } fos_shim_ahead_q;
 
-/* Sends a WRITE (io, data) ahead on fs as request id if it may go so: 0,
- * or -1 (send it as an ordinary request; nothing was sent). msg has room
- * for the header and io. */
-int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, const fos_fs_io *io, const void *data);
+/* Sends a WRITE (fixed: its fos_fs_io, data) or a SETATTR (fixed: its
+ * fos_fs_setattr) ahead on fs as request id if it may go so: 0, or -1
+ * (send it as an ordinary request; nothing was sent). */
+int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
+                        const void *data);
 /* Takes the answers of WRITEs sent ahead: all of them (wait), or those
  * already there. 0, or the channel's errno (EPIPE: the member is gone);
  * those without an answer stay for fos_shim_ahead_replay. */
 int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait);
-/* Sends the unanswered ones again, in order, as ordinary WRITEs on a new
- * channel (a member that died before answering may or may not have
- * served them: a WRITE at an offset may be served twice). 0 or errno. */
+/* Sends the unanswered ones again, in order, as ordinary requests on a
+ * new channel (a member that died before answering may or may not have
+ * served them: a WRITE at an offset or a SETATTR may be served twice).
+ * 0 or errno. */
 int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_id);
 /* The unanswered ones could not be sent again (no node, no fs member):
  * each one's file is told EIO. */

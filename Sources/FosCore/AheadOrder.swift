@@ -17,10 +17,66 @@ import CFosWire
 /// a sender waits for an ordinary request's answer before it sends again
 /// (the shim does; a client that does not loses only its own ordering).
 ///
-/// "Answered" is when the reply is in the ring: a sender that finds a
-/// member gone replays only the requests it has no reply for, and none
-/// taken after them could have been served before them.
+/// "Answered" is when the reply is in the ring, or held: a sender that
+/// finds a member gone replays only the requests it has no reply for, and
+/// none taken after them could have been served before them but its own.
+///
+/// One settling for a run (`answerInOrder`): a service may leave the work
+/// of a request taken ahead unsettled (the fs member does not commit it),
+/// as long as the next request taken ahead is the same sender's. Its
+/// answer is then held, and the last of the run settles them all (one
+/// commit) before any of the answers goes. A sender that finds its member
+/// gone replays the whole run, in order, and what any other sender sent
+/// after the run was served after the run was settled. (Not across
+/// senders: a run of A's that B's ahead request followed, which B sent
+/// after hearing from A, would be replayed by A and B each on its own.)
+/// An ordinary request settles too, before its answer goes.
 extension EventLoop {
+    /// An answer held until the service is settled.
+    struct HeldAnswer {
+        var channelID: UInt64
+        var opcode: UInt16
+        var requestID: UInt64
+        var reply: Reply
+    }
+
+    /// Sends `reply` to `req` (served in turn among requests taken ahead,
+    /// `turn`), or holds it while the run it ends is the same sender's.
+    func answerInOrder(_ req: Request, _ reply: Reply, oneway: Bool, service: MailboxService, turn: UInt64) async {
+        var reply = reply
+        if req.ahead {
+            let next = turn &+ 1
+            // The sender's next ones may be in its ring, not yet taken (the
+            // loop had no turn while this one was served).
+            if st.aheadTaken == next, let e = st.entries[req.channelID] { takeAheadRecords(e) }
+            if st.aheadTaken > next, st.aheadSenders[Int(next - st.aheadSendersFirst)] == req.channelID {
+                if !oneway {
+                    st.heldAnswers.append(HeldAnswer(channelID: req.channelID, opcode: req.opcode,
+                                                     requestID: req.requestID, reply: reply))
+                }
+                aheadAnswered()
+                return
+            }
+        }
+        if !service.aheadSettled || !st.heldAnswers.isEmpty {
+            // Held answers said success for work that is now lost if it
+            // cannot be settled: they say EIO instead (the shim reports it
+            // for the file at its next write, fsync or close).
+            let settled = await service.settleAhead()
+            let held = st.heldAnswers
+            st.heldAnswers.removeAll(keepingCapacity: true)
+            for var h in held {
+                if !settled && h.reply.status == 0 { h.reply = Reply(status: EIO) }
+                if let e = st.entries[h.channelID] { sendReply(e, h.opcode, h.requestID, h.reply) }
+            }
+            if !settled && req.ahead && reply.status == 0 { reply = Reply(status: EIO) }
+        }
+        if !oneway, let e = st.entries[req.channelID] {
+            sendReply(e, req.opcode, req.requestID, reply)
+        }
+        if req.ahead { aheadAnswered() }
+    }
+
     /// Takes the AHEAD records at the head of every ring of a service that
     /// orders ahead but `skip`'s.
     func takeAhead(except skip: Entry) {
@@ -68,6 +124,13 @@ extension EventLoop {
     /// A request taken ahead was answered: wake whoever waited for it.
     func aheadAnswered() {
         st.aheadAnswered &+= 1
+        if st.aheadAnswered == st.aheadTaken {
+            st.aheadSenders.removeAll(keepingCapacity: true)
+            st.aheadSendersFirst = st.aheadAnswered
+        } else if st.aheadAnswered - st.aheadSendersFirst >= 256 {
+            st.aheadSenders.removeFirst(256)
+            st.aheadSendersFirst &+= 256
+        }
         guard !st.aheadWaiters.isEmpty else { return }
         let done = st.aheadAnswered
         var i = 0

@@ -16,6 +16,9 @@ public struct Request: Sendable {
     public var sender: PeerInfo
     public var channelID: UInt64
     public var mailbox: UInt64
+    /// Taken as sent ahead (FOS_MSG_AHEAD): its answer may wait until the
+    /// service is settled (`MailboxService.settleAhead`, AheadOrder.swift).
+    public var ahead = false
 }
 
 /// A reply: an errno (0 for success) and bytes.
@@ -59,6 +62,12 @@ public protocol MailboxService: AnyObject, Sendable {
     func takesAhead(_ request: Request) -> Bool
     /// Whether replies on `channel` say FOS_MSG_AHEAD_OK.
     func welcomesAhead(on channel: Channel) -> Bool
+    /// Whether everything answered so far would outlive this process
+    /// (requests taken ahead may leave their work for a later one to make
+    /// so: AheadOrder.swift).
+    var aheadSettled: Bool { get }
+    /// Makes it so; false if it cannot (the answers waiting then say EIO).
+    func settleAhead() async -> Bool
 }
 
 extension MailboxService {
@@ -68,6 +77,8 @@ extension MailboxService {
     public var ordersAhead: Bool { false }
     public func takesAhead(_ request: Request) -> Bool { false }
     public func welcomesAhead(on channel: Channel) -> Bool { false }
+    public var aheadSettled: Bool { true }
+    public func settleAhead() async -> Bool { true }
 }
 
 /// A service that takes validated messages straight from the ring, on the
@@ -159,6 +170,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var aheadAnswered: UInt64 = 0
         var aheadWaiters: [(turn: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         var takingAhead = false
+        /// The channel of each request taken ahead and not yet answered, in
+        /// turn order from `aheadSendersFirst`; answers held until the
+        /// service is settled, in the order they were due.
+        var aheadSenders: [UInt64] = []
+        var aheadSendersFirst: UInt64 = 0
+        var heldAnswers: [HeldAnswer] = []
         var queueLength: UInt64 = 0
         var handled: UInt64 = 0
         var received: UInt64 = 0
@@ -484,7 +501,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             }
             return
         }
-        let req = Request(opcode: h.opcode, requestID: h.request_id, payload: payload,
+        var req = Request(opcode: h.opcode, requestID: h.request_id, payload: payload,
                           sender: e.channel.peer, channelID: e.channel.id, mailbox: e.channel.mailbox)
         let oneway = h.flags & UInt32(FOS_MSG_ONEWAY) != 0
         // Requests sent ahead come first (AheadOrder.swift): an ordinary
@@ -495,7 +512,11 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
         if ordered && !ahead { takeAhead(except: e) }
         let turn = st.aheadTaken
-        if ahead { st.aheadTaken &+= 1 }
+        if ahead {
+            st.aheadTaken &+= 1
+            st.aheadSenders.append(e.channel.id)
+            req.ahead = true
+        }
         st.queueLength &+= 1
         e.inflight += 1
         Task(executorPreference: self) { [self] in
@@ -517,14 +538,15 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             st.queueLength &-= 1
             st.handled &+= 1
             st.entries[req.channelID]?.inflight -= 1
-            if !oneway, let e = st.entries[req.channelID] {
+            if ordered {
+                await answerInOrder(req, reply, oneway: oneway, service: service, turn: turn)
+            } else if !oneway, let e = st.entries[req.channelID] {
                 sendReply(e, req.opcode, req.requestID, reply)
             }
-            if ahead { aheadAnswered() }
         }
     }
 
-    private func sendReply(_ e: Entry, _ opcode: UInt16, _ rid: UInt64, _ r: Reply) {
+    func sendReply(_ e: Entry, _ opcode: UInt16, _ rid: UInt64, _ r: Reply) {
         if r.payload.count > Int(FOS_MAX_PAYLOAD) {
             // A handler's bug must not cost the client its channel.
             return sendRaw(e, fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: 0,

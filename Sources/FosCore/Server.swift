@@ -26,9 +26,16 @@ public final class FosServer: MailboxService {
         public var takes: @Sendable (Request) -> Bool
         /// Whether replies on a channel say FOS_MSG_AHEAD_OK.
         public var welcomes: @Sendable (Channel) -> Bool
-        public init(takes: @escaping @Sendable (Request) -> Bool, welcomes: @escaping @Sendable (Channel) -> Bool) {
+        /// `MailboxService.aheadSettled` and `settleAhead`.
+        public var settled: @Sendable () -> Bool
+        public var settle: @Sendable () async -> Bool
+        public init(takes: @escaping @Sendable (Request) -> Bool, welcomes: @escaping @Sendable (Channel) -> Bool,
+                    settled: @escaping @Sendable () -> Bool = { true },
+                    settle: @escaping @Sendable () async -> Bool = { true }) {
             self.takes = takes
             self.welcomes = welcomes
+            self.settled = settled
+            self.settle = settle
         }
     }
 
@@ -46,6 +53,8 @@ public final class FosServer: MailboxService {
     public var ordersAhead: Bool { ahead != nil }
     public func takesAhead(_ request: Request) -> Bool { ahead?.takes(request) ?? false }
     public func welcomesAhead(on channel: Channel) -> Bool { ahead?.welcomes(channel) ?? false }
+    public var aheadSettled: Bool { ahead?.settled() ?? true }
+    public func settleAhead() async -> Bool { await ahead?.settle() ?? true }
 
     public func handle(_ request: Request) async throws -> Reply {
         guard let h = handlers[request.opcode] else { return Reply(status: ENOSYS) }

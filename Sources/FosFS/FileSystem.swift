@@ -201,6 +201,16 @@ public final class FileSystem: @unchecked Sendable {
     /// The file system whose opLock the current task holds for a whole
     /// cross-member transaction (see Cross.swift).
     @TaskLocal static var lockHolder: ObjectIdentifier?
+    /// Set while serving a request sent ahead (FOS_MSG_AHEAD): its changes
+    /// may wait for the commit of a later one (`endOperation`), because its
+    /// answer waits for that commit (FosCore/AheadOrder.swift, `settle`).
+    @TaskLocal public static var commitLater = false
+    /// Operations answered ahead whose changes no commit has covered yet.
+    public let uncommitted = Atomic<Bool>(false)
+    /// How many operations in a row left their commit to a later one.
+    var deferredCommits = 0
+    /// At most this many: one commit's transaction stays small.
+    static let deferredCommitsMax = 32
 
     var cache: [UInt64: Buffer] = [:]
     var clock: UInt64 = 0
@@ -334,7 +344,10 @@ public final class FileSystem: @unchecked Sendable {
     func endOperation() async throws {
         try await writeDirtyInodesAsync()
         let changed = !txn.isEmpty || !dirtyData.isEmpty
-        if changed {
+        if changed, Self.commitLater, deferredCommits < Self.deferredCommitsMax {
+            deferredCommits += 1
+            uncommitted.store(true, ordering: .releasing)
+        } else if changed {
             try await commit(flush: false)
         }
         // Space held back since the last checkpoint is needed: free it.
@@ -344,6 +357,13 @@ public final class FileSystem: @unchecked Sendable {
         }
         if changed { publishRoom() }
         trimCaches()
+    }
+
+    /// Commits what operations served ahead left uncommitted
+    /// (`commitLater`): their answers go once this returns.
+    public func settle() async throws {
+        guard uncommitted.load(ordering: .acquiring) else { return }
+        try await Self.$commitLater.withValue(false) { try await op {} }
     }
 
     var availableBlocks: UInt64 {

@@ -207,6 +207,7 @@ extension FileSystem {
         if txnHasFreshData { freshDataUnflushed = true }
         guard !txn.isEmpty else {
             if flush { try await flushRecorded() }
+            uncommitted.store(false, ordering: .releasing)
             return
         }
         // A durable commit of new file blocks: their data first.
@@ -276,6 +277,8 @@ extension FileSystem {
             jTail = Array(out[(out.count - Layout.blockSize)...])
         }
         jSeq += 1
+        uncommitted.store(false, ordering: .releasing)
+        deferredCommits = 0
     }
 
     /// Writes every committed block home, then empties the journal. Blocks

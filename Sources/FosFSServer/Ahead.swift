@@ -7,7 +7,8 @@ import FosFS
 ///
 /// Only WRITEs at an offset (an append's place is known only when it is
 /// served, and a client replaying one after a restart would append it
-/// twice), and only in a fleet of one member: a member serves a request
+/// twice) and SETATTRs of mode, owner and times (the shim sends those only
+/// for root, which they cannot fail), and only in a fleet of one member: a member serves a request
 /// for an inode homed elsewhere by forwarding it, and a write sent ahead
 /// that waited for a peer while that peer's own waited for us would hang
 /// both. (In a larger fleet every reply says no, and a shim sends each
@@ -29,13 +30,36 @@ import FosFS
 /// ahead writes still meet an error (EIO, a full disk that others filled
 /// between two of its replies) is told at its next write, fsync or close
 /// of the file.
+///
+/// Commits: a request taken ahead leaves its changes uncommitted
+/// (FileSystem.commitLater) while the next one taken ahead is the same
+/// client's, and the loop holds its answer until the last of the run
+/// commits them all (`settleAhead`; FosCore/AheadOrder.swift). An untar's
+/// writes and attribute changes of a file are one commit, not one each.
 extension FSService {
+    /// Commits what requests served ahead left; false if that failed.
+    func settleAhead() async -> Bool {
+        do {
+            try await fs.settle()
+            return true
+        } catch {
+            return false
+        }
+    }
+
     /// Kept free beyond the clients' ahead bytes: metadata, the journal,
     /// other clients' ordinary writes in the meantime.
     static let aheadMarginBytes: UInt64 = 64 << 20
 
     func takesAhead(_ r: Request) -> Bool {
-        guard members == 1, r.opcode == UInt16(FOS_OP_FS_WRITE),
+        guard members == 1 else { return false }
+        if r.opcode == UInt16(FOS_OP_FS_SETATTR) {
+            // Mode, owner, times: served twice after a replay, the same
+            // (a truncate is not taken: it may meet a shared mapping).
+            guard let a = r.payload.withUnsafeBytes({ loadStruct(fos_fs_setattr.self, from: $0) }) else { return false }
+            return a.valid & FOS_FS_SET_SIZE == 0
+        }
+        guard r.opcode == UInt16(FOS_OP_FS_WRITE),
               let h = r.payload.withUnsafeBytes({ loadStruct(fos_fs_io.self, from: $0) }) else { return false }
         // A write the file system refuses whatever its state (EFBIG) is
         // the shim's to refuse at once; one that comes anyway is ordinary.

@@ -95,6 +95,12 @@ final class FSService: Sendable {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return watch.noted(r, await handleAs(r)) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
+        if r.ahead {
+            // Its commit may be a later request's (Ahead.swift).
+            return await FileSystem.$commitLater.withValue(true) {
+                watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
+            }
+        }
         return watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
     }
 
@@ -701,7 +707,9 @@ func runMember() -> Never {
                 _ = svc.groups.withLock { $0.removeValue(forKey: ch.id) }
                 svc.locks.disconnected(ch.id, svc: svc)
                 svc.channelClosed(ch.id)
-            }, ahead: FosServer.AheadPolicy(takes: { svc.takesAhead($0) }, welcomes: { _ in svc.welcomesAhead }))
+            }, ahead: FosServer.AheadPolicy(takes: { svc.takesAhead($0) }, welcomes: { _ in svc.welcomesAhead },
+                                            settled: { !fs.uncommitted.load(ordering: .acquiring) },
+                                            settle: { await svc.settleAhead() }))
             service.withLock { $0 = svc }
             let a = try await server.start(name: fleetName, policy: .roundRobin)
             if let i = a.internal {

@@ -183,12 +183,7 @@ struct ServerModelTests {
                     return Reply()
                 },
             ], ahead: FosServer.AheadPolicy(takes: { $0.opcode == opWrite }, welcomes: { _ in true }))
-            let key = Capability.random()
-            let addr = try await rt.createMailbox(key: key, service: server)
-            let (b, a, c) = (try node.runtime(), try node.runtime(), try node.runtime())
-            let chB = try await b.connect(addr, key: key)
-            let chA = try await a.connect(addr, key: key)
-            let chC = try await c.connect(addr, key: key)
+            let ((a, chA), (b, chB), (c, chC)) = try await threeClients(of: server, on: rt, node)
             let first = try await a.callAhead(chA, opcode: opWrite, payload: Array("w0".utf8))
             #expect(first.status == 0)
             log.withLock { $0.removeAll() }
@@ -208,6 +203,82 @@ struct ServerModelTests {
             let order = log.withLock { $0 }
             #expect(order.count == 4)
             #expect(order.last == "read", "served in the order \(order)")
+        }
+    }
+
+    /// Three runtimes, each with a channel to a new mailbox of `server`.
+    func threeClients(of server: FosServer, on rt: FosRuntime, _ node: TestNode) async throws
+        -> ((FosRuntime, Channel), (FosRuntime, Channel), (FosRuntime, Channel)) {
+        let key = Capability.random()
+        let addr = try await rt.createMailbox(key: key, service: server)
+        var made: [(FosRuntime, Channel)] = []
+        for _ in 0..<3 {
+            let r = try node.runtime()
+            made.append((r, try await r.connect(addr, key: key)))
+        }
+        return (made[0], made[1], made[2])
+    }
+
+    @Test("a sender's run of requests sent ahead is settled once, before any of its answers and a later request")
+    func aheadRunSettledOnce() async throws {
+        try await TestNode.with(members: 1) { node in
+            let rt = try node.runtime()
+            let opBlock: UInt16 = 0x7001, opWrite: UInt16 = 0x7002, opRead: UInt16 = 0x7003
+            struct State {
+                var log: [String] = []
+                var unsettled = false
+                var failSettle = false
+            }
+            let state = Mutex(State())
+            let server = FosServer(runtime: rt, handlers: [
+                // Holds the server's loop, so that the rings fill meanwhile.
+                opBlock: { _ in usleep(400_000); return Reply() },
+                opWrite: { r in
+                    state.withLock {
+                        $0.log.append(String(decoding: r.payload, as: UTF8.self))
+                        $0.unsettled = r.ahead
+                    }
+                    return Reply()
+                },
+                opRead: { _ in
+                    state.withLock { $0.log.append("read") }
+                    return Reply()
+                },
+            ], ahead: FosServer.AheadPolicy(takes: { $0.opcode == opWrite }, welcomes: { _ in true },
+                                            settled: { !state.withLock { $0.unsettled } },
+                                            settle: {
+                                                state.withLock {
+                                                    $0.log.append("settle")
+                                                    $0.unsettled = false
+                                                    return !$0.failSettle
+                                                }
+                                            }))
+            let ((a, chA), (b, chB), (c, chC)) = try await threeClients(of: server, on: rt, node)
+
+            for fail in [false, true] {
+                state.withLock {
+                    $0.log.removeAll()
+                    $0.failSettle = fail
+                }
+                let blocked = Task { try await c.call(chC, opcode: opBlock) }
+                try await Task.sleep(for: .milliseconds(100))
+                // One at a time into A's ring (the loop is held), in order.
+                var writes: [Task<Reply, any Error>] = []
+                for i in 1...3 {
+                    writes.append(Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) })
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await Task.sleep(for: .milliseconds(60))
+                let read = try await b.call(chB, opcode: opRead)
+                #expect(read.status == 0)
+                var statuses: [Int32] = []
+                for w in writes { statuses.append(try await w.value.status) }
+                _ = try await blocked.value
+                let log = state.withLock { $0.log }
+                #expect(log == ["w1", "w2", "w3", "settle", "read"], "served in the order \(log)")
+                // Work that could not be settled is not reported done.
+                #expect(statuses == Array(repeating: fail ? EIO : 0, count: 3), "fail \(fail): \(statuses)")
+            }
         }
     }
 

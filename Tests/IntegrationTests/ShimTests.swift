@@ -173,27 +173,38 @@ struct ShimTests {
         }
     }
 
-    /// Writes sent ahead (Shim/src/ahead.c) to a member that is stopped
-    /// and then killed never reached it: the shim sends them again to the
-    /// restarted member when the file is closed. The script uses builtins
-    /// only while the member is stopped (an exec or any other fos call
-    /// would wait for it).
-    @Test("writes sent ahead to a member killed before it served them are sent again to its successor")
+    /// Writes and root's changes of mode, owner and times sent ahead
+    /// (Shim/src/ahead.c) to a member that is stopped and then killed never
+    /// reached it: the shim sends them again, in order, to the restarted
+    /// member when the file is closed. While the member is stopped the
+    /// script makes only calls that go ahead (any other fos call would wait
+    /// for it).
+    @Test("writes and attribute changes sent ahead to a member killed before it served them are sent again to its successor")
     func aheadReplayedAfterMemberDeath() async throws {
         try await TestNode.with(members: 1) { node in
             let d = node.root + "/sync"
             try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-            #expect(mkfifo(d + "/fifo", 0o600) == 0)
             let script = """
-                n=0; nap() { read -t 0.02 <>\(d)/fifo; n=$((n+1)); [ $n -lt 3000 ] || exit 3; }
-                exec 3>/fos/ahead.txt
-                : > \(d)/opened
-                until [ -e \(d)/stopped ]; do nap; done
-                i=1; while [ $i -le 50 ]; do printf 'line %d\n' $i >&3; i=$((i+1)); done
-                : > \(d)/wrote
-                until [ -e \(d)/killed ]; do nap; done
-                exec 3>&- || echo "close failed"
-                wc -l < /fos/ahead.txt; tail -n 1 /fos/ahead.txt
+                import os, sys, time
+                def wait(f):
+                    for _ in range(3000):
+                        if os.path.exists("\(d)/" + f): return
+                        time.sleep(0.02)
+                    sys.exit(3)
+                fd = os.open("/fos/ahead.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                open("\(d)/opened", "w").close()
+                wait("stopped")
+                for i in range(1, 51): os.write(fd, b"line %d\\n" % i)
+                os.fchmod(fd, 0o640)
+                os.fchown(fd, 0, 4242)
+                os.write(fd, b"last\\n")
+                os.utime(fd, ns=(10**18, 10**18))
+                open("\(d)/wrote", "w").close()
+                wait("killed")
+                os.close(fd)
+                st = os.stat("/fos/ahead.txt")
+                lines = open("/fos/ahead.txt").read().splitlines()
+                print(len(lines), lines[-2], lines[-1], oct(st.st_mode & 0o7777), st.st_gid, st.st_mtime_ns)
                 """
             // Off the member's core: a write from there waits for its
             // answer (nothing would overlap), and would wait for the
@@ -203,7 +214,7 @@ struct ShimTests {
             let other = member.core == 0 ? 1 : 0
             try #require(sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two cores")
             let p = try Subprocess("/usr/bin/taskset", ["-c", String(other), try Shim.fosRun, "--runtime", node.runtimeDir,
-                                                        "--", "/bin/bash", "-c", script], outputIn: node.root)
+                                                        "--", "/usr/bin/python3", "-c", script], outputIn: node.root)
             defer { p.kill() }
             func waitFor(_ f: String) async throws {
                 try await eventually("the script to reach \(f)", timeout: .seconds(30)) {
@@ -217,7 +228,8 @@ struct ShimTests {
             #expect(kill(member.pid, SIGKILL) == 0)
             _ = FileManager.default.createFile(atPath: d + "/killed", contents: nil)
             let r = await p.wait(timeout: .seconds(60))
-            #expect(r.status == 0 && r.stdout == "50\nline 50\n", "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))")
+            #expect(r.status == 0 && r.stdout == "51 line 50 last 0o640 4242 \(1_000_000_000_000_000_000)\n",
+                    "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))")
             #expect(try await node.fleets().first { $0.fleet == "/sys/fs" }?.restarts == 1)
         }
     }
