@@ -4,12 +4,13 @@
  * the member's last reply said AHEAD_OK. So does root's change of a file's
  * mode, owner or times (a SETATTR that cannot fail for it): tar sets all
  * three on every file it writes, and the member commits the file's writes
- * and changes at once (FosCore/AheadOrder.swift). The answers are taken in order
- * before the process's next ordinary request (so it reads what it wrote),
- * at close and fsync of a file (which report an error one of them met),
- * and at exit and exec. The member serves them before anything that
- * reaches it later from anyone (FosCore/AheadOrder.swift), so another
- * process this one tells finds them done.
+ * and changes at once (FosCore/AheadOrder.swift). The process's next
+ * ordinary request goes right behind them (conn.c), and waits for their
+ * answers, in order, before its own (so it reads what it wrote); fsync
+ * of a file, exec and exit wait for them too. close does not, as Linux's
+ * close does not wait for write-back. The member serves them before
+ * anything that reaches it later from anyone (FosCore/AheadOrder.swift),
+ * so another process this one tells finds them done.
  *
  * Why: a write's answer is the member's whole work on it (13-15 µs of an
  * untar's 18 µs per write); a program that writes and computes in turn
@@ -27,7 +28,8 @@
  * Errors: the member says AHEAD_OK only with room for every client's
  * FOS_FS_AHEAD_BYTES beyond a margin, so ENOSPC is not met late in
  * practice; any error an answer carries is kept for the file and given to
- * its next write, fsync or close (as NFS does with write-behind).
+ * its next write, fsync or close in this process (close: if the answer
+ * has come by then), as Linux gives a failed write-back to the next fsync.
  *
  * Everything here runs under the connection's lock, and allocates nothing
  * but the data buffer (one anonymous mapping, at the first write sent).

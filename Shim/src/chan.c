@@ -6,10 +6,10 @@
  * re-check: the Dekker protocol of fos_ring.h) and waits on its eventfd,
  * and on fosd's socket, which says when the server side is gone.
  *
- * The shim has one call in flight per channel, but for writes sent ahead
- * (ahead.c), whose replies it takes in order before its next call: any
- * record that is not the reply waited for breaks the protocol (EIO, and
- * the caller drops the channel).
+ * The shim has one call in flight per channel, but for requests sent
+ * ahead (ahead.c), whose replies it takes in order before its next call's
+ * own: any record that is not the reply waited for breaks the protocol
+ * (EIO, and the caller drops the channel).
  */
 #include "shim.h"
 

@@ -434,8 +434,16 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             err = 0;
             break;
         }
-        /* Every ordinary request after the answers of those sent ahead. */
-        if (q->n > 0 && (err = fos_shim_ahead_collect(q, &c->fs, 1)) != 0) {
+        /* An fs request goes right behind those sent ahead (the member
+         * serves it after them, and their answers come first); op 0 and a
+         * spawn request only wait for their answers. */
+        uint64_t id = 0;
+        err = 0;
+        if (op != 0 && !spawn) {
+            id = ++c->msg_id;
+            err = fos_shim_chan_post(&c->fs, op, id, 0, c->msg, mlen, bulk, blen);
+        }
+        if (err == 0 && q->n > 0 && (err = fos_shim_ahead_collect(q, &c->fs, 1)) != 0) {
             dead[ndead++] = c->fs_addr;
             fos_shim_drop(c);
             if (attempt == 1) {
@@ -445,11 +453,8 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             }
             continue;
         }
-        if (op == 0) {
-            err = 0;
-            break;
-        }
-        if (spawn) {
+        if (err == 0 && op == 0) break;
+        if (err == 0 && spawn) {
             fos_name_entry e;
             err = c->spawn.base ? 0 : fos_shim_open_service(c, FOS_SHIM_SPAWN_NAME, &c->spawn, &e, NULL, 0);
             if (err == 0) {
@@ -464,7 +469,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             break;
         }
         int32_t st = 0;
-        err = fos_shim_chan_call(&c->fs, op, ++c->msg_id, c->msg, mlen, bulk, blen, out, outcap, outlen, &st);
+        if (err == 0) err = fos_shim_chan_wait(&c->fs, op, id, out, outcap, outlen, &st);
         if (err == 0) {
             q->ok = (c->fs.reply_flags & FOS_MSG_AHEAD_OK) != 0;
             err = st;
@@ -512,6 +517,21 @@ int fos_shim_fs_settle(uint64_t ino) {
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
     if (c == NULL) return 0;
     err = fos_shim_ahead_take_late(&c->ahead, ino);
+    fos_shim_leave(c, cancel);
+    return err;
+}
+
+int fos_shim_fs_late(uint64_t ino) {
+    if (!fos_shim_fs_unsettled() || fos_shim_in_vfork_child()) return 0;
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return 0;
+    fos_shim_ahead_q *q = &c->ahead;
+    /* The answers already there, no waiting for the others. */
+    if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && q->done < q->n) {
+        (void)fos_shim_ahead_collect(q, &c->fs, 0);
+    }
+    err = fos_shim_ahead_take_late(q, ino);
     fos_shim_leave(c, cancel);
     return err;
 }

@@ -297,6 +297,9 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
  * for ino (ino 0: none is taken), else 0. Returns at once when there is
  * nothing to wait for or to tell. */
 int fos_shim_fs_settle(uint64_t ino);
+/* The error a request sent ahead met for ino, of those answered by now
+ * (taking it), else 0: close does not wait for the others. */
+int fos_shim_fs_late(uint64_t ino);
 /* One request to the spawn service (/sys/spawn), never retried (a SPAWN
  * may have started its program). Errors as fos_shim_fs_call. */
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen);

@@ -127,9 +127,11 @@ FOS_SHIM_EXPORT int close(int fd) {
     if (FOS_SHIM_UNLIKELY(fos_shim_fd_marked(fd))) {
         int saved = errno;
         fos_shim_ofd *o = fos_shim_fd(fd);
-        /* Writes sent ahead (ahead.c) are answered first: an error one
-         * met is this close's, as NFS reports a failed write-behind. */
-        if (o) late = fos_shim_fs_settle(o->ino);
+        /* Requests sent ahead (ahead.c) are not waited for, as Linux's
+         * close does not wait for write-back: an error one of them met is
+         * this close's if its answer is here, else the file's next
+         * write's, fsync's or close's in this process. */
+        if (o) late = fos_shim_fs_late(o->ino);
         if (o) fos_shim_lock_release(o);
         fos_shim_fd_forget(fd);
         errno = saved;

@@ -176,9 +176,9 @@ struct ShimTests {
     /// Writes and root's changes of mode, owner and times sent ahead
     /// (Shim/src/ahead.c) to a member that is stopped and then killed never
     /// reached it: the shim sends them again, in order, to the restarted
-    /// member when the file is closed. While the member is stopped the
-    /// script makes only calls that go ahead (any other fos call would wait
-    /// for it).
+    /// member at its next call. While the member is stopped the script
+    /// makes only calls that go ahead and close (any other fos call would
+    /// wait for it; close does not wait for those sent ahead).
     @Test("writes and attribute changes sent ahead to a member killed before it served them are sent again to its successor")
     func aheadReplayedAfterMemberDeath() async throws {
         try await TestNode.with(members: 1) { node in
@@ -199,9 +199,9 @@ struct ShimTests {
                 os.fchown(fd, 0, 4242)
                 os.write(fd, b"last\\n")
                 os.utime(fd, ns=(10**18, 10**18))
+                os.close(fd)
                 open("\(d)/wrote", "w").close()
                 wait("killed")
-                os.close(fd)
                 st = os.stat("/fos/ahead.txt")
                 lines = open("/fos/ahead.txt").read().splitlines()
                 print(len(lines), lines[-2], lines[-1], oct(st.st_mode & 0o7777), st.st_gid, st.st_mtime_ns)
