@@ -5,13 +5,13 @@ import CFosWire
 /// that may depend on it, from any sender. What may depend on it is
 /// whatever reaches this loop after it was sent: the sender's own next
 /// request, or a request of another process the sender told (a pipe, a
-/// signal). When the loop takes an ordinary request for a service that
-/// orders ahead, it first takes every AHEAD record waiting at the head of
-/// that service's other rings (they were published before the ordinary
-/// one was read, or they were not sent before it), and the ordinary
-/// request's task waits until every request taken ahead so far has been
-/// answered. Requests taken ahead are served one at a time in the order
-/// taken, each answered before the next starts.
+/// signal), which may be sent ahead too. When the loop takes a request for
+/// a service that orders ahead, it first takes every AHEAD record waiting
+/// at the head of that service's other rings (they were published before
+/// this one was read, or they were not sent before it), and the request's
+/// task waits until every request taken ahead before it has been answered.
+/// Requests taken ahead are served one at a time in the order taken, each
+/// answered (or its answer held, below) before the next starts.
 ///
 /// An AHEAD record behind an ordinary one in the same ring cannot matter:
 /// a sender waits for an ordinary request's answer before it sends again

@@ -504,13 +504,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var req = Request(opcode: h.opcode, requestID: h.request_id, payload: payload,
                           sender: e.channel.peer, channelID: e.channel.id, mailbox: e.channel.mailbox)
         let oneway = h.flags & UInt32(FOS_MSG_ONEWAY) != 0
-        // Requests sent ahead come first (AheadOrder.swift): an ordinary
-        // one waits for every one taken so far, after taking those that
-        // wait at the head of the other rings; each ahead one waits for
-        // those taken before it.
+        // Requests sent ahead come first (AheadOrder.swift): every request
+        // waits for every one taken so far, after taking those that wait
+        // at the head of the other rings.
         let ordered = service.ordersAhead
         let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
-        if ordered && !ahead { takeAhead(except: e) }
+        if ordered { takeAhead(except: e) }
         let turn = st.aheadTaken
         if ahead {
             st.aheadTaken &+= 1

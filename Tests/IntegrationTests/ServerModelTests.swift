@@ -163,8 +163,9 @@ struct ServerModelTests {
     /// sent after A's ahead ones, is served after them although B's ring
     /// is polled first (B connected first) and A's handlers suspend.
     /// Without taking A's records first, or without waiting for their
-    /// answers, "read" comes before the writes.
-    @Test("requests sent ahead are served before a later ordinary request on another channel")
+    /// answers, "read" comes before the writes. The same for B's request
+    /// sent ahead.
+    @Test("requests sent ahead are served before a later request, ordinary or ahead, on another channel")
     func aheadBeforeLater() async throws {
         try await TestNode.with(members: 1) { node in
             let rt = try node.runtime()
@@ -183,7 +184,8 @@ struct ServerModelTests {
                     return Reply()
                 },
             ], ahead: FosServer.AheadPolicy(takes: { $0.opcode == opWrite }, welcomes: { _ in true }))
-            let ((a, chA), (b, chB), (c, chC)) = try await threeClients(of: server, on: rt, node)
+            // B connects first: its ring is polled first.
+            let ((b, chB), (a, chA), (c, chC)) = try await threeClients(of: server, on: rt, node)
             let first = try await a.callAhead(chA, opcode: opWrite, payload: Array("w0".utf8))
             #expect(first.status == 0)
             log.withLock { $0.removeAll() }
@@ -203,6 +205,22 @@ struct ServerModelTests {
             let order = log.withLock { $0 }
             #expect(order.count == 4)
             #expect(order.last == "read", "served in the order \(order)")
+
+            // So is B's request sent ahead too.
+            log.withLock { $0.removeAll() }
+            let blocked2 = Task { try await c.call(chC, opcode: opBlock) }
+            try await Task.sleep(for: .milliseconds(100))
+            let writes2 = (4...6).map { i in
+                Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) }
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            let bw = try await b.callAhead(chB, opcode: opWrite, payload: Array("b".utf8))
+            #expect(bw.status == 0)
+            for w in writes2 { #expect(try await w.value.status == 0) }
+            _ = try await blocked2.value
+            let order2 = log.withLock { $0 }
+            #expect(order2.count == 4)
+            #expect(order2.last == "b", "served in the order \(order2)")
         }
     }
 
