@@ -190,37 +190,29 @@ struct ServerModelTests {
             #expect(first.status == 0)
             log.withLock { $0.removeAll() }
 
+            // A's writes w<first>...w<first+2> sent ahead while the loop is
+            // held, then B's request (ahead or not), which must come last.
             // Generous pauses: on a loaded machine the writes must still be
-            // sent before the read (or the read rightly comes first).
-            let blocked = Task { try await c.call(chC, opcode: opBlock) }
-            try await Task.sleep(for: .milliseconds(100))
-            let writes = (1...3).map { i in
-                Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) }
+            // sent before B's request (or it rightly comes first).
+            func threeThenB(first: Int, ahead: Bool, _ name: String) async throws {
+                log.withLock { $0.removeAll() }
+                let blocked = Task { try await c.call(chC, opcode: opBlock) }
+                try await Task.sleep(for: .milliseconds(100))
+                let writes = (first..<first + 3).map { i in
+                    Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) }
+                }
+                try await Task.sleep(for: .milliseconds(100))
+                let r = ahead ? try await b.callAhead(chB, opcode: opWrite, payload: Array(name.utf8))
+                    : try await b.call(chB, opcode: opRead)
+                #expect(r.status == 0)
+                for w in writes { #expect(try await w.value.status == 0) }
+                _ = try await blocked.value
+                let order = log.withLock { $0 }
+                #expect(order.count == 4)
+                #expect(order.last == name, "served in the order \(order)")
             }
-            try await Task.sleep(for: .milliseconds(100))
-            let read = try await b.call(chB, opcode: opRead)
-            #expect(read.status == 0)
-            for w in writes { #expect(try await w.value.status == 0) }
-            _ = try await blocked.value
-            let order = log.withLock { $0 }
-            #expect(order.count == 4)
-            #expect(order.last == "read", "served in the order \(order)")
-
-            // So is B's request sent ahead too.
-            log.withLock { $0.removeAll() }
-            let blocked2 = Task { try await c.call(chC, opcode: opBlock) }
-            try await Task.sleep(for: .milliseconds(100))
-            let writes2 = (4...6).map { i in
-                Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) }
-            }
-            try await Task.sleep(for: .milliseconds(100))
-            let bw = try await b.callAhead(chB, opcode: opWrite, payload: Array("b".utf8))
-            #expect(bw.status == 0)
-            for w in writes2 { #expect(try await w.value.status == 0) }
-            _ = try await blocked2.value
-            let order2 = log.withLock { $0 }
-            #expect(order2.count == 4)
-            #expect(order2.last == "b", "served in the order \(order2)")
+            try await threeThenB(first: 1, ahead: false, "read")
+            try await threeThenB(first: 4, ahead: true, "b")
         }
     }
 
