@@ -34,6 +34,12 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// The blocks [block, block + count) will take many small writes
     /// (`writeOutliving` with `unchanged`): a journal.
     func expectSmallWrites(block: UInt64, count: Int)
+    /// Whether `writeOutliving(block:offset:bytes:)` changes the bytes in
+    /// place (else it reads the block and writes it whole).
+    var writesBytesInPlace: Bool { get }
+    /// `writeOutliving` of `bytes` at `offset` in `block`, the block's
+    /// other bytes unchanged.
+    func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws
 }
 
 extension BlockDevice {
@@ -45,6 +51,13 @@ extension BlockDevice {
         try await writeOutliving(block: block, data: data)
     }
     public func expectSmallWrites(block: UInt64, count: Int) {}
+    public var writesBytesInPlace: Bool { false }
+    public func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws {
+        guard offset >= 0, offset + bytes.count <= blockSize else { throw FSError.posix(.invalidArgument) }
+        var b = try await read(block: block, count: 1)
+        b.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+        try await writeOutliving(block: block, data: b)
+    }
 }
 
 /// /proc/sys/kernel/random/boot_id folded to 64 bits (0 if unreadable:

@@ -315,6 +315,23 @@ extension FileSystem {
                 }
             }
             let isFresh = l >= freshFrom && l < freshUntil
+            // Part of a block the file had already, written in place at
+            // home when its data is not journaled, as whole blocks are
+            // (`homeRun`; a cached copy would be stale: it goes). Through a
+            // buffer it was a read of the block now and a write of all of
+            // it at the commit: tar's second write of a file, its tail,
+            // took the member 2-3 µs longer.
+            if !journal, !isFresh, n < 4096, device.writesBytesInPlace, homeRun(phys!, upTo: 1) == 1,
+               cache[phys!]?.dirtyData != true {
+                try await device.writeOutliving(block: phys!, offset: inBlock, bytes: data[done..<(done + n)])
+                cache[phys!] = nil
+                done += n
+                if pos + UInt64(n) > i.size {
+                    i.size = pos + UInt64(n)
+                    noteMappingChanged(i)
+                }
+                continue
+            }
             let buf = (isFresh || (inBlock == 0 && n == 4096)) ? try await fresh(phys!) : try await cached(phys!)
             let src = done
             buf.data.withUnsafeMutableBytes { d in

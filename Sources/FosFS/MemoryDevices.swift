@@ -92,6 +92,11 @@ public final class MemoryBlockDevice: BlockDevice {
         }
     }
 
+    /// Bytes written in place (`writeOutliving(block:offset:bytes:)`) are
+    /// a read and a whole write here, the same to the file system: true,
+    /// so that tests take the path a node's disk takes.
+    public var writesBytesInPlace: Bool { true }
+
     /// Checks the caller's promise that the device holds `data`'s first
     /// `unchanged` bytes already (a device with a mapping copies only the
     /// rest): every test on this device checks it.
@@ -222,6 +227,10 @@ public final class CrashingBlockDevice: BlockDevice {
         for (i, d) in overlay { data.replaceSubrange(i * blockSize..<(i + 1) * blockSize, with: d) }
         return data
     }
+
+    /// As MemoryBlockDevice's: a lost write of bytes in place loses the
+    /// whole block's write here, which leaves the same bytes.
+    public var writesBytesInPlace: Bool { true }
 
     /// Checks the promise against this device's view (pending writes
     /// included), as MemoryBlockDevice does.

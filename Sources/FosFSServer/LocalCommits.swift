@@ -281,6 +281,23 @@ final class LocalCommitDevice: BlockDevice {
     /// where an I/O error would be a SIGBUS instead of EIO. Any other
     /// commit is a pwrite; one that ends past the locked run moves the run
     /// to start at its last block.
+    var writesBytesInPlace: Bool { true }
+
+    func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws {
+        guard block < blockCount, offset >= 0, offset + bytes.count <= blockSize else {
+            throw FSError.posix(.invalidArgument)
+        }
+        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: 1) }
+        do {
+            _ = try bytes.withUnsafeBytes {
+                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize) + Int64(offset), $0)
+            }
+        } catch {
+            throw FSError.posix(.ioError)
+        }
+        unflushed.store(true, ordering: .releasing)
+    }
+
     func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
         let bs = blockSize
         let w = window.withLock { $0 }
