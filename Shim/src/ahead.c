@@ -47,14 +47,52 @@ static void fos_shim_ahead_empty(fos_shim_ahead_q *q) {
     q->done = 0;
 }
 
+/* Whether this process's uid 0 is the host's: in a user namespace fosd
+ * attests the uid ours maps to, which the member does not take for root.
+ * (Read once; raw syscalls and no stdio: it may run in a signal handler.) */
+static int fos_shim_host_root(void) {
+    static int known; /* 0: not read yet, 1: the host's root, 2: not */
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (k != 0) return k == 1;
+    k = 2;
+    char b[80];
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        long n = syscall(SYS_read, fd, b, sizeof b - 1);
+        fos_shim_sys_close(fd);
+        /* Every uid maps to itself: "0 0 4294967295" (the initial one). */
+        unsigned long v[3] = {0, 0, 0};
+        int f = 0;
+        long i = 0;
+        while (f < 3) {
+            while (i < n && (b[i] == ' ' || b[i] == '\t')) i++;
+            if (i >= n || b[i] < '0' || b[i] > '9') break;
+            while (i < n && b[i] >= '0' && b[i] <= '9') v[f] = v[f] * 10 + (unsigned long)(b[i++] - '0');
+            f++;
+        }
+        if (f == 3 && v[0] == 0 && v[1] == 0 && v[2] == 4294967295ul) k = 1;
+    }
+    __atomic_store_n(&known, k, __ATOMIC_RELAXED);
+    return k == 1;
+}
+
 /* Whether a SETATTR can go ahead: only what cannot fail for the caller
  * (a late error would surprise a program told it succeeded). Root may
- * change any file's mode, owner and times; a size is a truncate, which
- * may meet a full disk or a shared mapping. */
+ * change any file's mode, owner and times (the file is one the caller
+ * has open: fos_shim_op_setattr_open); a size is a truncate, which may
+ * meet a full disk or a shared mapping. */
 static int fos_shim_ahead_setattr_ok(const fos_fs_setattr *sa) {
     const uint32_t may = FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID | FOS_FS_SET_ATIME | FOS_FS_SET_MTIME |
                          FOS_FS_SET_ATIME_NOW | FOS_FS_SET_MTIME_NOW;
-    return sa->valid != 0 && (sa->valid & ~may) == 0 && syscall(SYS_geteuid) == 0;
+    return sa->valid != 0 && (sa->valid & ~may) == 0 && syscall(SYS_geteuid) == 0 && fos_shim_host_root();
+}
+
+/* Whether an error waits to be told for ino (or for any file). */
+static int fos_shim_ahead_has_late(const fos_shim_ahead_q *q, uint64_t ino) {
+    for (unsigned i = 0; i < sizeof q->late / sizeof q->late[0]; i++) {
+        if (q->late[i].ino != 0 && (q->late[i].ino == ino || q->late[i].ino == UINT64_MAX)) return 1;
+    }
+    return 0;
 }
 
 int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
@@ -82,9 +120,8 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
     /* On the member's own core nothing would overlap (and a call there
      * counts toward leaving it: chan.c). */
     if (fos_shim_chan_on_peer_core(fs)) return -1;
-    for (unsigned i = 0; i < sizeof q->late / sizeof q->late[0]; i++) {
-        if (q->late[i].ino != 0) return -1; /* an error waits to be told: go one by one */
-    }
+    /* An error waits to be told for the file: its requests go one by one. */
+    if (fos_shim_ahead_has_late(q, io.ino)) return -1;
     /* Answers already there first (they also refresh q->ok); all of them
      * when the queue or the buffer is full. */
     if (q->done < q->n && fos_shim_ahead_collect(q, fs, 0) != 0) return -1;

@@ -219,6 +219,7 @@ int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flag
     }
     fos_msg_hdr rq = {.version = FOS_WIRE_VERSION, .opcode = op, .flags = flags, .request_id = id,
                       .payload_len = mlen - (uint32_t)sizeof rq + blen};
+    if (flags & FOS_MSG_AHEAD) rq.status = (int32_t)(uint32_t)(fos_shim_now_ns() >> FOS_MSG_AHEAD_STAMP_SHIFT);
     memcpy(msg, &rq, sizeof rq);
     return fos_shim_chan_send(c, msg, mlen, bulk, blen, fos_shim_now_ns() + FOS_SHIM_CALL_TIMEOUT_NS);
 }

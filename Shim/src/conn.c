@@ -451,6 +451,13 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
                 err = EIO;
                 break;
             }
+            /* A member that is gone (EPIPE) never served ours: it serves
+             * it only after answering all of those. Otherwise (no answer
+             * in time, a broken reply) it may yet: not sent twice. */
+            if (id != 0 && err != EPIPE) {
+                err = EIO;
+                break;
+            }
             continue;
         }
         if (err == 0 && op == 0) break;
@@ -508,33 +515,31 @@ static int fos_shim_fs_unsettled(void) {
     return 0;
 }
 
-int fos_shim_fs_settle(uint64_t ino) {
+/* The error an answer brought for ino; first, with wait, all answers
+ * (sent again to a new member if theirs died), else those already there. */
+static int fos_shim_fs_answers(uint64_t ino, int wait) {
     /* A vfork child never sends ahead (C is its parent's). */
     if (!fos_shim_fs_unsettled() || fos_shim_in_vfork_child()) return 0;
-    (void)fos_shim_call(0, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL);
+    if (wait) (void)fos_shim_call(0, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL);
     if (ino == 0) return 0;
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
     if (c == NULL) return 0;
-    err = fos_shim_ahead_take_late(&c->ahead, ino);
-    fos_shim_leave(c, cancel);
-    return err;
-}
-
-int fos_shim_fs_late(uint64_t ino) {
-    if (!fos_shim_fs_unsettled() || fos_shim_in_vfork_child()) return 0;
-    int cancel, err;
-    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
-    if (c == NULL) return 0;
     fos_shim_ahead_q *q = &c->ahead;
-    /* The answers already there, no waiting for the others. */
-    if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && q->done < q->n) {
-        (void)fos_shim_ahead_collect(q, &c->fs, 0);
+    /* A channel whose state is unknown is not read again (the next
+     * call connects afresh and sends the unanswered ones again). */
+    if (!wait && c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && q->done < q->n &&
+        fos_shim_ahead_collect(q, &c->fs, 0) != 0) {
+        fos_shim_drop(c);
     }
     err = fos_shim_ahead_take_late(q, ino);
     fos_shim_leave(c, cancel);
     return err;
 }
+
+int fos_shim_fs_settle(uint64_t ino) { return fos_shim_fs_answers(ino, 1); }
+
+int fos_shim_fs_late(uint64_t ino) { return fos_shim_fs_answers(ino, 0); }
 
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen) {
     return fos_shim_call(1, op, NULL, 0, NULL, 0, payload, len, out, outcap, outlen);

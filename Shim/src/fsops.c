@@ -81,9 +81,13 @@ int fos_shim_op_stat_path(const char *fspath, int follow, fos_fs_stat *st) {
 }
 
 int fos_shim_op_setattr(const fos_fs_setattr *sa, fos_fs_stat *st) {
-    /* An answer nobody reads: the call may send it ahead (conn.c). */
-    if (st == NULL) return fos_shim_req(FOS_OP_FS_SETATTR, sa, sizeof *sa, NULL, 0, NULL, 0, NULL, 0, NULL);
-    return fos_shim_req_exact(FOS_OP_FS_SETATTR, sa, sizeof *sa, NULL, 0, st, sizeof *st);
+    fos_fs_stat ignored;
+    return fos_shim_req_exact(FOS_OP_FS_SETATTR, sa, sizeof *sa, NULL, 0, st ? st : &ignored, sizeof *st);
+}
+
+int fos_shim_op_setattr_open(const fos_fs_setattr *sa) {
+    /* No answer read (out NULL): the call may send it ahead (conn.c). */
+    return fos_shim_req(FOS_OP_FS_SETATTR, sa, sizeof *sa, NULL, 0, NULL, 0, NULL, 0, NULL);
 }
 
 int64_t fos_shim_op_read(uint64_t ino, uint64_t off, void *buf, size_t n) {

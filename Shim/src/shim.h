@@ -249,7 +249,7 @@ typedef struct fos_shim_ahead_q {
  * (send it as an ordinary request; nothing was sent). */
 int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
                         const void *data);
-/* Takes the answers of WRITEs sent ahead: all of them (wait), or those
+/* Takes the answers of requests sent ahead: all of them (wait), or those
  * already there. 0, or the channel's errno (EPIPE: the member is gone);
  * those without an answer stay for fos_shim_ahead_replay. */
 int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait);
@@ -338,6 +338,9 @@ int fos_shim_op_getattr(uint64_t ino, fos_fs_stat *st);
 /* stat(2)/lstat(2) of an fs path: one message for anything but a final symlink. */
 int fos_shim_op_stat_path(const char *fspath, int follow, fos_fs_stat *st);
 int fos_shim_op_setattr(const fos_fs_setattr *sa, fos_fs_stat *st);
+/* The same of a file this process has open, the answer unread: it may
+ * go ahead (ahead.c). */
+int fos_shim_op_setattr_open(const fos_fs_setattr *sa);
 int64_t fos_shim_op_read(uint64_t ino, uint64_t off, void *buf, size_t n);
 /* Writes n bytes at off (or at the end with append); *where = where the
  * first byte went. Returns bytes written or -errno. */

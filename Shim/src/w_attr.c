@@ -84,7 +84,10 @@ static int fos_shim_change_slow(int dirfd, const char *path, int flags, const fo
     } else {
         r = fos_shim_times(&sa, c->times);
     }
-    if (r == 0 && sa.valid) r = fos_shim_op_setattr(&sa, NULL);
+    /* By descriptor, the file is one this process has open (its change
+     * may go ahead); by path, it may be gone by the time it is made. */
+    int by_fd = path == NULL || ((flags & AT_EMPTY_PATH) && path[0] == 0);
+    if (r == 0 && sa.valid) r = by_fd ? fos_shim_op_setattr_open(&sa) : fos_shim_op_setattr(&sa, NULL);
     return (int)fos_shim_ret(r, saved);
 }
 

@@ -6,10 +6,13 @@ import CFosWire
 /// whatever reaches this loop after it was sent: the sender's own next
 /// request, or a request of another process the sender told (a pipe, a
 /// signal), which may be sent ahead too. When the loop takes a request for
-/// a service that orders ahead, it first takes every AHEAD record waiting
-/// at the head of that service's other rings (they were published before
-/// this one was read, or they were not sent before it), and the request's
-/// task waits until every request taken ahead before it has been answered.
+/// a service that orders ahead, it first takes the AHEAD records waiting at
+/// the head of that service's other rings: for an ordinary request all of
+/// them (they were published before it was read, or they were not sent
+/// before it), for one sent ahead those stamped earlier (its sender may
+/// have heard from theirs, not the other way round: FOS_MSG_AHEAD_STAMP_SHIFT),
+/// each taking those stamped earlier than itself first. The request's task
+/// waits until every request taken ahead before it has been answered.
 /// Requests taken ahead are served one at a time in the order taken, each
 /// answered (or its answer held, below) before the next starts.
 ///
@@ -26,11 +29,9 @@ import CFosWire
 /// as long as the next request taken ahead is the same sender's. Its
 /// answer is then held, and the last of the run settles them all (one
 /// commit) before any of the answers goes. A sender that finds its member
-/// gone replays the whole run, in order, and what any other sender sent
-/// after the run was served after the run was settled. (Not across
-/// senders: a run of A's that B's ahead request followed, which B sent
-/// after hearing from A, would be replayed by A and B each on its own.)
-/// An ordinary request settles too, before its answer goes.
+/// gone replays the whole run, in order, and whatever was taken after the
+/// run, any other sender's, was served after the run was settled. An
+/// ordinary request settles too, before its answer goes.
 extension EventLoop {
     /// An answer held until the service is settled.
     struct HeldAnswer {
@@ -59,17 +60,23 @@ extension EventLoop {
             }
         }
         if !service.aheadSettled || !st.heldAnswers.isEmpty {
-            // Held answers said success for work that is now lost if it
-            // cannot be settled: they say EIO instead (the shim reports it
-            // for the file at its next write, fsync or close).
-            let settled = await service.settleAhead()
+            // Until settled with nothing left unsettled: work another task
+            // did while this one waited is covered too, before its answer
+            // (held meanwhile) goes with the others.
+            var settled = true
+            repeat {
+                settled = await service.settleAhead()
+            } while settled && !service.aheadSettled
+            // Work that could not be settled is lost, and so is anything
+            // that saw it: every answer says EIO instead (the shim reports
+            // an ahead one for its file at the next write, fsync or close).
             let held = st.heldAnswers
             st.heldAnswers.removeAll(keepingCapacity: true)
             for var h in held {
                 if !settled && h.reply.status == 0 { h.reply = Reply(status: EIO) }
                 if let e = st.entries[h.channelID] { sendReply(e, h.opcode, h.requestID, h.reply) }
             }
-            if !settled && req.ahead && reply.status == 0 { reply = Reply(status: EIO) }
+            if !settled && reply.status == 0 { reply = Reply(status: EIO) }
         }
         if !oneway, let e = st.entries[req.channelID] {
             sendReply(e, req.opcode, req.requestID, reply)
@@ -77,28 +84,38 @@ extension EventLoop {
         if req.ahead { aheadAnswered() }
     }
 
+    /// The stamp of a request sent ahead now (FOS_MSG_AHEAD_STAMP_SHIFT).
+    static func aheadStamp() -> Int32 {
+        Int32(bitPattern: UInt32(truncatingIfNeeded: monotonicNanos() >> UInt64(FOS_MSG_AHEAD_STAMP_SHIFT)))
+    }
+
     /// Takes the AHEAD records at the head of every ring of a service that
-    /// orders ahead but `skip`'s.
-    func takeAhead(except skip: Entry) {
-        // Not again from a request taken here (it takes nothing new).
-        guard !st.takingAhead else { return }
-        st.takingAhead = true
-        defer { st.takingAhead = false }
+    /// orders ahead but `skip`'s: all of them, or those stamped before
+    /// `stamp`. (Each one's dispatch takes those stamped before it first:
+    /// stamps fall with every level, so this ends.)
+    func takeAhead(except skip: Entry, before stamp: Int32?) {
+        // Bounded: stamps compare modulo 2^32, and stamps a client made up
+        // could go round in a circle.
+        guard st.aheadDepth < 8 else { return }
+        st.aheadDepth += 1
+        defer { st.aheadDepth -= 1 }
         for prio in st.byPriority {
             for e in prio where e !== skip && e.channel.side == .server && e.service?.ordersAhead == true {
-                takeAheadRecords(e)
+                takeAheadRecords(e, before: stamp)
             }
         }
     }
 
-    /// Dispatches the AHEAD records at the head of `e`'s ring; how many.
+    /// Dispatches the AHEAD records at the head of `e`'s ring (those
+    /// stamped before `stamp`, if given); how many.
     @discardableResult
-    func takeAheadRecords(_ e: Entry) -> Int {
+    func takeAheadRecords(_ e: Entry, before stamp: Int32? = nil) -> Int {
         var n = 0
         var h = fos_msg_hdr()
         // Bounded: a shim has at most FOS_FS_AHEAD_MAX in flight; a client
         // that sends more only delays its own.
-        while n < 256, e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0, h.flags & UInt32(FOS_MSG_REPLY) == 0 {
+        while n < 256, e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0, h.flags & UInt32(FOS_MSG_REPLY) == 0,
+              stamp.map({ h.status &- $0 < 0 }) ?? true {
             let len: Int
             do {
                 len = try e.channel.receive(into: rxBuffer)

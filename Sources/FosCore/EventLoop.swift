@@ -169,7 +169,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var aheadTaken: UInt64 = 0
         var aheadAnswered: UInt64 = 0
         var aheadWaiters: [(turn: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-        var takingAhead = false
+        /// Sweeps (`takeAhead`) running inside one another.
+        var aheadDepth = 0
         /// The channel of each request taken ahead and not yet answered, in
         /// turn order from `aheadSendersFirst`; answers held until the
         /// service is settled, in the order they were due.
@@ -509,7 +510,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // at the head of the other rings.
         let ordered = service.ordersAhead
         let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
-        if ordered { takeAhead(except: e) }
+        if ordered { takeAhead(except: e, before: h.flags & UInt32(FOS_MSG_AHEAD) != 0 ? h.status : nil) }
         let turn = st.aheadTaken
         if ahead {
             st.aheadTaken &+= 1
@@ -895,8 +896,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         guard payload.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.messageTooLong) }
         let rid = st.nextRequestID
         st.nextRequestID &+= 1
+        let ahead = flags & UInt32(FOS_MSG_AHEAD) != 0
         let h = fos_msg_hdr(opcode: opcode, requestID: rid, payloadLength: payload.count,
-                            flags: (oneway ? UInt32(FOS_MSG_ONEWAY) : 0) | flags)
+                            flags: (oneway ? UInt32(FOS_MSG_ONEWAY) : 0) | flags,
+                            status: ahead ? Self.aheadStamp() : 0)
         if oneway {
             sendRaw(e, h, payload)
             return Reply()

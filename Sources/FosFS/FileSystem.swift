@@ -23,7 +23,8 @@
 // before it answers, without a device flush: a member (or node) killed
 // afterwards loses nothing it acknowledged, since the kernel has the writes
 // (page cache of the disk); fsync adds the flush that makes them survive a
-// power loss too. A commit first writes file data home (overwrites, and the
+// power loss too. (One served ahead may leave its commit to a later one,
+// `commitLater`: its answer waits for that commit, `settle`.) A commit first writes file data home (overwrites, and the
 // new blocks of large writes and of writers that never asked for an fsync;
 // the new blocks of other small writes are journaled with their mapping),
 // then the transaction as one journal write. A power loss
@@ -340,7 +341,8 @@ public final class FileSystem: @unchecked Sendable {
 
     /// Every operation that changed something commits before it answers
     /// (without a flush: fsync adds that): a member killed afterwards loses
-    /// nothing it acknowledged.
+    /// nothing it acknowledged. Under `commitLater` the commit is a later
+    /// operation's or `settle`'s, and the answer waits for it.
     func endOperation() async throws {
         try await writeDirtyInodesAsync()
         let changed = !txn.isEmpty || !dirtyData.isEmpty

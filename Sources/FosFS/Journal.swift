@@ -208,6 +208,7 @@ extension FileSystem {
         guard !txn.isEmpty else {
             if flush { try await flushRecorded() }
             uncommitted.store(false, ordering: .releasing)
+            deferredCommits = 0
             return
         }
         // A durable commit of new file blocks: their data first.

@@ -24,7 +24,8 @@ import Glibc
 /// makes it durable. Its other I/O is O_DIRECT, which the kernel keeps
 /// coherent with the page cache (dirty cached pages are written before a
 /// direct read or write of the range). All we write is whole blocks, but
-/// for the journal's last block (`writeOutliving(block:data:unchanged:)`).
+/// for the journal's last block (`writeOutliving(block:data:unchanged:)`)
+/// and part of a file's block in an image file (`writesBytesInPlace`).
 ///
 /// Flushes are ours too (`flush`).
 ///
@@ -39,6 +40,8 @@ final class LocalCommitDevice: BlockDevice {
     /// Whether reads may take the page cache's copy (`read`): not for a
     /// block device, nor where the kernel lacks what it takes.
     let cachedReads = Atomic<Bool>(false)
+    /// The disk is an image file, not a block device (`writesBytesInPlace`).
+    let imageFile = Atomic<Bool>(false)
     /// The disk is an image file on a file system that overwrites blocks in
     /// place (`expectSmallWrites`).
     let inPlaceImage = Atomic<Bool>(false)
@@ -112,6 +115,7 @@ final class LocalCommitDevice: BlockDevice {
             var st = stat()
             if fstat(fd.rawValue, &st) == 0, st.st_mode & S_IFMT == S_IFREG {
                 dev.cachedReads.store(true, ordering: .relaxed)
+                dev.imageFile.store(true, ordering: .relaxed)
                 // ext4 and tmpfs keep an allocated block where it is: a
                 // store into a mapped page never allocates, so never fails
                 // for want of space (on a copy-on-write file system, XFS's
@@ -263,6 +267,26 @@ final class LocalCommitDevice: BlockDevice {
         window.withLock { $0 = Window(base: p, first: block, count: UInt64(count)) }
     }
 
+    /// Bytes in place only in an image file: the blk server's direct writes
+    /// drop its cached pages (`cachedReads`), and a pwrite of part of a
+    /// block of a block device could merge into a stale one.
+    var writesBytesInPlace: Bool { imageFile.load(ordering: .relaxed) }
+
+    func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws {
+        guard block < blockCount, offset >= 0, offset + bytes.count <= blockSize else {
+            throw FSError.posix(.invalidArgument)
+        }
+        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: 1) }
+        do {
+            _ = try bytes.withUnsafeBytes {
+                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize) + Int64(offset), $0)
+            }
+        } catch {
+            throw FSError.posix(.ioError)
+        }
+        unflushed.store(true, ordering: .releasing)
+    }
+
     /// A commit that continues the journal's last block and ends in it is
     /// copied into the mapping from its first new byte on: the same bytes
     /// in the same page cache as the pwrite would leave, so it outlives us,
@@ -281,23 +305,6 @@ final class LocalCommitDevice: BlockDevice {
     /// where an I/O error would be a SIGBUS instead of EIO. Any other
     /// commit is a pwrite; one that ends past the locked run moves the run
     /// to start at its last block.
-    var writesBytesInPlace: Bool { true }
-
-    func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws {
-        guard block < blockCount, offset >= 0, offset + bytes.count <= blockSize else {
-            throw FSError.posix(.invalidArgument)
-        }
-        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: 1) }
-        do {
-            _ = try bytes.withUnsafeBytes {
-                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize) + Int64(offset), $0)
-            }
-        } catch {
-            throw FSError.posix(.ioError)
-        }
-        unflushed.store(true, ordering: .releasing)
-    }
-
     func writeOutliving(block: UInt64, data: [UInt8], unchanged: Int) async throws {
         let bs = blockSize
         let w = window.withLock { $0 }

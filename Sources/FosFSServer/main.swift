@@ -95,13 +95,10 @@ final class FSService: Sendable {
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return watch.noted(r, await handleAs(r)) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
-        if r.ahead {
-            // Its commit may be a later request's (Ahead.swift).
-            return await FileSystem.$commitLater.withValue(true) {
-                watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
-            }
+        // One taken ahead may leave its commit to a later one (Ahead.swift).
+        return await FileSystem.$commitLater.withValue(r.ahead) {
+            watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
         }
-        return watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
     }
 
     /// A peer's forwarded request: only on our internal mailbox, only from a

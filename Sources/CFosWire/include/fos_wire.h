@@ -37,9 +37,15 @@
  * it as such serves it before every request it takes after it from any
  * channel, so that whatever the sender does next (a message to another
  * process that then asks this server) finds it done; one that does not
- * serves it as an ordinary request. The fs fleet takes WRITEs so
- * (FOS_FS_AHEAD_BYTES). */
+ * serves it as an ordinary request. The fs fleet takes WRITEs at an
+ * offset (FOS_FS_AHEAD_BYTES) and SETATTRs but of the size so. */
 #define FOS_MSG_AHEAD 0x4u
+/* An AHEAD request's status field is its stamp: the sender's
+ * CLOCK_MONOTONIC in units of 16 ns, low 32 bits, read before it was
+ * published. A server takes the AHEAD requests waiting in other channels
+ * with earlier stamps before it (compared modulo 2^32: within 34 s), so
+ * that one sent after hearing from another's sender comes after it. */
+#define FOS_MSG_AHEAD_STAMP_SHIFT 4u
 /* In a reply: this server takes AHEAD requests from this channel now. */
 #define FOS_MSG_AHEAD_OK 0x8u
 
