@@ -31,7 +31,12 @@ import CFosWire
 /// commit) before any of the answers goes. A sender that finds its member
 /// gone replays the whole run, in order, and whatever was taken after the
 /// run, any other sender's, was served after the run was settled. An
-/// ordinary request settles too, before its answer goes.
+/// ordinary request settles too, before its answer goes. The ordinary
+/// request a sender sent right after its run (waiting in its ring as the
+/// run's last one is answered) may follow in turn (`takeFollower`): the
+/// run's last answer is held too, the follower's own commit settles them
+/// all, and whatever is taken after it waits for its answer, as for one
+/// taken ahead. (tar's create of its next file: one commit a file, not two.)
 extension EventLoop {
     /// An answer held until the service is settled.
     struct HeldAnswer {
@@ -42,14 +47,20 @@ extension EventLoop {
     }
 
     /// Sends `reply` to `req` (served in turn among requests taken ahead,
-    /// `turn`), or holds it while the run it ends is the same sender's.
-    func answerInOrder(_ req: Request, _ reply: Reply, oneway: Bool, service: MailboxService, turn: UInt64) async {
+    /// `turn`, if `inTurn`), or holds it while the run it ends is the same
+    /// sender's.
+    func answerInOrder(_ req: Request, _ reply: Reply, oneway: Bool, service: MailboxService, turn: UInt64,
+                       inTurn: Bool) async {
         var reply = reply
         if req.ahead {
             let next = turn &+ 1
             // The sender's next ones may be in its ring, not yet taken (the
-            // loop had no turn while this one was served).
-            if st.aheadTaken == next, let e = st.entries[req.channelID] { takeAheadRecords(e) }
+            // loop had no turn while this one was served), and so may the
+            // ordinary request it sent after them.
+            if st.aheadTaken == next, let e = st.entries[req.channelID] {
+                takeAheadRecords(e)
+                if st.aheadTaken == next { takeFollower(e, service) }
+            }
             if st.aheadTaken > next, st.aheadSenders[Int(next - st.aheadSendersFirst)] == req.channelID {
                 if !oneway {
                     st.heldAnswers.append(HeldAnswer(channelID: req.channelID, opcode: req.opcode,
@@ -64,9 +75,9 @@ extension EventLoop {
             // did while this one waited is covered too, before its answer
             // (held meanwhile) goes with the others.
             var settled = true
-            repeat {
+            while settled && !service.aheadSettled {
                 settled = await service.settleAhead()
-            } while settled && !service.aheadSettled
+            }
             // Work that could not be settled is lost, and so is anything
             // that saw it: every answer says EIO instead (the shim reports
             // an ahead one for its file at the next write, fsync or close).
@@ -81,7 +92,18 @@ extension EventLoop {
         if !oneway, let e = st.entries[req.channelID] {
             sendReply(e, req.opcode, req.requestID, reply)
         }
-        if req.ahead { aheadAnswered() }
+        if inTurn { aheadAnswered() }
+    }
+
+    /// Takes the ordinary request at the head of `e`'s ring in turn, if the
+    /// service lets it follow its sender's run (`followsInTurn`): the run's
+    /// answers are then held until its own work settles them (one commit,
+    /// not two), and whatever is taken after it waits for its answer.
+    func takeFollower(_ e: Entry, _ service: MailboxService) {
+        var h = fos_msg_hdr()
+        guard e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD | FOS_MSG_REPLY) == 0,
+              service.followsInTurn(h.opcode) else { return }
+        if receiveOne(e, follower: true) == true { e.channel.release() }
     }
 
     /// The stamp of a request sent ahead now (FOS_MSG_AHEAD_STAMP_SHIFT).
@@ -116,17 +138,9 @@ extension EventLoop {
         // that sends more only delays its own.
         while n < 256, e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0, h.flags & UInt32(FOS_MSG_REPLY) == 0,
               stamp.map({ h.status &- $0 < 0 }) ?? true {
-            let len: Int
-            do {
-                len = try e.channel.receive(into: rxBuffer)
-            } catch {
-                drop(e, reason: "corrupt ring")
-                return n
-            }
-            if len == 0 { break }
+            guard let got = receiveOne(e) else { return n }
+            if !got { break }
             n += 1
-            st.received &+= 1
-            dispatch(e, UnsafeRawBufferPointer(rebasing: rxBuffer[0..<len]))
         }
         if n > 0 { e.channel.release() }
         return n

@@ -68,6 +68,11 @@ public protocol MailboxService: AnyObject, Sendable {
     var aheadSettled: Bool { get }
     /// Makes it so; false if it cannot (the answers waiting then say EIO).
     func settleAhead() async -> Bool
+    /// Whether an ordinary request with this opcode that follows a run of
+    /// its sender's requests taken ahead may be taken in turn with them
+    /// (AheadOrder.swift): one served promptly, never waiting for another
+    /// client, that settles the run with its own work.
+    func followsInTurn(_ opcode: UInt16) -> Bool
 }
 
 extension MailboxService {
@@ -79,6 +84,7 @@ extension MailboxService {
     public func welcomesAhead(on channel: Channel) -> Bool { false }
     public var aheadSettled: Bool { true }
     public func settleAhead() async -> Bool { true }
+    public func followsInTurn(_ opcode: UInt16) -> Bool { false }
 }
 
 /// A service that takes validated messages straight from the ring, on the
@@ -431,17 +437,8 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 // some finish: its ring fills and the sender waits
                 // (backpressure instead of unbounded tasks and memory).
                 while n < 64 && e.inflight < EventLoop.maxInflightPerChannel {
-                    let len: Int
-                    do {
-                        len = try e.channel.receive(into: rxBuffer)
-                    } catch {
-                        drop(e, reason: "corrupt ring")
-                        break
-                    }
-                    if len == 0 { break }
+                    guard receiveOne(e) == true else { break }
                     n += 1
-                    st.received &+= 1
-                    dispatch(e, UnsafeRawBufferPointer(rebasing: rxBuffer[0..<len]))
                 }
                 if n > 0 {
                     e.channel.release()
@@ -452,7 +449,23 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         return did
     }
 
-    func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer) {
+    /// Takes the next message from `e`'s ring and dispatches it: whether
+    /// there was one; nil if the ring was corrupt (`e` is dropped).
+    func receiveOne(_ e: Entry, follower: Bool = false) -> Bool? {
+        let len: Int
+        do {
+            len = try e.channel.receive(into: rxBuffer)
+        } catch {
+            drop(e, reason: "corrupt ring")
+            return nil
+        }
+        if len == 0 { return false }
+        st.received &+= 1
+        dispatch(e, UnsafeRawBufferPointer(rebasing: rxBuffer[0..<len]), follower: follower)
+        return true
+    }
+
+    func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer, follower: Bool = false) {
         let valid = fos_msg_validate(bytes.baseAddress, bytes.count)
         let hdr = loadStruct(fos_msg_hdr.self, from: bytes)
         if valid != 0 {
@@ -512,11 +525,17 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
         if ordered { takeAhead(except: e, before: h.flags & UInt32(FOS_MSG_AHEAD) != 0 ? h.status : nil) }
         let turn = st.aheadTaken
-        if ahead {
+        // A follower (AheadOrder.swift) takes a turn as one taken ahead
+        // does: taken so at the end of its sender's run, or now, if the
+        // last one taken and not yet answered is its sender's.
+        let follows = ordered && !ahead && service.followsInTurn(h.opcode)
+            && (follower || (st.aheadTaken != st.aheadAnswered && st.aheadSenders.last == e.channel.id))
+        let inTurn = ahead || follows
+        if inTurn {
             st.aheadTaken &+= 1
             st.aheadSenders.append(e.channel.id)
-            req.ahead = true
         }
+        req.ahead = ahead
         st.queueLength &+= 1
         e.inflight += 1
         Task(executorPreference: self) { [self] in
@@ -539,7 +558,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
             st.handled &+= 1
             st.entries[req.channelID]?.inflight -= 1
             if ordered {
-                await answerInOrder(req, reply, oneway: oneway, service: service, turn: turn)
+                await answerInOrder(req, reply, oneway: oneway, service: service, turn: turn, inTurn: inTurn)
             } else if !oneway, let e = st.entries[req.channelID] {
                 sendReply(e, req.opcode, req.requestID, reply)
             }

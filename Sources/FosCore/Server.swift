@@ -26,16 +26,19 @@ public final class FosServer: MailboxService {
         public var takes: @Sendable (Request) -> Bool
         /// Whether replies on a channel say FOS_MSG_AHEAD_OK.
         public var welcomes: @Sendable (Channel) -> Bool
-        /// `MailboxService.aheadSettled` and `settleAhead`.
+        /// `MailboxService.aheadSettled`, `settleAhead` and `followsInTurn`.
         public var settled: @Sendable () -> Bool
         public var settle: @Sendable () async -> Bool
+        public var follows: @Sendable (UInt16) -> Bool
         public init(takes: @escaping @Sendable (Request) -> Bool, welcomes: @escaping @Sendable (Channel) -> Bool,
                     settled: @escaping @Sendable () -> Bool = { true },
-                    settle: @escaping @Sendable () async -> Bool = { true }) {
+                    settle: @escaping @Sendable () async -> Bool = { true },
+                    follows: @escaping @Sendable (UInt16) -> Bool = { _ in false }) {
             self.takes = takes
             self.welcomes = welcomes
             self.settled = settled
             self.settle = settle
+            self.follows = follows
         }
     }
 
@@ -55,6 +58,7 @@ public final class FosServer: MailboxService {
     public func welcomesAhead(on channel: Channel) -> Bool { ahead?.welcomes(channel) ?? false }
     public var aheadSettled: Bool { ahead?.settled() ?? true }
     public func settleAhead() async -> Bool { await ahead?.settle() ?? true }
+    public func followsInTurn(_ opcode: UInt16) -> Bool { ahead?.follows(opcode) ?? false }
 
     public func handle(_ request: Request) async throws -> Reply {
         guard let h = handlers[request.opcode] else { return Reply(status: ENOSYS) }

@@ -34,8 +34,10 @@ import FosFS
 /// Commits: a request taken ahead leaves its changes uncommitted
 /// (FileSystem.commitLater) while the next one taken ahead is the same
 /// client's, and the loop holds its answer until the last of the run
-/// commits them all (`settleAhead`; FosCore/AheadOrder.swift). An untar's
-/// writes and attribute changes of a file are one commit, not one each.
+/// commits them all (`settleAhead`; FosCore/AheadOrder.swift), or the
+/// client's next ordinary request does with its own (`followsInTurn`). An
+/// untar's writes and attribute changes of a file and the create of the
+/// next one are one commit, not one each.
 extension FSService {
     /// Commits what requests served ahead left; false if that failed.
     func settleAhead() async -> Bool {
@@ -46,6 +48,15 @@ extension FSService {
             return false
         }
     }
+
+    /// Requests that may follow a client's run in turn (FosCore's
+    /// `takeFollower`): served at once in a fleet of one member, never
+    /// waiting for another client (not LOCK, WATCH, MAP, MSYNC, FSYNC).
+    static let followsInTurn: Set<UInt32> = [
+        FOS_OP_FS_LOOKUP, FOS_OP_FS_GETATTR, FOS_OP_FS_SETATTR, FOS_OP_FS_CREATE, FOS_OP_FS_MKDIR,
+        FOS_OP_FS_MKNOD, FOS_OP_FS_SYMLINK, FOS_OP_FS_LINK, FOS_OP_FS_UNLINK, FOS_OP_FS_RMDIR,
+        FOS_OP_FS_RENAME, FOS_OP_FS_OPEN, FOS_OP_FS_RESOLVE, FOS_OP_FS_READ, FOS_OP_FS_WRITE,
+    ]
 
     /// Kept free beyond the clients' ahead bytes: metadata, the journal,
     /// other clients' ordinary writes in the meantime.

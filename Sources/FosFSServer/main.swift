@@ -706,7 +706,8 @@ func runMember() -> Never {
                 svc.channelClosed(ch.id)
             }, ahead: FosServer.AheadPolicy(takes: { svc.takesAhead($0) }, welcomes: { _ in svc.welcomesAhead },
                                             settled: { !fs.uncommitted.load(ordering: .acquiring) },
-                                            settle: { await svc.settleAhead() }))
+                                            settle: { await svc.settleAhead() },
+                                            follows: { FSService.followsInTurn.contains(UInt32($0)) }))
             service.withLock { $0 = svc }
             let a = try await server.start(name: fleetName, policy: .roundRobin)
             if let i = a.internal {

@@ -231,7 +231,7 @@ struct ServerModelTests {
         return (made[0], made[1], made[2])
     }
 
-    @Test("a sender's run of requests sent ahead is settled once, before any of its answers and a later request")
+    @Test("a sender's run of requests sent ahead is settled once (by its own next request, if that follows it), before any of its answers and a later request")
     func aheadRunSettledOnce() async throws {
         try await TestNode.with(members: 1) { node in
             let rt = try node.runtime()
@@ -252,8 +252,12 @@ struct ServerModelTests {
                     }
                     return Reply()
                 },
+                // Settles with its own work, as the fs member's commit does.
                 opRead: { _ in
-                    state.withLock { $0.log.append("read") }
+                    state.withLock {
+                        $0.log.append("read")
+                        $0.unsettled = false
+                    }
                     return Reply()
                 },
             ], ahead: FosServer.AheadPolicy(takes: { $0.opcode == opWrite }, welcomes: { _ in true },
@@ -264,22 +268,29 @@ struct ServerModelTests {
                                                     $0.unsettled = false
                                                     return !$0.failSettle
                                                 }
-                                            }))
+                                            },
+                                            follows: { $0 == opRead }))
             let ((a, chA), (b, chB), (c, chC)) = try await threeClients(of: server, on: rt, node)
+
+            /// The loop held, and A's writes w1...wn sent ahead one at a
+            /// time into its ring meanwhile, in order.
+            func heldWithWrites(_ n: Int) async throws -> (Task<Reply, any Error>, [Task<Reply, any Error>]) {
+                let blocked = Task { try await c.call(chC, opcode: opBlock) }
+                try await Task.sleep(for: .milliseconds(100))
+                var writes: [Task<Reply, any Error>] = []
+                for i in 1...n {
+                    writes.append(Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) })
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                return (blocked, writes)
+            }
 
             for fail in [false, true] {
                 state.withLock {
                     $0.log.removeAll()
                     $0.failSettle = fail
                 }
-                let blocked = Task { try await c.call(chC, opcode: opBlock) }
-                try await Task.sleep(for: .milliseconds(100))
-                // One at a time into A's ring (the loop is held), in order.
-                var writes: [Task<Reply, any Error>] = []
-                for i in 1...3 {
-                    writes.append(Task { try await a.callAhead(chA, opcode: opWrite, payload: Array("w\(i)".utf8)) })
-                    try await Task.sleep(for: .milliseconds(20))
-                }
+                let (blocked, writes) = try await heldWithWrites(3)
                 try await Task.sleep(for: .milliseconds(60))
                 let read = try await b.call(chB, opcode: opRead)
                 #expect(read.status == 0)
@@ -291,6 +302,20 @@ struct ServerModelTests {
                 // Work that could not be settled is not reported done.
                 #expect(statuses == Array(repeating: fail ? EIO : 0, count: 3), "fail \(fail): \(statuses)")
             }
+
+            // A's own ordinary request right after its run follows it in
+            // turn: its work settles the run, no settling of its own.
+            state.withLock {
+                $0.log.removeAll()
+                $0.failSettle = false
+            }
+            let (blocked, writes) = try await heldWithWrites(2)
+            let follower = try await a.call(chA, opcode: opRead)
+            #expect(follower.status == 0)
+            for w in writes { #expect(try await w.value.status == 0) }
+            _ = try await blocked.value
+            let log = state.withLock { $0.log }
+            #expect(log == ["w1", "w2", "read"], "served in the order \(log)")
         }
     }
 
