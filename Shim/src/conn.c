@@ -451,9 +451,11 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
                 err = EIO;
                 break;
             }
-            /* A member that is gone (EPIPE) never served ours: it serves
-             * it only after answering all of those. Otherwise (no answer
-             * in time, a broken reply) it may yet: not sent twice. */
+            /* A member that is gone (EPIPE): ours goes again after those,
+             * as any request whose member died before answering (it may
+             * have been served: once more elsewhere, as FSClient does).
+             * Otherwise (no answer in time, a broken reply) the member may
+             * still serve it: not sent twice. */
             if (id != 0 && err != EPIPE) {
                 err = EIO;
                 break;

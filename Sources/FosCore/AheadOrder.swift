@@ -11,7 +11,7 @@ import CFosWire
 /// them (they were published before it was read, or they were not sent
 /// before it), for one sent ahead those stamped earlier (its sender may
 /// have heard from theirs, not the other way round: FOS_MSG_AHEAD_STAMP_SHIFT),
-/// each taking those stamped earlier than itself first. The request's task
+/// earliest first. The request's task
 /// waits until every request taken ahead before it has been answered.
 /// Requests taken ahead are served one at a time in the order taken, each
 /// answered (or its answer held, below) before the next starts.
@@ -103,7 +103,10 @@ extension EventLoop {
         var h = fos_msg_hdr()
         guard e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD | FOS_MSG_REPLY) == 0,
               service.followsInTurn(h.opcode) else { return }
-        if receiveOne(e, follower: true) == true { e.channel.release() }
+        // Its dispatch makes it a follower: the last one taken and not yet
+        // answered is its sender's (the run's last, answering now), unless
+        // its sweep took another sender's first.
+        if receiveOne(e) == true { e.channel.release() }
     }
 
     /// The stamp of a request sent ahead now (FOS_MSG_AHEAD_STAMP_SHIFT).
@@ -111,33 +114,47 @@ extension EventLoop {
         Int32(bitPattern: UInt32(truncatingIfNeeded: monotonicNanos() >> UInt64(FOS_MSG_AHEAD_STAMP_SHIFT)))
     }
 
-    /// Takes the AHEAD records at the head of every ring of a service that
-    /// orders ahead but `skip`'s: all of them, or those stamped before
-    /// `stamp`. (Each one's dispatch takes those stamped before it first:
-    /// stamps fall with every level, so this ends.)
+    /// Takes the AHEAD records at the heads of the rings of a service that
+    /// orders ahead but `skip`'s, earliest stamp first: all of them, or
+    /// those stamped before `stamp`. The earliest of all heads is taken
+    /// each time (a sender's own stamps rise), so none of them needs a
+    /// sweep of its own: nothing left is stamped before it.
     func takeAhead(except skip: Entry, before stamp: Int32?) {
-        // Bounded: stamps compare modulo 2^32, and stamps a client made up
-        // could go round in a circle.
-        guard st.aheadDepth < 8 else { return }
-        st.aheadDepth += 1
-        defer { st.aheadDepth -= 1 }
-        for prio in st.byPriority {
-            for e in prio where e !== skip && e.channel.side == .server && e.service?.ordersAhead == true {
-                takeAheadRecords(e, before: stamp)
+        // Stamps compare by age on our clock: a client's is never in the
+        // future, so a record up to 68 s old (2^32 × 16 ns) still counts
+        // as older than a new one.
+        let now = UInt32(truncatingIfNeeded: monotonicNanos() >> UInt64(FOS_MSG_AHEAD_STAMP_SHIFT))
+        func age(_ s: Int32) -> UInt32 { now &- UInt32(bitPattern: s) }
+        let limit = stamp.map(age)
+        // Bounded: every pass takes a record, and a sweep takes no more
+        // than the shims' FOS_FS_AHEAD_MAX each could have sent.
+        for _ in 0..<4096 {
+            var first: (entry: Entry, age: UInt32)?
+            var h = fos_msg_hdr()
+            for prio in st.byPriority {
+                for e in prio where e !== skip && e.channel.side == .server && e.service?.ordersAhead == true {
+                    guard e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0,
+                          h.flags & UInt32(FOS_MSG_REPLY) == 0 else { continue }
+                    let a = age(h.status)
+                    if let limit, a <= limit { continue }
+                    if first.map({ a > $0.age }) ?? true { first = (e, a) }
+                }
             }
+            guard let e = first?.entry else { return }
+            guard receiveOne(e, sweep: false) == true else { return }
+            e.channel.release()
         }
     }
 
-    /// Dispatches the AHEAD records at the head of `e`'s ring (those
-    /// stamped before `stamp`, if given); how many.
+    /// Dispatches the AHEAD records at the head of `e`'s ring, each after
+    /// those of other rings stamped before it; how many.
     @discardableResult
-    func takeAheadRecords(_ e: Entry, before stamp: Int32? = nil) -> Int {
+    func takeAheadRecords(_ e: Entry) -> Int {
         var n = 0
         var h = fos_msg_hdr()
         // Bounded: a shim has at most FOS_FS_AHEAD_MAX in flight; a client
         // that sends more only delays its own.
-        while n < 256, e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0, h.flags & UInt32(FOS_MSG_REPLY) == 0,
-              stamp.map({ h.status &- $0 < 0 }) ?? true {
+        while n < 256, e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0, h.flags & UInt32(FOS_MSG_REPLY) == 0 {
             guard let got = receiveOne(e) else { return n }
             if !got { break }
             n += 1

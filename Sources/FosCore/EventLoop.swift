@@ -175,8 +175,6 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         var aheadTaken: UInt64 = 0
         var aheadAnswered: UInt64 = 0
         var aheadWaiters: [(turn: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-        /// Sweeps (`takeAhead`) running inside one another.
-        var aheadDepth = 0
         /// The channel of each request taken ahead and not yet answered, in
         /// turn order from `aheadSendersFirst`; answers held until the
         /// service is settled, in the order they were due.
@@ -451,7 +449,7 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
 
     /// Takes the next message from `e`'s ring and dispatches it: whether
     /// there was one; nil if the ring was corrupt (`e` is dropped).
-    func receiveOne(_ e: Entry, follower: Bool = false) -> Bool? {
+    func receiveOne(_ e: Entry, sweep: Bool = true) -> Bool? {
         let len: Int
         do {
             len = try e.channel.receive(into: rxBuffer)
@@ -461,11 +459,13 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         }
         if len == 0 { return false }
         st.received &+= 1
-        dispatch(e, UnsafeRawBufferPointer(rebasing: rxBuffer[0..<len]), follower: follower)
+        dispatch(e, UnsafeRawBufferPointer(rebasing: rxBuffer[0..<len]), sweep: sweep)
         return true
     }
 
-    func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer, follower: Bool = false) {
+    /// `sweep`: first take the other rings' AHEAD records due before this
+    /// one (AheadOrder.swift); not for one a sweep takes.
+    func dispatch(_ e: Entry, _ bytes: UnsafeRawBufferPointer, sweep: Bool = true) {
         let valid = fos_msg_validate(bytes.baseAddress, bytes.count)
         let hdr = loadStruct(fos_msg_hdr.self, from: bytes)
         if valid != 0 {
@@ -523,13 +523,12 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // at the head of the other rings.
         let ordered = service.ordersAhead
         let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
-        if ordered { takeAhead(except: e, before: h.flags & UInt32(FOS_MSG_AHEAD) != 0 ? h.status : nil) }
+        if ordered && sweep { takeAhead(except: e, before: h.flags & UInt32(FOS_MSG_AHEAD) != 0 ? h.status : nil) }
         let turn = st.aheadTaken
         // A follower (AheadOrder.swift) takes a turn as one taken ahead
-        // does: taken so at the end of its sender's run, or now, if the
-        // last one taken and not yet answered is its sender's.
+        // does: the last one taken and not yet answered is its sender's.
         let follows = ordered && !ahead && service.followsInTurn(h.opcode)
-            && (follower || (st.aheadTaken != st.aheadAnswered && st.aheadSenders.last == e.channel.id))
+            && st.aheadTaken != st.aheadAnswered && st.aheadSenders.last == e.channel.id
         let inTurn = ahead || follows
         if inTurn {
             st.aheadTaken &+= 1

@@ -43,8 +43,10 @@
 /* An AHEAD request's status field is its stamp: the sender's
  * CLOCK_MONOTONIC in units of 16 ns, low 32 bits, read before it was
  * published. A server takes the AHEAD requests waiting in other channels
- * with earlier stamps before it (compared modulo 2^32: within 34 s), so
- * that one sent after hearing from another's sender comes after it. */
+ * with earlier stamps before it (compared by age on its own clock: right
+ * for requests up to 68 s old, and only between processes in one time
+ * namespace), so that one sent after hearing from another's sender comes
+ * after it. */
 #define FOS_MSG_AHEAD_STAMP_SHIFT 4u
 /* In a reply: this server takes AHEAD requests from this channel now. */
 #define FOS_MSG_AHEAD_OK 0x8u
