@@ -34,6 +34,35 @@ func offline(_ node: TestNode, _ args: [String]) async throws -> CLIResult {
 
 @Suite("fs fleet", .serialized)
 struct FSTests {
+    /// The change log (FOS_OP_FS_WATCH, FosFSServer/Watch.swift) joins a
+    /// process's consecutive changes of one inode into one event, but never
+    /// an event a watcher was already given.
+    @Test("the change log joins one process's consecutive changes of an inode, not ones a watcher has")
+    func watchJoins() async throws {
+        try await TestNode.with(members: 1) { node in
+            let fs = try await FSClient.connect(try node.runtime())
+            let f = try await fs.create(parent: FSClient.rootIno, name: "joined", mode: 0o644)
+            let start = try await fs.watch(after: 0, wait: .zero)
+            _ = try await fs.write(ino: f.ino, offset: 0, data: pattern(5000))
+            _ = try await fs.write(ino: f.ino, offset: 5000, data: pattern(3000))
+            _ = try await fs.chmod(ino: f.ino, mode: 0o600)
+            let first = try await fs.watch(after: start.cursor, wait: .seconds(5))
+            let mine = { (b: FSWatchBatch) in
+                b.events.compactMap { e -> (UInt64, UInt64)? in
+                    if case .inode(let ino, let off, let len, _) = e, ino == f.ino { return (off, len) }
+                    return nil
+                }
+            }
+            let joined = mine(first)
+            #expect(joined.count == 1 && joined.first?.0 == 0 && joined.first?.1 == 8000, "\(first.events)")
+            // Given to a watcher: the next change is an event of its own.
+            _ = try await fs.write(ino: f.ino, offset: 8000, data: pattern(100))
+            let second = try await fs.watch(after: first.cursor, wait: .seconds(5))
+            let next = mine(second)
+            #expect(next.count == 1 && next.first?.0 == 8000 && next.first?.1 == 100, "\(second.events)")
+        }
+    }
+
     @Test("POSIX operations through FSClient; credentials are the kernel's")
     func operations() async throws {
         try await TestNode.with(members: 1) { node in
