@@ -45,6 +45,25 @@
 static void fos_shim_ahead_empty(fos_shim_ahead_q *q) {
     __atomic_store_n(&q->n, 0u, __ATOMIC_RELAXED);
     q->done = 0;
+    q->used = 0;
+}
+
+/* The request w is (its data or its SETATTR kept at w->at): msg gets the
+ * header's room and the fixed part (*mlen in all), *bulk the data. */
+static void fos_shim_ahead_msg(const fos_shim_ahead_q *q, const fos_shim_ahead_w *w, uint8_t *msg, uint32_t *mlen,
+                               const void **bulk, uint32_t *blen) {
+    if (w->op == FOS_OP_FS_SETATTR) {
+        memcpy(msg + sizeof(fos_msg_hdr), q->kept + w->at, sizeof(fos_fs_setattr));
+        *mlen = sizeof(fos_msg_hdr) + sizeof(fos_fs_setattr);
+        *bulk = NULL;
+        *blen = 0;
+    } else {
+        fos_fs_io io = {.ino = w->ino, .offset = w->off, .count = w->len};
+        memcpy(msg + sizeof(fos_msg_hdr), &io, sizeof io);
+        *mlen = sizeof(fos_msg_hdr) + sizeof io;
+        *bulk = q->kept + w->at;
+        *blen = w->len;
+    }
 }
 
 /* Whether this process's uid 0 is the host's: in a user namespace fosd
@@ -134,19 +153,14 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
         if (p == MAP_FAILED) return -1;
         q->kept = p;
     }
-    uint32_t at = q->used;
-    memcpy(q->kept + at, data, len);
+    fos_shim_ahead_w w = {.id = id, .ino = io.ino, .off = io.offset, .len = len, .at = q->used, .op = op};
+    memcpy(q->kept + w.at, data, len);
     _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof sa];
-    int err;
-    if (op == FOS_OP_FS_WRITE) {
-        memcpy(msg + sizeof(fos_msg_hdr), &io, sizeof io);
-        err = fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, sizeof(fos_msg_hdr) + sizeof io, q->kept + at, len);
-    } else {
-        memcpy(msg + sizeof(fos_msg_hdr), &sa, sizeof sa);
-        err = fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, sizeof msg, NULL, 0);
-    }
-    if (err != 0) return -1;
-    q->w[q->n] = (fos_shim_ahead_w){.id = id, .ino = io.ino, .off = io.offset, .len = len, .at = at, .op = op};
+    uint32_t mlen, blen;
+    const void *bulk;
+    fos_shim_ahead_msg(q, &w, msg, &mlen, &bulk, &blen);
+    if (fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, mlen, bulk, blen) != 0) return -1;
+    q->w[q->n] = w;
     __atomic_store_n(&q->n, q->n + 1, __ATOMIC_RELAXED);
     q->used += len;
     return 0;
@@ -186,7 +200,6 @@ int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
         q->done++;
     }
     fos_shim_ahead_empty(q);
-    q->used = 0;
     return 0;
 }
 
@@ -194,19 +207,9 @@ int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_
     while (q->done < q->n) {
         const fos_shim_ahead_w *w = &q->w[q->done];
         _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof(fos_fs_setattr)];
-        uint32_t mlen;
-        const void *bulk = NULL;
-        uint32_t blen = 0;
-        if (w->op == FOS_OP_FS_SETATTR) {
-            memcpy(msg + sizeof(fos_msg_hdr), q->kept + w->at, sizeof(fos_fs_setattr));
-            mlen = sizeof msg;
-        } else {
-            fos_fs_io io = {.ino = w->ino, .offset = w->off, .count = w->len};
-            memcpy(msg + sizeof(fos_msg_hdr), &io, sizeof io);
-            mlen = sizeof(fos_msg_hdr) + sizeof io;
-            bulk = q->kept + w->at;
-            blen = w->len;
-        }
+        uint32_t mlen, blen;
+        const void *bulk;
+        fos_shim_ahead_msg(q, w, msg, &mlen, &bulk, &blen);
         fos_shim_ahead_reply r;
         uint32_t rlen = 0;
         int32_t status = 0;
@@ -216,7 +219,6 @@ int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_
         q->done++;
     }
     fos_shim_ahead_empty(q);
-    q->used = 0;
     q->orphaned = 0;
     return 0;
 }
@@ -224,13 +226,11 @@ int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_
 void fos_shim_ahead_lost(fos_shim_ahead_q *q) {
     for (unsigned i = q->done; i < q->n; i++) fos_shim_ahead_late(q, q->w[i].ino, EIO);
     fos_shim_ahead_empty(q);
-    q->used = 0;
     q->orphaned = 0;
 }
 
 void fos_shim_ahead_forget(fos_shim_ahead_q *q) {
     fos_shim_ahead_empty(q);
-    q->used = 0;
     q->orphaned = 0;
     q->ok = 0;
     for (unsigned i = 0; i < sizeof q->late / sizeof q->late[0]; i++) __atomic_store_n(&q->late[i].ino, 0, __ATOMIC_RELAXED);

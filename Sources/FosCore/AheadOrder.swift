@@ -109,6 +109,11 @@ extension EventLoop {
         if receiveOne(e) == true { e.channel.release() }
     }
 
+    /// Whether `h` is a request sent ahead (not an answer).
+    static func isAheadRequest(_ h: fos_msg_hdr) -> Bool {
+        h.flags & UInt32(FOS_MSG_AHEAD) != 0 && h.flags & UInt32(FOS_MSG_REPLY) == 0
+    }
+
     /// The stamp of a request sent ahead now (FOS_MSG_AHEAD_STAMP_SHIFT).
     static func aheadStamp() -> Int32 {
         Int32(bitPattern: UInt32(truncatingIfNeeded: monotonicNanos() >> UInt64(FOS_MSG_AHEAD_STAMP_SHIFT)))
@@ -122,10 +127,14 @@ extension EventLoop {
     func takeAhead(except skip: Entry, before stamp: Int32?) {
         // Stamps compare by age on our clock: a client's is never in the
         // future, so a record up to 68 s old (2^32 × 16 ns) still counts
-        // as older than a new one.
-        let now = UInt32(truncatingIfNeeded: monotonicNanos() >> UInt64(FOS_MSG_AHEAD_STAMP_SHIFT))
-        func age(_ s: Int32) -> UInt32 { now &- UInt32(bitPattern: s) }
-        let limit = stamp.map(age)
+        // as older than a new one. The clock is read only once there is a
+        // head to compare (most sweeps find none).
+        var now: UInt32?
+        func age(_ s: Int32) -> UInt32 {
+            if now == nil { now = UInt32(bitPattern: Self.aheadStamp()) }
+            return now! &- UInt32(bitPattern: s)
+        }
+        var limit: UInt32?
         // Bounded: every pass takes a record, and a sweep takes no more
         // than the shims' FOS_FS_AHEAD_MAX each could have sent.
         for _ in 0..<4096 {
@@ -133,8 +142,8 @@ extension EventLoop {
             var h = fos_msg_hdr()
             for prio in st.byPriority {
                 for e in prio where e !== skip && e.channel.side == .server && e.service?.ordersAhead == true {
-                    guard e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0,
-                          h.flags & UInt32(FOS_MSG_REPLY) == 0 else { continue }
+                    guard e.channel.peekHeader(&h), Self.isAheadRequest(h) else { continue }
+                    if limit == nil, let stamp { limit = age(stamp) }
                     let a = age(h.status)
                     if let limit, a <= limit { continue }
                     if first.map({ a > $0.age }) ?? true { first = (e, a) }
@@ -154,7 +163,7 @@ extension EventLoop {
         var h = fos_msg_hdr()
         // Bounded: a shim has at most FOS_FS_AHEAD_MAX in flight; a client
         // that sends more only delays its own.
-        while n < 256, e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD) != 0, h.flags & UInt32(FOS_MSG_REPLY) == 0 {
+        while n < 256, e.channel.peekHeader(&h), Self.isAheadRequest(h) {
             guard let got = receiveOne(e) else { return n }
             if !got { break }
             n += 1

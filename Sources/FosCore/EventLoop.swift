@@ -522,13 +522,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // waits for every one taken so far, after taking those that wait
         // at the head of the other rings.
         let ordered = service.ordersAhead
-        let ahead = ordered && h.flags & UInt32(FOS_MSG_AHEAD) != 0 && service.takesAhead(req)
-        if ordered && sweep { takeAhead(except: e, before: h.flags & UInt32(FOS_MSG_AHEAD) != 0 ? h.status : nil) }
+        let sentAhead = h.flags & UInt32(FOS_MSG_AHEAD) != 0
+        let ahead = ordered && sentAhead && service.takesAhead(req)
+        if ordered && sweep { takeAhead(except: e, before: sentAhead ? h.status : nil) }
         let turn = st.aheadTaken
         // A follower (AheadOrder.swift) takes a turn as one taken ahead
         // does: the last one taken and not yet answered is its sender's.
-        let follows = ordered && !ahead && service.followsInTurn(h.opcode)
-            && st.aheadTaken != st.aheadAnswered && st.aheadSenders.last == e.channel.id
+        let follows = ordered && !ahead && st.aheadTaken != st.aheadAnswered
+            && st.aheadSenders.last == e.channel.id && service.followsInTurn(h.opcode)
         let inTurn = ahead || follows
         if inTurn {
             st.aheadTaken &+= 1

@@ -204,10 +204,16 @@ final class LocalCommitDevice: BlockDevice {
     func writeOutliving(block: UInt64, data: [UInt8]) async throws {
         guard data.count % blockSize == 0, block < blockCount,
               UInt64(data.count / blockSize) <= blockCount - block else { throw FSError.posix(.invalidArgument) }
-        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: UInt64(data.count / blockSize)) }
+        try pwrite(data[...], block: block, blocks: UInt64(data.count / blockSize), offset: 0)
+    }
+
+    /// `bytes` at `offset` in `block` (spanning `blocks` blocks), through
+    /// the page cache; the space allocated ahead first.
+    private func pwrite(_ bytes: ArraySlice<UInt8>, block: UInt64, blocks: UInt64, offset: Int) throws {
+        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: blocks) }
         do {
-            _ = try data.withUnsafeBytes {
-                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize), $0)
+            _ = try bytes.withUnsafeBytes {
+                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize) + Int64(offset), $0)
             }
         } catch {
             throw FSError.posix(.ioError)
@@ -276,15 +282,7 @@ final class LocalCommitDevice: BlockDevice {
         guard block < blockCount, offset >= 0, offset + bytes.count <= blockSize else {
             throw FSError.posix(.invalidArgument)
         }
-        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: 1) }
-        do {
-            _ = try bytes.withUnsafeBytes {
-                try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(blockSize) + Int64(offset), $0)
-            }
-        } catch {
-            throw FSError.posix(.ioError)
-        }
-        unflushed.store(true, ordering: .releasing)
+        try pwrite(bytes, block: block, blocks: 1, offset: offset)
     }
 
     /// A commit that continues the journal's last block and ends in it is
