@@ -64,14 +64,15 @@ enum Reach {
 
     /// The one line that refuses `argv` (nil: it may run).
     static func refusal(_ argv: [String], env: [String: String], prefix: String, fosCwd: Bool) -> String? {
-        guard env["FOS_ALLOW_UNREACHABLE"] != "1", let file = binary(argv[0], path: env["PATH"]) else { return nil }
-        let k = kind(file)
-        guard k == FOS_ELF_STATIC || k == FOS_ELF_GO || k == FOS_ELF_FOREIGN else { return nil }
+        guard env["FOS_ALLOW_UNREACHABLE"] != "1" else { return nil }
         func isFos(_ a: Substring) -> Bool { a == prefix || a.hasPrefix(prefix + "/") }
         let fosArg = argv.dropFirst().contains { a in
             isFos(Substring(a)) || a.split(separator: "=", maxSplits: 1).dropFirst().first.map(isFos) == true
         }
-        guard fosCwd || fosArg else { return nil }
+        // The program's file is read only when fos is in view of it.
+        guard fosCwd || fosArg, let file = binary(argv[0], path: env["PATH"]) else { return nil }
+        let k = kind(file)
+        guard k == FOS_ELF_STATIC || k == FOS_ELF_GO || k == FOS_ELF_FOREIGN else { return nil }
         return "\(file) \(String(cString: fos_elf_why(k))), so it cannot see \(prefix) through the shim, and "
             + (fosCwd ? "its cwd is" : "its arguments are") + " in it: run it on the FUSE mount (fosctl mount DIR), "
             + "or set FOS_ALLOW_UNREACHABLE=1 if it does not use \(prefix)"
