@@ -11,9 +11,9 @@ import CFosWire
 /// them (they were published before it was read, or they were not sent
 /// before it), for one sent ahead those stamped earlier (its sender may
 /// have heard from theirs, not the other way round: FOS_MSG_AHEAD_STAMP_SHIFT),
-/// earliest first. The request's task
-/// waits until every request taken ahead before it has been answered.
-/// Requests taken ahead are served one at a time in the order taken, each
+/// earliest first. An ordinary request's task waits until every request
+/// taken ahead before it has been answered. Requests taken ahead are served
+/// one at a time in the order taken, by one task (`serveInTurn`), each
 /// answered (or its answer held, below) before the next starts.
 ///
 /// An AHEAD record behind an ordinary one in the same ring cannot matter:
@@ -170,6 +170,41 @@ extension EventLoop {
         }
         if n > 0 { e.channel.release() }
         return n
+    }
+
+    /// A request taken in turn (ahead, or following), waiting to be served.
+    struct InTurnRequest {
+        var request: Request
+        var oneway: Bool
+        var service: MailboxService
+        var turn: UInt64
+    }
+
+    /// Serves the requests taken in turn, one at a time in the order taken,
+    /// until none is left (more may be taken meanwhile, by `answerInOrder`
+    /// among others). Each starts once those before it were answered, as a
+    /// task each waiting in `aheadTurn` did.
+    func serveInTurn() async {
+        var served = 0
+        while st.inTurnFirst < st.inTurn.count {
+            let next = st.inTurn[st.inTurnFirst]
+            st.inTurnFirst += 1
+            if st.inTurnFirst == st.inTurn.count {
+                st.inTurn.removeAll(keepingCapacity: true)
+                st.inTurnFirst = 0
+            } else if st.inTurnFirst >= 256 {
+                st.inTurn.removeFirst(st.inTurnFirst)
+                st.inTurnFirst = 0
+            }
+            await aheadTurn(next.turn)
+            await serve(next.request, oneway: next.oneway, service: next.service, ordered: true, turn: next.turn,
+                        inTurn: true)
+            // A long run served without a pause would keep the loop from
+            // its rings (and the member's own calls' answers) meanwhile.
+            served += 1
+            if served % 32 == 0 { await Task.yield() }
+        }
+        st.inTurnServed = false
     }
 
     /// Returns once `turn` requests taken ahead have been answered.
