@@ -344,9 +344,14 @@ public final class FileSystem: @unchecked Sendable {
     /// nothing it acknowledged. Under `commitLater` the commit is a later
     /// operation's or `settle`'s, and the answer waits for it.
     func endOperation() async throws {
-        try await writeDirtyInodesAsync()
-        let changed = !txn.isEmpty || !dirtyData.isEmpty
-        if changed, Self.commitLater, deferredCommits < Self.deferredCommitsMax {
+        // An inode changed by operations whose commit comes later is
+        // encoded once, by that commit (`commit` writes dirty inodes back
+        // first): tar's two writes and three attribute changes of a file
+        // encoded it five times.
+        let later = Self.commitLater && deferredCommits < Self.deferredCommitsMax
+        if !later { try await writeDirtyInodesAsync() }
+        let changed = !txn.isEmpty || !dirtyData.isEmpty || !dirtyInodes.isEmpty
+        if changed, later {
             deferredCommits += 1
             uncommitted.store(true, ordering: .releasing)
         } else if changed {
