@@ -366,6 +366,20 @@ static void fos_shim_leave(fos_shim_conn *c, int cancel) {
     fos_shim_in_call = 0;
 }
 
+static FOS_SHIM_TLS void (*fos_shim_meanwhile_fn)(void *);
+static FOS_SHIM_TLS void *fos_shim_meanwhile_arg;
+
+void fos_shim_meanwhile(void (*fn)(void *), void *arg) {
+    fos_shim_meanwhile_fn = fn;
+    fos_shim_meanwhile_arg = arg;
+}
+
+static void fos_shim_meanwhile_run(void) {
+    void (*fn)(void *) = fos_shim_meanwhile_fn;
+    fos_shim_meanwhile_fn = NULL;
+    if (fn) fn(fos_shim_meanwhile_arg);
+}
+
 /* One request on the service's channel: svc_fs, or the spawn service.
  * The request is c->msg[0..mlen) then bulk. */
 static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
@@ -442,6 +456,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         if (op != 0 && !spawn) {
             id = ++c->msg_id;
             err = fos_shim_chan_post(&c->fs, op, id, 0, c->msg, mlen, bulk, blen);
+            if (err == 0) fos_shim_meanwhile_run();
         }
         if (err == 0 && q->n > 0 && (err = fos_shim_ahead_collect(q, &c->fs, 1)) != 0) {
             dead[ndead++] = c->fs_addr;

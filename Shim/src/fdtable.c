@@ -102,12 +102,14 @@ static int fos_shim_install(int fd, const fos_shim_ofd *o) {
 /* The kernel keeps these status flags in the placeholder's description. */
 #define FOS_SHIM_KERNEL_FL (O_APPEND | O_ASYNC | O_NOATIME | O_NONBLOCK)
 
-int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath) {
+/* A placeholder for st (with its fs path, a directory's), not in the
+ * table yet: the fd and its entry in *o, or -errno. */
+static int fos_shim_fd_make(const fos_fs_stat *st, int oflags, int cloexec, const char *fspath, fos_shim_ofd *o) {
     char name[96];
     uint32_t kept = (uint32_t)(oflags & (O_ACCMODE | O_PATH | O_SYNC)); /* O_SYNC: O_DSYNC too */
     snprintf(name, sizeof name, "fos-%llx-%x-%x-%llx", (unsigned long long)st->ino, kept, st->mode,
              (unsigned long long)__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED));
-    int fd = (int)syscall(SYS_memfd_create, name, MFD_ALLOW_SEALING | ((oflags & O_CLOEXEC) ? MFD_CLOEXEC : 0));
+    int fd = (int)syscall(SYS_memfd_create, name, MFD_ALLOW_SEALING | (cloexec ? MFD_CLOEXEC : 0));
     if (fd < 0) return -errno;
     int err = 0;
     if (S_ISDIR(st->mode)) {
@@ -122,20 +124,40 @@ int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath) {
             if (syscall(SYS_pwrite64, fd, buf, n, 0) != (long)n) err = errno ? errno : EIO;
         }
     }
-    fos_shim_ofd o = {.ino = st->ino, .flags = kept, .mode = st->mode};
-    if (err == 0 && (o.memfd_ino = fos_shim_memfd_ino(fd)) == 0) err = EIO;
+    *o = (fos_shim_ofd){.ino = st->ino, .flags = kept, .mode = st->mode};
+    if (err == 0 && (o->memfd_ino = fos_shim_memfd_ino(fd)) == 0) err = EIO;
     if (err == 0 && syscall(SYS_fcntl, fd, F_ADD_SEALS, FOS_SHIM_SEALS) != 0) err = errno;
     if (err == 0 && syscall(SYS_lseek, fd, (long)FOS_SHIM_POS_BASE, SEEK_SET) < 0) err = errno;
     if (err == 0 && (oflags & FOS_SHIM_KERNEL_FL) && syscall(SYS_fcntl, fd, F_SETFL, oflags & FOS_SHIM_KERNEL_FL) != 0) {
         err = errno;
     }
-    if (err == 0) {
-        int r = fos_shim_install(fd, &o);
-        if (r >= 0) return r;
-        err = -r;
-    }
+    if (err == 0) return fd;
     fos_shim_sys_close(fd);
     return -err;
+}
+
+int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath) {
+    fos_shim_ofd o;
+    int fd = fos_shim_fd_make(st, oflags, (oflags & O_CLOEXEC) != 0, fspath, &o);
+    if (fd < 0) return fd;
+    int r = fos_shim_install(fd, &o);
+    if (r < 0) fos_shim_sys_close(fd);
+    return r;
+}
+
+int fos_shim_fd_spare(uint64_t ino, uint32_t mode, int oflags, fos_shim_ofd *o) {
+    /* Close-on-exec until adopted: a thread's exec meanwhile must not
+     * hand a new image a placeholder for a file not opened. */
+    fos_fs_stat st = {.ino = ino, .mode = mode};
+    return fos_shim_fd_make(&st, oflags, 1, NULL, o);
+}
+
+int fos_shim_fd_adopt(int fd, const fos_shim_ofd *o, int oflags) {
+    int r = 0;
+    if (!(oflags & O_CLOEXEC) && syscall(SYS_fcntl, fd, F_SETFD, 0) != 0) r = -errno;
+    if (r == 0) r = fos_shim_install(fd, o);
+    if (r < 0) fos_shim_sys_close(fd);
+    return r;
 }
 
 int fos_shim_fd_dup(int from, int to) {

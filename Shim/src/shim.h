@@ -151,6 +151,13 @@ fos_shim_ofd *fos_shim_fd(int fd);
 static inline int fos_shim_fd_marked(int fd);
 /* A new placeholder for an opened fs inode. Returns the fd or -errno. */
 int fos_shim_fd_create(const fos_fs_stat *st, int oflags, const char *fspath);
+/* A placeholder for a regular file expected to be inode `ino` with `mode`,
+ * made while the OPEN that creates it is in flight, close-on-exec and not
+ * in the table (*o: its entry): the fd or -errno. */
+int fos_shim_fd_spare(uint64_t ino, uint32_t mode, int oflags, fos_shim_ofd *o);
+/* Enters spare fd (entry o) for an open with oflags once the OPEN said it
+ * is that inode: the fd or -errno (the spare closed). */
+int fos_shim_fd_adopt(int fd, const fos_shim_ofd *o, int oflags);
 /* After the kernel duplicated live fos descriptor `from` into `to`. */
 int fos_shim_fd_dup(int from, int to);
 /* The shared offset (or -errno), and setting it. */
@@ -214,6 +221,9 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
  * for the reply to (op, id). */
 int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flags, uint8_t *msg, uint32_t mlen,
                        const void *bulk, uint32_t blen);
+/* Work the next call does once its request is sent, while the member
+ * serves it (set for that one call, on this thread; run at most once). */
+void fos_shim_meanwhile(void (*fn)(void *), void *arg);
 /* Whether this thread runs on c's server's core. */
 int fos_shim_chan_on_peer_core(const fos_shim_chan *c);
 int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, uint32_t outcap, uint32_t *outlen,

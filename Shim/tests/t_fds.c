@@ -209,6 +209,64 @@ static void test_sync(const char *d) {
     close(fd);
 }
 
+/* The lowest descriptor number free now. */
+static int lowest_free(void) {
+    int fd = dup(0);
+    CHECK(fd >= 0);
+    close(fd);
+    return fd;
+}
+
+/* New files (O_CREAT | O_EXCL) in two directories in turn, so that the
+ * placeholder made while the create is in flight is for the wrong inode
+ * number about every other time: either way the descriptor is the lowest
+ * free one, is the new file's, keeps the flags asked for, and survives
+ * exec unless close-on-exec; a create that fails uses no descriptor. */
+static void test_new_files(const char *d) {
+    char a[512], b[512];
+    snprintf(a, sizeof a, "%s/new-a", d);
+    snprintf(b, sizeof b, "%s/new-b", d);
+    CHECK(mkdir(a, 0755) == 0 && mkdir(b, 0755) == 0);
+    for (int i = 0; i < 24; i++) {
+        const char *p = path_in(i % 4 < 2 ? a : b, i % 2 ? "odd" : "even");
+        char name[64];
+        snprintf(name, sizeof name, "%s%d", p, i);
+        int want = lowest_free();
+        int cloexec = i % 3 == 0 ? O_CLOEXEC : 0;
+        int fd = open(name, O_CREAT | O_EXCL | O_WRONLY | cloexec, 0640);
+        CHECK(fd == want);
+        struct stat s1, s2;
+        CHECK(fstat(fd, &s1) == 0 && stat(name, &s2) == 0);
+        CHECK(is_fos_dev(s1.st_dev) && s1.st_ino == s2.st_ino && s1.st_mode == (S_IFREG | 0640));
+        CHECK((fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY);
+        CHECK(!!(fcntl(fd, F_GETFD) & FD_CLOEXEC) == !!cloexec);
+        /* A failed create of the same name takes no descriptor. */
+        CHECK_ERRNO(open(name, O_CREAT | O_EXCL | O_WRONLY, 0640), EEXIST);
+        CHECK(lowest_free() == fd + 1 || lowest_free() < fd);
+        if (i % 6 == 1 || i % 6 == 3) {
+            /* A new image writes through it, or finds it closed. */
+            char cmd[128];
+            snprintf(cmd, sizeof cmd, "exec 2>/dev/null; echo new%d >&%d", i, fd);
+            pid_t pid = fork();
+            CHECK(pid >= 0);
+            if (pid == 0) {
+                execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+                _exit(127);
+            }
+            int st;
+            CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st));
+            CHECK((WEXITSTATUS(st) == 0) == !cloexec);
+            char got[32] = {0}, exp[32];
+            snprintf(exp, sizeof exp, "new%d\n", i);
+            int r = open(name, O_RDONLY);
+            CHECK(r >= 0 && read(r, got, sizeof got - 1) == (ssize_t)(cloexec ? 0 : strlen(exp)));
+            CHECK(cloexec || strcmp(got, exp) == 0);
+            close(r);
+        }
+        close(fd);
+    }
+}
+
 int main(int argc, char **argv) {
     umask(022);
     CHECK(argc == 2 && mkdir(argv[1], 0755) == 0);
@@ -217,6 +275,7 @@ int main(int argc, char **argv) {
     test_fork(argv[1]);
     test_locks(argv[1]);
     test_sync(argv[1]);
+    test_new_files(argv[1]);
     puts("ok");
     return 0;
 }
