@@ -70,22 +70,20 @@ static int fos_shim_open_fos(char *fspath, int flags, mode_t mode) {
     if ((flags & O_TMPFILE) == O_TMPFILE) return -EOPNOTSUPP;
     fos_fs_stat st;
     int r;
-    if ((flags & (O_CREAT | O_EXCL | O_PATH | O_DIRECTORY)) == (O_CREAT | O_EXCL)) {
-        uint32_t sent = (uint32_t)(flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW));
-        __atomic_add_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
-        r = fos_shim_open_new(fspath, flags, sent, (uint32_t)(mode & ~fos_shim_umask() & 07777));
-        __atomic_sub_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
-        return r;
-    }
     if (flags & O_PATH) {
         /* No access to the file itself is checked for O_PATH, as on Linux. */
         r = fos_shim_op_stat_path(fspath, !(flags & O_NOFOLLOW), &st);
         if (r == 0 && (flags & O_DIRECTORY) && !S_ISDIR(st.mode)) r = -ENOTDIR;
     } else {
         uint32_t sent = (uint32_t)(flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW));
+        uint32_t perm = (uint32_t)(mode & ~fos_shim_umask() & 07777);
         __atomic_add_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
-        r = fos_shim_op_open(fspath, sent, (uint32_t)(mode & ~fos_shim_umask() & 07777), &st);
-        if (r == 0) r = fos_shim_fd_create(&st, flags, fspath);
+        if ((flags & (O_CREAT | O_EXCL | O_DIRECTORY)) == (O_CREAT | O_EXCL)) {
+            r = fos_shim_open_new(fspath, flags, sent, perm);
+        } else {
+            r = fos_shim_op_open(fspath, sent, perm, &st);
+            if (r == 0) r = fos_shim_fd_create(&st, flags, fspath);
+        }
         __atomic_sub_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
         return r;
     }
