@@ -427,7 +427,7 @@ public final class FSClient: Sendable {
 
     /// Splits "/a/b/c" into the parent's inode and "c".
     public func parent(of path: String) async throws -> (dir: UInt64, name: String) {
-        let comps = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        let comps = pathComponents(path)
         guard let last = comps.last else { throw FosError.remote(.fileExists) }
         let dir = comps.count == 1 ? FSClient.rootIno : try await resolve(path: "/" + comps.dropLast().joined(separator: "/"))
         return (dir, last)

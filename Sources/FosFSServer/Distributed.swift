@@ -42,7 +42,7 @@ extension FSService {
             return try await finish(step, flags: flags, trailingSlash: false, cred: cred)
         case FOS_OP_FS_OPEN, FOS_OP_FS_RESOLVE:
             let (h, path) = try w.pathRequest()
-            let comps = path.split(separator: "/").map(String.init)
+            let comps = pathComponents(path)
             for c in comps where c.utf8.count > Int(FOS_FS_NAME_MAX) { throw FSError.posix(.fileNameTooLong) }
             let trailing = path.hasSuffix("/")
             let noFollow = OpenFlags.noFollow.rawValue

@@ -61,6 +61,17 @@ import Testing
         try await fsckClean(dev)
     }
 
+    /// A path splits at every '/' byte, as the kernel splits it, even one
+    /// that a combining mark follows (one Character with it in Swift).
+    @Test func pathSplitsAtEverySlash() async throws {
+        #expect(pathComponents("//a/./\u{301}b//") == ["a", ".", "\u{301}b"])
+        let (_, fs) = try await makeFS()
+        let d = try await fs.mkdir(parent: rootIno, name: "a", mode: 0o755, cred: root)
+        let f = try await fs.open(path: "/a/\u{301}b", flags: [.create, .exclusive, .writeOnly], cred: root)
+        #expect(try await fs.lookup(parent: d.ino, name: "\u{301}b", cred: root).ino == f.ino)
+        #expect(try await fs.resolve(path: "/a/\u{301}b", cred: root) == f.ino)
+    }
+
     @Test func openFlags() async throws {
         let (_, fs) = try await makeFS()
         let a = try await fs.open(path: "/f", flags: [.create, .writeOnly], mode: 0o640, cred: root)
