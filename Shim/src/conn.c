@@ -366,24 +366,12 @@ static void fos_shim_leave(fos_shim_conn *c, int cancel) {
     fos_shim_in_call = 0;
 }
 
-static FOS_SHIM_TLS void (*fos_shim_meanwhile_fn)(void *);
-static FOS_SHIM_TLS void *fos_shim_meanwhile_arg;
-
-void fos_shim_meanwhile(void (*fn)(void *), void *arg) {
-    fos_shim_meanwhile_fn = fn;
-    fos_shim_meanwhile_arg = arg;
-}
-
-static void fos_shim_meanwhile_run(void) {
-    void (*fn)(void *) = fos_shim_meanwhile_fn;
-    fos_shim_meanwhile_fn = NULL;
-    if (fn) fn(fos_shim_meanwhile_arg);
-}
-
 /* One request on the service's channel: svc_fs, or the spawn service.
- * The request is c->msg[0..mlen) then bulk. */
+ * The request is c->msg[0..mlen) then bulk. `meanwhile` (if not NULL)
+ * runs once, when an fs request is first sent, while the member serves it. */
 static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                         const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
+                         const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
+                         void (*meanwhile)(void *), void *marg) {
     uint32_t mlen = (uint32_t)sizeof(fos_msg_hdr) + flen + tlen;
     if (mlen > sizeof C.msg) return ENAMETOOLONG;
     int cancel, err;
@@ -456,7 +444,10 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         if (op != 0 && !spawn) {
             id = ++c->msg_id;
             err = fos_shim_chan_post(&c->fs, op, id, 0, c->msg, mlen, bulk, blen);
-            if (err == 0) fos_shim_meanwhile_run();
+            if (err == 0 && meanwhile) {
+                meanwhile(marg);
+                meanwhile = NULL;
+            }
         }
         if (err == 0 && q->n > 0 && (err = fos_shim_ahead_collect(q, &c->fs, 1)) != 0) {
             dead[ndead++] = c->fs_addr;
@@ -520,7 +511,12 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
 
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                      const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
-    return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen);
+    return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen, NULL, NULL);
+}
+
+int fos_shim_fs_call_meanwhile(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
+                               void *out, uint32_t outcap, uint32_t *outlen, void (*meanwhile)(void *), void *arg) {
+    return fos_shim_call(0, op, fixed, flen, tail, tlen, NULL, 0, out, outcap, outlen, meanwhile, arg);
 }
 
 static int fos_shim_fs_unsettled(void) {
@@ -537,7 +533,7 @@ static int fos_shim_fs_unsettled(void) {
 static int fos_shim_fs_answers(uint64_t ino, int wait) {
     /* A vfork child never sends ahead (C is its parent's). */
     if (!fos_shim_fs_unsettled() || fos_shim_in_vfork_child()) return 0;
-    if (wait) (void)fos_shim_call(0, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL);
+    if (wait) (void)fos_shim_call(0, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, NULL);
     if (ino == 0) return 0;
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
@@ -559,7 +555,7 @@ int fos_shim_fs_settle(uint64_t ino) { return fos_shim_fs_answers(ino, 1); }
 int fos_shim_fs_late(uint64_t ino) { return fos_shim_fs_answers(ino, 0); }
 
 int fos_shim_spawn_call(uint16_t op, const void *payload, uint32_t len, void *out, uint32_t outcap, uint32_t *outlen) {
-    return fos_shim_call(1, op, NULL, 0, NULL, 0, payload, len, out, outcap, outlen);
+    return fos_shim_call(1, op, NULL, 0, NULL, 0, payload, len, out, outcap, outlen, NULL, NULL);
 }
 
 uint64_t fos_shim_node;

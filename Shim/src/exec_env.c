@@ -22,6 +22,10 @@
 
 static char fos_shim_self_buf[FOS_SHIM_PATH_BUF];
 static char fos_shim_helper_buf[FOS_SHIM_PATH_BUF];
+/* fos-run beside the shim: a static executable that knows fos (it reads
+ * FOS_CWD and starts its command with the shim), so the rule for programs
+ * the shim cannot reach does not refuse it. */
+static struct stat fos_shim_runner;
 int fos_shim_standin_mode;
 
 /* Once, from the constructor: dladdr may take the loader's lock, which a
@@ -34,6 +38,11 @@ void fos_shim_exec_init(void) {
         int n = snprintf(fos_shim_helper_buf, sizeof fos_shim_helper_buf, "%.*s/fos-exec",
                          (int)(slash - fos_shim_self_buf), fos_shim_self_buf);
         if (n <= 0 || (size_t)n >= sizeof fos_shim_helper_buf) fos_shim_helper_buf[0] = 0;
+        char runner[FOS_SHIM_PATH_BUF];
+        n = snprintf(runner, sizeof runner, "%.*s/fos-run", (int)(slash - fos_shim_self_buf), fos_shim_self_buf);
+        if (n <= 0 || (size_t)n >= sizeof runner || syscall(SYS_newfstatat, AT_FDCWD, runner, &fos_shim_runner, 0) != 0) {
+            fos_shim_runner.st_ino = 0;
+        }
     }
     const char *m = getenv(FOS_SHIM_STANDIN_VAR);
     fos_shim_standin_mode = m && strcmp(m, "1") == 0;
@@ -41,6 +50,12 @@ void fos_shim_exec_init(void) {
 
 const char *fos_shim_self(void) { return fos_shim_self_buf[0] ? fos_shim_self_buf : NULL; }
 const char *fos_shim_exec_helper(void) { return fos_shim_helper_buf[0] ? fos_shim_helper_buf : NULL; }
+
+int fos_shim_is_runner(const char *path) {
+    struct stat st;
+    return fos_shim_runner.st_ino != 0 && syscall(SYS_newfstatat, AT_FDCWD, path, &st, 0) == 0 &&
+           st.st_dev == fos_shim_runner.st_dev && st.st_ino == fos_shim_runner.st_ino;
+}
 
 size_t fos_shim_env_len(char *const *envp) {
     size_t n = 0;

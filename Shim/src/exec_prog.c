@@ -171,6 +171,7 @@ static int fos_shim_env_allows(char *const envp[]) {
 int fos_shim_prog_reachable(const fos_shim_prog *p, char *const argv[], char *const envp[]) {
     if (p->kind != FOS_ELF_STATIC && p->kind != FOS_ELF_GO && p->kind != FOS_ELF_FOREIGN) return 0;
     if (fos_shim_env_allows(envp)) return 0;
+    if (p->kind == FOS_ELF_STATIC && fos_shim_is_runner(p->final)) return 0;
     const char *why = NULL;
     if (fos_shim_vcwd_on()) why = "its cwd is";
     for (int i = 1; why == NULL && argv && argv[i]; i++) {

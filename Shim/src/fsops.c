@@ -41,10 +41,18 @@ static int fos_shim_name_len(const char *p, uint32_t *len) {
 }
 
 int fos_shim_op_open(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_stat *st) {
+    return fos_shim_op_open_meanwhile(fspath, flags, mode, st, NULL, NULL);
+}
+
+int fos_shim_op_open_meanwhile(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_stat *st,
+                               void (*meanwhile)(void *), void *arg) {
     fos_fs_open o = {.flags = flags, .mode = mode};
     int r = fos_shim_path_len(fspath, &o.path_len);
     if (r) return r;
-    return fos_shim_req_exact(FOS_OP_FS_OPEN, &o, sizeof o, fspath, o.path_len, st, sizeof *st);
+    uint32_t n = 0;
+    r = -fos_shim_fs_call_meanwhile(FOS_OP_FS_OPEN, &o, sizeof o, fspath, o.path_len, st, sizeof *st, &n,
+                                    meanwhile, arg);
+    return r == 0 && n != sizeof *st ? -EIO : r;
 }
 
 int fos_shim_op_resolve(const char *fspath, int follow, uint64_t *ino) {

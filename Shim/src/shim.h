@@ -221,9 +221,6 @@ int fos_shim_chan_call(fos_shim_chan *c, uint16_t op, uint64_t id, uint8_t *msg,
  * for the reply to (op, id). */
 int fos_shim_chan_post(fos_shim_chan *c, uint16_t op, uint64_t id, uint32_t flags, uint8_t *msg, uint32_t mlen,
                        const void *bulk, uint32_t blen);
-/* Work the next call does once its request is sent, while the member
- * serves it (set for that one call, on this thread; run at most once). */
-void fos_shim_meanwhile(void (*fn)(void *), void *arg);
 /* Whether this thread runs on c's server's core. */
 int fos_shim_chan_on_peer_core(const fos_shim_chan *c);
 int fos_shim_chan_wait(fos_shim_chan *c, uint16_t op, uint64_t id, void *out, uint32_t outcap, uint32_t *outlen,
@@ -302,6 +299,10 @@ int fos_shim_conn_ctl_fd(const fos_shim_chan *c);
  */
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                      const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen);
+/* The same without bulk, running meanwhile(arg) once the request is sent,
+ * while the member serves it. */
+int fos_shim_fs_call_meanwhile(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
+                               void *out, uint32_t outcap, uint32_t *outlen, void (*meanwhile)(void *), void *arg);
 /* Waits for the answers of this process's writes sent ahead (sending
  * them again to a new member if theirs died); the error one of them met
  * for ino (ino 0: none is taken), else 0. Returns at once when there is
@@ -343,6 +344,9 @@ static inline int fos_shim_in_vfork_child(void) {
 /* ------------------------------------------------------------------ */
 
 int fos_shim_op_open(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_stat *st);
+/* The same, running meanwhile(arg) while the member serves it. */
+int fos_shim_op_open_meanwhile(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_stat *st,
+                               void (*meanwhile)(void *), void *arg);
 int fos_shim_op_resolve(const char *fspath, int follow, uint64_t *ino);
 int fos_shim_op_getattr(uint64_t ino, fos_fs_stat *st);
 /* stat(2)/lstat(2) of an fs path: one message for anything but a final symlink. */
@@ -427,6 +431,8 @@ char **fos_shim_env_fix_cwd(char *const *envp, char **out, fos_shim_envbuf *b, i
 size_t fos_shim_env_len(char *const *envp);
 /* fos-exec beside this library, or NULL. */
 const char *fos_shim_exec_helper(void);
+/* Whether host file `path` is the fos-run beside the shim (exec_env.c). */
+int fos_shim_is_runner(const char *path);
 /* This library's file. */
 const char *fos_shim_self(void);
 /* This process is fos-exec standing in (it was started with the marker). */

@@ -51,13 +51,9 @@ static void fos_shim_spare_make(void *arg) {
 static int fos_shim_open_new(char *fspath, int flags, uint32_t sent, uint32_t perm) {
     fos_shim_spare sp = {.fd = -1, .oflags = flags, .mode = S_IFREG | perm};
     uint64_t last = __atomic_load_n(&fos_shim_last_new_ino, __ATOMIC_RELAXED);
-    if (last != 0) {
-        sp.ino = last + 1;
-        fos_shim_meanwhile(fos_shim_spare_make, &sp);
-    }
+    sp.ino = last + 1;
     fos_fs_stat st;
-    int r = fos_shim_op_open(fspath, sent, perm, &st);
-    fos_shim_meanwhile(NULL, NULL);
+    int r = fos_shim_op_open_meanwhile(fspath, sent, perm, &st, last ? fos_shim_spare_make : NULL, &sp);
     if (r == 0) __atomic_store_n(&fos_shim_last_new_ino, st.ino, __ATOMIC_RELAXED);
     if (sp.fd >= 0) {
         if (r == 0 && st.ino == sp.ino && st.mode == sp.mode) return fos_shim_fd_adopt(sp.fd, &sp.o, flags);

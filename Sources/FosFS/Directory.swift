@@ -79,7 +79,7 @@ extension FileSystem {
                 let name = recordName(d, r)
                 if l == 0, name == "." { continue }
                 if l == 0, name == ".." { idx.parent = r.ino; continue }
-                idx.names[name] = DirIndex.Slot(ino: r.ino, type: r.type, block: UInt32(l), offset: UInt16(r.offset))
+                idx.names[NameKey(name)] = DirIndex.Slot(ino: r.ino, type: r.type, block: UInt32(l), offset: UInt16(r.offset))
             }
             idx.slack.append(Self.slack(recs))
         }
@@ -154,7 +154,7 @@ extension FileSystem {
         }
         guard let off = placed else { throw FSError.corrupt("directory \(dir.ino): reserved block \(l) is full") }
         idx.slack[l] = UInt16(slack)
-        idx.names[name] = DirIndex.Slot(ino: ino, type: type, block: UInt32(l), offset: UInt16(off))
+        idx.names[NameKey(name)] = DirIndex.Slot(ino: ino, type: type, block: UInt32(l), offset: UInt16(off))
         dirIndexEntries += 1
     }
 
@@ -168,7 +168,7 @@ extension FileSystem {
 
     func dirRemove(_ dir: Inode, name: String) async throws {
         let idx = try await dirIndex(dir)
-        guard let slot = idx.names[name] else { throw FSError.ENOENT }
+        guard let slot = idx.names[NameKey(name)] else { throw FSError.ENOENT }
         let l = Int(slot.block)
         let buf = try await metaForWrite(try dirBlockPhysical(dir, l))
         let recs = try parseBlock(buf.data, dir: dir.ino, block: l)
@@ -182,7 +182,7 @@ extension FileSystem {
             buf.data.put16(prev.offset + 8, UInt16(prev.recLen + recs[k].recLen))
         }
         idx.slack[l] = Self.slack(try parseBlock(buf.data, dir: dir.ino, block: l))
-        idx.names[name] = nil
+        idx.names[NameKey(name)] = nil
         dirIndexEntries -= 1
     }
 
@@ -190,13 +190,13 @@ extension FileSystem {
     /// existing name: the name never disappears).
     func dirRetarget(_ dir: Inode, name: String, ino: UInt64, type: UInt8) async throws {
         let idx = try await dirIndex(dir)
-        guard var slot = idx.names[name] else { throw FSError.ENOENT }
+        guard var slot = idx.names[NameKey(name)] else { throw FSError.ENOENT }
         let buf = try await metaForWrite(try dirBlockPhysical(dir, Int(slot.block)))
         buf.data.put64(Int(slot.offset), ino)
         buf.data[Int(slot.offset) + 11] = type
         slot.ino = ino
         slot.type = type
-        idx.names[name] = slot
+        idx.names[NameKey(name)] = slot
     }
 
     /// Rewrites ".." (a directory moved to another parent).

@@ -307,7 +307,7 @@ extension FileSystem {
                         i.size = pos + UInt64(len)
                         noteMappingChanged(i)
                     }
-                    if txn.count >= txnSoftLimit {
+                    if txn.count + dirtyInodes.count >= txnSoftLimit {
                         try await commit(flush: false)
                         txnJournaledData = FileSystem.journaledDataLimit  // still a large write
                     }
@@ -343,7 +343,7 @@ extension FileSystem {
                 i.size = pos + UInt64(n)
                 noteMappingChanged(i)
             }
-            if txn.count >= txnSoftLimit || cache.count > options.cacheBlocks + options.cacheBlocks / 2 {
+            if txn.count + dirtyInodes.count >= txnSoftLimit || cache.count > options.cacheBlocks + options.cacheBlocks / 2 {
                 try await commit(flush: false)
             }
         }

@@ -171,6 +171,19 @@ final class Inode {
 
 @inline(__always) func fos_crc_inode(_ p: UnsafeRawPointer) -> UInt32 { fos_crc32c_ptr(p, 252) }
 
+/// A name as a directory's index keys it: by its bytes, as POSIX names
+/// are. String compares and hashes by canonical equivalence, which made
+/// "\u{E9}" and "e\u{301}" one name (a create of the other said EEXIST).
+struct NameKey: Hashable {
+    let name: String
+    init(_ name: String) { self.name = name }
+    static func == (a: NameKey, b: NameKey) -> Bool { a.name.utf8.elementsEqual(b.name.utf8) }
+    func hash(into h: inout Hasher) {
+        var name = name  // native and contiguous after this, whatever it was
+        name.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+}
+
 /// A directory's in-memory hash index (see Directory.swift).
 final class DirIndex {
     struct Slot {
@@ -179,7 +192,7 @@ final class DirIndex {
         var block: UInt32
         var offset: UInt16
     }
-    var names: [String: Slot] = [:]
+    var names: [NameKey: Slot] = [:]
     var parent: UInt64 = 0
     /// Largest record that fits into each block.
     var slack: [UInt16] = []

@@ -110,7 +110,7 @@ extension FileSystem {
             if dirsVisited.contains(dino) { problem("directory \(dino) reachable twice (cycle or hard link)"); continue }
             dirsVisited.insert(dino)
             var sawDot = false, sawDotDot = false
-            var names: Set<String> = []
+            var names: Set<NameKey> = []
             for l in 0..<Int(dir.size / 4096) {
                 guard let p = dir.map(UInt64(l)).physical, sb.isDataBlock(p) else { continue }
                 let d = try await device.read(block: p, count: 1)
@@ -136,7 +136,7 @@ extension FileSystem {
                         problem("directory \(dino): bad name '\(name)'")
                         continue
                     }
-                    if !names.insert(name).inserted { problem("directory \(dino): duplicate name '\(name)'") }
+                    if !names.insert(NameKey(name)).inserted { problem("directory \(dino): duplicate name '\(name)'") }
                     guard let child = await load(r.ino) else { problem("directory \(dino): '\(name)' -> bad inode \(r.ino)"); continue }
                     if r.type != M.dtype(child.mode) { problem("directory \(dino): '\(name)' has the wrong type") }
                     links[r.ino, default: 0] += 1

@@ -28,7 +28,7 @@ extension FileSystem {
         if name == "." { return dir.ino }
         let idx = try await dirIndex(dir)
         if name == ".." { return idx.parent }
-        return idx.names[name]?.ino
+        return idx.names[NameKey(name)]?.ino
     }
 
     /// Creates an inode of `mode` named `name` in `dir` (all checks done here).
@@ -39,7 +39,7 @@ extension FileSystem {
         if name == "." || name == ".." { throw FSError.EEXIST }
         try checkName(name)
         let idx = try await dirIndex(dir)
-        if idx.names[name] != nil { throw FSError.EEXIST }
+        if idx.names[NameKey(name)] != nil { throw FSError.EEXIST }
         try require(dir, 3, cred)
         if dir.nlink == 0 { throw FSError.ENOENT }
         let isDir = mode & M.fmt == M.dir
@@ -214,7 +214,7 @@ extension FileSystem {
                         guard dir.isDir else { throw FSError.ENOTDIR }
                         try require(dir, 1, cred)
                         try checkName(name)
-                        if try await dirIndex(dir).names[name] != nil { throw FSError.EEXIST }
+                        if try await dirIndex(dir).names[NameKey(name)] != nil { throw FSError.EEXIST }
                         try require(dir, 3, cred)
                         throw FSError.needsCoordination
                     }
@@ -259,7 +259,7 @@ extension FileSystem {
             try require(dir, 1, cred)
             if name == "." || name == ".." { throw FSError.EEXIST }
             try checkName(name)
-            if try await dirIndex(dir).names[name] != nil { throw FSError.EEXIST }
+            if try await dirIndex(dir).names[NameKey(name)] != nil { throw FSError.EEXIST }
             if i.isDir { throw FSError.EPERM }
             try require(dir, 3, cred)
             if dir.nlink == 0 || i.nlink == 0 { throw FSError.ENOENT }
@@ -297,7 +297,7 @@ extension FileSystem {
             try require(dir, 1, cred)
             if name == "." || name == ".." { throw FSError.EISDIR }
             try checkName(name)
-            guard let ino = try await dirIndex(dir).names[name]?.ino else { throw FSError.ENOENT }
+            guard let ino = try await dirIndex(dir).names[NameKey(name)]?.ino else { throw FSError.ENOENT }
             try require(dir, 3, cred)
             let victim = try await inode(ino)
             if victim.isDir { throw FSError.EISDIR }
@@ -316,7 +316,7 @@ extension FileSystem {
             if name == "." { throw FSError.EINVAL }
             if name == ".." { throw FSError.ENOTEMPTY }
             try checkName(name)
-            guard let ino = try await dirIndex(dir).names[name]?.ino else { throw FSError.ENOENT }
+            guard let ino = try await dirIndex(dir).names[NameKey(name)]?.ino else { throw FSError.ENOENT }
             try require(dir, 3, cred)
             let victim = try await inode(ino)
             if !victim.isDir { throw FSError.ENOTDIR }
@@ -356,8 +356,8 @@ extension FileSystem {
             for n in [oldName, newName] where n == "." || n == ".." { throw FSError.EBUSY }
             try checkName(oldName)
             try checkName(newName)
-            guard let sIno = try await dirIndex(od).names[oldName]?.ino else { throw FSError.ENOENT }
-            let tIno = try await dirIndex(nd).names[newName]?.ino
+            guard let sIno = try await dirIndex(od).names[NameKey(oldName)]?.ino else { throw FSError.ENOENT }
+            let tIno = try await dirIndex(nd).names[NameKey(newName)]?.ino
             try require(od, 3, cred)
             try require(nd, 3, cred)
             let src = try await inode(sIno)

@@ -124,7 +124,7 @@ extension FileSystem {
                 // Each release leaves the lists whole: a batch larger than a
                 // transaction may hold commits as it goes.
                 try await writeDirtyInodesAsync()
-                if txn.count >= txnSoftLimit { try await commit(flush: false) }
+                if txn.count + dirtyInodes.count >= txnSoftLimit { try await commit(flush: false) }
             }
         }
     }

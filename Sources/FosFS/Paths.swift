@@ -25,7 +25,8 @@ extension FileSystem {
         if path.utf8.count >= Layout.maxPath { throw FSError.ENAMETOOLONG }
         let comps = pathComponents(path)
         for c in comps where c.utf8.count > Layout.maxName { throw FSError.ENAMETOOLONG }
-        return Split(components: comps, absolute: path.hasPrefix("/"), trailingSlash: path.hasSuffix("/"))
+        return Split(components: comps, absolute: path.utf8.first == UInt8(ascii: "/"),
+                     trailingSlash: path.utf8.last == UInt8(ascii: "/"))
     }
 
     /// Resolves `components` starting at `start`; follows a final symlink if

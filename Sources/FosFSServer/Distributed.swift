@@ -44,7 +44,7 @@ extension FSService {
             let (h, path) = try w.pathRequest()
             let comps = pathComponents(path)
             for c in comps where c.utf8.count > Int(FOS_FS_NAME_MAX) { throw FSError.posix(.fileNameTooLong) }
-            let trailing = path.hasSuffix("/")
+            let trailing = path.utf8.last == UInt8(ascii: "/")
             let noFollow = OpenFlags.noFollow.rawValue
             if UInt32(op) == FOS_OP_FS_RESOLVE {
                 guard h.flags & ~UInt32(bitPattern: noFollow) == 0, h.mode == 0 else { throw FSError.posix(.invalidArgument) }

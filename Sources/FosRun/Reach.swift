@@ -51,6 +51,13 @@ enum Reach {
         return nil
     }
 
+    /// Whether `file` is this fos-run (static, but it knows fos: the shim
+    /// does not refuse it either).
+    static func isSelf(_ file: String) -> Bool {
+        var a = stat(), b = stat()
+        return stat(file, &a) == 0 && stat("/proc/self/exe", &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    }
+
     /// FOS_ELF_* of a host file.
     static func kind(_ file: String) -> Int32 {
         var fd = open(file, O_RDONLY | O_CLOEXEC)
@@ -65,12 +72,12 @@ enum Reach {
     /// The one line that refuses `argv` (nil: it may run).
     static func refusal(_ argv: [String], env: [String: String], prefix: String, fosCwd: Bool) -> String? {
         guard env["FOS_ALLOW_UNREACHABLE"] != "1" else { return nil }
-        func isFos(_ a: Substring) -> Bool { a == prefix || a.hasPrefix(prefix + "/") }
+        func isFos(_ a: Substring) -> Bool { FosRun.isUnder(a, prefix) }
         let fosArg = argv.dropFirst().contains { a in
             isFos(Substring(a)) || a.split(separator: "=", maxSplits: 1).dropFirst().first.map(isFos) == true
         }
         // The program's file is read only when fos is in view of it.
-        guard fosCwd || fosArg, let file = binary(argv[0], path: env["PATH"]) else { return nil }
+        guard fosCwd || fosArg, let file = binary(argv[0], path: env["PATH"]), !isSelf(file) else { return nil }
         let k = kind(file)
         guard k == FOS_ELF_STATIC || k == FOS_ELF_GO || k == FOS_ELF_FOREIGN else { return nil }
         return "\(file) \(String(cString: fos_elf_why(k))), so it cannot see \(prefix) through the shim, and "

@@ -78,9 +78,9 @@ struct FosRun {
         env["FOS_RUNTIME"] = rt
         var hostCwd: String?
         if let c = cwd {
-            let absolute = c.hasPrefix("/") ? c : currentDirectory() + "/" + c
+            let absolute = c.utf8.first == UInt8(ascii: "/") ? c : currentDirectory() + "/" + c
             guard let n = FosRun.normalise(absolute) else { fail("bad --cwd \(c)", code: 2) }
-            if n == pfx || n.hasPrefix(pfx + "/") {
+            if FosRun.isUnder(n, pfx) {
                 env["FOS_CWD"] = n
             } else {
                 env["FOS_CWD"] = nil
@@ -103,9 +103,9 @@ struct FosRun {
     /// Is `program` stored under the prefix, or may a PATH search find it there?
     static func onFos(_ program: String, prefix: String, fosCwd: String?, path: String?) -> Bool {
         func under(_ p: String) -> Bool {
-            guard let n = normalise(p.hasPrefix("/") ? p : (fosCwd ?? currentDirectory()) + "/" + p)
+            guard let n = normalise(p.utf8.first == UInt8(ascii: "/") ? p : (fosCwd ?? currentDirectory()) + "/" + p)
             else { return false }
-            return n == prefix || n.hasPrefix(prefix + "/")
+            return isUnder(n, prefix)
         }
         if program.contains("/") { return under(program) }
         return (path ?? "").split(separator: ":", omittingEmptySubsequences: false).contains { d in
@@ -128,13 +128,22 @@ struct FosRun {
     }
 
     /// An absolute path with ".", ".." and repeated slashes resolved by name.
+    /// Paths are bytes, split at every '/' byte as the kernel splits them
+    /// (String's split and hasPrefix go by Character, and a '/' followed by
+    /// a combining mark is none).
     static func normalise(_ p: String) -> String? {
-        guard p.hasPrefix("/") else { return nil }
-        var out: [Substring] = []
-        for c in p.split(separator: "/") where c != "." {
-            if c == ".." { _ = out.popLast() } else { out.append(c) }
+        guard p.utf8.first == UInt8(ascii: "/") else { return nil }
+        var out: [String] = []
+        for c in p.utf8.split(separator: UInt8(ascii: "/")) {
+            if c.elementsEqual(".".utf8) { continue }
+            if c.elementsEqual("..".utf8) { _ = out.popLast() } else { out.append(String(decoding: c, as: UTF8.self)) }
         }
         return "/" + out.joined(separator: "/")
+    }
+
+    /// Whether path `p` is `prefix` or lies below it, byte by byte.
+    static func isUnder(_ p: some StringProtocol, _ prefix: String) -> Bool {
+        p.utf8.elementsEqual(prefix.utf8) || p.utf8.starts(with: (prefix + "/").utf8)
     }
 
     /// posix_spawnp with the signals fos-run ignores back at their defaults

@@ -70,6 +70,30 @@ import Testing
         let f = try await fs.open(path: "/a/\u{301}b", flags: [.create, .exclusive, .writeOnly], cred: root)
         #expect(try await fs.lookup(parent: d.ino, name: "\u{301}b", cred: root).ino == f.ino)
         #expect(try await fs.resolve(path: "/a/\u{301}b", cred: root) == f.ino)
+        // A last byte '/' that starts a Character of its own is still a
+        // trailing slash, and a first one makes a symlink's target absolute.
+        await expectErrno(.isDirectory, "O_CREAT of name/") {
+            _ = try await fs.open(path: "/a/\u{600}/", flags: [.create, .writeOnly], cred: root)
+        }
+        _ = try await fs.create(parent: rootIno, name: "\u{301}x", mode: 0o644, cred: root)
+        _ = try await fs.symlink(parent: d.ino, name: "s", target: "/\u{301}x", cred: root)
+        #expect(try await fs.resolve(path: "/a/s", cred: root) == (try await fs.lookup(parent: rootIno, name: "\u{301}x", cred: root)).ino)
+    }
+
+    /// Names are bytes: two spellings of "é" (one code point, or "e" and a
+    /// combining accent) are two names, as on Linux, not one.
+    @Test func namesAreBytes() async throws {
+        let (dev, fs) = try await makeFS()
+        let a = try await fs.create(parent: rootIno, name: "\u{E9}", mode: 0o644, cred: root)
+        let b = try await fs.create(parent: rootIno, name: "e\u{301}", mode: 0o644, cred: root)
+        #expect(a.ino != b.ino)
+        #expect(try await fs.lookup(parent: rootIno, name: "e\u{301}", cred: root).ino == b.ino)
+        let names = try await fs.readdir(ino: rootIno).map { Array($0.name.utf8) }
+        #expect(names.filter { $0 == Array("\u{E9}".utf8) || $0 == Array("e\u{301}".utf8) }.count == 2)
+        try await fs.unlink(parent: rootIno, name: "\u{E9}", cred: root)
+        #expect(try await fs.lookup(parent: rootIno, name: "e\u{301}", cred: root).ino == b.ino)
+        try await fs.unmount()
+        try await fsckClean(dev)
     }
 
     @Test func openFlags() async throws {

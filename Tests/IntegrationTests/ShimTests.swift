@@ -145,6 +145,16 @@ struct ShimTests {
             #expect(bad.status == 64 && bad.stderr.hasPrefix("fos-run: unknown option '--bogus'"), "\(bad)")
             let noValue = try await runCommand(try Shim.fosRun, ["--cwd"], outputIn: node.root)
             #expect(noValue.status == 64 && noValue.stderr.contains("missing value for '--cwd"), "\(noValue)")
+            // fos-run started by a program whose cwd is in /fos: a static
+            // executable, but not one the shim refuses (it knows fos).
+            let nested = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "/bin/sh", "-c",
+                                                                 "mkdir -p /fos/nest && cd /fos/nest && \"$0\" --runtime \"$1\" -- /bin/pwd",
+                                                                 try Shim.fosRun, node.runtimeDir], outputIn: node.root)
+            #expect(nested.status == 0 && nested.stdout == "/fos/nest\n", "\(nested)")
+            let direct = try await runCommand(try Shim.fosRun, ["--runtime", node.runtimeDir, "--cwd", "/fos/nest", "--",
+                                                                 try Shim.fosRun, "--runtime", node.runtimeDir, "--", "/bin/pwd"],
+                                              outputIn: node.root)
+            #expect(direct.status == 0 && direct.stdout == "/fos/nest\n", "\(direct)")
         }
     }
 
