@@ -92,6 +92,11 @@ import Testing
         #expect(names.filter { $0 == Array("\u{E9}".utf8) || $0 == Array("e\u{301}".utf8) }.count == 2)
         try await fs.unlink(parent: rootIno, name: "\u{E9}", cred: root)
         #expect(try await fs.lookup(parent: rootIno, name: "e\u{301}", cred: root).ino == b.ino)
+        // Extended attribute names too.
+        try await fs.setxattr(ino: b.ino, name: "user.\u{E9}", value: [1], cred: root)
+        try await fs.setxattr(ino: b.ino, name: "user.e\u{301}", value: [2], flags: .create, cred: root)
+        #expect(try await fs.getxattr(ino: b.ino, name: "user.\u{E9}", cred: root) == [1])
+        #expect(try await fs.getxattr(ino: b.ino, name: "user.e\u{301}", cred: root) == [2])
         try await fs.unmount()
         try await fsckClean(dev)
     }
