@@ -510,13 +510,9 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
 }
 
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen) {
-    return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen, NULL, NULL);
-}
-
-int fos_shim_fs_call_meanwhile(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                               void *out, uint32_t outcap, uint32_t *outlen, void (*meanwhile)(void *), void *arg) {
-    return fos_shim_call(0, op, fixed, flen, tail, tlen, NULL, 0, out, outcap, outlen, meanwhile, arg);
+                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
+                     void (*meanwhile)(void *), void *arg) {
+    return fos_shim_call(0, op, fixed, flen, tail, tlen, bulk, blen, out, outcap, outlen, meanwhile, arg);
 }
 
 static int fos_shim_fs_unsettled(void) {

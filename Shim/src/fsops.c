@@ -11,17 +11,23 @@
 static int fos_shim_req(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
                         const void *bulk, uint32_t blen, void *out, uint32_t cap, uint32_t *olen) {
     uint32_t got = 0;
-    int err = fos_shim_fs_call(op, fixed, flen, tail, tlen, bulk, blen, out, cap, olen ? olen : &got);
+    int err = fos_shim_fs_call(op, fixed, flen, tail, tlen, bulk, blen, out, cap, olen ? olen : &got, NULL, NULL);
     return -err;
 }
 
-/* A reply that must be exactly one struct. */
-static int fos_shim_req_exact(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                              void *out, uint32_t size) {
+/* A reply that must be exactly one struct; meanwhile as fos_shim_fs_call's. */
+static int fos_shim_req_exact_meanwhile(uint16_t op, const void *fixed, uint32_t flen, const void *tail,
+                                        uint32_t tlen, void *out, uint32_t size, void (*meanwhile)(void *),
+                                        void *arg) {
     uint32_t n = 0;
-    int r = fos_shim_req(op, fixed, flen, tail, tlen, NULL, 0, out, size, &n);
+    int r = -fos_shim_fs_call(op, fixed, flen, tail, tlen, NULL, 0, out, size, &n, meanwhile, arg);
     if (r == 0 && n != size) return -EIO;
     return r;
+}
+
+static int fos_shim_req_exact(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
+                              void *out, uint32_t size) {
+    return fos_shim_req_exact_meanwhile(op, fixed, flen, tail, tlen, out, size, NULL, NULL);
 }
 
 static int fos_shim_path_len(const char *p, uint32_t *len) {
@@ -49,10 +55,8 @@ int fos_shim_op_open_meanwhile(const char *fspath, uint32_t flags, uint32_t mode
     fos_fs_open o = {.flags = flags, .mode = mode};
     int r = fos_shim_path_len(fspath, &o.path_len);
     if (r) return r;
-    uint32_t n = 0;
-    r = -fos_shim_fs_call_meanwhile(FOS_OP_FS_OPEN, &o, sizeof o, fspath, o.path_len, st, sizeof *st, &n,
-                                    meanwhile, arg);
-    return r == 0 && n != sizeof *st ? -EIO : r;
+    return fos_shim_req_exact_meanwhile(FOS_OP_FS_OPEN, &o, sizeof o, fspath, o.path_len, st, sizeof *st,
+                                        meanwhile, arg);
 }
 
 int fos_shim_op_resolve(const char *fspath, int follow, uint64_t *ino) {

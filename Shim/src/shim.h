@@ -297,12 +297,11 @@ int fos_shim_conn_ctl_fd(const fos_shim_chan *c);
  * or no fs fleet), EIO (a reply that breaks the protocol), EINTR (entered
  * from a signal handler while this thread was inside a call).
  */
+/* meanwhile (if not NULL) runs with arg once the request is sent, while
+ * the member serves it. */
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen);
-/* The same without bulk, running meanwhile(arg) once the request is sent,
- * while the member serves it. */
-int fos_shim_fs_call_meanwhile(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
-                               void *out, uint32_t outcap, uint32_t *outlen, void (*meanwhile)(void *), void *arg);
+                     const void *bulk, uint32_t blen, void *out, uint32_t outcap, uint32_t *outlen,
+                     void (*meanwhile)(void *), void *arg);
 /* Waits for the answers of this process's writes sent ahead (sending
  * them again to a new member if theirs died); the error one of them met
  * for ino (ino 0: none is taken), else 0. Returns at once when there is

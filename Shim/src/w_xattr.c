@@ -46,7 +46,7 @@ static ssize_t fos_shim_xattr_fetch(uint16_t op, const void *fixed, uint32_t fle
     uint8_t *buf = malloc(FOS_MAX_PAYLOAD);
     if (buf == NULL) return -ENOMEM;
     uint32_t got = 0;
-    int r = -fos_shim_fs_call(op, fixed, flen, name, nlen, NULL, 0, buf, FOS_MAX_PAYLOAD, &got);
+    int r = -fos_shim_fs_call(op, fixed, flen, name, nlen, NULL, 0, buf, FOS_MAX_PAYLOAD, &got, NULL, NULL);
     ssize_t res = r;
     if (r == 0) {
         res = got;
@@ -99,7 +99,7 @@ static ssize_t fos_shim_xattr_fos(uint64_t ino, const fos_shim_xop *x) {
     }
     uint32_t got = 0;
     return -fos_shim_fs_call(set ? FOS_OP_FS_SETXATTR : FOS_OP_FS_REMOVEXATTR, &h, sizeof h, x->name, h.name_len,
-                             set ? x->value : NULL, set ? (uint32_t)x->size : 0, NULL, 0, &got);
+                             set ? x->value : NULL, set ? (uint32_t)x->size : 0, NULL, 0, &got, NULL, NULL);
 }
 
 /* path NULL: the call names descriptor fd. */

@@ -171,8 +171,8 @@ final class Inode {
 
 @inline(__always) func fos_crc_inode(_ p: UnsafeRawPointer) -> UInt32 { fos_crc32c_ptr(p, 252) }
 
-/// A name as a directory's index keys it: by its bytes, as POSIX names
-/// are. String compares and hashes by canonical equivalence, which made
+/// A name compared by its bytes, as POSIX names are (a directory's index
+/// keys names by it; extended attribute names compare by it). String compares and hashes by canonical equivalence, which made
 /// "\u{E9}" and "e\u{301}" one name (a create of the other said EEXIST).
 struct NameKey: Hashable {
     let name: String

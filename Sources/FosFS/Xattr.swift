@@ -82,7 +82,7 @@ extension FileSystem {
         try await op {
             let i = try await inode(ino)
             try xattrAccess(i, name, write: false, cred)
-            guard let v = try await loadXattrs(i).first(where: { $0.0.utf8.elementsEqual(name.utf8) })?.1 else { throw FSError.ENODATA }
+            guard let v = try await loadXattrs(i).first(where: { NameKey($0.0) == NameKey(name) })?.1 else { throw FSError.ENODATA }
             return v
         }
     }
@@ -94,7 +94,7 @@ extension FileSystem {
             try xattrAccess(i, name, write: true, cred)
             if value.count > 65536 { throw FSError.E2BIG }
             var attrs = try await loadXattrs(i)
-            let k = attrs.firstIndex { $0.0.utf8.elementsEqual(name.utf8) }
+            let k = attrs.firstIndex { NameKey($0.0) == NameKey(name) }
             if flags.contains(.create), k != nil { throw FSError.EEXIST }
             if flags.contains(.replace), k == nil { throw FSError.ENODATA }
             if let k { attrs[k].1 = value } else { attrs.append((name, value)) }
@@ -116,7 +116,7 @@ extension FileSystem {
             let i = try await inode(ino)
             try xattrAccess(i, name, write: true, cred)
             var attrs = try await loadXattrs(i)
-            guard let k = attrs.firstIndex(where: { $0.0.utf8.elementsEqual(name.utf8) }) else { throw FSError.ENODATA }
+            guard let k = attrs.firstIndex(where: { NameKey($0.0) == NameKey(name) }) else { throw FSError.ENODATA }
             attrs.remove(at: k)
             try await storeXattrs(i, attrs)
             touch(i, m: false)
