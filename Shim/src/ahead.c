@@ -4,7 +4,9 @@
  * the member's last reply said AHEAD_OK. So does root's change of a file's
  * mode, owner or times (a SETATTR that cannot fail for it): tar sets all
  * three on every file it writes, and the member commits the file's writes
- * and changes at once (FosCore/AheadOrder.swift). The process's next
+ * and changes at once (FosCore/AheadOrder.swift). So does an exclusive
+ * create in a directory this process holds a lease on (lease.c), with the
+ * inode number the member set aside for it. The process's next
  * ordinary request goes right behind them (conn.c), and waits for their
  * answers, in order, before its own (so it reads what it wrote); fsync
  * of a file, exec and exit wait for them too. close does not, as Linux's
@@ -39,6 +41,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
+/* The largest request kept whole: a CREATE and its name. */
+#define FOS_SHIM_AHEAD_FIXED_MAX (sizeof(fos_fs_create) + FOS_FS_NAME_MAX)
+
 /* n and late[].ino are read without the lock (fos_shim_fs_unsettled, from
  * close, exec and exit, which may run in a signal handler inside a call):
  * written atomically. */
@@ -52,9 +57,9 @@ static void fos_shim_ahead_empty(fos_shim_ahead_q *q) {
  * header's room and the fixed part (*mlen in all), *bulk the data. */
 static void fos_shim_ahead_msg(const fos_shim_ahead_q *q, const fos_shim_ahead_w *w, uint8_t *msg, uint32_t *mlen,
                                const void **bulk, uint32_t *blen) {
-    if (w->op == FOS_OP_FS_SETATTR) {
-        memcpy(msg + sizeof(fos_msg_hdr), q->kept + w->at, sizeof(fos_fs_setattr));
-        *mlen = sizeof(fos_msg_hdr) + sizeof(fos_fs_setattr);
+    if (w->op == FOS_OP_FS_SETATTR || w->op == FOS_OP_FS_CREATE) {
+        memcpy(msg + sizeof(fos_msg_hdr), q->kept + w->at, w->len);
+        *mlen = (uint32_t)sizeof(fos_msg_hdr) + w->len;
         *bulk = NULL;
         *blen = 0;
     } else {
@@ -118,6 +123,8 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
                         const void *data) {
     fos_fs_io io;
     fos_fs_setattr sa;
+    fos_fs_create cr;
+    uint8_t created[FOS_SHIM_AHEAD_FIXED_MAX];
     uint32_t len;
     if (op == FOS_OP_FS_WRITE) {
         memcpy(&io, fixed, sizeof io);
@@ -131,6 +138,16 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
         io = (fos_fs_io){.ino = sa.ino};
         data = &sa;
         len = sizeof sa;
+    } else if (op == FOS_OP_FS_CREATE) {
+        /* Under a directory lease (lease.c): fixed is its fos_fs_create,
+         * data the name; kept as one request. */
+        memcpy(&cr, fixed, sizeof cr);
+        if (!(cr.flags & FOS_FS_CREATE_LEASED) || cr.name_len == 0 || cr.name_len > FOS_FS_NAME_MAX) return -1;
+        memcpy(created, &cr, sizeof cr);
+        memcpy(created + sizeof cr, data, cr.name_len);
+        io = (fos_fs_io){.ino = cr.rdev};
+        data = created;
+        len = (uint32_t)sizeof cr + cr.name_len;
     } else {
         return -1;
     }
@@ -155,7 +172,7 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
     }
     fos_shim_ahead_w w = {.id = id, .ino = io.ino, .off = io.offset, .len = len, .at = q->used, .op = op};
     memcpy(q->kept + w.at, data, len);
-    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof sa];
+    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
     uint32_t mlen, blen;
     const void *bulk;
     fos_shim_ahead_msg(q, &w, msg, &mlen, &bulk, &blen);
@@ -178,6 +195,9 @@ static void fos_shim_ahead_answered(fos_shim_ahead_q *q, const fos_shim_ahead_w 
     int err = status;
     if (w->op == FOS_OP_FS_SETATTR) {
         if (err == 0 && rlen != sizeof r->st) err = EIO;
+    } else if (w->op == FOS_OP_FS_CREATE) {
+        /* The file must be the one its placeholder names. */
+        if (err == 0 && (rlen != sizeof r->st || r->st.ino != w->ino || !S_ISREG(r->st.mode))) err = EIO;
     } else {
         /* A short count is the disk filling up (FileSystem.write stops there). */
         if (err == 0 && (rlen != sizeof r->w || r->w.count > w->len)) err = EIO;
@@ -206,7 +226,7 @@ int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
 int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_id) {
     while (q->done < q->n) {
         const fos_shim_ahead_w *w = &q->w[q->done];
-        _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + sizeof(fos_fs_setattr)];
+        _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
         uint32_t mlen, blen;
         const void *bulk;
         fos_shim_ahead_msg(q, w, msg, &mlen, &bulk, &blen);

@@ -21,7 +21,7 @@
 
 #define FOS_SHIM_CALL_TIMEOUT_NS (120ull * 1000000000ull)
 
-static uint64_t fos_shim_now_ns(void) {
+uint64_t fos_shim_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;

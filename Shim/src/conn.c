@@ -60,6 +60,7 @@ struct fos_shim_conn {
     fos_shim_chan name;  /* open only while looking a name up */
     fos_shim_chan spawn; /* open from the first spawn request on */
     fos_shim_ahead_q ahead; /* fs WRITEs sent ahead (ahead.c) */
+    fos_shim_lease_tab leases; /* directory leases of this channel (lease.c) */
     /* Requests are assembled here under the lock: [hdr][fixed][tail]. */
     _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + 64 + FOS_SHIM_PATH_BUF + 2 * FOS_FS_NAME_MAX];
 };
@@ -123,6 +124,7 @@ static void fos_shim_chan_release(fos_shim_conn *c, fos_shim_chan *ch) {
 static void fos_shim_drop(fos_shim_conn *c) {
     /* Writes sent ahead on it and not answered go again on the next one. */
     if (c->ahead.done < c->ahead.n) c->ahead.orphaned = 1;
+    fos_shim_lease_clear(&c->leases); /* the channel's: it goes */
     fos_shim_chan_release(c, &c->fs);
     fos_shim_chan_release(c, &c->name);
     fos_shim_chan_release(c, &c->spawn);
@@ -424,6 +426,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             }
             continue;
         }
+        if (!spawn && op != 0) fos_shim_lease_before(&c->leases, op, fixed, flen, tail, tlen);
         if ((io || sa) && fos_shim_ahead_post(q, &c->fs, c->msg_id + 1, op, fixed, bulk) == 0) {
             c->msg_id++;
             if (io) {
@@ -488,6 +491,9 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         if (err == 0) {
             q->ok = (c->fs.reply_flags & FOS_MSG_AHEAD_OK) != 0;
             err = st;
+            if (err == 0 && op == FOS_OP_FS_MKDIR && *outlen > sizeof(fos_fs_stat)) {
+                fos_shim_lease_granted(&c->leases, fos_shim_lease_mkdir_path, out, *outlen);
+            }
             if (err == 0 && op == FOS_OP_FS_FSYNC && flen >= sizeof(uint64_t)) {
                 uint64_t ino;
                 memcpy(&ino, fixed, sizeof ino);
@@ -507,6 +513,55 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     }
     fos_shim_leave(c, cancel);
     return err;
+}
+
+int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, fos_fs_stat *st) {
+    if (fos_shim_in_vfork_child() || (perm & ~0777u) != 0) return 1;
+    if ((sent & ~(uint32_t)(O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW)) != 0) return 1;
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return 1;
+    fos_shim_ahead_q *q = &c->ahead;
+    const char *name;
+    uint32_t nlen;
+    fos_shim_lease *l = NULL;
+    if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
+        c->cred_gen == __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE) && !q->orphaned && q->ok) {
+        l = fos_shim_lease_for(&c->leases, fspath, &name, &nlen, fos_shim_now_ns());
+    }
+    if (l == NULL) {
+        fos_shim_leave(c, cancel);
+        return 1;
+    }
+    uint64_t ino = l->inos[l->next];
+    fos_fs_create cr = {.dir = l->dir, .rdev = ino, .mode = perm, .flags = sent | FOS_FS_CREATE_LEASED,
+                        .name_len = nlen};
+    if (fos_shim_ahead_post(q, &c->fs, c->msg_id + 1, FOS_OP_FS_CREATE, &cr, name) != 0) {
+        fos_shim_leave(c, cancel);
+        return 1;
+    }
+    c->msg_id++;
+    fos_shim_lease_used(l, name, nlen);
+    int r = 0;
+    /* Published before the expiry, or the member may have served someone
+     * else first: then its answer decides (fos_wire.h). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (fos_shim_now_ns() + FOS_SHIM_LEASE_MARGIN_NS / 2 >= l->expires_ns) {
+        if (fos_shim_ahead_collect(q, &c->fs, 1) != 0) {
+            /* The member is gone: it goes again to the next one, with the
+             * same inode number, as every request sent ahead does. */
+            fos_shim_drop(c);
+        } else {
+            r = -fos_shim_ahead_take_late(q, ino);
+        }
+    }
+    fos_shim_leave(c, cancel);
+    if (r) return r;
+    uint64_t now = (uint64_t)time(NULL) * 1000000000u;
+    *st = (fos_fs_stat){.ino = ino, .mode = S_IFREG | perm, .nlink = 1, .uid = (uint32_t)syscall(SYS_geteuid),
+                        .gid = (uint32_t)syscall(SYS_getegid), .blksize = 4096, .atime_ns = (int64_t)now,
+                        .mtime_ns = (int64_t)now, .ctime_ns = (int64_t)now, .btime_ns = (int64_t)now};
+    return 0;
 }
 
 int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *tail, uint32_t tlen,
@@ -585,6 +640,7 @@ void fos_shim_conn_atfork_child(void) {
     pthread_mutex_init(&C.mu, NULL);
     if (C.up || C.ctl >= 0) fos_shim_drop(&C);
     fos_shim_ahead_forget(&C.ahead); /* the parent's, which it takes itself */
+    fos_shim_lease_clear(&C.leases);  /* the parent's channel's */
     fos_shim_in_call = 0;
     fos_shim_vconn = NULL;
 }

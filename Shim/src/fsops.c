@@ -171,13 +171,28 @@ static int fos_shim_parent(char *fspath, uint64_t *dir, const char **name, uint3
 }
 
 int fos_shim_op_mkdir(char *fspath, uint32_t mode) {
-    fos_fs_create c = {.mode = mode};
+    fos_fs_create c = {.mode = mode, .flags = FOS_FS_MKDIR_LEASE};
     const char *name;
+    char path[FOS_SHIM_LEASE_PATH];
+    size_t plen = strlen(fspath);
+    while (plen > 1 && fspath[plen - 1] == '/') plen--;
+    if (plen < sizeof path) {
+        memcpy(path, fspath, plen);
+        path[plen] = 0;
+    }
     int r = fos_shim_parent(fspath, &c.dir, &name, &c.name_len);
     if (r == 1) return -EEXIST;
     if (r) return r;
-    fos_fs_stat st;
-    return fos_shim_req_exact(FOS_OP_FS_MKDIR, &c, sizeof c, name, c.name_len, &st, sizeof st);
+    /* The reply: the new directory, and a lease on it if the member
+     * grants one (lease.c: conn.c takes it). */
+    _Alignas(8) uint8_t rep[sizeof(fos_fs_stat) + sizeof(fos_fs_lease) + 8 * FOS_FS_LEASE_MAX_INOS];
+    uint32_t n = 0;
+    fos_shim_lease_mkdir_path = plen < sizeof path ? path : NULL;
+    if (plen >= sizeof path) c.flags = 0;
+    r = fos_shim_req(FOS_OP_FS_MKDIR, &c, sizeof c, name, c.name_len, NULL, 0, rep, sizeof rep, &n);
+    fos_shim_lease_mkdir_path = NULL;
+    if (r == 0 && n < sizeof(fos_fs_stat)) return -EIO;
+    return r;
 }
 
 int fos_shim_op_remove(char *fspath, int dir) {

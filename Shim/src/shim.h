@@ -274,6 +274,59 @@ void fos_shim_ahead_forget(fos_shim_ahead_q *q);
 void fos_shim_ahead_late(fos_shim_ahead_q *q, uint64_t ino, int err);
 int fos_shim_ahead_take_late(fos_shim_ahead_q *q, uint64_t ino);
 
+/* ------------------------------------------------------------------ */
+/* lease.c: directory leases (fos_wire.h): creates that do not wait      */
+/* ------------------------------------------------------------------ */
+
+#define FOS_SHIM_LEASES 8
+#define FOS_SHIM_LEASE_PATH 256
+#define FOS_SHIM_LEASE_NAMES 64
+
+typedef struct fos_shim_lease {
+    uint64_t dir; /* 0: a free slot */
+    uint64_t expires_ns;
+    uint64_t inos[FOS_FS_LEASE_MAX_INOS];
+    uint32_t ninos, next;
+    uint32_t names[FOS_SHIM_LEASE_NAMES]; /* hashes of the names this process may have made in it */
+    uint32_t nnames;
+    uint32_t plen;
+    char path[FOS_SHIM_LEASE_PATH];
+} fos_shim_lease;
+
+typedef struct fos_shim_lease_tab {
+    fos_shim_lease l[FOS_SHIM_LEASES];
+} fos_shim_lease_tab;
+
+/* A reply to a MKDIR that asked for a lease (fos_shim_op_mkdir): the
+ * directory's path, while the call runs. */
+extern FOS_SHIM_TLS const char *fos_shim_lease_mkdir_path;
+
+void fos_shim_lease_clear(fos_shim_lease_tab *t);
+/* A MKDIR's reply (stat, maybe a fos_fs_lease and its inode numbers). */
+void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void *reply, uint32_t len);
+/* Before a request goes: what it may change in leased directories (a
+ * name made: remembered; a rename, rmdir or, for all but root, a change of
+ * mode or owner: every lease dropped). */
+void fos_shim_lease_before(fos_shim_lease_tab *t, uint16_t op, const void *fixed, uint32_t flen, const void *tail,
+                           uint32_t tlen);
+/* The lease on fspath's parent under which its last name can be created
+ * without waiting, now: NULL if none (the name is one this process may
+ * have made there, or not a plain one, or no inode number is left). */
+fos_shim_lease *fos_shim_lease_for(fos_shim_lease_tab *t, const char *fspath, const char **name, uint32_t *nlen,
+                                   uint64_t now);
+/* The name was sent under it with its next inode number. */
+void fos_shim_lease_used(fos_shim_lease *l, const char *name, uint32_t nlen);
+/* CLOCK_MONOTONIC in ns (chan.c). */
+uint64_t fos_shim_now_ns(void);
+/* How long before a lease expires it is no longer used (fos_wire.h: what
+ * goes after the expiry waits for its answer; this keeps that rare). */
+#define FOS_SHIM_LEASE_MARGIN_NS 100000u
+
+/* 0 and *st (the new file as the fs will make it): fspath was created
+ * under a lease, without waiting; 1: no lease applies (ask the usual way);
+ * a negative errno. sent: the open flags the fs gets; perm: the mode. */
+int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, fos_fs_stat *st);
+
 /* Control socket (ctl.c). Notifications read on the way go to conn. */
 int fos_shim_ctl_open(const char *runtime);
 int fos_shim_ctl_request(fos_shim_conn *conn, int fd, uint16_t op, uint64_t id, const void *payload, uint32_t len,

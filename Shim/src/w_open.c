@@ -49,10 +49,17 @@ static void fos_shim_spare_make(void *arg) {
  * writes a file right after creating it, and the member, having answered,
  * had nothing to do until then.) */
 static int fos_shim_open_new(char *fspath, int flags, uint32_t sent, uint32_t perm) {
+    fos_fs_stat st;
+    /* In a directory this process just made, without waiting (lease.c). */
+    int lr = fos_shim_fs_create_leased(fspath, sent, perm, &st);
+    if (lr < 0) return lr;
+    if (lr == 0) {
+        __atomic_store_n(&fos_shim_last_new_ino, st.ino, __ATOMIC_RELAXED);
+        return fos_shim_fd_create(&st, flags, fspath);
+    }
     fos_shim_spare sp = {.fd = -1, .oflags = flags, .mode = S_IFREG | perm};
     uint64_t last = __atomic_load_n(&fos_shim_last_new_ino, __ATOMIC_RELAXED);
     sp.ino = last + 1;
-    fos_fs_stat st;
     int r = fos_shim_op_open_meanwhile(fspath, sent, perm, &st, last ? fos_shim_spare_make : NULL, &sp);
     if (r == 0) __atomic_store_n(&fos_shim_last_new_ino, st.ino, __ATOMIC_RELAXED);
     if (sp.fd >= 0) {

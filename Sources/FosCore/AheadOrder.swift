@@ -102,7 +102,7 @@ extension EventLoop {
     func takeFollower(_ e: Entry, _ service: MailboxService) {
         var h = fos_msg_hdr()
         guard e.channel.peekHeader(&h), h.flags & UInt32(FOS_MSG_AHEAD | FOS_MSG_REPLY) == 0,
-              service.followsInTurn(h.opcode) else { return }
+              service.followsInTurn(h.opcode, channel: e.channel.id) else { return }
         // Its dispatch makes it a follower: the last one taken and not yet
         // answered is its sender's (the run's last, answering now), unless
         // its sweep took another sender's first.
@@ -234,6 +234,27 @@ extension EventLoop {
                 i += 1
             }
         }
+    }
+
+    /// Whether every request taken in turn and not yet answered is
+    /// `channel`'s (none of another sender waits in `serveInTurn`).
+    public func inTurnOnlyFrom(_ channel: UInt64) -> Bool {
+        let first = Int(st.aheadAnswered &- st.aheadSendersFirst)
+        guard first >= 0, first <= st.aheadSenders.count else { return st.aheadAnswered == st.aheadTaken }
+        return st.aheadSenders[first...].allSatisfy { $0 == channel }
+    }
+
+    /// Takes every AHEAD record waiting at the head of the rings of
+    /// services that order ahead, but `channel`'s, and returns once each
+    /// has been answered (with all taken before them). For a request of
+    /// `channel`'s that must see what others published until now; not
+    /// from a request taken in turn (those it waits for are served after
+    /// it).
+    public func takeAheadOfOthers(than channel: UInt64) async {
+        if let e = st.entries[channel] {
+            takeAhead(except: e, before: nil)
+        }
+        await aheadTurn(st.aheadTaken)
     }
 
     /// fosd says the peer closed `e` (or died). What it sent ahead is

@@ -19,6 +19,8 @@ public struct Request: Sendable {
     /// Taken as sent ahead (FOS_MSG_AHEAD): its answer may wait until the
     /// service is settled (`MailboxService.settleAhead`, AheadOrder.swift).
     public var ahead = false
+    /// Served in turn with those taken ahead (a follower too: AheadOrder.swift).
+    public var inTurn = false
 }
 
 /// A reply: an errno (0 for success) and bytes.
@@ -71,8 +73,9 @@ public protocol MailboxService: AnyObject, Sendable {
     /// Whether an ordinary request with this opcode that follows a run of
     /// its sender's requests taken ahead may be taken in turn with them
     /// (AheadOrder.swift): one served promptly, never waiting for another
-    /// client, that settles the run with its own work.
-    func followsInTurn(_ opcode: UInt16) -> Bool
+    /// client, that settles the run with its own work. `channel` is the
+    /// sender's.
+    func followsInTurn(_ opcode: UInt16, channel: UInt64) -> Bool
 }
 
 extension MailboxService {
@@ -84,7 +87,7 @@ extension MailboxService {
     public func welcomesAhead(on channel: Channel) -> Bool { false }
     public var aheadSettled: Bool { true }
     public func settleAhead() async -> Bool { true }
-    public func followsInTurn(_ opcode: UInt16) -> Bool { false }
+    public func followsInTurn(_ opcode: UInt16, channel: UInt64) -> Bool { false }
 }
 
 /// A service that takes validated messages straight from the ring, on the
@@ -534,13 +537,14 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
         // A follower (AheadOrder.swift) takes a turn as one taken ahead
         // does: the last one taken and not yet answered is its sender's.
         let follows = ordered && !ahead && st.aheadTaken != st.aheadAnswered
-            && st.aheadSenders.last == e.channel.id && service.followsInTurn(h.opcode)
+            && st.aheadSenders.last == e.channel.id && service.followsInTurn(h.opcode, channel: e.channel.id)
         let inTurn = ahead || follows
         if inTurn {
             st.aheadTaken &+= 1
             st.aheadSenders.append(e.channel.id)
         }
         req.ahead = ahead
+        req.inTurn = inTurn
         st.queueLength &+= 1
         e.inflight += 1
         if inTurn {

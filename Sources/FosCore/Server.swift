@@ -29,11 +29,12 @@ public final class FosServer: MailboxService {
         /// `MailboxService.aheadSettled`, `settleAhead` and `followsInTurn`.
         public var settled: @Sendable () -> Bool
         public var settle: @Sendable () async -> Bool
-        public var follows: @Sendable (UInt16) -> Bool
+        /// (opcode, sender's channel)
+        public var follows: @Sendable (UInt16, UInt64) -> Bool
         public init(takes: @escaping @Sendable (Request) -> Bool, welcomes: @escaping @Sendable (Channel) -> Bool,
                     settled: @escaping @Sendable () -> Bool = { true },
                     settle: @escaping @Sendable () async -> Bool = { true },
-                    follows: @escaping @Sendable (UInt16) -> Bool = { _ in false }) {
+                    follows: @escaping @Sendable (UInt16, UInt64) -> Bool = { _, _ in false }) {
             self.takes = takes
             self.welcomes = welcomes
             self.settled = settled
@@ -58,7 +59,9 @@ public final class FosServer: MailboxService {
     public func welcomesAhead(on channel: Channel) -> Bool { ahead?.welcomes(channel) ?? false }
     public var aheadSettled: Bool { ahead?.settled() ?? true }
     public func settleAhead() async -> Bool { await ahead?.settle() ?? true }
-    public func followsInTurn(_ opcode: UInt16) -> Bool { ahead?.follows(opcode) ?? false }
+    public func followsInTurn(_ opcode: UInt16, channel: UInt64) -> Bool {
+        ahead?.follows(opcode, channel) ?? false
+    }
 
     public func handle(_ request: Request) async throws -> Reply {
         guard let h = handlers[request.opcode] else { return Reply(status: ENOSYS) }

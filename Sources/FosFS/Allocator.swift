@@ -168,9 +168,10 @@ extension FileSystem {
             let n = UInt64(sb.inodesPerAG)
             var from = agInodeHint[ag]
             if from < 1 || from >= n { from = 1 }
-            var bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: from, to: n, skip: { _ in nil })
+            let skip = reservedSkip(ag)
+            var bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: from, to: n, skip: skip)
             if bit == nil, from > 1 {
-                bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: 1, to: from, skip: { _ in nil })
+                bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: 1, to: from, skip: skip)
             }
             guard let idx = bit else { continue }
             try await setBits(sb.ibmStart(ag), idx, 1, to: true)
@@ -179,6 +180,53 @@ extension FileSystem {
             return UInt64(ag) << 32 | idx
         }
         throw FSError.ENOSPC
+    }
+
+    /// Skips the inode numbers of AG `ag` set aside for leases.
+    private func reservedSkip(_ ag: Int) -> (UInt64) -> UInt64? {
+        if reservedInodes.isEmpty { return { _ in nil } }
+        let held = reservedInodes, high = UInt64(ag) << 32
+        return { held.contains(high | $0) ? $0 + 1 : nil }
+    }
+
+    /// Sets aside up to `count` free inode numbers, in AG `preferAG` first,
+    /// for a directory lease: the holder names its new files with them
+    /// before the member has seen the creates (fos_wire.h, "Directory
+    /// leases"). Fewer (or none) when the AGs are nearly full.
+    func reserveInodeNumbers(_ count: Int, preferAG: Int) async throws -> [UInt64] {
+        var got: [UInt64] = []
+        for ag in agOrder(prefer: preferAG) where agFreeInodes[ag] > UInt64(count) {
+            let n = UInt64(sb.inodesPerAG)
+            var from = agInodeHint[ag]
+            if from < 1 || from >= n { from = 1 }
+            while got.count < count,
+                  let idx = try await findClear(bitmapStart: sb.ibmStart(ag), from: from, to: n, skip: reservedSkip(ag)) {
+                let ino = UInt64(ag) << 32 | idx
+                reservedInodes.insert(ino)
+                got.append(ino)
+                from = idx + 1
+            }
+            if got.count == count { break }
+        }
+        return got
+    }
+
+    /// Takes inode number `wanted` for a new node: one reserved for the
+    /// caller (`reservedForCaller`), or a free one nobody reserved (a
+    /// create replayed to a restarted member). EEXIST if it is not free.
+    func takeInodeNumber(_ wanted: UInt64, reservedForCaller: Bool) async throws -> UInt64 {
+        let ag = Int(wanted >> 32), idx = wanted & 0xFFFF_FFFF
+        guard ag < Int(sb.agCount), owns(ag: ag), idx >= 1, idx < UInt64(sb.inodesPerAG) else {
+            throw FSError.posix(.invalidArgument)
+        }
+        if reservedInodes.contains(wanted) {
+            guard reservedForCaller else { throw FSError.EEXIST }
+            reservedInodes.remove(wanted)
+        }
+        guard try await bitIsClear(sb.ibmStart(ag), idx) else { throw FSError.EEXIST }
+        try await setBits(sb.ibmStart(ag), idx, 1, to: true)
+        agFreeInodes[ag] -= 1
+        return wanted
     }
 
     /// The inode table block of `ino` is not cached and holds no other

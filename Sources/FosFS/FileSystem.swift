@@ -284,6 +284,10 @@ public final class FileSystem: @unchecked Sendable {
     var agFreeInodes: [UInt64]
     var agBlockHint: [UInt64]
     var agInodeHint: [UInt64]
+    /// Inode numbers set aside for directory leases (reserveInodeNumbers):
+    /// free on disk, skipped by allocInodeNumber. Memory only: a restart
+    /// frees them.
+    var reservedInodes: Set<UInt64> = []
     var nextDirAG = 0
     var rng = BufferedRandom()
     /// Set after an I/O error or inconsistency inside an operation, and on

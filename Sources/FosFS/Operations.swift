@@ -33,7 +33,7 @@ extension FileSystem {
 
     /// Creates an inode of `mode` named `name` in `dir` (all checks done here).
     func makeNode(_ dir: Inode, _ name: String, mode: UInt32, rdev: UInt64 = 0, symlink: [UInt8]? = nil,
-                  homeAG: Int? = nil, _ cred: Credentials) async throws -> Inode {
+                  homeAG: Int? = nil, ino wanted: WantedInode? = nil, _ cred: Credentials) async throws -> Inode {
         guard dir.isDir else { throw FSError.ENOTDIR }
         try require(dir, 1, cred)
         if name == "." || name == ".." { throw FSError.EEXIST }
@@ -57,7 +57,12 @@ extension FileSystem {
         } else {
             preferAG = dir.ag
         }
-        let ino = try await allocInodeNumber(preferAG: owns(ag: preferAG) ? preferAG : ownedAGs[0])
+        let ino: UInt64
+        if let wanted {
+            ino = try await takeInodeNumber(wanted.number, reservedForCaller: wanted.reserved)
+        } else {
+            ino = try await allocInodeNumber(preferAG: owns(ag: preferAG) ? preferAG : ownedAGs[0])
+        }
         let i = Inode(ino: ino)
         var m = mode
         var gid = cred.gid
@@ -199,6 +204,38 @@ extension FileSystem {
         try await op {
             let dir = try await directory(parent)
             return try await openIn(dir, name, flags: flags.union(.create), mode: mode, cred, links: 0).attributes
+        }
+    }
+
+    /// An exclusive create of a regular file with inode number `ino`
+    /// (fos_wire.h, "Directory leases"). A name that is already that very
+    /// regular file (the same create, replayed after a restart) is it.
+    public func create(parent: UInt64, name: String, mode: UInt32, ino: WantedInode,
+                       cred: Credentials) async throws -> FileAttributes {
+        try await op {
+            let dir = try await directory(parent)
+            if let have = try await dirIndex(dir).names[NameKey(name)]?.ino {
+                let i = try await inode(have)
+                if have == ino.number, i.isReg { return i.attributes }
+                throw FSError.EEXIST
+            }
+            return try await makeNode(dir, name, mode: M.reg | (mode & M.perm), ino: ino, cred).attributes
+        }
+    }
+
+    /// Sets aside up to `count` inode numbers for new files of directory
+    /// `dir` (a lease's: fos_wire.h); `releaseInodes` gives back those
+    /// not used.
+    public func reserveInodes(_ count: Int, near dir: UInt64) async throws -> [UInt64] {
+        try await op {
+            let d = try await inode(dir)
+            return try await reserveInodeNumbers(count, preferAG: owns(ag: d.ag) ? d.ag : ownedAGs[0])
+        }
+    }
+
+    public func releaseInodes(_ inos: [UInt64]) async {
+        _ = try? await op {
+            for i in inos { reservedInodes.remove(i) }
         }
     }
 

@@ -290,3 +290,15 @@ func nowNs() -> Int64 {
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
+
+/// The inode number a create is to give its file: one set aside for the
+/// caller's directory lease (`reserved`), or one the caller chose before
+/// (a create replayed to a restarted member), taken only if free.
+public struct WantedInode: Sendable, Equatable {
+    public var number: UInt64
+    public var reserved: Bool
+    public init(number: UInt64, reserved: Bool) {
+        self.number = number
+        self.reserved = reserved
+    }
+}

@@ -7,8 +7,9 @@ import FosFS
 ///
 /// Only WRITEs at an offset (an append's place is known only when it is
 /// served, and a client replaying one after a restart would append it
-/// twice) and SETATTRs of mode, owner and times (the shim sends those only
-/// for root, which they cannot fail), and only in a fleet of one member: a member serves a request
+/// twice), SETATTRs of mode, owner and times (the shim sends those only
+/// for root, which they cannot fail) and CREATEs under a directory lease
+/// (Leases.swift), and only in a fleet of one member: a member serves a request
 /// for an inode homed elsewhere by forwarding it, and a write sent ahead
 /// that waited for a peer while that peer's own waited for us would hang
 /// both. (In a larger fleet every reply says no, and a shim sends each
@@ -63,7 +64,9 @@ extension FSService {
     static let aheadMarginBytes: UInt64 = 64 << 20
 
     func takesAhead(_ r: Request) -> Bool {
-        guard members == 1 else { return false }
+        guard members == 1, leases.mayTakeInTurn(r.channelID) else { return false }
+        // A create under a directory lease (Leases.swift).
+        if r.opcode == UInt16(FOS_OP_FS_CREATE) { return Self.leased(r) }
         if r.opcode == UInt16(FOS_OP_FS_SETATTR) {
             // Mode, owner, times: served twice after a replay, the same
             // (a truncate is not taken: it may meet a shared mapping).

@@ -35,6 +35,8 @@ final class FSService: Sendable {
     let internalMailbox = Atomic<UInt64>(0)
     /// When a client request last came or ended (monotonicNanos).
     let lastRequest = Atomic<UInt64>(0)
+    /// Directory leases granted to clients (Leases.swift).
+    let leases = DirLeases()
     /// Channels open to this member (both mailboxes): Ahead.swift.
     let channels = Atomic<Int>(0)
     /// Channels to peers' internal mailboxes, by member index.
@@ -90,15 +92,41 @@ final class FSService: Sendable {
     // MARK: dispatch
 
     func handle(_ r: Request) async -> Reply {
-        lastRequest.store(monotonicNanos(), ordering: .relaxed)
+        let now = monotonicNanos()
+        lastRequest.store(now, ordering: .relaxed)
         defer { lastRequest.store(monotonicNanos(), ordering: .relaxed) }
+        if members == 1 {
+            leases.seen(r.channelID, at: now)
+            if leases.count.load(ordering: .relaxed) > 0 { await awaitOthersLeases(r, now: now) }
+        }
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return watch.noted(r, await handleAs(r)) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
         // One taken ahead may leave its commit to a later one (Ahead.swift).
         return await FileSystem.$commitLater.withValue(r.ahead) {
-            watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: credentials(r), forwarded: false))
+            let cred = credentials(r)
+            switch UInt32(r.opcode) {
+            case FOS_OP_FS_CREATE where Self.leased(r):
+                let reply: Reply
+                do {
+                    reply = try await leasedCreate(r, cred: cred)
+                } catch {
+                    reply = Reply(status: status(of: error))
+                }
+                return watch.noted(r, reply)
+            case FOS_OP_FS_MKDIR:
+                let reply = watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: cred, forwarded: false))
+                return await grantLease(r, reply, cred: cred)
+            default:
+                return watch.noted(r, await serve(op: r.opcode, payload: r.payload, cred: cred, forwarded: false))
+            }
         }
+    }
+
+    /// A CREATE sent under a directory lease (Leases.swift).
+    static func leased(_ r: Request) -> Bool {
+        guard let c = r.payload.withUnsafeBytes({ loadStruct(fos_fs_create.self, from: $0) }) else { return false }
+        return c.flags & FOS_FS_CREATE_LEASED != 0
     }
 
     /// A peer's forwarded request: only on our internal mailbox, only from a
@@ -704,10 +732,15 @@ func runMember() -> Never {
                 _ = svc.groups.withLock { $0.removeValue(forKey: ch.id) }
                 svc.locks.disconnected(ch.id, svc: svc)
                 svc.channelClosed(ch.id)
+                let freed = svc.leases.closed(ch.id)
+                if !freed.isEmpty { _ = rt.loop.spawn { await fs.releaseInodes(freed) } }
             }, ahead: FosServer.AheadPolicy(takes: { svc.takesAhead($0) }, welcomes: { _ in svc.welcomesAhead },
                                             settled: { !fs.uncommitted.load(ordering: .acquiring) },
                                             settle: { await svc.settleAhead() },
-                                            follows: { FSService.followsInTurn.contains(UInt32($0)) }))
+                                            follows: { op, channel in
+                                                FSService.followsInTurn.contains(UInt32(op))
+                                                    && svc.leases.mayTakeInTurn(channel)
+                                            }))
             service.withLock { $0 = svc }
             let a = try await server.start(name: fleetName, policy: .roundRobin)
             if let i = a.internal {

@@ -269,7 +269,7 @@ struct ServerModelTests {
                                                     return !$0.failSettle
                                                 }
                                             },
-                                            follows: { $0 == opRead }))
+                                            follows: { op, _ in op == opRead }))
             let ((a, chA), (b, chB), (c, chC)) = try await threeClients(of: server, on: rt, node)
 
             /// The loop held, and A's writes w1...wn sent ahead one at a

@@ -34,6 +34,46 @@ enum Shim {
                              timeout: timeout)
     }
 
+    /// The node's only fs member, and `python3 -c script` started under
+    /// fos-run on another core (on the member's own core a write waits for
+    /// its answer: nothing would overlap).
+    static func pythonBesideMember(_ node: TestNode, _ script: String) async throws -> (MemberInfo, Subprocess) {
+        _ = try await sh(node, "true")  // the fs fleet is up
+        let member = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
+        try #require(sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two cores")
+        let other = member.core == 0 ? 1 : 0
+        let p = try Subprocess("/usr/bin/taskset", ["-c", String(other), try fosRun, "--runtime", node.runtimeDir,
+                                                    "--", "/usr/bin/python3", "-c", script], outputIn: node.root)
+        return (member, p)
+    }
+
+    /// Python for a script that waits for the test: `wait(f)` returns
+    /// once the file f exists in `dir` (exit status 3 after a minute).
+    static func pythonWaits(_ dir: String) -> String {
+        """
+        import os, sys, time
+        def wait(f):
+            for _ in range(3000):
+                if os.path.exists("\(dir)/" + f): return
+                time.sleep(0.02)
+            sys.exit(3)
+
+        """
+    }
+
+    /// Kills `member` (fosd restarts it), tells the script so (the file
+    /// `killed` in `dir`), and expects it to print `expected` and the
+    /// member to have restarted once.
+    static func killMember(_ node: TestNode, _ member: MemberInfo, _ p: Subprocess, tell dir: String,
+                           expect expected: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        #expect(kill(member.pid, SIGKILL) == 0, sourceLocation: sourceLocation)
+        _ = FileManager.default.createFile(atPath: dir + "/killed", contents: nil)
+        let r = await p.wait(timeout: .seconds(60))
+        #expect(r.status == 0 && r.stdout == expected, "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))",
+                sourceLocation: sourceLocation)
+        #expect(try await node.fleets().first { $0.fleet == "/sys/fs" }?.restarts == 1, sourceLocation: sourceLocation)
+    }
+
     /// A shell command line under fos-run.
     static func sh(_ node: TestNode, _ script: String) async throws -> CLIResult {
         try await run(node, ["/bin/sh", "-c", script])
@@ -194,13 +234,7 @@ struct ShimTests {
         try await TestNode.with(members: 1) { node in
             let d = node.root + "/sync"
             try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-            let script = """
-                import os, sys, time
-                def wait(f):
-                    for _ in range(3000):
-                        if os.path.exists("\(d)/" + f): return
-                        time.sleep(0.02)
-                    sys.exit(3)
+            let script = Shim.pythonWaits(d) + """
                 fd = os.open("/fos/ahead.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 open("\(d)/opened", "w").close()
                 wait("stopped")
@@ -216,15 +250,9 @@ struct ShimTests {
                 lines = open("/fos/ahead.txt").read().splitlines()
                 print(len(lines), lines[-2], lines[-1], oct(st.st_mode & 0o7777), st.st_gid, st.st_mtime_ns)
                 """
-            // Off the member's core: a write from there waits for its
-            // answer (nothing would overlap), and would wait for the
+            // Off the member's core: a write from there would wait for the
             // stopped member.
-            _ = try await Shim.sh(node, "true")  // the fs fleet is up
-            let member = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
-            let other = member.core == 0 ? 1 : 0
-            try #require(sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two cores")
-            let p = try Subprocess("/usr/bin/taskset", ["-c", String(other), try Shim.fosRun, "--runtime", node.runtimeDir,
-                                                        "--", "/usr/bin/python3", "-c", script], outputIn: node.root)
+            let (member, p) = try await Shim.pythonBesideMember(node, script)
             defer { p.kill() }
             func waitFor(_ f: String) async throws {
                 try await eventually("the script to reach \(f)", timeout: .seconds(30)) {
@@ -235,12 +263,8 @@ struct ShimTests {
             #expect(kill(member.pid, SIGSTOP) == 0)
             _ = FileManager.default.createFile(atPath: d + "/stopped", contents: nil)
             try await waitFor("wrote")
-            #expect(kill(member.pid, SIGKILL) == 0)
-            _ = FileManager.default.createFile(atPath: d + "/killed", contents: nil)
-            let r = await p.wait(timeout: .seconds(60))
-            #expect(r.status == 0 && r.stdout == "51 line 50 last 0o640 4242 \(1_000_000_000_000_000_000)\n",
-                    "\(r.status) \(r.stdout) \(r.stderr.prefix(2000))")
-            #expect(try await node.fleets().first { $0.fleet == "/sys/fs" }?.restarts == 1)
+            try await Shim.killMember(node, member, p, tell: d,
+                                      expect: "51 line 50 last 0o640 4242 \(1_000_000_000_000_000_000)\n")
         }
     }
 

@@ -439,6 +439,8 @@ final class TestNode: Sendable {
     private let fsMembersNow: Atomic<Int>
     /// Size of the sparse disk image (`fosd --disk-size`).
     let diskSize: String
+    /// More environment for fosd (and so its members).
+    let extraEnv: [String: String]
     let root: String
     let runtimeDir: String
     let stateDir: String
@@ -458,7 +460,8 @@ final class TestNode: Sendable {
     }
     private let state = Mutex(State())
 
-    private init(members: Int, slots: Int, fsMembers: Int, diskSize: String) throws {
+    private init(members: Int, slots: Int, fsMembers: Int, diskSize: String, env: [String: String]) throws {
+        extraEnv = env
         echoMembers = members
         fsMembersNow = Atomic(fsMembers)
         self.diskSize = diskSize
@@ -477,11 +480,12 @@ final class TestNode: Sendable {
 
     /// Starts a node, runs `body`, and stops the node whatever happens.
     static func with<T>(members: Int = 3, slots: Int = 1, fsMembers: Int = 1, diskSize: String = "256M",
+                        env: [String: String] = [:],
                         _ body: (TestNode) async throws -> T) async throws -> T {
         await NodeSlots.shared.acquire(slots)
         let node: TestNode
         do {
-            node = try TestNode(members: members, slots: slots, fsMembers: fsMembers, diskSize: diskSize)
+            node = try TestNode(members: members, slots: slots, fsMembers: fsMembers, diskSize: diskSize, env: env)
         } catch {
             await NodeSlots.shared.release(slots)
             throw error
@@ -523,6 +527,7 @@ final class TestNode: Sendable {
         env["FOS_SPIN_US"] = "20"
         env["FOS_RUNTIME"] = nil
         env["FOS_STATE"] = nil
+        env.merge(extraEnv) { _, new in new }
         let argv = ["/bin/sh", "-c", "exec 2>>\"$0\"; exec \"$@\"", logPath,
                     fosdPath, "--runtime", runtimeDir, "--state", stateDir, "--disk-size", diskSize,
                     "--fs-members", String(fsMembers), "--fleet", "/app/echo=fos-echo:\(echoMembers)"]

@@ -38,7 +38,8 @@
  * channel, so that whatever the sender does next (a message to another
  * process that then asks this server) finds it done; one that does not
  * serves it as an ordinary request. The fs fleet takes WRITEs at an
- * offset (FOS_FS_AHEAD_BYTES) and SETATTRs but of the size so. */
+ * offset (FOS_FS_AHEAD_BYTES), SETATTRs but of the size, and CREATEs under
+ * a directory lease (FOS_FS_CREATE_LEASED) so. */
 #define FOS_MSG_AHEAD 0x4u
 /* An AHEAD request's status field is its stamp: the sender's
  * CLOCK_MONOTONIC in units of 16 ns, low 32 bits, read before it was
@@ -266,6 +267,41 @@ typedef struct fos_fs_create {
 } fos_fs_create;
 
 _Static_assert(sizeof(fos_fs_create) == 32, "fos_fs_create layout");
+
+/*
+ * Directory leases: creates that do not wait (fos_fs_lease).
+ *
+ * A MKDIR whose flags hold FOS_FS_MKDIR_LEASE asks for a lease on the new
+ * directory. A member of a fleet of one may grant it, while no other
+ * channel is busy with it: the reply is then a fos_fs_stat followed by a
+ * fos_fs_lease and its inode numbers. Until `expires_ns` (the node's
+ * CLOCK_MONOTONIC) the holder knows the directory holds only the names it
+ * put there itself, and may create a regular file in it without waiting:
+ * a CREATE sent AHEAD with FOS_FS_CREATE_LEASED in its flags and one of the
+ * lease's inode numbers in rdev, published before `expires_ns` (the sender
+ * reads its clock after publishing it; if it is too late, it waits for the
+ * answer as for any request).
+ *
+ * The member serves nothing of another channel while a lease it granted
+ * may still be used: such a request waits until the lease expires, then
+ * until every CREATE the holder published by then has been served. So
+ * whoever sees the directory later sees those files, and no name the
+ * holder was told it created can be someone else's. A CREATE whose inode
+ * number the member did not reserve for the sender is served only if that
+ * number is free (a replay to a restarted member): otherwise EEXIST, or
+ * the existing file, if the name is already that very inode.
+ */
+#define FOS_FS_MKDIR_LEASE 0x1u
+#define FOS_FS_CREATE_LEASED 0x80000000u
+#define FOS_FS_LEASE_MAX_INOS 32u
+
+typedef struct fos_fs_lease {
+    uint64_t expires_ns;
+    uint32_t count;      /* uint64 inode numbers follow, 1...FOS_FS_LEASE_MAX_INOS */
+    uint32_t reserved;
+} fos_fs_lease;
+
+_Static_assert(sizeof(fos_fs_lease) == 16, "fos_fs_lease layout");
 
 typedef struct fos_fs_link {
     uint64_t ino;        /* existing file */

@@ -1,0 +1,193 @@
+import CFosWire
+import FosCore
+import FosFS
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Directory leases (fos_wire.h, "Directory leases"): a client that made a
+/// directory may create files in it without waiting for each answer.
+///
+/// Why: an untar waits for every create's answer (about 15 µs of the
+/// member's work each) while the member has nothing else to do; with the
+/// creates sent ahead, the client's work and the member's overlap.
+///
+/// What keeps the holder's guesses true: the directory was empty when
+/// granted and only the holder changes it while the lease lasts, because
+/// every request of another channel waits (`awaitOthersLeases`) until each
+/// lease it does not hold has expired and every AHEAD record published by
+/// then has been served. Granted only in a fleet of one member, while no
+/// other channel has sent anything for `quietNs` and none has a request
+/// waiting to be served in turn, and only to a caller that may create
+/// files in the directory. The inode numbers are set aside in memory
+/// (FileSystem.reserveInodes): the holder names its placeholders with them.
+final class DirLeases: Sendable {
+    struct Lease {
+        var channel: UInt64
+        var expires: UInt64
+        var inos: Set<UInt64>
+    }
+
+    struct State {
+        var byDir: [UInt64: Lease] = [:]
+        /// When each open channel last sent a request (monotonicNanos).
+        var lastSeen: [UInt64: UInt64] = [:]
+    }
+
+    /// How long a lease lasts: the longest another client may wait for it
+    /// (2 ms: an untar makes a directory's files in less). FOS_FS_LEASE_US
+    /// sets it, up to a second: tests stretch it to hold a lease for sure.
+    let lifetimeNs: UInt64 = {
+        guard let v = getenv("FOS_FS_LEASE_US").flatMap({ UInt64(String(cString: $0)) }), v >= 100,
+              v <= 1_000_000 else { return 2_000_000 }
+        return v * 1000
+    }()
+    /// How long every other channel must have been quiet for a grant.
+    static let quietNs: UInt64 = 20_000_000
+    static let inosPerLease = 16
+    static let maxPerChannel = 64
+
+    let state = Mutex(State())
+    /// Leases not yet released: checked by every request.
+    let count = Atomic<Int>(0)
+
+    func seen(_ channel: UInt64, at now: UInt64) {
+        state.withLock { $0.lastSeen[channel] = now }
+    }
+
+    /// Whether a request of `channel` may be taken in turn: not while
+    /// another channel's lease is unreleased (such a request may have to
+    /// wait for it, which one served in turn cannot).
+    func mayTakeInTurn(_ channel: UInt64) -> Bool {
+        if count.load(ordering: .relaxed) == 0 { return true }
+        return state.withLock { s in s.byDir.values.allSatisfy { $0.channel == channel } }
+    }
+
+    /// The latest expiry of the leases others than `channel` hold; nil if none.
+    func othersExpiry(_ channel: UInt64) -> UInt64? {
+        state.withLock { s in
+            s.byDir.values.filter { $0.channel != channel }.map(\.expires).max()
+        }
+    }
+
+    /// Ends the leases others than `channel` hold that expired by `now`:
+    /// the inode numbers they did not use.
+    func releaseOthers(_ channel: UInt64, expiredBy now: UInt64) -> [UInt64] {
+        state.withLock { s in
+            var freed: [UInt64] = []
+            for (dir, l) in s.byDir where l.channel != channel && l.expires <= now {
+                freed += l.inos
+                s.byDir[dir] = nil
+                count.subtract(1, ordering: .relaxed)
+            }
+            return freed
+        }
+    }
+
+    /// Grants `channel` a lease on `dir` with `inos` if no other channel is
+    /// busy; also ends the channel's own expired leases (everything it sent
+    /// before this request has been served). Returns the expiry, or nil,
+    /// and the inode numbers to give back either way.
+    func grant(_ channel: UInt64, dir: UInt64, inos: [UInt64], now: UInt64,
+               othersInTurn: Bool) -> (expires: UInt64?, freed: [UInt64]) {
+        state.withLock { s in
+            var freed: [UInt64] = []
+            var mine = 0
+            for (d, l) in s.byDir where l.channel == channel {
+                if l.expires <= now {
+                    freed += l.inos
+                    s.byDir[d] = nil
+                    count.subtract(1, ordering: .relaxed)
+                } else {
+                    mine += 1
+                }
+            }
+            let quiet = s.lastSeen.allSatisfy { $0.key == channel || now &- $0.value >= Self.quietNs }
+            guard quiet, !othersInTurn, mine < Self.maxPerChannel, s.byDir[dir] == nil else {
+                return (nil, freed + inos)
+            }
+            let expires = now + lifetimeNs
+            s.byDir[dir] = Lease(channel: channel, expires: expires, inos: Set(inos))
+            count.add(1, ordering: .relaxed)
+            return (expires, freed)
+        }
+    }
+
+    /// Whether `ino` was set aside for `channel`'s lease on `dir` (it is
+    /// then the caller's to take).
+    func take(_ channel: UInt64, dir: UInt64, ino: UInt64) -> Bool {
+        state.withLock { s in
+            guard var l = s.byDir[dir], l.channel == channel, l.inos.remove(ino) != nil else { return false }
+            s.byDir[dir] = l
+            return true
+        }
+    }
+
+    /// A channel closed (after everything it sent ahead was served): its
+    /// leases end.
+    func closed(_ channel: UInt64) -> [UInt64] {
+        state.withLock { s in
+            s.lastSeen[channel] = nil
+            var freed: [UInt64] = []
+            for (d, l) in s.byDir where l.channel == channel {
+                freed += l.inos
+                s.byDir[d] = nil
+                count.subtract(1, ordering: .relaxed)
+            }
+            return freed
+        }
+    }
+}
+
+extension FSService {
+    /// Before a request of `r`'s channel: every lease another channel holds
+    /// has expired, and everything published under it has been served.
+    func awaitOthersLeases(_ r: Request, now: UInt64) async {
+        guard let until = leases.othersExpiry(r.channelID) else { return }
+        if until > now { try? await Task.sleep(for: .nanoseconds(Int64(until - now))) }
+        // Not from a request served in turn (`mayTakeInTurn` keeps them
+        // out): those it would wait for are served after it.
+        if !r.inTurn { await rt.loop.takeAheadOfOthers(than: r.channelID) }
+        let freed = leases.releaseOthers(r.channelID, expiredBy: monotonicNanos())
+        if !freed.isEmpty { await fs.releaseInodes(freed) }
+    }
+
+    /// A MKDIR that asked for a lease: the reply with one, if granted.
+    func grantLease(_ r: Request, _ reply: Reply, cred: Credentials) async -> Reply {
+        guard members == 1, reply.status == 0, welcomesAhead,
+              let c = r.payload.withUnsafeBytes({ loadStruct(fos_fs_create.self, from: $0) }),
+              c.flags & FOS_FS_MKDIR_LEASE != 0,
+              let st = reply.payload.withUnsafeBytes({ loadStruct(fos_fs_stat.self, from: $0) }),
+              reply.payload.count == MemoryLayout<fos_fs_stat>.size,
+              cred.isRoot || (st.uid == cred.uid && st.mode & 0o300 == 0o300) else { return reply }
+        guard let inos = try? await fs.reserveInodes(DirLeases.inosPerLease, near: st.ino), !inos.isEmpty else {
+            return reply
+        }
+        // No suspension from here to the grant: what it checks stays true.
+        let g = leases.grant(r.channelID, dir: st.ino, inos: inos, now: monotonicNanos(),
+                             othersInTurn: !rt.loop.inTurnOnlyFrom(r.channelID))
+        if !g.freed.isEmpty { await fs.releaseInodes(g.freed) }
+        guard let expires = g.expires else { return reply }
+        var out = reply
+        appendStruct(fos_fs_lease(expires_ns: expires, count: UInt32(inos.count), reserved: 0), to: &out.payload)
+        for i in inos { appendStruct(i, to: &out.payload) }
+        return out
+    }
+
+    /// A CREATE sent under a lease: the file gets the inode number chosen.
+    func leasedCreate(_ r: Request, cred: Credentials) async throws -> Reply {
+        let w = WireReader(r.payload)
+        let h = try w.fixed(fos_fs_create.self)
+        let name = try w.name(Int(h.name_len), exactEnd: true)
+        guard members == 1, h.target_len == 0, h.rdev != 0,
+              h.flags & UInt32(O_CREAT | O_EXCL) == UInt32(O_CREAT | O_EXCL) else {
+            throw FSError.posix(.invalidArgument)
+        }
+        let reserved = leases.take(r.channelID, dir: h.dir, ino: h.rdev)
+        let a = try await fs.create(parent: h.dir, name: name, mode: h.mode,
+                                    ino: WantedInode(number: h.rdev, reserved: reserved), cred: cred)
+        return ok(opened(a, for: cred))
+    }
+}

@@ -1,0 +1,112 @@
+import FosCore
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Directory leases (fos_wire.h, Sources/FosFSServer/Leases.swift,
+// Shim/src/lease.c): a process that made a directory creates its files
+// without waiting. The member's lease lasts FOS_FS_LEASE_US here, long
+// enough that a slow test machine still makes its creates under it.
+
+@Suite("fs: directory leases", .serialized)
+struct LeaseTests {
+    /// With the member stopped right after the MKDIR, ten exclusive creates
+    /// (and their writes) return at once: none waits for the member. The
+    /// member is then killed before it saw them; the shim sends them again,
+    /// with the same inode numbers, to its successor.
+    @Test("creates under a lease do not wait, and are sent again to the member's successor")
+    func leasedCreatesReplayed() async throws {
+        try await TestNode.with(members: 1, env: ["FOS_FS_LEASE_US": "800000"]) { node in
+            let d = node.root + "/sync"
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+            _ = try await Shim.sh(node, "true")  // the fs fleet is up
+            let member = try #require(try await node.fleets().first { $0.fleet == "/sys/fs" })
+            let script = Shim.pythonWaits(d) + """
+                import signal
+                os.mkdir("/fos/leased")
+                os.kill(\(member.pid), signal.SIGSTOP)
+                t0 = time.monotonic()
+                inos = []
+                for i in range(10):
+                    fd = os.open("/fos/leased/f%d" % i, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                    os.write(fd, b"file %d\\n" % i)
+                    os.close(fd)
+                quick = time.monotonic() - t0 < 0.5
+                open("\(d)/wrote", "w").close()
+                wait("killed")
+                names = sorted(os.listdir("/fos/leased"))
+                good = all(open("/fos/leased/f%d" % i).read() == "file %d\\n" % i for i in range(10))
+                modes = {oct(os.stat("/fos/leased/" + n).st_mode & 0o7777) for n in names}
+                print(len(names), good, quick, modes)
+                """
+            let (_, p) = try await Shim.pythonBesideMember(node, script)
+            defer { p.kill() }
+            // The creates went ahead if the script wrote while the member
+            // was stopped; either way the member is killed, so a create
+            // that waited would not hang the test.
+            let wrote = try? await eventually("the script to write", timeout: .seconds(20)) {
+                FileManager.default.fileExists(atPath: d + "/wrote") ? true : nil
+            }
+            #expect(wrote == true, "the creates waited for the stopped member")
+            try await Shim.killMember(node, member, p, tell: d, expect: "10 True True {'0o640'}\n")
+        }
+    }
+
+    /// Another process's creates in a leased directory wait until the
+    /// lease has expired and the holder's creates sent under it have been
+    /// served: each name is created by exactly one of the two, and holds
+    /// what its creator wrote. (Without the wait, the second process,
+    /// creating from the other end, would take names the holder had been
+    /// told were free; the holder's creates would then fail after it was
+    /// told they succeeded.)
+    @Test("an exclusive create stays exclusive against another process's creates in a leased directory")
+    func leaseKeepsCreatesExclusive() async throws {
+        try await TestNode.with(members: 1, env: ["FOS_FS_LEASE_US": "300000"]) { node in
+            let d = node.root + "/sync"
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+            _ = try await Shim.sh(node, "true")
+            func creator(_ tag: String, first: String, order: String) -> String {
+                """
+                import errno, json, os, sys, time
+                \(first)
+                mine = []
+                for i in \(order):
+                    try:
+                        fd = os.open("/fos/race/n%d" % i, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    except FileExistsError:
+                        continue
+                    os.write(fd, b"\(tag)")
+                    os.close(fd)
+                    mine.append(i)
+                print(json.dumps(mine))
+                """
+            }
+            let holder = creator("A", first: """
+                os.mkdir("/fos/race")
+                open("\(d)/made", "w").close()
+                time.sleep(0.05)
+                """, order: "range(40)")
+            let rival = creator("B", first: """
+                while not os.path.exists("\(d)/made"): time.sleep(0.001)
+                """, order: "range(39, -1, -1)")
+            let b = try Subprocess(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "/usr/bin/python3", "-c", rival],
+                                   outputIn: node.root)
+            defer { b.kill() }
+            let a = try Subprocess(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "/usr/bin/python3", "-c", holder],
+                                   outputIn: node.root)
+            defer { a.kill() }
+            let ra = await a.wait(timeout: .seconds(60)), rb = await b.wait(timeout: .seconds(60))
+            #expect(ra.status == 0 && rb.status == 0, "\(ra.stderr.prefix(1000)) \(rb.stderr.prefix(1000))")
+            let mineA = try JSONDecoder().decode([Int].self, from: Data(ra.stdout.utf8))
+            let mineB = try JSONDecoder().decode([Int].self, from: Data(rb.stdout.utf8))
+            #expect(Set(mineA).isDisjoint(with: mineB))
+            #expect(Set(mineA).union(mineB) == Set(0..<40))
+            let r = try await Shim.sh(node, "cd /fos/race && for i in $(seq 0 39); do printf '%s' \"$(cat n$i)\"; done")
+            let expected = (0..<40).map { mineA.contains($0) ? "A" : "B" }.joined()
+            #expect(r.status == 0 && r.stdout == expected, "\(r.stdout) \(r.stderr)")
+        }
+    }
+}
