@@ -152,7 +152,6 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
         return -1;
     }
     if (!q->ok) return -1;
-    if (fos_shim_in_vfork_child()) return -1; /* its connection is gone at its exec */
     /* On the member's own core nothing would overlap (and a call there
      * counts toward leaving it: chan.c). */
     if (fos_shim_chan_on_peer_core(fs)) return -1;

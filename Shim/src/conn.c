@@ -427,7 +427,8 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             continue;
         }
         if (!spawn && op != 0) fos_shim_lease_before(&c->leases, op, fixed, flen, tail, tlen);
-        if ((io || sa) && fos_shim_ahead_post(q, &c->fs, c->msg_id + 1, op, fixed, bulk) == 0) {
+        /* Not a vfork child's (c is C only outside one: fos_shim_conn_here). */
+        if ((io || sa) && c == &C && fos_shim_ahead_post(q, &c->fs, c->msg_id + 1, op, fixed, bulk) == 0) {
             c->msg_id++;
             if (io) {
                 fos_fs_write_reply w = {.offset = io->offset, .count = io->count};
@@ -513,6 +514,24 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     }
     fos_shim_leave(c, cancel);
     return err;
+}
+
+int fos_shim_fs_leased_dir(const char *fspath, uint64_t *ino) {
+    if (fos_shim_in_vfork_child()) return 0;
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return 0;
+    int found = 0;
+    if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
+        c->cred_gen == __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE)) {
+        const fos_shim_lease *l = fos_shim_lease_at(&c->leases, fspath, fos_shim_now_ns());
+        if (l) {
+            *ino = l->dir;
+            found = 1;
+        }
+    }
+    fos_shim_leave(c, cancel);
+    return found;
 }
 
 int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, fos_fs_stat *st) {

@@ -190,6 +190,11 @@ fos_shim_lease *fos_shim_lease_for(fos_shim_lease_tab *t, const char *fspath, co
     return l;
 }
 
+const fos_shim_lease *fos_shim_lease_at(fos_shim_lease_tab *t, const char *fspath, uint64_t now) {
+    const fos_shim_lease *l = fos_shim_lease_by_path(t, fspath, strlen(fspath));
+    return l && now + FOS_SHIM_LEASE_MARGIN_NS < l->expires_ns ? l : NULL;
+}
+
 void fos_shim_lease_used(fos_shim_lease *l, const char *name, uint32_t nlen) {
     l->next++;
     fos_shim_lease_remember(l, name, nlen);

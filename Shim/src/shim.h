@@ -251,9 +251,11 @@ typedef struct fos_shim_ahead_q {
     } late[8];        /* errors of answered ones, for the file's next write, fsync or close */
 } fos_shim_ahead_q;
 
-/* Sends a WRITE (fixed: its fos_fs_io, data) or a SETATTR (fixed: its
- * fos_fs_setattr) ahead on fs as request id if it may go so: 0, or -1
- * (send it as an ordinary request; nothing was sent). */
+/* Sends a WRITE (fixed: its fos_fs_io, data), a SETATTR (fixed: its
+ * fos_fs_setattr) or a CREATE under a lease (fixed: its fos_fs_create,
+ * data: the name) ahead on fs as request id if it may go so: 0, or -1
+ * (send it as an ordinary request; nothing was sent). Never from a child
+ * of vfork (its connection is gone at its exec): the caller checks. */
 int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
                         const void *data);
 /* Takes the answers of requests sent ahead: all of them (wait), or those
@@ -314,6 +316,9 @@ void fos_shim_lease_before(fos_shim_lease_tab *t, uint16_t op, const void *fixed
  * have made there, or not a plain one, or no inode number is left). */
 fos_shim_lease *fos_shim_lease_for(fos_shim_lease_tab *t, const char *fspath, const char **name, uint32_t *nlen,
                                    uint64_t now);
+/* The lease on the directory fspath itself, if it lasts: while it does,
+ * the path names that directory (no one else may rename or remove it). */
+const fos_shim_lease *fos_shim_lease_at(fos_shim_lease_tab *t, const char *fspath, uint64_t now);
 /* The name was sent under it with its next inode number. */
 void fos_shim_lease_used(fos_shim_lease *l, const char *name, uint32_t nlen);
 /* CLOCK_MONOTONIC in ns (chan.c). */
@@ -326,6 +331,9 @@ uint64_t fos_shim_now_ns(void);
  * under a lease, without waiting; 1: no lease applies (ask the usual way);
  * a negative errno. sent: the open flags the fs gets; perm: the mode. */
 int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, fos_fs_stat *st);
+/* 1 and *ino: fspath is a directory this process holds a lease on (no
+ * RESOLVE needed); 0: ask. */
+int fos_shim_fs_leased_dir(const char *fspath, uint64_t *ino);
 
 /* Control socket (ctl.c). Notifications read on the way go to conn. */
 int fos_shim_ctl_open(const char *runtime);

@@ -10,9 +10,9 @@
 #include <sys/time.h>
 #include <utime.h>
 
-/* The inode (dirfd, path, flags) names: 1 and *ino for a fos target, 0
- * for a host one (*host, *hostdir name it), or -errno. path NULL names
- * dirfd itself (futimens). */
+/* The inode (dirfd, path, flags) names: 1 and *ino for a fos target (2
+ * for a directory this process leases), 0 for a host one (*host, *hostdir
+ * name it), or -errno. path NULL names dirfd itself (futimens). */
 static int fos_shim_attr_target(int dirfd, const char *path, int flags, uint64_t *ino, char *buf, int *hostdir,
                                 const char **host) {
     *host = path;
@@ -30,6 +30,7 @@ static int fos_shim_attr_target(int dirfd, const char *path, int flags, uint64_t
         *hostdir = AT_FDCWD;
     }
     if (k != FOS_SHIM_FOS) return 0;
+    if (fos_shim_fs_leased_dir(buf, ino)) return 2; /* it stays there (lease.c) */
     int r = fos_shim_op_resolve(buf, !(flags & AT_SYMLINK_NOFOLLOW), ino);
     return r ? r : 1;
 }
@@ -85,8 +86,9 @@ static int fos_shim_change_slow(int dirfd, const char *path, int flags, const fo
         r = fos_shim_times(&sa, c->times);
     }
     /* By descriptor, the file is one this process has open (its change
-     * may go ahead); by path, it may be gone by the time it is made. */
-    int by_fd = path == NULL || ((flags & AT_EMPTY_PATH) && path[0] == 0);
+     * may go ahead); by path, it may be gone by the time it is made, but
+     * for a directory this process leases. */
+    int by_fd = path == NULL || ((flags & AT_EMPTY_PATH) && path[0] == 0) || k == 2;
     if (r == 0 && sa.valid) r = by_fd ? fos_shim_op_setattr_open(&sa) : fos_shim_op_setattr(&sa, NULL);
     return (int)fos_shim_ret(r, saved);
 }

@@ -14,9 +14,10 @@ import Glibc
 @Suite("fs: directory leases", .serialized)
 struct LeaseTests {
     /// With the member stopped right after the MKDIR, ten exclusive creates
-    /// (and their writes) return at once: none waits for the member. The
-    /// member is then killed before it saw them; the shim sends them again,
-    /// with the same inode numbers, to its successor.
+    /// (and their writes), and root's chmod and utime of the directory by
+    /// its path, return at once: none waits for the member. The member is
+    /// then killed before it saw them; the shim sends them again, with the
+    /// same inode numbers, to its successor.
     @Test("creates under a lease do not wait, and are sent again to the member's successor")
     func leasedCreatesReplayed() async throws {
         try await TestNode.with(members: 1, env: ["FOS_FS_LEASE_US": "800000"]) { node in
@@ -34,13 +35,18 @@ struct LeaseTests {
                     fd = os.open("/fos/leased/f%d" % i, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
                     os.write(fd, b"file %d\\n" % i)
                     os.close(fd)
+                # The directory's own path needs no lookup while leased:
+                # root's changes of it go ahead too.
+                os.chmod("/fos/leased", 0o750)
+                os.utime("/fos/leased", ns=(10**18, 10**18))
                 quick = time.monotonic() - t0 < 0.5
                 open("\(d)/wrote", "w").close()
                 wait("killed")
                 names = sorted(os.listdir("/fos/leased"))
                 good = all(open("/fos/leased/f%d" % i).read() == "file %d\\n" % i for i in range(10))
                 modes = {oct(os.stat("/fos/leased/" + n).st_mode & 0o7777) for n in names}
-                print(len(names), good, quick, modes)
+                st = os.stat("/fos/leased")
+                print(len(names), good, quick, modes, oct(st.st_mode & 0o7777), st.st_mtime_ns)
                 """
             let (_, p) = try await Shim.pythonBesideMember(node, script)
             defer { p.kill() }
@@ -51,7 +57,8 @@ struct LeaseTests {
                 FileManager.default.fileExists(atPath: d + "/wrote") ? true : nil
             }
             #expect(wrote == true, "the creates waited for the stopped member")
-            try await Shim.killMember(node, member, p, tell: d, expect: "10 True True {'0o640'}\n")
+            try await Shim.killMember(node, member, p, tell: d,
+                                      expect: "10 True True {'0o640'} 0o750 \(1_000_000_000_000_000_000)\n")
         }
     }
 
