@@ -74,7 +74,7 @@ static void fos_shim_ahead_msg(const fos_shim_ahead_q *q, const fos_shim_ahead_w
 /* Whether this process's uid 0 is the host's: in a user namespace fosd
  * attests the uid ours maps to, which the member does not take for root.
  * (Read once; raw syscalls and no stdio: it may run in a signal handler.) */
-static int fos_shim_host_root(void) {
+int fos_shim_host_root(void) {
     static int known; /* 0: not read yet, 1: the host's root, 2: not */
     int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
     if (k != 0) return k == 1;
@@ -195,8 +195,14 @@ static void fos_shim_ahead_answered(fos_shim_ahead_q *q, const fos_shim_ahead_w 
     if (w->op == FOS_OP_FS_SETATTR) {
         if (err == 0 && rlen != sizeof r->st) err = EIO;
     } else if (w->op == FOS_OP_FS_CREATE) {
-        /* The file must be the one its placeholder names. */
+        /* The file must be the one its placeholder names. If it is not
+         * there, nothing more may go for its number: after a restart,
+         * another file may have it (fos_wire.h). */
         if (err == 0 && (rlen != sizeof r->st || r->st.ino != w->ino || !S_ISREG(r->st.mode))) err = EIO;
+        if (err) {
+            fos_shim_fd_poison(w->ino);
+            q->dead[q->ndead++ % (sizeof q->dead / sizeof q->dead[0])] = w->ino;
+        }
     } else {
         /* A short count is the disk filling up (FileSystem.write stops there). */
         if (err == 0 && (rlen != sizeof r->w || r->w.count > w->len)) err = EIO;
@@ -222,9 +228,24 @@ int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
     return 0;
 }
 
+/* Whether an earlier CREATE of w's inode number failed in this replay. */
+static int fos_shim_ahead_lost_create(const fos_shim_ahead_q *q, unsigned from, const fos_shim_ahead_w *w) {
+    for (unsigned i = from; &q->w[i] < w; i++) {
+        if (q->w[i].op == FOS_OP_FS_CREATE && q->w[i].ino == w->ino && q->w[i].off == 1) return 1;
+    }
+    return 0;
+}
+
 int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_id) {
+    unsigned from = q->done;
     while (q->done < q->n) {
-        const fos_shim_ahead_w *w = &q->w[q->done];
+        fos_shim_ahead_w *w = &q->w[q->done];
+        if (fos_shim_ahead_lost_create(q, from, w)) {
+            /* Its file was not made: the number may be another's now. */
+            fos_shim_ahead_late(q, w->ino, ESTALE);
+            q->done++;
+            continue;
+        }
         _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
         uint32_t mlen, blen;
         const void *bulk;
@@ -235,6 +256,8 @@ int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_
         int err = fos_shim_chan_call(fs, w->op, ++*msg_id, msg, mlen, bulk, blen, &r, sizeof r, &rlen, &status);
         if (err) return err;
         fos_shim_ahead_answered(q, w, status, &r, rlen);
+        /* A CREATE's off is free: it marks one that failed here. */
+        if (w->op == FOS_OP_FS_CREATE) w->off = status != 0 || rlen != sizeof r.st || r.st.ino != w->ino;
         q->done++;
     }
     fos_shim_ahead_empty(q);
@@ -252,7 +275,21 @@ void fos_shim_ahead_forget(fos_shim_ahead_q *q) {
     fos_shim_ahead_empty(q);
     q->orphaned = 0;
     q->ok = 0;
+    q->ndead = 0;
     for (unsigned i = 0; i < sizeof q->late / sizeof q->late[0]; i++) __atomic_store_n(&q->late[i].ino, 0, __ATOMIC_RELAXED);
+}
+
+int fos_shim_ahead_dead(const fos_shim_ahead_q *q, uint16_t op, const void *fixed, uint32_t flen) {
+    if (flen < sizeof(uint64_t) || op == FOS_OP_FS_OPEN || op == FOS_OP_FS_RESOLVE || op == FOS_OP_FS_WATCH) {
+        return 0;
+    }
+    uint64_t ino;
+    memcpy(&ino, fixed, sizeof ino);
+    if (ino == FOS_SHIM_DEAD_INO) return 1; /* a descriptor fos_shim_fd_poison emptied */
+    for (unsigned i = 0; i < sizeof q->dead / sizeof q->dead[0]; i++) {
+        if (i < q->ndead && q->dead[i] == ino) return 1;
+    }
+    return 0;
 }
 
 void fos_shim_ahead_late(fos_shim_ahead_q *q, uint64_t ino, int err) {

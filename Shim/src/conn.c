@@ -389,6 +389,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     if (tlen) memcpy(c->msg + sizeof(fos_msg_hdr) + flen, tail, tlen);
     fos_mailbox_addr dead[2];
     int ndead = 0;
+    uint64_t sent = 0;
     fos_shim_ahead_q *q = &c->ahead;
     const fos_fs_io *io = !spawn && op == FOS_OP_FS_WRITE && flen == sizeof *io ? fixed : NULL;
     /* A SETATTR whose answer nobody reads (out NULL) may go ahead too. */
@@ -401,6 +402,10 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     if (io && (err = fos_shim_ahead_take_late(q, io->ino)) != 0) {
         fos_shim_leave(c, cancel);
         return err;
+    }
+    if (!spawn && op != 0 && fos_shim_ahead_dead(q, op, fixed, flen)) {
+        fos_shim_leave(c, cancel);
+        return ESTALE;
     }
     for (int attempt = 0;; attempt++) {
         unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
@@ -426,6 +431,12 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             }
             continue;
         }
+        /* Made before a replay found its file's create failed: the number
+         * may be another file's now. */
+        if (!spawn && op != 0 && fos_shim_ahead_dead(q, op, fixed, flen)) {
+            err = ESTALE;
+            break;
+        }
         if (!spawn && op != 0) fos_shim_lease_before(&c->leases, op, fixed, flen, tail, tlen);
         /* Not a vfork child's (c is C only outside one: fos_shim_conn_here). */
         if ((io || sa) && c == &C && fos_shim_ahead_post(q, &c->fs, c->msg_id + 1, op, fixed, bulk) == 0) {
@@ -447,6 +458,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         err = 0;
         if (op != 0 && !spawn) {
             id = ++c->msg_id;
+            if (op == FOS_OP_FS_MKDIR) sent = fos_shim_now_ns(); /* a lease counts from here */
             err = fos_shim_chan_post(&c->fs, op, id, 0, c->msg, mlen, bulk, blen);
             if (err == 0 && meanwhile) {
                 meanwhile(marg);
@@ -493,7 +505,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
             q->ok = (c->fs.reply_flags & FOS_MSG_AHEAD_OK) != 0;
             err = st;
             if (err == 0 && op == FOS_OP_FS_MKDIR && *outlen > sizeof(fos_fs_stat)) {
-                fos_shim_lease_granted(&c->leases, fos_shim_lease_mkdir_path, out, *outlen);
+                fos_shim_lease_granted(&c->leases, fos_shim_lease_mkdir_path, out, *outlen, sent);
             }
             if (err == 0 && op == FOS_OP_FS_FSYNC && flen >= sizeof(uint64_t)) {
                 uint64_t ino;

@@ -254,6 +254,15 @@ uint32_t fos_shim_fd_unlink_flags(uint64_t list[FOS_FS_UNLINK_LIST_MAX], uint32_
     return FOS_FS_UNLINK_HOLDS_LISTED;
 }
 
+void fos_shim_fd_poison(uint64_t ino) {
+    int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
+    for (int fd = 0; fd < top; fd++) {
+        if (fos_shim_fd_marked(fd) && fos_shim_fdtab[fd].ino == ino) {
+            __atomic_store_n(&fos_shim_fdtab[fd].ino, FOS_SHIM_DEAD_INO, __ATOMIC_RELEASE);
+        }
+    }
+}
+
 int fos_shim_fd_inherited(void) {
     int top = __atomic_load_n(&fos_shim_fdtab_top, __ATOMIC_ACQUIRE);
     for (int fd = 0; fd < top; fd++) {

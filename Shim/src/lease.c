@@ -9,9 +9,10 @@
  * What the process itself does meanwhile counts too: every name it may
  * have made in a leased directory (by any call, even one that failed) is
  * remembered, and such a name is created the usual way. A rename or an
- * rmdir anywhere may move or remove a leased directory or one above it,
- * and a change of mode or owner may take away the right to create there
- * (root aside, who needs none): each drops every lease.
+ * rmdir anywhere, and an unlink or a symlink outside a leased directory,
+ * may move, remove or redirect a leased directory's path, and a change of
+ * mode or owner may take away the right to create there (the host's root
+ * aside, who needs none): each drops every lease.
  *
  * Everything here runs under the connection's lock, and the table lives
  * in the connection: a new connection (fork, exec, new credentials, a
@@ -48,7 +49,8 @@ static int fos_shim_lease_knows(const fos_shim_lease *l, uint32_t h) {
     return 0;
 }
 
-void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void *reply, uint32_t len) {
+void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void *reply, uint32_t len,
+                            uint64_t sent) {
     const uint8_t *p = reply;
     fos_fs_stat st;
     fos_fs_lease g;
@@ -61,6 +63,7 @@ void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void 
         return;
     }
     uint64_t now = fos_shim_now_ns();
+    if (g.lifetime_us == 0 || sent + (uint64_t)g.lifetime_us * 1000u <= now) return;
     fos_shim_lease *slot = NULL;
     for (int i = 0; i < FOS_SHIM_LEASES; i++) {
         fos_shim_lease *l = &t->l[i];
@@ -76,7 +79,8 @@ void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void 
             if (t->l[i].expires_ns < slot->expires_ns) slot = &t->l[i];
         }
     }
-    slot->expires_ns = g.expires_ns;
+    /* Counted from before the member granted it, on our own clock. */
+    slot->expires_ns = sent + (uint64_t)g.lifetime_us * 1000u;
     slot->ninos = g.count;
     slot->next = 0;
     slot->nnames = 0;
@@ -129,7 +133,21 @@ void fos_shim_lease_before(fos_shim_lease_tab *t, uint16_t op, const void *fixed
         if (flen != sizeof c) break;
         memcpy(&c, fixed, sizeof c);
         if (c.flags & FOS_FS_CREATE_LEASED) break; /* counted when sent */
+        /* A symlink elsewhere may take the place of a path's component. */
+        if (op == FOS_OP_FS_SYMLINK && fos_shim_lease_by_dir(t, c.dir) == NULL) {
+            fos_shim_lease_clear(t);
+            break;
+        }
         fos_shim_lease_note_dir(t, c.dir, tail, c.name_len <= tlen ? c.name_len : tlen);
+        break;
+    }
+    case FOS_OP_FS_UNLINK: {
+        /* In a leased directory it only frees a name (no path goes through
+         * it); elsewhere it may remove a symlink on a leased path. */
+        fos_fs_name_req q;
+        if (flen != sizeof q) break;
+        memcpy(&q, fixed, sizeof q);
+        if (fos_shim_lease_by_dir(t, q.dir) == NULL) fos_shim_lease_clear(t);
         break;
     }
     case FOS_OP_FS_LINK: {
@@ -163,7 +181,8 @@ void fos_shim_lease_before(fos_shim_lease_tab *t, uint16_t op, const void *fixed
         fos_fs_setattr sa;
         if (flen != sizeof sa) break;
         memcpy(&sa, fixed, sizeof sa);
-        if ((sa.valid & (FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID)) && syscall(SYS_geteuid) != 0) {
+        if ((sa.valid & (FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID)) &&
+            (syscall(SYS_geteuid) != 0 || !fos_shim_host_root())) {
             fos_shim_lease_clear(t);
         }
         break;

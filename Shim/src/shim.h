@@ -249,6 +249,8 @@ typedef struct fos_shim_ahead_q {
         uint64_t ino; /* 0: free */
         int err;
     } late[8];        /* errors of answered ones, for the file's next write, fsync or close */
+    uint64_t dead[8]; /* inode numbers whose create under a lease failed (ring) */
+    unsigned ndead;
 } fos_shim_ahead_q;
 
 /* Sends a WRITE (fixed: its fos_fs_io, data), a SETATTR (fixed: its
@@ -272,6 +274,9 @@ int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_
 void fos_shim_ahead_lost(fos_shim_ahead_q *q);
 /* Forgets everything (the child of fork: they are the parent's). */
 void fos_shim_ahead_forget(fos_shim_ahead_q *q);
+/* Whether a request naming ino first (fixed's first uint64) must not go:
+ * ino's create under a lease failed, and the number may be another's. */
+int fos_shim_ahead_dead(const fos_shim_ahead_q *q, uint16_t op, const void *fixed, uint32_t flen);
 /* An error to report at the next write, fsync or close of ino; taking it. */
 void fos_shim_ahead_late(fos_shim_ahead_q *q, uint64_t ino, int err);
 int fos_shim_ahead_take_late(fos_shim_ahead_q *q, uint64_t ino);
@@ -304,8 +309,18 @@ typedef struct fos_shim_lease_tab {
 extern FOS_SHIM_TLS const char *fos_shim_lease_mkdir_path;
 
 void fos_shim_lease_clear(fos_shim_lease_tab *t);
-/* A MKDIR's reply (stat, maybe a fos_fs_lease and its inode numbers). */
-void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void *reply, uint32_t len);
+/* A MKDIR's reply (stat, maybe a fos_fs_lease and its inode numbers);
+ * sent: when the MKDIR went (fos_shim_now_ns), whence the lease counts. */
+void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void *reply, uint32_t len,
+                            uint64_t sent);
+/* Whether this process's uid 0 is the host's (ahead.c): only then does the
+ * fs take it for root. */
+int fos_shim_host_root(void);
+/* An inode number no file has (invalid: the fs says ESTALE), for the
+ * descriptors of a file whose create under a lease failed. */
+#define FOS_SHIM_DEAD_INO (UINT64_MAX - 1)
+/* Every descriptor of ino now names no file (fos_shim_fd_poison). */
+void fos_shim_fd_poison(uint64_t ino);
 /* Before a request goes: what it may change in leased directories (a
  * name made: remembered; a rename, rmdir or, for all but root, a change of
  * mode or owner: every lease dropped). */

@@ -124,7 +124,7 @@ extension EventLoop {
     /// those stamped before `stamp`. The earliest of all heads is taken
     /// each time (a sender's own stamps rise), so none of them needs a
     /// sweep of its own: nothing left is stamped before it.
-    func takeAhead(except skip: Entry, before stamp: Int32?) {
+    func takeAhead(except skip: Entry?, before stamp: Int32?) {
         // Stamps compare by age on our clock: a client's is never in the
         // future, so a record up to 68 s old (2^32 × 16 ns) still counts
         // as older than a new one. The clock is read only once there is a
@@ -251,9 +251,7 @@ extension EventLoop {
     /// from a request taken in turn (those it waits for are served after
     /// it).
     public func takeAheadOfOthers(than channel: UInt64) async {
-        if let e = st.entries[channel] {
-            takeAhead(except: e, before: nil)
-        }
+        takeAhead(except: st.entries[channel], before: nil)
         await aheadTurn(st.aheadTaken)
     }
 

@@ -214,6 +214,7 @@ extension FileSystem {
                        cred: Credentials) async throws -> FileAttributes {
         try await op {
             let dir = try await directory(parent)
+            try require(dir, 3, cred)  // as the create itself would
             if let have = try await dirIndex(dir).names[NameKey(name)]?.ino {
                 let i = try await inode(have)
                 if have == ino.number, i.isReg { return i.attributes }

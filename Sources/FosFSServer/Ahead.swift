@@ -64,7 +64,7 @@ extension FSService {
     static let aheadMarginBytes: UInt64 = 64 << 20
 
     func takesAhead(_ r: Request) -> Bool {
-        guard members == 1, leases.mayTakeInTurn(r.channelID) else { return false }
+        guard members == 1 else { return false }
         // A create under a directory lease (Leases.swift).
         if r.opcode == UInt16(FOS_OP_FS_CREATE) { return Self.leased(r) }
         if r.opcode == UInt16(FOS_OP_FS_SETATTR) {

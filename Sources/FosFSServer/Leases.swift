@@ -34,6 +34,13 @@ final class DirLeases: Sendable {
         var byDir: [UInt64: Lease] = [:]
         /// When each open channel last sent a request (monotonicNanos).
         var lastSeen: [UInt64: UInt64] = [:]
+        /// Each channel's requests being served now.
+        var inflight: [UInt64: Int] = [:]
+        /// Inode numbers whose leased create failed, by channel: kept
+        /// aside until the channel closes, as its requests sent ahead for
+        /// the file it was told it had may still come (they meet ESTALE,
+        /// never another file that got the number).
+        var failed: [UInt64: [UInt64]] = [:]
     }
 
     /// How long a lease lasts: the longest another client may wait for it
@@ -46,20 +53,31 @@ final class DirLeases: Sendable {
     }()
     /// How long every other channel must have been quiet for a grant.
     static let quietNs: UInt64 = 20_000_000
-    static let inosPerLease = 16
+    static let inosPerLease = Int(FOS_FS_LEASE_MAX_INOS)
     static let maxPerChannel = 64
 
     let state = Mutex(State())
     /// Leases not yet released: checked by every request.
     let count = Atomic<Int>(0)
 
-    func seen(_ channel: UInt64, at now: UInt64) {
-        state.withLock { $0.lastSeen[channel] = now }
+    /// A request of `channel` starts being served (`done` when it ends).
+    func enter(_ channel: UInt64, at now: UInt64) {
+        state.withLock {
+            $0.lastSeen[channel] = now
+            $0.inflight[channel, default: 0] += 1
+        }
     }
 
-    /// Whether a request of `channel` may be taken in turn: not while
-    /// another channel's lease is unreleased (such a request may have to
-    /// wait for it, which one served in turn cannot).
+    func done(_ channel: UInt64) {
+        state.withLock {
+            let n = ($0.inflight[channel] ?? 1) - 1
+            $0.inflight[channel] = n > 0 ? n : nil
+        }
+    }
+
+    /// Whether an ordinary request of `channel` may follow its run in
+    /// turn: not while another channel's lease is unreleased (it may have
+    /// to wait for it, which one served in turn cannot).
     func mayTakeInTurn(_ channel: UInt64) -> Bool {
         if count.load(ordering: .relaxed) == 0 { return true }
         return state.withLock { s in s.byDir.values.allSatisfy { $0.channel == channel } }
@@ -105,6 +123,7 @@ final class DirLeases: Sendable {
                 }
             }
             let quiet = s.lastSeen.allSatisfy { $0.key == channel || now &- $0.value >= Self.quietNs }
+                && s.inflight.keys.allSatisfy { $0 == channel }
             guard quiet, !othersInTurn, mine < Self.maxPerChannel, s.byDir[dir] == nil else {
                 return (nil, freed + inos)
             }
@@ -125,12 +144,19 @@ final class DirLeases: Sendable {
         }
     }
 
+    /// The leased create of `ino` failed: the number stays set aside
+    /// until `channel` closes.
+    func failed(_ channel: UInt64, ino: UInt64) {
+        state.withLock { $0.failed[channel, default: []].append(ino) }
+    }
+
     /// A channel closed (after everything it sent ahead was served): its
     /// leases end.
     func closed(_ channel: UInt64) -> [UInt64] {
         state.withLock { s in
             s.lastSeen[channel] = nil
-            var freed: [UInt64] = []
+            s.inflight[channel] = nil
+            var freed = s.failed.removeValue(forKey: channel) ?? []
             for (d, l) in s.byDir where l.channel == channel {
                 freed += l.inos
                 s.byDir[d] = nil
@@ -144,14 +170,24 @@ final class DirLeases: Sendable {
 extension FSService {
     /// Before a request of `r`'s channel: every lease another channel holds
     /// has expired, and everything published under it has been served.
-    func awaitOthersLeases(_ r: Request, now: UInt64) async {
-        guard let until = leases.othersExpiry(r.channelID) else { return }
-        if until > now { try? await Task.sleep(for: .nanoseconds(Int64(until - now))) }
-        // Not from a request served in turn (`mayTakeInTurn` keeps them
-        // out): those it would wait for are served after it.
-        if !r.inTurn { await rt.loop.takeAheadOfOthers(than: r.channelID) }
-        let freed = leases.releaseOthers(r.channelID, expiredBy: monotonicNanos())
-        if !freed.isEmpty { await fs.releaseInodes(freed) }
+    ///
+    /// Not for a request served in turn: those it would wait for are
+    /// served after it. None needs to: another channel's requests are
+    /// taken in turn while leases are held only if sent ahead, and those
+    /// (writes and attribute changes of files the sender has open, creates
+    /// under its own lease) cannot touch a directory leased to another: to
+    /// have it open, the sender waited for the lease.
+    func awaitOthersLeases(_ r: Request) async {
+        // No lease is granted while this request is served (`enter`), so
+        // this ends; one granted while it waited to be served is waited for.
+        while let until = leases.othersExpiry(r.channelID) {
+            while case let now = monotonicNanos(), now < until {
+                try? await Task.sleep(for: .nanoseconds(Int64(until - now)))
+            }
+            await rt.loop.takeAheadOfOthers(than: r.channelID)
+            let freed = leases.releaseOthers(r.channelID, expiredBy: monotonicNanos())
+            if !freed.isEmpty { await fs.releaseInodes(freed) }
+        }
     }
 
     /// A MKDIR that asked for a lease: the reply with one, if granted.
@@ -171,7 +207,9 @@ extension FSService {
         if !g.freed.isEmpty { await fs.releaseInodes(g.freed) }
         guard let expires = g.expires else { return reply }
         var out = reply
-        appendStruct(fos_fs_lease(expires_ns: expires, count: UInt32(inos.count), reserved: 0), to: &out.payload)
+        let left = expires &- monotonicNanos()
+        appendStruct(fos_fs_lease(expires_ns: expires, count: UInt32(inos.count),
+                                  lifetime_us: UInt32(min(left / 1000, UInt64(UInt32.max)))), to: &out.payload)
         for i in inos { appendStruct(i, to: &out.payload) }
         return out
     }
@@ -186,8 +224,13 @@ extension FSService {
             throw FSError.posix(.invalidArgument)
         }
         let reserved = leases.take(r.channelID, dir: h.dir, ino: h.rdev)
-        let a = try await fs.create(parent: h.dir, name: name, mode: h.mode,
-                                    ino: WantedInode(number: h.rdev, reserved: reserved), cred: cred)
-        return ok(opened(a, for: cred))
+        do {
+            let a = try await fs.create(parent: h.dir, name: name, mode: h.mode,
+                                        ino: WantedInode(number: h.rdev, reserved: reserved), cred: cred)
+            return ok(opened(a, for: cred))
+        } catch {
+            if reserved { leases.failed(r.channelID, ino: h.rdev) }
+            throw error
+        }
     }
 }

@@ -96,9 +96,10 @@ final class FSService: Sendable {
         lastRequest.store(now, ordering: .relaxed)
         defer { lastRequest.store(monotonicNanos(), ordering: .relaxed) }
         if members == 1 {
-            leases.seen(r.channelID, at: now)
-            if leases.count.load(ordering: .relaxed) > 0 { await awaitOthersLeases(r, now: now) }
+            leases.enter(r.channelID, at: now)
+            if !r.inTurn, leases.count.load(ordering: .relaxed) > 0 { await awaitOthersLeases(r) }
         }
+        defer { if members == 1 { leases.done(r.channelID) } }
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return watch.noted(r, await handleAs(r)) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }

@@ -274,13 +274,14 @@ _Static_assert(sizeof(fos_fs_create) == 32, "fos_fs_create layout");
  * A MKDIR whose flags hold FOS_FS_MKDIR_LEASE asks for a lease on the new
  * directory. A member of a fleet of one may grant it, while no other
  * channel is busy with it: the reply is then a fos_fs_stat followed by a
- * fos_fs_lease and its inode numbers. Until `expires_ns` (the node's
- * CLOCK_MONOTONIC) the holder knows the directory holds only the names it
- * put there itself, and may create a regular file in it without waiting:
- * a CREATE sent AHEAD with FOS_FS_CREATE_LEASED in its flags and one of the
- * lease's inode numbers in rdev, published before `expires_ns` (the sender
- * reads its clock after publishing it; if it is too late, it waits for the
- * answer as for any request).
+ * fos_fs_lease and its inode numbers. Until it expires the holder knows
+ * the directory holds only the names it put there itself, and may create
+ * a regular file in it without waiting: a CREATE sent AHEAD with
+ * FOS_FS_CREATE_LEASED in its flags and one of the lease's inode numbers
+ * in rdev, published before the expiry (the sender reads its clock after
+ * publishing it; if it is too late, it waits for the answer as for any
+ * request). If such a create fails, the sender must send nothing more for
+ * that inode number: after a restart another file may have it.
  *
  * The member serves nothing of another channel while a lease it granted
  * may still be used: such a request waits until the lease expires, then
@@ -296,9 +297,11 @@ _Static_assert(sizeof(fos_fs_create) == 32, "fos_fs_create layout");
 #define FOS_FS_LEASE_MAX_INOS 32u
 
 typedef struct fos_fs_lease {
-    uint64_t expires_ns;
-    uint32_t count;      /* uint64 inode numbers follow, 1...FOS_FS_LEASE_MAX_INOS */
-    uint32_t reserved;
+    uint64_t expires_ns;  /* the member's clock */
+    uint32_t count;       /* uint64 inode numbers follow, 1...FOS_FS_LEASE_MAX_INOS */
+    uint32_t lifetime_us; /* what was left of it as the reply went: a client
+                           * counts it from when it sent the MKDIR (its clock
+                           * may be in another time namespace) */
 } fos_fs_lease;
 
 _Static_assert(sizeof(fos_fs_lease) == 16, "fos_fs_lease layout");
