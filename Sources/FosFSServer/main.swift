@@ -95,11 +95,15 @@ final class FSService: Sendable {
         let now = monotonicNanos()
         lastRequest.store(now, ordering: .relaxed)
         defer { lastRequest.store(monotonicNanos(), ordering: .relaxed) }
-        if members == 1 {
+        // Directory leases (Leases.swift). A request served in turn never
+        // waits for one, and blocks grants to others while it is pending
+        // anyway (`inTurnOnlyFrom`): only ordinary ones are counted.
+        let counted = members == 1 && !r.inTurn
+        if counted {
             leases.enter(r.channelID, at: now)
-            if !r.inTurn, leases.count.load(ordering: .relaxed) > 0 { await awaitOthersLeases(r) }
+            if leases.count.load(ordering: .relaxed) > 0 { await awaitOthersLeases(r) }
         }
-        defer { if members == 1 { leases.done(r.channelID) } }
+        defer { if counted { leases.done(r.channelID) } }
         if r.opcode == UInt16(FOS_OP_FS_FORWARD) { return await handleForward(r) }
         if r.opcode == UInt16(FOS_OP_FS_AS) { return watch.noted(r, await handleAs(r)) }
         if r.opcode == UInt16(FOS_OP_FS_LOCK) { return await locks.request(r, svc: self) }
