@@ -40,6 +40,10 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// `writeOutliving` of `bytes` at `offset` in `block`, the block's
     /// other bytes unchanged.
     func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws
+    /// `writeOutliving` of `bytes` from the start of `block`, its last
+    /// block padded with zeros (a file's new last block): a device that
+    /// writes from two buffers needs no padded copy of the data.
+    func writeOutliving(block: UInt64, padding bytes: ArraySlice<UInt8>) async throws
 }
 
 extension BlockDevice {
@@ -52,6 +56,11 @@ extension BlockDevice {
     }
     public func expectSmallWrites(block: UInt64, count: Int) {}
     public var writesBytesInPlace: Bool { false }
+    public func writeOutliving(block: UInt64, padding bytes: ArraySlice<UInt8>) async throws {
+        var b = [UInt8](bytes)
+        b.append(contentsOf: repeatElement(0, count: (blockSize - bytes.count % blockSize) % blockSize))
+        try await writeOutliving(block: block, data: b)
+    }
     public func writeOutliving(block: UInt64, offset: Int, bytes: ArraySlice<UInt8>) async throws {
         guard offset >= 0, offset + bytes.count <= blockSize else { throw FSError.posix(.invalidArgument) }
         var b = try await read(block: block, count: 1)

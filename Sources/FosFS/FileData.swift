@@ -287,19 +287,10 @@ extension FileSystem {
                 if padded { m += 1 }
                 if m > 0 {
                     let len = padded ? left : m * 4096
-                    let bytes: [UInt8]
-                    if padded {
-                        bytes = [UInt8](unsafeUninitializedCapacity: m * 4096) { b, n in
-                            data.withUnsafeBytes { s in
-                                UnsafeMutableRawPointer(b.baseAddress!).copyMemory(from: s.baseAddress! + done, byteCount: len)
-                            }
-                            (b.baseAddress! + len).initialize(repeating: 0, count: m * 4096 - len)
-                            n = m * 4096
-                        }
-                    } else {
-                        bytes = done == 0 && len == data.count ? data : Array(data[done..<done + len])
-                    }
-                    try await device.writeOutliving(block: phys!, data: bytes)
+                    // Straight from the request's data (the padding, if
+                    // any, from the device's zeros): a padded copy was an
+                    // allocation and a copy of each write.
+                    try await device.writeOutliving(block: phys!, padding: data[done..<done + len])
                     forgetOverwritten(phys!, m)
                     if l < freshUntil && l + UInt64(m) > freshFrom { txnHasFreshData = true }
                     done += len

@@ -207,6 +207,27 @@ final class LocalCommitDevice: BlockDevice {
         try pwrite(data[...], block: block, blocks: UInt64(data.count / blockSize), offset: 0)
     }
 
+    func writeOutliving(block: UInt64, padding bytes: ArraySlice<UInt8>) async throws {
+        let bs = blockSize
+        let blocks = (bytes.count + bs - 1) / bs
+        guard blocks > 0, block < blockCount, UInt64(blocks) <= blockCount - block else {
+            throw FSError.posix(.invalidArgument)
+        }
+        if allocatesAhead.load(ordering: .relaxed) { allocateAhead(block: block, count: UInt64(blocks)) }
+        let pad = blocks * bs - bytes.count
+        let done = bytes.withUnsafeBytes { data in
+            Self.zeros.withUnsafeBytes { z in
+                pwriteAll(fd, [data, UnsafeRawBufferPointer(rebasing: z[0..<pad])],
+                          at: Int64(block) * Int64(bs))
+            }
+        }
+        guard done else { throw FSError.posix(.ioError) }
+        unflushed.store(true, ordering: .releasing)
+    }
+
+    /// A block of zeros (padding: `writeOutliving(block:padding:)`).
+    static let zeros = [UInt8](repeating: 0, count: 65536)
+
     /// `bytes` at `offset` in `block` (spanning `blocks` blocks), through
     /// the page cache; the space allocated ahead first.
     private func pwrite(_ bytes: ArraySlice<UInt8>, block: UInt64, blocks: UInt64, offset: Int) throws {
@@ -353,4 +374,32 @@ final class LocalCommitDevice: BlockDevice {
             w = v
         }
     }
+}
+
+/// pwritev(2) of `parts` at `offset`, all of them: retried on EINTR and
+/// after a short write; false on any other error.
+func pwriteAll(_ fd: FileDescriptor, _ parts: [UnsafeRawBufferPointer], at offset: Int64) -> Bool {
+    var vecs = parts.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress),
+                                                         iov_len: $0.count) }
+    var at = offset
+    var first = 0
+    while first < vecs.count {
+        let n = vecs[first...].withUnsafeBufferPointer { pwritev(fd.rawValue, $0.baseAddress, Int32($0.count), off_t(at)) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return false
+        }
+        if n == 0 { return false }
+        at += Int64(n)
+        var left = n
+        while first < vecs.count, left >= vecs[first].iov_len {
+            left -= vecs[first].iov_len
+            first += 1
+        }
+        if first < vecs.count, left > 0 {
+            vecs[first].iov_base = vecs[first].iov_base! + left
+            vecs[first].iov_len -= left
+        }
+    }
+    return true
 }
