@@ -228,19 +228,18 @@ int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
     return 0;
 }
 
-/* Whether an earlier CREATE of w's inode number failed in this replay. */
-static int fos_shim_ahead_lost_create(const fos_shim_ahead_q *q, unsigned from, const fos_shim_ahead_w *w) {
-    for (unsigned i = from; &q->w[i] < w; i++) {
-        if (q->w[i].op == FOS_OP_FS_CREATE && q->w[i].ino == w->ino && q->w[i].off == 1) return 1;
+/* Whether ino's create under a lease failed (fos_shim_ahead_answered). */
+static int fos_shim_ahead_ino_dead(const fos_shim_ahead_q *q, uint64_t ino) {
+    for (unsigned i = 0; i < sizeof q->dead / sizeof q->dead[0] && i < q->ndead; i++) {
+        if (q->dead[i] == ino) return 1;
     }
     return 0;
 }
 
 int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_id) {
-    unsigned from = q->done;
     while (q->done < q->n) {
-        fos_shim_ahead_w *w = &q->w[q->done];
-        if (fos_shim_ahead_lost_create(q, from, w)) {
+        const fos_shim_ahead_w *w = &q->w[q->done];
+        if (fos_shim_ahead_ino_dead(q, w->ino)) {
             /* Its file was not made: the number may be another's now. */
             fos_shim_ahead_late(q, w->ino, ESTALE);
             q->done++;
@@ -256,8 +255,6 @@ int fos_shim_ahead_replay(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t *msg_
         int err = fos_shim_chan_call(fs, w->op, ++*msg_id, msg, mlen, bulk, blen, &r, sizeof r, &rlen, &status);
         if (err) return err;
         fos_shim_ahead_answered(q, w, status, &r, rlen);
-        /* A CREATE's off is free: it marks one that failed here. */
-        if (w->op == FOS_OP_FS_CREATE) w->off = status != 0 || rlen != sizeof r.st || r.st.ino != w->ino;
         q->done++;
     }
     fos_shim_ahead_empty(q);
@@ -285,11 +282,8 @@ int fos_shim_ahead_dead(const fos_shim_ahead_q *q, uint16_t op, const void *fixe
     }
     uint64_t ino;
     memcpy(&ino, fixed, sizeof ino);
-    if (ino == FOS_SHIM_DEAD_INO) return 1; /* a descriptor fos_shim_fd_poison emptied */
-    for (unsigned i = 0; i < sizeof q->dead / sizeof q->dead[0]; i++) {
-        if (i < q->ndead && q->dead[i] == ino) return 1;
-    }
-    return 0;
+    /* FOS_SHIM_DEAD_INO: a descriptor fos_shim_fd_poison emptied. */
+    return ino == FOS_SHIM_DEAD_INO || fos_shim_ahead_ino_dead(q, ino);
 }
 
 void fos_shim_ahead_late(fos_shim_ahead_q *q, uint64_t ino, int err) {

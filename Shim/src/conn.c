@@ -403,10 +403,6 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         fos_shim_leave(c, cancel);
         return err;
     }
-    if (!spawn && op != 0 && fos_shim_ahead_dead(q, op, fixed, flen)) {
-        fos_shim_leave(c, cancel);
-        return ESTALE;
-    }
     for (int attempt = 0;; attempt++) {
         unsigned gen = __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
         if (c->up && (__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) || c->cred_gen != gen)) {
@@ -528,14 +524,20 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
     return err;
 }
 
+/* Whether c is up and still this process's, with these credentials. */
+static int fos_shim_conn_current(fos_shim_conn *c) {
+    return c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
+           c->cred_gen == __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE);
+}
+
 int fos_shim_fs_leased_dir(const char *fspath, uint64_t *ino) {
-    if (fos_shim_in_vfork_child()) return 0;
+    /* Most processes never hold one: no lock, no getpid for them. */
+    if (!fos_shim_lease_any(&C.leases) || fos_shim_in_vfork_child()) return 0;
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
     if (c == NULL) return 0;
     int found = 0;
-    if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
-        c->cred_gen == __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE)) {
+    if (fos_shim_conn_current(c)) {
         const fos_shim_lease *l = fos_shim_lease_at(&c->leases, fspath, fos_shim_now_ns());
         if (l) {
             *ino = l->dir;
@@ -547,8 +549,9 @@ int fos_shim_fs_leased_dir(const char *fspath, uint64_t *ino) {
 }
 
 int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, fos_fs_stat *st) {
-    if (fos_shim_in_vfork_child() || (perm & ~0777u) != 0) return 1;
+    if (!fos_shim_lease_any(&C.leases) || (perm & ~0777u) != 0) return 1;
     if ((sent & ~(uint32_t)(O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW)) != 0) return 1;
+    if (fos_shim_in_vfork_child()) return 1;
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
     if (c == NULL) return 1;
@@ -556,8 +559,7 @@ int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, 
     const char *name;
     uint32_t nlen;
     fos_shim_lease *l = NULL;
-    if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
-        c->cred_gen == __atomic_load_n(&fos_shim_cred_gen, __ATOMIC_ACQUIRE) && !q->orphaned && q->ok) {
+    if (fos_shim_conn_current(c) && !q->orphaned && q->ok) {
         l = fos_shim_lease_for(&c->leases, fspath, &name, &nlen, fos_shim_now_ns());
     }
     if (l == NULL) {
@@ -588,10 +590,7 @@ int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, 
     }
     fos_shim_leave(c, cancel);
     if (r) return r;
-    uint64_t now = (uint64_t)time(NULL) * 1000000000u;
-    *st = (fos_fs_stat){.ino = ino, .mode = S_IFREG | perm, .nlink = 1, .uid = (uint32_t)syscall(SYS_geteuid),
-                        .gid = (uint32_t)syscall(SYS_getegid), .blksize = 4096, .atime_ns = (int64_t)now,
-                        .mtime_ns = (int64_t)now, .ctime_ns = (int64_t)now, .btime_ns = (int64_t)now};
+    *st = (fos_fs_stat){.ino = ino, .mode = S_IFREG | perm, .nlink = 1};
     return 0;
 }
 

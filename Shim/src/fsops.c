@@ -60,8 +60,14 @@ int fos_shim_op_open_meanwhile(const char *fspath, uint32_t flags, uint32_t mode
 }
 
 int fos_shim_op_resolve(const char *fspath, int follow, uint64_t *ino) {
+    int leased;
+    return fos_shim_op_resolve_leased(fspath, follow, ino, &leased);
+}
+
+int fos_shim_op_resolve_leased(const char *fspath, int follow, uint64_t *ino, int *leased) {
     /* A leased directory is not a symlink: followed or not, the same. */
-    if (fos_shim_fs_leased_dir(fspath, ino)) return 0;
+    *leased = fos_shim_fs_leased_dir(fspath, ino);
+    if (*leased) return 0;
     fos_fs_open o = {.flags = follow ? 0u : (uint32_t)O_NOFOLLOW};
     int r = fos_shim_path_len(fspath, &o.path_len);
     if (r) return r;

@@ -26,6 +26,7 @@ FOS_SHIM_TLS const char *fos_shim_lease_mkdir_path;
 
 void fos_shim_lease_clear(fos_shim_lease_tab *t) {
     for (int i = 0; i < FOS_SHIM_LEASES; i++) t->l[i].dir = 0;
+    __atomic_store_n(&t->any, 0, __ATOMIC_RELAXED);
 }
 
 static uint32_t fos_shim_lease_hash(const char *name, uint32_t n) {
@@ -88,6 +89,7 @@ void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void 
     memcpy(slot->path, path, plen);
     slot->plen = (uint32_t)plen;
     slot->dir = st.ino;
+    __atomic_store_n(&t->any, 1, __ATOMIC_RELAXED);
 }
 
 static fos_shim_lease *fos_shim_lease_by_dir(fos_shim_lease_tab *t, uint64_t dir) {

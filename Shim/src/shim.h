@@ -302,7 +302,10 @@ typedef struct fos_shim_lease {
 
 typedef struct fos_shim_lease_tab {
     fos_shim_lease l[FOS_SHIM_LEASES];
+    int any; /* one was granted since the last clear (read without the lock) */
 } fos_shim_lease_tab;
+
+static inline int fos_shim_lease_any(const fos_shim_lease_tab *t) { return __atomic_load_n(&t->any, __ATOMIC_RELAXED); }
 
 /* A reply to a MKDIR that asked for a lease (fos_shim_op_mkdir): the
  * directory's path, while the call runs. */
@@ -342,8 +345,8 @@ uint64_t fos_shim_now_ns(void);
  * goes after the expiry waits for its answer; this keeps that rare). */
 #define FOS_SHIM_LEASE_MARGIN_NS 100000u
 
-/* 0 and *st (the new file as the fs will make it): fspath was created
- * under a lease, without waiting; 1: no lease applies (ask the usual way);
+/* 0 and *st (the new file's inode number and mode, all a placeholder
+ * needs): fspath was created under a lease, without waiting; 1: no lease applies (ask the usual way);
  * a negative errno. sent: the open flags the fs gets; perm: the mode. */
 int fos_shim_fs_create_leased(const char *fspath, uint32_t sent, uint32_t perm, fos_fs_stat *st);
 /* 1 and *ino: fspath is a directory this process holds a lease on (no
@@ -423,6 +426,9 @@ int fos_shim_op_open(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_s
 int fos_shim_op_open_meanwhile(const char *fspath, uint32_t flags, uint32_t mode, fos_fs_stat *st,
                                void (*meanwhile)(void *), void *arg);
 int fos_shim_op_resolve(const char *fspath, int follow, uint64_t *ino);
+/* The same; *leased: the answer came from this process's lease on the
+ * directory (lease.c), which stays there meanwhile. */
+int fos_shim_op_resolve_leased(const char *fspath, int follow, uint64_t *ino, int *leased);
 int fos_shim_op_getattr(uint64_t ino, fos_fs_stat *st);
 /* stat(2)/lstat(2) of an fs path: one message for anything but a final symlink. */
 int fos_shim_op_stat_path(const char *fspath, int follow, fos_fs_stat *st);

@@ -30,9 +30,9 @@ static int fos_shim_attr_target(int dirfd, const char *path, int flags, uint64_t
         *hostdir = AT_FDCWD;
     }
     if (k != FOS_SHIM_FOS) return 0;
-    if (fos_shim_fs_leased_dir(buf, ino)) return 2; /* it stays there (lease.c) */
-    int r = fos_shim_op_resolve(buf, !(flags & AT_SYMLINK_NOFOLLOW), ino);
-    return r ? r : 1;
+    int leased;
+    int r = fos_shim_op_resolve_leased(buf, !(flags & AT_SYMLINK_NOFOLLOW), ino, &leased);
+    return r ? r : leased ? 2 : 1;
 }
 
 static inline int fos_shim_attr_maybe(int dirfd, const char *path, int flags) {

@@ -166,8 +166,7 @@ extension FileSystem {
     func allocInodeNumber(preferAG: Int) async throws -> UInt64 {
         for ag in agOrder(prefer: preferAG) where agFreeInodes[ag] > 0 {
             let n = UInt64(sb.inodesPerAG)
-            var from = agInodeHint[ag]
-            if from < 1 || from >= n { from = 1 }
+            let from = inodeSearchStart(ag)
             let skip = reservedSkip(ag)
             var bit = try await findClear(bitmapStart: sb.ibmStart(ag), from: from, to: n, skip: skip)
             if bit == nil, from > 1 {
@@ -180,6 +179,13 @@ extension FileSystem {
             return UInt64(ag) << 32 | idx
         }
         throw FSError.ENOSPC
+    }
+
+    /// Where a search for a free inode number of AG `ag` starts: after the
+    /// last one given out (never 0, which no inode has).
+    private func inodeSearchStart(_ ag: Int) -> UInt64 {
+        let h = agInodeHint[ag]
+        return h < 1 || h >= UInt64(sb.inodesPerAG) ? 1 : h
     }
 
     /// Skips the inode numbers of AG `ag` set aside for leases.
@@ -197,8 +203,7 @@ extension FileSystem {
         var got: [UInt64] = []
         for ag in agOrder(prefer: preferAG) where agFreeInodes[ag] > UInt64(count) {
             let n = UInt64(sb.inodesPerAG)
-            var from = agInodeHint[ag]
-            if from < 1 || from >= n { from = 1 }
+            var from = inodeSearchStart(ag)
             while got.count < count,
                   let idx = try await findClear(bitmapStart: sb.ibmStart(ag), from: from, to: n, skip: reservedSkip(ag)) {
                 let ino = UInt64(ag) << 32 | idx

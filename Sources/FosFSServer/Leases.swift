@@ -93,15 +93,29 @@ final class DirLeases: Sendable {
     /// Ends the leases others than `channel` hold that expired by `now`:
     /// the inode numbers they did not use.
     func releaseOthers(_ channel: UInt64, expiredBy now: UInt64) -> [UInt64] {
-        state.withLock { s in
-            var freed: [UInt64] = []
-            for (dir, l) in s.byDir where l.channel != channel && l.expires <= now {
-                freed += l.inos
-                s.byDir[dir] = nil
-                count.subtract(1, ordering: .relaxed)
-            }
-            return freed
+        state.withLock { end(&$0) { $0.channel != channel && $0.expires <= now } }
+    }
+
+    /// Ends the leases `which` picks: the inode numbers they did not use.
+    private func end(_ s: inout State, _ which: (Lease) -> Bool) -> [UInt64] {
+        var freed: [UInt64] = []
+        for (dir, l) in s.byDir where which(l) {
+            freed += l.inos
+            s.byDir[dir] = nil
+            count.subtract(1, ordering: .relaxed)
         }
+        return freed
+    }
+
+    /// Whether no other channel is busy (`grant`'s test, for a MKDIR to
+    /// see before it sets inode numbers aside).
+    func othersQuiet(_ channel: UInt64, now: UInt64) -> Bool {
+        state.withLock { Self.quiet(channel, $0, now: now) }
+    }
+
+    private static func quiet(_ channel: UInt64, _ s: State, now: UInt64) -> Bool {
+        s.lastSeen.allSatisfy { $0.key == channel || now &- $0.value >= quietNs }
+            && s.inflight.keys.allSatisfy { $0 == channel }
     }
 
     /// Grants `channel` a lease on `dir` with `inos` if no other channel is
@@ -111,20 +125,9 @@ final class DirLeases: Sendable {
     func grant(_ channel: UInt64, dir: UInt64, inos: [UInt64], now: UInt64,
                othersInTurn: Bool) -> (expires: UInt64?, freed: [UInt64]) {
         state.withLock { s in
-            var freed: [UInt64] = []
-            var mine = 0
-            for (d, l) in s.byDir where l.channel == channel {
-                if l.expires <= now {
-                    freed += l.inos
-                    s.byDir[d] = nil
-                    count.subtract(1, ordering: .relaxed)
-                } else {
-                    mine += 1
-                }
-            }
-            let quiet = s.lastSeen.allSatisfy { $0.key == channel || now &- $0.value >= Self.quietNs }
-                && s.inflight.keys.allSatisfy { $0 == channel }
-            guard quiet, !othersInTurn, mine < Self.maxPerChannel, s.byDir[dir] == nil else {
+            let freed = end(&s) { $0.channel == channel && $0.expires <= now }
+            let mine = s.byDir.values.count { $0.channel == channel }
+            guard Self.quiet(channel, s, now: now), !othersInTurn, mine < Self.maxPerChannel, s.byDir[dir] == nil else {
                 return (nil, freed + inos)
             }
             let expires = now + lifetimeNs
@@ -156,13 +159,7 @@ final class DirLeases: Sendable {
         state.withLock { s in
             s.lastSeen[channel] = nil
             s.inflight[channel] = nil
-            var freed = s.failed.removeValue(forKey: channel) ?? []
-            for (d, l) in s.byDir where l.channel == channel {
-                freed += l.inos
-                s.byDir[d] = nil
-                count.subtract(1, ordering: .relaxed)
-            }
-            return freed
+            return (s.failed.removeValue(forKey: channel) ?? []) + end(&s) { $0.channel == channel }
         }
     }
 }
@@ -197,11 +194,14 @@ extension FSService {
               c.flags & FOS_FS_MKDIR_LEASE != 0,
               let st = reply.payload.withUnsafeBytes({ loadStruct(fos_fs_stat.self, from: $0) }),
               reply.payload.count == MemoryLayout<fos_fs_stat>.size,
-              cred.isRoot || (st.uid == cred.uid && st.mode & 0o300 == 0o300) else { return reply }
+              cred.isRoot || (st.uid == cred.uid && st.mode & 0o300 == 0o300),
+              leases.othersQuiet(r.channelID, now: monotonicNanos()) else { return reply }
         guard let inos = try? await fs.reserveInodes(DirLeases.inosPerLease, near: st.ino), !inos.isEmpty else {
             return reply
         }
-        // No suspension from here to the grant: what it checks stays true.
+        // No suspension from here to the grant: what it checks stays true
+        // (checked again: others may have come while the numbers were set
+        // aside).
         let g = leases.grant(r.channelID, dir: st.ino, inos: inos, now: monotonicNanos(),
                              othersInTurn: !rt.loop.inTurnOnlyFrom(r.channelID))
         if !g.freed.isEmpty { await fs.releaseInodes(g.freed) }
