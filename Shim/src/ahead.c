@@ -108,7 +108,7 @@ int fos_shim_host_root(void) {
 static int fos_shim_ahead_setattr_ok(const fos_fs_setattr *sa) {
     const uint32_t may = FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID | FOS_FS_SET_ATIME | FOS_FS_SET_MTIME |
                          FOS_FS_SET_ATIME_NOW | FOS_FS_SET_MTIME_NOW;
-    return sa->valid != 0 && (sa->valid & ~may) == 0 && syscall(SYS_geteuid) == 0 && fos_shim_host_root();
+    return sa->valid != 0 && (sa->valid & ~may) == 0 && fos_shim_conn_root;
 }
 
 /* Whether an error waits to be told for ino (or for any file). */

@@ -256,8 +256,11 @@ static int fos_shim_open_service(fos_shim_conn *c, const char *name, fos_shim_ch
     return err;
 }
 
+int fos_shim_conn_root;
+
 static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int ndead) {
     c->pid = (pid_t)syscall(SYS_getpid);
+    if (c == &C) fos_shim_conn_root = syscall(SYS_geteuid) == 0 && fos_shim_host_root();
     int fd = fos_shim_ctl_open(fos_shim_cfg.runtime);
     if (fd < 0) return -fd;
     c->ctl = fos_shim_high(fd);

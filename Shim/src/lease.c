@@ -184,7 +184,7 @@ void fos_shim_lease_before(fos_shim_lease_tab *t, uint16_t op, const void *fixed
         if (flen != sizeof sa) break;
         memcpy(&sa, fixed, sizeof sa);
         if ((sa.valid & (FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID)) &&
-            (syscall(SYS_geteuid) != 0 || !fos_shim_host_root())) {
+            !fos_shim_conn_root) {
             fos_shim_lease_clear(t);
         }
         break;

@@ -319,6 +319,10 @@ void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void 
 /* Whether this process's uid 0 is the host's (ahead.c): only then does the
  * fs take it for root. */
 int fos_shim_host_root(void);
+/* Whether the process's connection (not a vfork child's) carries the
+ * credentials of the host's root: set when it connects, as fosd reads
+ * them from the socket. */
+extern int fos_shim_conn_root;
 /* An inode number no file has (invalid: the fs says ESTALE), for the
  * descriptors of a file whose create under a lease failed. */
 #define FOS_SHIM_DEAD_INO (UINT64_MAX - 1)
@@ -413,7 +417,11 @@ void fos_shim_conn_child_release(void);
  * child of vfork (or of a raw clone) has another pid but shares, or
  * copied, that state without a fork handler running. */
 extern pid_t fos_shim_proc_pid;
+/* Set by the first vfork, clone or _Fork (w_fork.c): before it, no such
+ * child exists, and the check costs no system call. */
+extern int fos_shim_raw_children;
 static inline int fos_shim_in_vfork_child(void) {
+    if (FOS_SHIM_LIKELY(!__atomic_load_n(&fos_shim_raw_children, __ATOMIC_RELAXED))) return 0;
     return (pid_t)syscall(SYS_getpid) != __atomic_load_n(&fos_shim_proc_pid, __ATOMIC_RELAXED);
 }
 

@@ -5,6 +5,7 @@
 #include "check.h"
 
 #include <dirent.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -15,6 +16,8 @@ int execveat(int dirfd, const char *path, char *const argv[], char *const envp[]
 extern char **environ;
 
 static const char *dir;
+
+static int copy_then_check(const char *kind);
 
 /* ---- the program's side ---- */
 
@@ -43,6 +46,7 @@ static int child(int argc, char **argv) {
         fflush(stdout);
         return 7;
     }
+    if (strcmp(mode, "copy") == 0) return copy_then_check(argv[4]);
     if (strcmp(mode, "incwd") == 0) {
         char cwd[4096];
         return getcwd(cwd, sizeof cwd) && strcmp(cwd, argv[4]) == 0 ? 0 : 1;
@@ -172,6 +176,50 @@ static void test_vfork_exec(const char *self) {
         char cwd[4200];
         CHECK(getcwd(cwd, sizeof cwd) && strcmp(cwd, dir) == 0);
         CHECK(stat("self", &s) == 0 && S_ISREG(s.st_mode));
+    }
+}
+
+/* Writes "copy" into the fos file arg names; 0 if that worked. */
+static int copy_child(void *arg) {
+    int fd = open((const char *)arg, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return 2;
+    if (write(fd, "copy", 4) != 4) return 3;
+    return close(fd) == 0 ? 0 : 4;
+}
+
+/* A child of clone or of _Fork has a copy of our memory, our connection
+ * included, and no fork handler told the shim: it must make its own, and
+ * ours must go on working. In a new image (nothing made a child before),
+ * once for each. */
+static int copy_then_check(const char *kind) {
+    static char stack[256 * 1024] __attribute__((aligned(16)));
+    char path[4200], got[8] = {0};
+    struct stat s;
+    snprintf(path, sizeof path, "%s/%s", dir, kind);
+    if (stat(dir, &s) != 0) return 10; /* connected before the copy */
+    pid_t p = strcmp(kind, "clone") == 0 ? clone(copy_child, stack + sizeof stack, SIGCHLD, path) : _Fork();
+    if (p == 0) _exit(copy_child(path));
+    if (p < 0) return 11;
+    int st;
+    if (waitpid(p, &st, 0) != p || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return 12;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || read(fd, got, sizeof got) != 4 || memcmp(got, "copy", 4) != 0 || close(fd) != 0) return 13;
+    return stat(path, &s) == 0 && s.st_size == 4 ? 0 : 14;
+}
+
+static void test_clone_and_fork(const char *self) {
+    const char *kinds[] = {"clone", "fork"};
+    for (int i = 0; i < 2; i++) {
+        pid_t p = fork();
+        CHECK(p >= 0);
+        if (p == 0) {
+            char *args[] = {(char *)self, (char *)dir, "child", "copy", (char *)kinds[i], NULL};
+            execv(self, args);
+            _exit(100);
+        }
+        int st = status_of(p);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fprintf(stderr, "%s: status %#x\n", kinds[i], st);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
 }
 
@@ -557,6 +605,7 @@ int main(int argc, char **argv) {
     CHECK(chdir(dir) == 0);
     test_fork_exec(self);
     test_vfork_exec(self);
+    test_clone_and_fork(self);
     test_posix_spawn(self);
     test_state(self);
     test_system_popen(self);
