@@ -256,6 +256,35 @@ static int fos_shim_open_service(fos_shim_conn *c, const char *name, fos_shim_ch
     return err;
 }
 
+/* Whether this process's uid 0 is the host's: in a user namespace fosd
+ * attests the uid ours maps to, which the member does not take for root.
+ * (Read once; raw syscalls and no stdio: it may run in a signal handler.) */
+static int fos_shim_host_root(void) {
+    static int known; /* 0: not read yet, 1: the host's root, 2: not */
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (k != 0) return k == 1;
+    k = 2;
+    char b[80];
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        long n = syscall(SYS_read, fd, b, sizeof b - 1);
+        fos_shim_sys_close(fd);
+        /* Every uid maps to itself: "0 0 4294967295" (the initial one). */
+        unsigned long v[3] = {0, 0, 0};
+        int f = 0;
+        long i = 0;
+        while (f < 3) {
+            while (i < n && (b[i] == ' ' || b[i] == '\t')) i++;
+            if (i >= n || b[i] < '0' || b[i] > '9') break;
+            while (i < n && b[i] >= '0' && b[i] <= '9') v[f] = v[f] * 10 + (unsigned long)(b[i++] - '0');
+            f++;
+        }
+        if (f == 3 && v[0] == 0 && v[1] == 0 && v[2] == 4294967295ul) k = 1;
+    }
+    __atomic_store_n(&known, k, __ATOMIC_RELAXED);
+    return k == 1;
+}
+
 int fos_shim_conn_root;
 
 static int fos_shim_connect(fos_shim_conn *c, const fos_mailbox_addr *dead, int ndead) {

@@ -316,12 +316,9 @@ void fos_shim_lease_clear(fos_shim_lease_tab *t);
  * sent: when the MKDIR went (fos_shim_now_ns), whence the lease counts. */
 void fos_shim_lease_granted(fos_shim_lease_tab *t, const char *path, const void *reply, uint32_t len,
                             uint64_t sent);
-/* Whether this process's uid 0 is the host's (ahead.c): only then does the
- * fs take it for root. */
-int fos_shim_host_root(void);
 /* Whether the process's connection (not a vfork child's) carries the
- * credentials of the host's root: set when it connects, as fosd reads
- * them from the socket. */
+ * credentials of the host's root, which alone the fs takes for root: set
+ * when it connects, as fosd reads them from the socket. */
 extern int fos_shim_conn_root;
 /* An inode number no file has (invalid: the fs says ESTALE), for the
  * descriptors of a file whose create under a lease failed. */
@@ -414,7 +411,7 @@ int fos_shim_conn_owns(int fd);
 void fos_shim_conn_child_release(void);
 
 /* The process the shim's state belongs to: set at start and by fork. A
- * child of vfork (or of a raw clone) has another pid but shares, or
+ * child of vfork (or of clone or _Fork) has another pid but shares, or
  * copied, that state without a fork handler running. */
 extern pid_t fos_shim_proc_pid;
 /* Set by the first vfork, clone or _Fork (w_fork.c): before it, no such
