@@ -33,6 +33,18 @@
  * its next write, fsync or close in this process (close: if the answer
  * has come by then), as Linux gives a failed write-back to the next fsync.
  *
+ * A SETATTR is held back, not sent at once: the same file's next ones
+ * are made with it (fos_shim_ahead_merge), so tar's futimens, fchown and
+ * fchmod of a file are one request, not three (an untar 8-10% faster;
+ * each request took the member ~1.2 µs, and the member's time is the
+ * untar's). It goes, still ahead, before anything else this process
+ * sends, at the file's close, and before any call by which the process
+ * may tell another what it did (w_tell.c: write, send, kill, fork,
+ * vfork, _exit ...): another process finds it made, as if sent at once.
+ * Left: a process killed by a signal while one is held loses it (it had
+ * returned; the process's next call of those would have sent it), and a
+ * process telling another through shared memory alone does not send it.
+ *
  * Everything here runs under the connection's lock, and allocates nothing
  * but the data buffer (one anonymous mapping, at the first write sent).
  */
@@ -44,6 +56,8 @@
 /* The largest request kept whole: a CREATE and its name. */
 #define FOS_SHIM_AHEAD_FIXED_MAX (sizeof(fos_fs_create) + FOS_FS_NAME_MAX)
 
+int fos_shim_ahead_held;
+
 /* n and late[].ino are read without the lock (fos_shim_fs_unsettled, from
  * close, exec and exit, which may run in a signal handler inside a call):
  * written atomically. */
@@ -51,6 +65,7 @@ static void fos_shim_ahead_empty(fos_shim_ahead_q *q) {
     __atomic_store_n(&q->n, 0u, __ATOMIC_RELAXED);
     q->done = 0;
     q->used = 0;
+    __atomic_store_n(&fos_shim_ahead_held, 0, __ATOMIC_RELAXED);
 }
 
 /* The request w is (its data or its SETATTR kept at w->at): msg gets the
@@ -80,6 +95,34 @@ static int fos_shim_ahead_setattr_ok(const fos_fs_setattr *sa) {
     const uint32_t may = FOS_FS_SET_MODE | FOS_FS_SET_UID | FOS_FS_SET_GID | FOS_FS_SET_ATIME | FOS_FS_SET_MTIME |
                          FOS_FS_SET_ATIME_NOW | FOS_FS_SET_MTIME_NOW;
     return sa->valid != 0 && (sa->valid & ~may) == 0 && fos_shim_conn_root;
+}
+
+/* Whether SETATTR b, made right after a, may be made with it as one:
+ * root's (the only ones sent ahead), so nothing is refused, and the file
+ * system makes a SETATTR's mode first, then its owner (which clears the
+ * set-id bits), then its times. Only a mode with set-id bits after an
+ * owner would come out otherwise. */
+static int fos_shim_ahead_mergeable(const fos_fs_setattr *a, const fos_fs_setattr *b) {
+    if (a->ino != b->ino) return 0;
+    return !((b->valid & FOS_FS_SET_MODE) && (a->valid & (FOS_FS_SET_UID | FOS_FS_SET_GID)) &&
+             (b->mode & (S_ISUID | S_ISGID)));
+}
+
+/* a, then b (fos_shim_ahead_mergeable), as one: b's values win. */
+static void fos_shim_ahead_merge(fos_fs_setattr *a, const fos_fs_setattr *b) {
+    const uint32_t at = FOS_FS_SET_ATIME | FOS_FS_SET_ATIME_NOW, mt = FOS_FS_SET_MTIME | FOS_FS_SET_MTIME_NOW;
+    if (b->valid & FOS_FS_SET_MODE) a->mode = b->mode;
+    if (b->valid & FOS_FS_SET_UID) a->uid = b->uid;
+    if (b->valid & FOS_FS_SET_GID) a->gid = b->gid;
+    if (b->valid & at) {
+        a->valid &= ~at;
+        a->atime_ns = b->atime_ns;
+    }
+    if (b->valid & mt) {
+        a->valid &= ~mt;
+        a->mtime_ns = b->mtime_ns;
+    }
+    a->valid |= b->valid;
 }
 
 /* Whether an error waits to be told for ino (or for any file). */
@@ -128,6 +171,16 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
     if (fos_shim_chan_on_peer_core(fs)) return -1;
     /* An error waits to be told for the file: its requests go one by one. */
     if (fos_shim_ahead_has_late(q, io.ino)) return -1;
+    /* A SETATTR is made with the one held back, if it may be. */
+    if (op == FOS_OP_FS_SETATTR && q->n > q->done && q->w[q->n - 1].held) {
+        fos_fs_setattr h;
+        memcpy(&h, q->kept + q->w[q->n - 1].at, sizeof h);
+        if (fos_shim_ahead_mergeable(&h, &sa)) {
+            fos_shim_ahead_merge(&h, &sa);
+            memcpy(q->kept + q->w[q->n - 1].at, &h, sizeof h);
+            return 0;
+        }
+    }
     /* Answers already there first (they also refresh q->ok); all of them
      * when the queue or the buffer is full. */
     if (q->done < q->n && fos_shim_ahead_collect(q, fs, 0) != 0) return -1;
@@ -140,16 +193,38 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
         if (p == MAP_FAILED) return -1;
         q->kept = p;
     }
+    /* Whatever is held back goes first. */
+    if (fos_shim_ahead_flush(q, fs) != 0) return -1;
     fos_shim_ahead_w w = {.id = id, .ino = io.ino, .off = io.offset, .len = len, .at = q->used, .op = op};
     memcpy(q->kept + w.at, data, len);
-    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
-    uint32_t mlen, blen;
-    const void *bulk;
-    fos_shim_ahead_msg(q, &w, msg, &mlen, &bulk, &blen);
-    if (fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, mlen, bulk, blen) != 0) return -1;
+    if (op == FOS_OP_FS_SETATTR) {
+        /* Held back: the file's next changes may be made with it. */
+        w.held = 1;
+        __atomic_store_n(&fos_shim_ahead_held, 1, __ATOMIC_RELAXED);
+    } else {
+        _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
+        uint32_t mlen, blen;
+        const void *bulk;
+        fos_shim_ahead_msg(q, &w, msg, &mlen, &bulk, &blen);
+        if (fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, mlen, bulk, blen) != 0) return -1;
+    }
     q->w[q->n] = w;
     __atomic_store_n(&q->n, q->n + 1, __ATOMIC_RELAXED);
     q->used += len;
+    return 0;
+}
+
+int fos_shim_ahead_flush(fos_shim_ahead_q *q, fos_shim_chan *fs) {
+    if (q->n == q->done || !q->w[q->n - 1].held) return 0;
+    fos_shim_ahead_w *w = &q->w[q->n - 1];
+    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
+    uint32_t mlen, blen;
+    const void *bulk;
+    fos_shim_ahead_msg(q, w, msg, &mlen, &bulk, &blen);
+    int err = fos_shim_chan_post(fs, w->op, w->id, FOS_MSG_AHEAD, msg, mlen, bulk, blen);
+    if (err) return err;
+    w->held = 0;
+    __atomic_store_n(&fos_shim_ahead_held, 0, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -183,7 +258,13 @@ static void fos_shim_ahead_answered(fos_shim_ahead_q *q, const fos_shim_ahead_w 
 }
 
 int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait) {
+    if (wait) {
+        int err = fos_shim_ahead_flush(q, fs);
+        if (err) return err;
+    }
     while (q->done < q->n) {
+        /* The one held back has no answer to take yet. */
+        if (q->w[q->done].held) return 0;
         if (!wait && fos_ring_readable(&fs->rx) <= 0) return 0;
         const fos_shim_ahead_w *w = &q->w[q->done];
         fos_shim_ahead_reply r;

@@ -485,6 +485,10 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         uint64_t id = 0;
         err = 0;
         if (op != 0 && !spawn) {
+            /* Behind the SETATTR held back (ahead.c), if any. */
+            err = fos_shim_ahead_flush(q, &c->fs);
+        }
+        if (err == 0 && op != 0 && !spawn) {
             id = ++c->msg_id;
             if (op == FOS_OP_FS_MKDIR) sent = fos_shim_now_ns(); /* a lease counts from here */
             err = fos_shim_chan_post(&c->fs, op, id, 0, c->msg, mlen, bulk, blen);
@@ -655,7 +659,7 @@ static int fos_shim_fs_answers(uint64_t ino, int wait) {
     /* A channel whose state is unknown is not read again (the next
      * call connects afresh and sends the unanswered ones again). */
     if (!wait && c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && q->done < q->n &&
-        fos_shim_ahead_collect(q, &c->fs, 0) != 0) {
+        (fos_shim_ahead_flush(q, &c->fs) != 0 || fos_shim_ahead_collect(q, &c->fs, 0) != 0)) {
         fos_shim_drop(c);
     }
     err = fos_shim_ahead_take_late(q, ino);
@@ -664,6 +668,21 @@ static int fos_shim_fs_answers(uint64_t ino, int wait) {
 }
 
 int fos_shim_fs_settle(uint64_t ino) { return fos_shim_fs_answers(ino, 1); }
+
+void fos_shim_fs_flush(void) {
+    /* A vfork child's C is its parent's, which it must not use. */
+    if (fos_shim_in_vfork_child()) return;
+    int cancel, err;
+    fos_shim_conn *c = fos_shim_enter(&cancel, &err);
+    if (c == NULL) return;
+    /* A channel whose state is unknown is not used again: the next call
+     * connects afresh and sends the one held back with the others. */
+    if (c == &C && c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
+        fos_shim_ahead_flush(&c->ahead, &c->fs) != 0) {
+        fos_shim_drop(c);
+    }
+    fos_shim_leave(c, cancel);
+}
 
 int fos_shim_fs_late(uint64_t ino) { return fos_shim_fs_answers(ino, 0); }
 

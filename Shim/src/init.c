@@ -25,6 +25,13 @@ void fos_shim_vcwd_init(const char *host_cwd);
 
 /* In the child of fork every lock of the shim may have been held by a
  * thread that does not exist there. */
+/* Before fork: the child may look at what the parent changed
+ * (w_tell.c). */
+static void fos_shim_atfork_prepare(void) {
+    fos_shim_fs_flush();
+    fos_shim_fd_note_child();
+}
+
 static void fos_shim_atfork_child(void) {
     fos_shim_conn_atfork_child();
     fos_shim_vcwd_atfork_child();
@@ -102,7 +109,7 @@ __attribute__((constructor)) static void fos_shim_init(void) {
     /* The raw syscall: the umask wrapper keeps fos_shim_mask from now on. */
     fos_shim_mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, fos_shim_mask);
-    pthread_atfork(fos_shim_fd_note_child, NULL, fos_shim_atfork_child);
+    pthread_atfork(fos_shim_atfork_prepare, NULL, fos_shim_atfork_child);
     fos_shim_rcwd_refresh();
     fos_shim_vcwd_init(getenv("FOS_CWD"));
     fos_shim_fd_rediscover();

@@ -235,6 +235,7 @@ typedef struct fos_shim_ahead_w {
     uint64_t id, ino, off;
     uint32_t len, at; /* at: where a WRITE's data, a SETATTR's request is kept */
     uint16_t op;
+    uint16_t held; /* a SETATTR not sent yet (the last one only: ahead.c) */
 } fos_shim_ahead_w;
 
 typedef struct fos_shim_ahead_q {
@@ -260,9 +261,17 @@ typedef struct fos_shim_ahead_q {
  * of vfork (its connection is gone at its exec): the caller checks. */
 int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
                         const void *data);
-/* Takes the answers of requests sent ahead: all of them (wait), or those
- * already there. 0, or the channel's errno (EPIPE: the member is gone);
- * those without an answer stay for fos_shim_ahead_replay. */
+/* Sends the SETATTR held back (ahead.c), if any: 0, or the channel's
+ * errno (it then stays for fos_shim_ahead_replay). */
+int fos_shim_ahead_flush(fos_shim_ahead_q *q, fos_shim_chan *fs);
+/* Set while a SETATTR is held back: the calls that may tell another
+ * process something (write to a pipe, kill, fork ...) send it first
+ * (fos_shim_fs_flush). */
+extern int fos_shim_ahead_held;
+/* Takes the answers of requests sent ahead: all of them (wait: the one
+ * held back is sent first), or those already there. 0, or the channel's
+ * errno (EPIPE: the member is gone); those without an answer stay for
+ * fos_shim_ahead_replay. */
 int fos_shim_ahead_collect(fos_shim_ahead_q *q, fos_shim_chan *fs, int wait);
 /* Sends the unanswered ones again, in order, as ordinary requests on a
  * new channel (a member that died before answering may or may not have
@@ -387,6 +396,15 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
  * for ino (ino 0: none is taken), else 0. Returns at once when there is
  * nothing to wait for or to tell. */
 int fos_shim_fs_settle(uint64_t ino);
+/* Sends the SETATTR held back (ahead.c), if any, without waiting: before
+ * anything that may tell another process what this one did. A no-op in
+ * a vfork child or a signal handler that interrupted a call. */
+void fos_shim_fs_flush(void);
+#define FOS_SHIM_FLUSH_HELD()                                                          \
+    do {                                                                               \
+        if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) \
+            fos_shim_fs_flush();                                                       \
+    } while (0)
 /* The error a request sent ahead met for ino, of those answered by now
  * (taking it), else 0: close does not wait for the others. */
 int fos_shim_fs_late(uint64_t ino);

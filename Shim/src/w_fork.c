@@ -11,8 +11,9 @@
  * not have one: it stores the mark and jumps to libc's __vfork. On an
  * architecture without that code the mark is set from the start.
  *
- * A child made by a raw clone system call (not through libc) is not told
- * apart: like any program that makes its own system calls, it is outside
+ * Each also first sends the SETATTR held back (ahead.c, w_tell.c): the
+ * child may look at the file. A child made by a raw clone system call
+ * (not through libc) is not told apart: like any program that makes its own system calls, it is outside
  * what the shim can see.
  */
 #include "shim.h"
@@ -28,7 +29,12 @@ __asm__(".text\n"
         "vfork:\n"
         "    endbr64\n"
         "    movl $1, fos_shim_raw_children(%rip)\n"
-        "    jmp __vfork@PLT\n"
+        "    cmpl $0, fos_shim_ahead_held(%rip)\n"
+        "    je 1f\n"
+        "    subq $8, %rsp\n"
+        "    call fos_shim_fs_flush@PLT\n"
+        "    addq $8, %rsp\n"
+        "1:  jmp __vfork@PLT\n"
         ".size vfork, .-vfork\n");
 #elif defined(__aarch64__)
 int fos_shim_raw_children;
@@ -40,7 +46,13 @@ __asm__(".text\n"
         "    adrp x16, fos_shim_raw_children\n"
         "    mov w17, #1\n"
         "    str w17, [x16, :lo12:fos_shim_raw_children]\n"
-        "    b __vfork\n"
+        "    adrp x16, fos_shim_ahead_held\n"
+        "    ldr w17, [x16, :lo12:fos_shim_ahead_held]\n"
+        "    cbz w17, 1f\n"
+        "    stp x29, x30, [sp, #-16]!\n"
+        "    bl fos_shim_fs_flush\n"
+        "    ldp x29, x30, [sp], #16\n"
+        "1:  b __vfork\n"
         ".size vfork, .-vfork\n");
 #else
 int fos_shim_raw_children = 1;
@@ -55,10 +67,12 @@ FOS_SHIM_EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, 
     pid_t *ctid = va_arg(ap, pid_t *);
     va_end(ap);
     __atomic_store_n(&fos_shim_raw_children, 1, __ATOMIC_SEQ_CST);
+    FOS_SHIM_FLUSH_HELD(); /* the child may look (w_tell.c) */
     return FOS_REAL(clone)(fn, stack, flags, arg, ptid, tls, ctid);
 }
 
 FOS_SHIM_EXPORT pid_t _Fork(void) {
     __atomic_store_n(&fos_shim_raw_children, 1, __ATOMIC_SEQ_CST);
+    FOS_SHIM_FLUSH_HELD(); /* the child may look (w_tell.c) */
     return FOS_REAL(_Fork)();
 }

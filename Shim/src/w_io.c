@@ -64,6 +64,7 @@ FOS_SHIM_EXPORT ssize_t read(int fd, void *buf, size_t n) {
 }
 
 FOS_SHIM_EXPORT ssize_t write(int fd, const void *buf, size_t n) {
+    FOS_SHIM_FLUSH_HELD(); /* it may tell another process (w_tell.c) */
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(write)(fd, buf, n);
     int saved = errno;
     fos_shim_ofd *o = fos_shim_fd(fd);

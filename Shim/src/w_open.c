@@ -175,6 +175,9 @@ FOS_SHIM_EXPORT int __openat64_2(int dirfd, const char *path, int flags) {
 }
 
 FOS_SHIM_EXPORT int close(int fd) {
+    /* A pipe's end closing tells its reader (w_tell.c); a fos file's
+     * close sends it in fos_shim_fs_late anyway. */
+    FOS_SHIM_FLUSH_HELD();
     int late = 0;
     if (FOS_SHIM_UNLIKELY(fos_shim_fd_marked(fd))) {
         int saved = errno;

@@ -51,6 +51,7 @@ FOS_SHIM_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
 }
 
 FOS_SHIM_EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt) {
+    FOS_SHIM_FLUSH_HELD(); /* it may tell another process (w_tell.c) */
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(writev)(fd, iov, cnt);
     return fos_shim_vector_any(fd, iov, cnt, 1, -1, 0);
 }

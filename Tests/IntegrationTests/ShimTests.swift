@@ -110,12 +110,12 @@ struct ShimTests {
         #expect(!exported.contains { $0.hasPrefix("fos_") }, "internal symbols exported")
     }
 
-    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap (shared between processes), programs stored in /fos")
+    @Test("C tests of Shim/tests under fos-run: files, descriptors, fork, exec, cwd, threads, signals, credentials, links, stdio, mmap (shared between processes), programs stored in /fos, attribute changes held back")
     func cTests() async throws {
         try await TestNode.with(members: 1) { node in
             chmod(node.root, 0o755)  // t_threads drops to nobody, who must reach the socket
             for name in ["t_files", "t_fds", "t_exec", "t_cwd", "t_threads", "t_links", "t_stdio", "t_mmap", "t_mapshare",
-                         "t_spawn"] {
+                         "t_spawn", "t_held"] {
                 let exe = try await Shim.compile(name, into: node.root)
                 let r = try await Shim.run(node, [exe, "/fos/" + name])
                 #expect(r.status == 0 && r.stdout.hasSuffix("ok\n"), "\(name): \(r.status)\n\(r.stdout)\n\(r.stderr)")
