@@ -485,7 +485,7 @@ static int fos_shim_call(int spawn, uint16_t op, const void *fixed, uint32_t fle
         uint64_t id = 0;
         err = 0;
         if (op != 0 && !spawn) {
-            /* Behind the SETATTR held back (ahead.c), if any. */
+            /* Behind the request held back (ahead.c), if any. */
             err = fos_shim_ahead_flush(q, &c->fs);
         }
         if (err == 0 && op != 0 && !spawn) {
@@ -672,9 +672,13 @@ int fos_shim_fs_settle(uint64_t ino) { return fos_shim_fs_answers(ino, 1); }
 void fos_shim_fs_flush(void) {
     /* A vfork child's C is its parent's, which it must not use. */
     if (fos_shim_in_vfork_child()) return;
+    int saved = errno;
     int cancel, err;
     fos_shim_conn *c = fos_shim_enter(&cancel, &err);
-    if (c == NULL) return;
+    if (c == NULL) {
+        errno = saved;
+        return;
+    }
     /* A channel whose state is unknown is not used again: the next call
      * connects afresh and sends the one held back with the others. */
     if (c == &C && c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
@@ -682,6 +686,7 @@ void fos_shim_fs_flush(void) {
         fos_shim_drop(c);
     }
     fos_shim_leave(c, cancel);
+    errno = saved;
 }
 
 int fos_shim_fs_late(uint64_t ino) { return fos_shim_fs_answers(ino, 0); }

@@ -95,6 +95,7 @@ static uint64_t fos_shim_env_us(const char *name, uint64_t dflt) {
 static void fos_shim_init_spin(void) {
     fos_shim_cfg.spin_ns = fos_shim_env_us("FOS_SPIN_US", 50) * 1000;
     fos_shim_cfg.yield_ns = fos_shim_env_us("FOS_YIELD_US", 1000) * 1000;
+    fos_shim_cfg.hold_ns = fos_shim_env_us("FOS_HOLD_US", 1000) * 1000;
     const char *lc = getenv("FOS_LEAVE_CORE");
     fos_shim_cfg.leave_core = !(lc && strcmp(lc, "0") == 0);
 }

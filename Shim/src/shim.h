@@ -54,6 +54,7 @@ typedef struct fos_shim_config {
     char runtime[FOS_SHIM_PATH_BUF]; /* the node's runtime directory */
     uint64_t spin_ns;          /* how long a waiting call spins before it yields */
     uint64_t yield_ns;         /* how long it then yields the core before it sleeps */
+    uint64_t hold_ns;          /* how long after its create a file's requests may be held (ahead.c) */
     int leave_core;            /* a thread may move off its server's core (chan.c); FOS_LEAVE_CORE=0: never */
 } fos_shim_config;
 
@@ -235,7 +236,7 @@ typedef struct fos_shim_ahead_w {
     uint64_t id, ino, off;
     uint32_t len, at; /* at: where a WRITE's data, a SETATTR's request is kept */
     uint16_t op;
-    uint16_t held; /* a SETATTR not sent yet (the last one only: ahead.c) */
+    uint16_t held; /* a SETATTR or WRITE not sent yet (the last one only: ahead.c) */
 } fos_shim_ahead_w;
 
 typedef struct fos_shim_ahead_q {
@@ -252,6 +253,10 @@ typedef struct fos_shim_ahead_q {
     } late[8];        /* errors of answered ones, for the file's next write, fsync or close */
     uint64_t dead[8]; /* inode numbers whose create under a lease failed (ring) */
     unsigned ndead;
+    struct {
+        uint64_t ino, at_ns;
+    } fresh[8];       /* the last files created under a lease, and when (ring): ahead.c */
+    unsigned nfresh;
 } fos_shim_ahead_q;
 
 /* Sends a WRITE (fixed: its fos_fs_io, data), a SETATTR (fixed: its
@@ -261,10 +266,10 @@ typedef struct fos_shim_ahead_q {
  * of vfork (its connection is gone at its exec): the caller checks. */
 int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uint16_t op, const void *fixed,
                         const void *data);
-/* Sends the SETATTR held back (ahead.c), if any: 0, or the channel's
+/* Sends the request held back (ahead.c), if any: 0, or the channel's
  * errno (it then stays for fos_shim_ahead_replay). */
 int fos_shim_ahead_flush(fos_shim_ahead_q *q, fos_shim_chan *fs);
-/* Set while a SETATTR is held back: the calls that may tell another
+/* Set while a request is held back: the calls that may tell another
  * process something (write to a pipe, kill, fork ...) send it first
  * (fos_shim_fs_flush). */
 extern int fos_shim_ahead_held;
@@ -396,10 +401,12 @@ int fos_shim_fs_call(uint16_t op, const void *fixed, uint32_t flen, const void *
  * for ino (ino 0: none is taken), else 0. Returns at once when there is
  * nothing to wait for or to tell. */
 int fos_shim_fs_settle(uint64_t ino);
-/* Sends the SETATTR held back (ahead.c), if any, without waiting: before
+/* Sends the request held back (ahead.c), if any, without waiting: before
  * anything that may tell another process what this one did. A no-op in
  * a vfork child or a signal handler that interrupted a call. */
 void fos_shim_fs_flush(void);
+/* Before a read of fd (w_tell.c): if it may wait. */
+void fos_shim_flush_before_read(int fd);
 #define FOS_SHIM_FLUSH_HELD()                                                          \
     do {                                                                               \
         if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) \

@@ -11,7 +11,7 @@
  * not have one: it stores the mark and jumps to libc's __vfork. On an
  * architecture without that code the mark is set from the start.
  *
- * Each also first sends the SETATTR held back (ahead.c, w_tell.c): the
+ * Each also first sends the request held back (ahead.c, w_tell.c): the
  * child may look at the file. A child made by a raw clone system call
  * (not through libc) is not told apart: like any program that makes its own system calls, it is outside
  * what the shim can see.

@@ -56,7 +56,12 @@ int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size
 }
 
 FOS_SHIM_EXPORT ssize_t read(int fd, void *buf, size_t n) {
-    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(read)(fd, buf, n);
+    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) {
+        if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) {
+            fos_shim_flush_before_read(fd); /* it may wait (w_tell.c) */
+        }
+        return FOS_REAL(read)(fd, buf, n);
+    }
     int saved = errno;
     fos_shim_ofd *o = fos_shim_fd(fd);
     if (!o) return FOS_REAL(read)(fd, buf, n);
@@ -64,11 +69,16 @@ FOS_SHIM_EXPORT ssize_t read(int fd, void *buf, size_t n) {
 }
 
 FOS_SHIM_EXPORT ssize_t write(int fd, const void *buf, size_t n) {
-    FOS_SHIM_FLUSH_HELD(); /* it may tell another process (w_tell.c) */
-    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) return FOS_REAL(write)(fd, buf, n);
+    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) {
+        FOS_SHIM_FLUSH_HELD(); /* it may tell another process (w_tell.c) */
+        return FOS_REAL(write)(fd, buf, n);
+    }
     int saved = errno;
     fos_shim_ofd *o = fos_shim_fd(fd);
-    if (!o) return FOS_REAL(write)(fd, buf, n);
+    if (!o) {
+        FOS_SHIM_FLUSH_HELD();
+        return FOS_REAL(write)(fd, buf, n);
+    }
     return fos_shim_ret(fos_shim_pwrite_fos(fd, o, buf, n, -1), saved);
 }
 
