@@ -80,7 +80,7 @@ void fos_shim_chan_unmap(fos_shim_chan *c) {
 /* Waits up to ms for the eventfd or for fosd; 1 if the peer is gone. */
 static int fos_shim_chan_sleep(fos_shim_chan *c, int ms) {
     struct pollfd p[2] = {{.fd = c->wait_fd, .events = POLLIN}, {.fd = fos_shim_conn_ctl_fd(c), .events = POLLIN}};
-    int n = poll(p, p[1].fd >= 0 ? 2 : 1, ms);
+    int n = fos_shim_sys_poll(p, p[1].fd >= 0 ? 2 : 1, ms);
     if (n > 0 && (p[0].revents & POLLIN)) fos_shim_efd_drain(c->wait_fd);
     if (n > 0 && p[1].revents) return fos_shim_conn_peer_gone(c);
     return c->closed;

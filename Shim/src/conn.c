@@ -159,7 +159,7 @@ int fos_shim_conn_ctl_fd(const fos_shim_chan *ch) { return ch->conn ? ch->conn->
 
 static void fos_shim_nap_ms(long ms) {
     struct timespec ts = {0, ms * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    while (fos_shim_sys_nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 static int fos_shim_ctl(fos_shim_conn *c, uint16_t op, const void *payload, uint32_t len, void *reply, uint32_t cap,
@@ -679,13 +679,20 @@ void fos_shim_fs_flush(void) {
         errno = saved;
         return;
     }
-    /* A channel whose state is unknown is not used again: the next call
-     * connects afresh and sends the one held back with the others. */
-    if (c == &C && c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) &&
-        fos_shim_ahead_flush(&c->ahead, &c->fs) != 0) {
-        fos_shim_drop(c);
+    fos_shim_ahead_q *q = &c->ahead;
+    int stranded = 0;
+    if (c == &C && q->n > q->done && q->w[q->n - 1].held) {
+        /* A channel whose state is unknown is not used again. */
+        if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && fos_shim_ahead_flush(q, &c->fs) != 0) {
+            fos_shim_drop(c);
+        }
+        stranded = q->n > q->done && q->w[q->n - 1].held;
     }
     fos_shim_leave(c, cancel);
+    /* No channel to send it on: connect afresh and send it again with
+     * the others (their answers are waited for), rather than leave it
+     * for a next call that may not come (_exit). */
+    if (stranded) (void)fos_shim_fs_settle(0);
     errno = saved;
 }
 

@@ -27,7 +27,7 @@ int fos_shim_ctl_open(const char *runtime) {
     memcpy(a.sun_path + n + 1, FOS_CTL_SOCKET, sizeof FOS_CTL_SOCKET);
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+    if (fos_shim_sys_connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         fos_shim_sys_close(fd);
         return -EHOSTDOWN;
     }
@@ -54,7 +54,7 @@ static int fos_shim_ctl_send(int fd, uint16_t op, uint64_t id, const void *paylo
     m.msg_iov = iov;
     m.msg_iovlen = len ? 2 : 1;
     for (;;) {
-        if (sendmsg(fd, &m, MSG_NOSIGNAL) >= 0) return 0;
+        if (fos_shim_sys_sendmsg(fd, &m, MSG_NOSIGNAL) >= 0) return 0;
         if (errno != EINTR) return errno == EPIPE || errno == ECONNRESET ? EHOSTDOWN : errno;
     }
 }
@@ -84,7 +84,7 @@ static long fos_shim_ctl_recv(int fd, void *buf, size_t cap, int *fds, int *nfds
     m.msg_controllen = sizeof u.b;
     long n;
     do {
-        n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | (dontwait ? MSG_DONTWAIT : 0));
+        n = fos_shim_sys_recvmsg(fd, &m, MSG_CMSG_CLOEXEC | (dontwait ? MSG_DONTWAIT : 0));
     } while (n < 0 && errno == EINTR);
     if (n < 0) return -errno;
     *nfds = 0;
@@ -132,7 +132,7 @@ int fos_shim_ctl_request(fos_shim_conn *conn, int fd, uint16_t op, uint64_t id, 
         uint64_t now = fos_shim_now_ms();
         if (now >= deadline) return ETIMEDOUT;
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        int pr = poll(&p, 1, (int)(deadline - now));
+        int pr = fos_shim_sys_poll(&p, 1, (int)(deadline - now));
         if (pr < 0 && errno != EINTR) return errno;
         if (pr <= 0) continue;
         long n = fos_shim_ctl_recv(fd, buf, sizeof buf, got, &ng, 1);

@@ -28,7 +28,7 @@ void fos_shim_vcwd_init(const char *host_cwd);
 /* Before fork: the child may look at what the parent changed
  * (w_tell.c). */
 static void fos_shim_atfork_prepare(void) {
-    fos_shim_fs_flush();
+    FOS_SHIM_FLUSH_HELD();
     fos_shim_fd_note_child();
 }
 
@@ -107,6 +107,7 @@ __attribute__((constructor)) static void fos_shim_init(void) {
     fos_shim_init_runtime();
     fos_shim_init_spin();
     fos_shim_exec_init();
+    fos_shim_tell_init();
     /* The raw syscall: the umask wrapper keeps fos_shim_mask from now on. */
     fos_shim_mask = (mode_t)syscall(SYS_umask, 022);
     syscall(SYS_umask, fos_shim_mask);

@@ -16,6 +16,7 @@
 #endif
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <fcntl.h>
@@ -407,6 +408,8 @@ int fos_shim_fs_settle(uint64_t ino);
 void fos_shim_fs_flush(void);
 /* Before a read of fd (w_tell.c): if it may wait. */
 void fos_shim_flush_before_read(int fd);
+/* Resolves the wrapped waits a signal handler may make (w_tell.c). */
+void fos_shim_tell_init(void);
 #define FOS_SHIM_FLUSH_HELD()                                                          \
     do {                                                                               \
         if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) \
@@ -616,6 +619,13 @@ static inline int fos_shim_maybe_fos(int dirfd, const char *path) {
 /* The shim's own descriptors are closed, read and written with raw
  * syscalls: the libc names would reach the shim's own wrappers. */
 #define fos_shim_sys_close(fd) ((int)syscall(SYS_close, (fd)))
+/* The shim's own waits and socket calls go to the kernel, not through its
+ * exported wrappers of them (w_tell.c). */
+int fos_shim_sys_poll(struct pollfd *p, unsigned long n, int ms);
+#define fos_shim_sys_connect(fd, a, len) ((int)syscall(SYS_connect, (fd), (a), (len)))
+#define fos_shim_sys_sendmsg(fd, m, fl) ((ssize_t)syscall(SYS_sendmsg, (fd), (m), (fl)))
+#define fos_shim_sys_recvmsg(fd, m, fl) ((ssize_t)syscall(SYS_recvmsg, (fd), (m), (fl)))
+#define fos_shim_sys_nanosleep(t, left) ((int)syscall(SYS_nanosleep, (t), (left)))
 #define fos_shim_sys_munmap(p, n) ((int)syscall(SYS_munmap, (p), (n)))
 
 /* errno discipline: a result r >= 0 restores the caller's errno; r < 0

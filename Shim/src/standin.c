@@ -213,7 +213,7 @@ static _Noreturn void fos_shim_standin_end(const fos_spawn_status *st) {
 static _Noreturn void fos_shim_standin_orphaned(void) {
     if (fos_shim_standin_pidfd < 0) _exit(255);
     struct pollfd p = {.fd = fos_shim_standin_pidfd, .events = POLLIN};
-    while (poll(&p, 1, -1) < 0 && errno == EINTR) {}
+    while (fos_shim_sys_poll(&p, 1, -1) < 0 && errno == EINTR) {}
     _exit(255);
 }
 
