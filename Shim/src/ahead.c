@@ -92,6 +92,15 @@ static void fos_shim_ahead_msg(const fos_shim_ahead_q *q, const fos_shim_ahead_w
     }
 }
 
+/* Puts w on the ring, sent ahead: 0 or the channel's errno. */
+static int fos_shim_ahead_send(const fos_shim_ahead_q *q, fos_shim_chan *fs, const fos_shim_ahead_w *w) {
+    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
+    uint32_t mlen, blen;
+    const void *bulk;
+    fos_shim_ahead_msg(q, w, msg, &mlen, &bulk, &blen);
+    return fos_shim_chan_post(fs, w->op, w->id, FOS_MSG_AHEAD, msg, mlen, bulk, blen);
+}
+
 /* Whether a SETATTR can go ahead: only what cannot fail for the caller
  * (a late error would surprise a program told it succeeded). Root may
  * change any file's mode, owner and times (the file is one the caller
@@ -189,9 +198,8 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
     /* Made with the one held back, if it may be: a SETATTR of the same
      * file, or a WRITE that goes on where it ends (tar writes a file in
      * 10 KiB pieces). */
-    fos_shim_ahead_w *held = q->n > q->done && q->w[q->n - 1].held ? &q->w[q->n - 1] : NULL;
     int fresh = op != FOS_OP_FS_CREATE && fos_shim_ahead_fresh(q, io.ino);
-    if (!fresh) held = NULL;
+    fos_shim_ahead_w *held = fresh ? fos_shim_ahead_held_w(q) : NULL;
     if (held && op == FOS_OP_FS_SETATTR && held->op == op) {
         fos_fs_setattr h;
         memcpy(&h, q->kept + held->at, sizeof h);
@@ -233,12 +241,8 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
         /* Held back: the file's next changes may be made with it. */
         w.held = 1;
         __atomic_store_n(&fos_shim_ahead_held, 1, __ATOMIC_RELAXED);
-    } else {
-        _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
-        uint32_t mlen, blen;
-        const void *bulk;
-        fos_shim_ahead_msg(q, &w, msg, &mlen, &bulk, &blen);
-        if (fos_shim_chan_post(fs, op, id, FOS_MSG_AHEAD, msg, mlen, bulk, blen) != 0) return -1;
+    } else if (fos_shim_ahead_send(q, fs, &w) != 0) {
+        return -1;
     }
     q->w[q->n] = w;
     __atomic_store_n(&q->n, q->n + 1, __ATOMIC_RELAXED);
@@ -247,13 +251,9 @@ int fos_shim_ahead_post(fos_shim_ahead_q *q, fos_shim_chan *fs, uint64_t id, uin
 }
 
 int fos_shim_ahead_flush(fos_shim_ahead_q *q, fos_shim_chan *fs) {
-    if (q->n == q->done || !q->w[q->n - 1].held) return 0;
-    fos_shim_ahead_w *w = &q->w[q->n - 1];
-    _Alignas(8) uint8_t msg[sizeof(fos_msg_hdr) + FOS_SHIM_AHEAD_FIXED_MAX];
-    uint32_t mlen, blen;
-    const void *bulk;
-    fos_shim_ahead_msg(q, w, msg, &mlen, &bulk, &blen);
-    int err = fos_shim_chan_post(fs, w->op, w->id, FOS_MSG_AHEAD, msg, mlen, bulk, blen);
+    fos_shim_ahead_w *w = fos_shim_ahead_held_w(q);
+    if (w == NULL) return 0;
+    int err = fos_shim_ahead_send(q, fs, w);
     if (err) return err;
     w->held = 0;
     __atomic_store_n(&fos_shim_ahead_held, 0, __ATOMIC_RELAXED);

@@ -681,12 +681,12 @@ void fos_shim_fs_flush(void) {
     }
     fos_shim_ahead_q *q = &c->ahead;
     int stranded = 0;
-    if (c == &C && q->n > q->done && q->w[q->n - 1].held) {
+    if (c == &C && fos_shim_ahead_held_w(q)) {
         /* A channel whose state is unknown is not used again. */
         if (c->up && !__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && fos_shim_ahead_flush(q, &c->fs) != 0) {
             fos_shim_drop(c);
         }
-        stranded = q->n > q->done && q->w[q->n - 1].held;
+        stranded = fos_shim_ahead_held_w(q) != NULL;
     }
     fos_shim_leave(c, cancel);
     /* No channel to send it on: connect afresh and send it again with

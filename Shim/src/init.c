@@ -23,8 +23,6 @@ void fos_shim_maps_atfork_child(void);
 void fos_shim_fa_atfork_child(void);
 void fos_shim_vcwd_init(const char *host_cwd);
 
-/* In the child of fork every lock of the shim may have been held by a
- * thread that does not exist there. */
 /* Before fork: the child may look at what the parent changed
  * (w_tell.c). */
 static void fos_shim_atfork_prepare(void) {
@@ -32,6 +30,8 @@ static void fos_shim_atfork_prepare(void) {
     fos_shim_fd_note_child();
 }
 
+/* In the child of fork every lock of the shim may have been held by a
+ * thread that does not exist there. */
 static void fos_shim_atfork_child(void) {
     fos_shim_conn_atfork_child();
     fos_shim_vcwd_atfork_child();

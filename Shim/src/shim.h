@@ -274,6 +274,10 @@ int fos_shim_ahead_flush(fos_shim_ahead_q *q, fos_shim_chan *fs);
  * process something (write to a pipe, kill, fork ...) send it first
  * (fos_shim_fs_flush). */
 extern int fos_shim_ahead_held;
+/* The request held back: the last one, not answered (none: NULL). */
+static inline fos_shim_ahead_w *fos_shim_ahead_held_w(fos_shim_ahead_q *q) {
+    return q->n > q->done && q->w[q->n - 1].held ? &q->w[q->n - 1] : NULL;
+}
 /* Takes the answers of requests sent ahead: all of them (wait: the one
  * held back is sent first), or those already there. 0, or the channel's
  * errno (EPIPE: the member is gone); those without an answer stay for
@@ -414,6 +418,11 @@ void fos_shim_tell_init(void);
     do {                                                                               \
         if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) \
             fos_shim_fs_flush();                                                       \
+    } while (0)
+#define FOS_SHIM_FLUSH_HELD_BEFORE_READ(fd)                                            \
+    do {                                                                               \
+        if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) \
+            fos_shim_flush_before_read(fd);                                            \
     } while (0)
 /* The error a request sent ahead met for ino, of those answered by now
  * (taking it), else 0: close does not wait for the others. */

@@ -57,9 +57,7 @@ int64_t fos_shim_pwrite_fos(int fd, const fos_shim_ofd *o, const void *buf, size
 
 FOS_SHIM_EXPORT ssize_t read(int fd, void *buf, size_t n) {
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) {
-        if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) {
-            fos_shim_flush_before_read(fd); /* it may wait (w_tell.c) */
-        }
+        FOS_SHIM_FLUSH_HELD_BEFORE_READ(fd); /* it may wait (w_tell.c) */
         return FOS_REAL(read)(fd, buf, n);
     }
     int saved = errno;

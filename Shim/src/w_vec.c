@@ -47,9 +47,7 @@ static ssize_t fos_shim_vector_any(int fd, const struct iovec *iov, int cnt, int
 
 FOS_SHIM_EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd))) {
-        if (FOS_SHIM_UNLIKELY(__atomic_load_n(&fos_shim_ahead_held, __ATOMIC_RELAXED))) {
-            fos_shim_flush_before_read(fd); /* it may wait (w_tell.c) */
-        }
+        FOS_SHIM_FLUSH_HELD_BEFORE_READ(fd); /* it may wait (w_tell.c) */
         return FOS_REAL(readv)(fd, iov, cnt);
     }
     return fos_shim_vector_any(fd, iov, cnt, 0, -1, 0);
