@@ -383,6 +383,17 @@ func setThreadAffinity(_ set: cpu_set_t) {
     _ = withUnsafeMutableBytes(of: &s) { setAffinity?(0, $0.count, $0.baseAddress!) }
 }
 
+/// Every thread of this process on `core` only: the driver's async code
+/// runs on whichever pool thread is free.
+func pinProcess(to core: Int32) {
+    var set = cpu_set_t()
+    withUnsafeMutableBytes(of: &set) { $0[Int(core) / 8] |= UInt8(1) << UInt8(core % 8) }
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+        guard let tid = pid_t(name) else { continue }
+        _ = withUnsafeMutableBytes(of: &set) { setAffinity?(tid, $0.count, $0.baseAddress!) }
+    }
+}
+
 /// Every online CPU (the kernel keeps a cpuset's limits).
 func allCPUs() -> cpu_set_t {
     var set = cpu_set_t()

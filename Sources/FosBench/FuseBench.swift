@@ -18,6 +18,9 @@ struct FuseRow: Codable {
     /// The same on /fos through the shim.
     var shim: Double
     var ratio: Double
+    /// The mount with the caller on the fs member's own core (nil: the
+    /// member has no core of its own, or there is no other core).
+    var fosOnMemberCore: Double?
     var shimRatio: Double
     /// The same on the reference FUSE daemon (everything in its memory): the
     /// most a FUSE mount reaches on this kernel and machine.
@@ -34,6 +37,24 @@ struct FuseRow: Codable {
 /// Bytes of the sequential file: large enough for a steady rate, small
 /// enough for the 2 GiB disk and the host's page cache.
 let fuseSeqBytes = 256 << 20
+
+/// The cores fosd gave the node's fs members (`fosctl fleets --json`).
+func fsMemberCores(runtime: String) throws -> Set<Int32> {
+    let c = try command([selfDir + "/fosctl", "fleets", "--runtime", runtime, "--json"])
+    guard c.status == 0, let list = try? JSONSerialization.jsonObject(with: Data(c.out.utf8)) as? [[String: Any]] else {
+        die("fosctl fleets failed (\(c.status)): \(c.err)")
+    }
+    return Set(list.filter { $0["fleet"] as? String == "/sys/fs" }.compactMap { ($0["core"] as? Int).map(Int32.init) }
+        .filter { $0 >= 0 })
+}
+
+/// The lowest core this process may use that is not in `cores`.
+func freeCore(avoiding cores: Set<Int32>) -> Int32? {
+    let all = allCPUs()
+    return withUnsafeBytes(of: all) { b in
+        (0..<Int32(b.count * 8)).first { c in b[Int(c) / 8] & (1 << (c % 8)) != 0 && !cores.contains(c) }
+    }
+}
 
 /// One side's measurements, in the order of `fuseTests`.
 func fuseRound(_ dir: String, seconds: Double) async throws -> [Double] {
@@ -153,6 +174,16 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     }
     setThreadAffinity(pinned)
     guard mounted else { die("cannot mount the fos file system on \(mp)") }
+    // The driver runs on a core fosd gave no fs member, as fos places
+    // programs: the shim moves a caller off its server's core, and a program
+    // left to the scheduler mostly lands there too. On the member's core the
+    // member, spinning for its next request after answering, keeps the woken
+    // caller waiting now and then (create and unlink through the mount take
+    // about twice as long): measured as well, in a column of its own.
+    let memberCores = try fsMemberCores(runtime: dir + "/run")
+    let driverCore = freeCore(avoiding: memberCores) ?? clientCore
+    let memberCore = memberCores.sorted().first.flatMap { $0 == driverCore ? nil : $0 }
+    pinProcess(to: driverCore)
     func referenceUp() -> Bool {
         FuseMounts.mounted(fsType: "fuse.fosref").contains { $0.mountpoint == FuseMounts.normalize(refMP) }
     }
@@ -163,7 +194,7 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
 
     let secs = max(0.2, seconds / 2)
     var fos: [[Double]] = Array(repeating: [], count: fuseTests.count)
-    var hostRuns = fos, shimRuns = fos, refRuns = fos
+    var hostRuns = fos, shimRuns = fos, refRuns = fos, memberCoreRuns = fos
     // The shim path: the same round in a process of its own under fos-run.
     func shimRound(_ r: Int, unlinks: Bool = false) throws -> [Double] {
         let c = try command([selfDir + "/fos-run", "--runtime", dir + "/run", "--", selfPath, "fuse-round",
@@ -183,6 +214,11 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
         if r % 2 == 0 { for (i, v) in try await fuseRound(mp + "/r\(r)", seconds: secs).enumerated() { fos[i].append(v) } }
         for (i, v) in try shimRound(r).enumerated() { shimRuns[i].append(v) }
         for (i, v) in try await fuseRound(refMP + "/r\(r)", seconds: secs).enumerated() { refRuns[i].append(v) }
+        if let core = memberCore {
+            pinProcess(to: core)
+            for (i, v) in try await fuseRound(mp + "/c\(r)", seconds: secs).enumerated() { memberCoreRuns[i].append(v) }
+            pinProcess(to: driverCore)
+        }
     }
     let u = fuseTests.count - 1
     for r in 0..<runs {
@@ -190,6 +226,11 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
         fos[u].append(try await fuseUnlinkRound(mp + "/r\(r)", seconds: secs))
         shimRuns[u].append(try shimRound(r, unlinks: true)[0])
         refRuns[u].append(try await fuseUnlinkRound(refMP + "/r\(r)", seconds: secs))
+        if let core = memberCore {
+            pinProcess(to: core)
+            memberCoreRuns[u].append(try await fuseUnlinkRound(mp + "/c\(r)", seconds: secs))
+            pinProcess(to: driverCore)
+        }
     }
     // A host slow to create files before the runs (deletes of the last
     // minutes, `hostCreateProbe`) makes its create rate no reference.
@@ -200,7 +241,7 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
         let ratio = f / max(h, 1e-9)
         let judged = !(hostSlow && fuseTests[i].name.hasPrefix("create"))
         return FuseRow(test: fuseTests[i].name, unit: fuseTests[i].unit, host: h, fos: f, shim: s, ratio: ratio,
-                       shimRatio: s / max(h, 1e-9), reference: ref, referenceRatio: ref / max(h, 1e-9),
+                       fosOnMemberCore: memberCore == nil ? nil : median(memberCoreRuns[i]), shimRatio: s / max(h, 1e-9), reference: ref, referenceRatio: ref / max(h, 1e-9),
                        mountToReference: f / max(ref, 1e-9), target: fuseTests[i].target,
                        met: judged ? ratio >= fuseTests[i].target : nil)
     }
@@ -210,6 +251,9 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
             var runs: Int
             var secondsPerTest: Double
             var sequentialBytes: Int
+            /// The driver's core, and the fs member's.
+            var driverCore: Int32
+            var fsMemberCores: [Int32]
             /// Microseconds per host file created before the runs.
             var hostCreateMicros: Double
             /// Microseconds per first touch of a new page of memory before the runs.
@@ -220,18 +264,21 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         print(String(decoding: try enc.encode(Out(benchmark: "fuse", runs: runs, secondsPerTest: secs,
-                                                  sequentialBytes: fuseSeqBytes, hostCreateMicros: hostCreate,
+                                                  sequentialBytes: fuseSeqBytes, driverCore: driverCore,
+                                                  fsMemberCores: memberCores.sorted(), hostCreateMicros: hostCreate,
                                                   memoryTouchMicros: memoryTouch, memoryNote: memoryNote(memoryTouch),
                                                   rows: rows)), as: UTF8.self))
         return
     }
     print("fos FUSE mount (\(mp)) and /fos through the shim vs the host file system (\(host)): medians of \(runs) runs; "
-          + "\(fuseSeqBytes >> 20) MiB sequential, \(secs) s per other test")
+          + "\(fuseSeqBytes >> 20) MiB sequential, \(secs) s per other test; the driver on core \(driverCore), "
+          + "the fs member on \(memberCores.isEmpty ? "none" : memberCores.sorted().map(String.init).joined(separator: ", "))")
     print("")
-    var table = [["test", "unit", "host", "fos mount", "shim", "FUSE ref", "mount/host", "target", "shim/host", "ref/host",
-                  "mount/ref"]]
+    var table = [["test", "unit", "host", "fos mount", "on fs core", "shim", "FUSE ref", "mount/host", "target", "shim/host",
+                  "ref/host", "mount/ref"]]
     for r in rows {
-        table.append([r.test, r.unit, String(format: "%.0f", r.host), String(format: "%.0f", r.fos), String(format: "%.0f", r.shim),
+        table.append([r.test, r.unit, String(format: "%.0f", r.host), String(format: "%.0f", r.fos),
+                      r.fosOnMemberCore.map { String(format: "%.0f", $0) } ?? "-", String(format: "%.0f", r.shim),
                       String(format: "%.0f", r.reference), String(format: "%.2f", r.ratio),
                       String(format: "≥ %.1f ", r.target) + (r.met.map { $0 ? "met" : "missed" } ?? "not judged"),
                       String(format: "%.2f", r.shimRatio),
@@ -240,6 +287,8 @@ func fuseBench(runs: Int, seconds: Double, json: Bool) async throws {
     printTable(table, leftColumns: 2)
     printProbes(hostCreate: hostCreate, hostNote: hostNote, memoryTouch: memoryTouch)
     print("")
-    print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: libfuse's one-thread loop, fos-fuse's mount")
-    print("options), answering every request from its memory: how fast FUSE itself is here, next to the host and the mount.")
+    print("on fs core: the mount again, with the driver on the fs member's core.")
+    print("FUSE ref: a simple in-memory libfuse daemon (fos-bench's own: one thread that spins on the device between")
+    print("requests as fos-fuse does, fos-fuse's mount options), answering every request from its memory: FUSE at its")
+    print("fastest here, the ceiling of any daemon, next to the host and the mount.")
 }

@@ -121,6 +121,9 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     private let detached = Mutex<[UInt64: WeakChannel]>([:])
     /// How long the loop spins on empty rings before it sleeps.
     public let spinNanos: UInt64
+    /// Whether the spin gives the core to whoever else wants it (sched_yield)
+    /// on each look at the clock (fos-fuse: `FosRuntime.connect`).
+    let spinYields: Bool
     var stats: UnsafeMutablePointer<fos_stats_page>?
 
     final class Entry {
@@ -204,9 +207,10 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
     let rxBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: Int(FOS_MAX_PAYLOAD) + MemoryLayout<fos_msg_hdr>.size, alignment: 16)
 
-    init(control: ControlConnection, spinNanos: UInt64) throws {
+    init(control: ControlConnection, spinNanos: UInt64, spinYields: Bool) throws {
         self.control = control
         self.spinNanos = spinNanos
+        self.spinYields = spinYields
         wakeFD = try sys(fos_sys_eventfd())
         epollFD = try sys(fos_sys_epoll_create())
         try sys(fos_sys_epoll_add(epollFD, wakeFD, UInt32(FOS_EPOLLIN), 0))
@@ -298,11 +302,15 @@ public final class EventLoop: SerialExecutor, TaskExecutor, @unchecked Sendable 
                 continue
             }
             if now &- idleSince < spinNanos {
-                // No sched_yield here: it let a FUSE request's caller on this
-                // core in sooner (a 4 KiB write through the mount 33-52 µs
-                // instead of 53-106), but cost make -j2 under fos-run 15%:
-                // a compiler then shared the fs member's core, and requests
-                // waited for its time slice.
+                if spinYields {
+                    sched_yield()
+                    continue
+                }
+                // No sched_yield here for servers: it let a FUSE request's
+                // caller on this core in sooner (a 4 KiB write through the
+                // mount 33-52 µs instead of 53-106), but cost make -j2 under
+                // fos-run 15%: a compiler then shared the fs member's core,
+                // and requests waited for its time slice.
                 fos_cpu_relax()
                 continue
             }

@@ -25,8 +25,10 @@ public final class FosRuntime: Sendable {
 
     /// Connects to the node on `runtime` and says hello. The loop runs on a
     /// thread of its own unless `ownThread` is false (servers call `run()`).
+    /// With `spinYields`, the loop's spin lets any other thread that wants
+    /// its core run first (a process whose callers share its cores).
     public static func connect(runtime: String = NodePaths.defaultRuntime(), ownThread: Bool = true,
-                               spinMicros: UInt64? = nil) throws -> FosRuntime {
+                               spinMicros: UInt64? = nil, spinYields: Bool = false) throws -> FosRuntime {
         // A server holds two descriptors a channel: allow what the system allows.
         _ = fos_sys_raise_nofile()
         let control = try ControlConnection.connect(runtime: runtime)
@@ -42,7 +44,7 @@ public final class FosRuntime: Sendable {
         let fleet = String(decoding: hello.payload[start..<(start + flen)], as: UTF8.self)
         let envSpin = getenv("FOS_SPIN_US").flatMap { UInt64(String(cString: $0)) }.flatMap { $0 <= 1_000_000 ? $0 : nil }
         let spin = (spinMicros ?? envSpin ?? 50) * 1000
-        let loop = try EventLoop(control: control, spinNanos: spin)
+        let loop = try EventLoop(control: control, spinNanos: spin, spinYields: spinYields)
         if let fd = hello.fds.first {
             if fos_sys_check_sealed(fd) == 0, let p = fos_sys_map_shared(fd, MemoryLayout<fos_stats_page>.size, 1) {
                 loop.stats = p.assumingMemoryBound(to: fos_stats_page.self)

@@ -125,9 +125,12 @@ func main() -> Never {
     do {
         // Requests come as a stream of round trips, each waiting for the last:
         // a loop that spins 200 µs between them is awake for the next one
-        // (waking a sleeping thread costs tens of µs, more on a VM).
+        // (waking a sleeping thread costs tens of µs, more on a VM). It
+        // spins yielding: the caller, woken by the answer, is often on the
+        // same core, and the scheduler would let a plain spin finish first
+        // (a create through the mount took 100-110 µs instead of 70-77).
         let spin: UInt64? = ProcessInfo.processInfo.environment["FOS_SPIN_US"] == nil ? 200 : nil
-        rt = try FosRuntime.connect(runtime: opts.runtime, ownThread: false, spinMicros: spin)
+        rt = try FosRuntime.connect(runtime: opts.runtime, ownThread: false, spinMicros: spin, spinYields: true)
     } catch {
         fail(ready, "\(error)")
     }

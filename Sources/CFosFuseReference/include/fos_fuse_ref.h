@@ -2,7 +2,8 @@
 #define FOS_FUSE_REF_H
 
 // The bench's FUSE reference: a file system kept in one process's memory,
-// served by libfuse's single-threaded loop with fos-fuse's mount options and
+// served on one thread that spins on the device between requests (yielding,
+// as fos-fuse's loop does), with fos-fuse's mount options and
 // capabilities. What it reaches is the most any FUSE daemon can on this
 // kernel and machine; the bench prints it beside the fos mount.
 
