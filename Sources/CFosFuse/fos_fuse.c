@@ -81,7 +81,14 @@ static void ll_init(void *ud, struct fuse_conn_info *conn) {
     unsigned want = FUSE_CAP_ASYNC_READ | FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_ATOMIC_O_TRUNC |
                     FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_DIO |
                     FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_EXPORT_SUPPORT;
-    want |= config.explicit_invalidation ? FUSE_CAP_EXPLICIT_INVAL_DATA : FUSE_CAP_AUTO_INVAL_DATA;
+    // Announced changes: neither of the kernel's two modes. With
+    // EXPLICIT_INVAL_DATA it would keep a file's pages also when an
+    // attribute answer brings a new size, and a page cached at the old end
+    // would show zeros where another client had appended, until the
+    // announcement came (a few ms). Without either mode it drops the
+    // file's pages when the size changes that way, and otherwise keeps them
+    // until told: its own writes' new mtimes drop nothing.
+    if (!config.explicit_invalidation) want |= FUSE_CAP_AUTO_INVAL_DATA;
     conn->want &= ~(unsigned)(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_EXPLICIT_INVAL_DATA);
     conn->want |= want & conn->capable;
     conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |

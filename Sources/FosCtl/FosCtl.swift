@@ -43,7 +43,7 @@ func table(_ header: [String], _ rows: [[String]]) {
 }
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show the node: id, pid, directories, counts.")
+    static let configuration = CommandConfiguration(abstract: "Show the node: id, pid, directories, counts, and its fos mounts (live, detached, or stale: left by a killed daemon).")
     @OptionGroup var common: Common
 
     func run() throws {
@@ -67,6 +67,7 @@ struct Status: ParsableCommand {
         print("rejected    \(s.rejectedMessages) messages")
         for (i, m) in mounts.enumerated() {
             let what = m.state == "live" ? "(fos-fuse pid \(m.pid ?? 0))"
+                : m.state == "detached" ? "(detached; fos-fuse pid \(m.pid ?? 0) serves the processes still in it)"
                 : "STALE: its daemon is gone (clean it with `fosctl umount \(m.mountpoint)`)"
             print("\(i == 0 ? "mounts " : "       ")     \(m.mountpoint) \(what)")
         }

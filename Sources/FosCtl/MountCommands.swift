@@ -21,8 +21,14 @@ struct Mount: ParsableCommand {
     var allowOther = false
     @Flag(help: "Mount read-only.")
     var readOnly = false
-    @Option(help: "How long the kernel may cache names and attributes, in seconds (default: 10 as root, where others' changes are announced; 1 otherwise).")
+    @Option(help: "How long the kernel may cache names and attributes, in seconds, 0 to 3600 (default: 10 as root, where others' changes are announced; 1 otherwise).")
     var cacheTimeout: Double?
+
+    func validate() throws {
+        if let t = cacheTimeout, !(0...3600).contains(t) {
+            throw ValidationError("--cache-timeout must be between 0 and 3600 seconds")
+        }
+    }
 
     func run() throws {
         let runtime = common.runtime ?? NodePaths.defaultRuntime()
@@ -144,29 +150,59 @@ struct Mount: ParsableCommand {
 
 struct Umount: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Unmount a fos mount: stops its fos-fuse daemon, or cleans up after one that was killed.")
+        abstract: "Unmount a fos mount: stops its fos-fuse daemon, or cleans up after one that was killed.",
+        discussion: "As umount(8), refused while a process has a file or its working directory in the mount; --lazy detaches it at once and its daemon serves those processes until the last is done. A mount whose daemon was killed is detached at once (its users get ENOTCONN until they leave).")
     @OptionGroup var common: Common
     @Argument(help: "The mount point.")
     var dir: String
+    @Flag(help: "Detach the mount even while it is in use (as umount -l); its daemon leaves when the last process using it is done.")
+    var lazy = false
 
     func run() throws {
         let runtime = common.runtime ?? NodePaths.defaultRuntime()
         let mp = FuseMounts.normalize(dir)
         let record = FuseMounts.read(runtime: runtime, mountpoint: mp)
-        guard record != nil || FuseMounts.isMounted(mp) else { fail("umount: \(mp) is not a fos mount") }
+        guard record != nil || FuseMounts.isMounted(mp) else {
+            var st = stat()
+            if lstat(mp, &st) != 0 && errno == ENOENT { fail("umount: \(mp): no such file or directory") }
+            fail("umount: \(mp) is not a fos mount")
+        }
         if let r = record, FuseMounts.daemonAlive(r.pid) {
-            if kill(r.pid, SIGTERM) != 0 {
-                fail("umount: cannot stop fos-fuse pid \(r.pid): \(String(cString: strerror(errno)))")
-            }
-            // It unmounts and exits; a daemon stuck on a request gets killed.
-            if !waitGone(r.pid, seconds: 10) {
-                kill(r.pid, SIGKILL)
-                _ = waitGone(r.pid, seconds: 2)
+            // The kernel's unmount first: refused while in use, where a
+            // stopped daemon would leave its users with ENOTCONN and their
+            // last writes lost. The daemon then sees its session end and exits.
+            if FuseMounts.isMounted(mp) { unmount(mp) }
+            if lazy { return }
+            // A daemon stuck on a request gets stopped, then killed.
+            if !waitGone(r.pid, seconds: 5) {
+                kill(r.pid, SIGTERM)
+                if !waitGone(r.pid, seconds: 5) {
+                    kill(r.pid, SIGKILL)
+                    _ = waitGone(r.pid, seconds: 2)
+                }
             }
         }
         if FuseMounts.isMounted(mp) { detach(mp) }
         if FuseMounts.isMounted(mp) { fail("umount: \(mp) is still mounted") }
         FuseMounts.remove(runtime: runtime, mountpoint: mp)
+    }
+
+    /// Unmounts a live mount, lazily with --lazy.
+    func unmount(_ mp: String) {
+        if geteuid() == 0 {
+            if umount2(mp, lazy ? Int32(MNT_DETACH) : 0) == 0 { return }
+            if errno == EBUSY { busy(mp) }
+            fail("umount: \(mp): \(String(cString: strerror(errno)))")
+        }
+        let (status, err) = fusermount(lazy ? ["-u", "-z", mp] : ["-u", mp])
+        if status == 0 { return }
+        if err.contains("busy") { busy(mp) }
+        fail("umount: fusermount3 -u \(mp) failed: \(err.trimmingCharacters(in: .whitespacesAndNewlines))")
+    }
+
+    func busy(_ mp: String) -> Never {
+        fail("umount: \(mp): target is busy (a process has a file or its working directory there); "
+             + "`fosctl umount --lazy \(mp)` detaches it now and lets its daemon serve them until they are done")
     }
 
     func waitGone(_ pid: Int32, seconds: Int) -> Bool {
@@ -184,16 +220,24 @@ struct Umount: ParsableCommand {
             if umount2(mp, Int32(MNT_DETACH)) != 0 { fail("umount: \(mp): \(String(cString: strerror(errno)))") }
             return
         }
+        let (status, err) = fusermount(["-u", "-z", mp])
+        if status != 0 { fail("umount: fusermount3 -u -z \(mp) failed: \(err.trimmingCharacters(in: .whitespacesAndNewlines))") }
+    }
+
+    func fusermount(_ args: [String]) -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/fusermount3")
-        p.arguments = ["-u", "-z", mp]
+        p.arguments = args
+        let err = Pipe()
+        p.standardError = err
         do {
             try p.run()
-            p.waitUntilExit()
         } catch {
             fail("umount: cannot run fusermount3: \(error)")
         }
-        if p.terminationStatus != 0 { fail("umount: fusermount3 -u -z \(mp) failed") }
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: e, as: UTF8.self))
     }
 }
 
@@ -218,7 +262,9 @@ func mountRows(runtime: String, node: UInt64) -> [MountRow] {
         rows.append(MountRow(mountpoint: m.mountpoint, pid: r?.pid, state: live ? "live" : "stale"))
     }
     for r in records where !seen.contains(r.mountpoint) && r.node == String(node, radix: 16) {
-        rows.append(MountRow(mountpoint: r.mountpoint, pid: r.pid, state: "stale"))
+        // Detached lazily: its daemon serves the processes still in it.
+        let detached = FuseMounts.daemonAlive(r.pid)
+        rows.append(MountRow(mountpoint: r.mountpoint, pid: r.pid, state: detached ? "detached" : "stale"))
     }
     return rows
 }

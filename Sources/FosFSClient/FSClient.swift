@@ -386,7 +386,11 @@ public final class FSClient: Sendable {
     }
 
     public func setxattr(ino: UInt64, name: String, value: [UInt8], flags: XattrFlags = []) async throws {
-        _ = try await call(FOS_OP_FS_SETXATTR, try xattrPayload(ino, name, flags: UInt32(bitPattern: flags.rawValue), value: value))
+        let p = try xattrPayload(ino, name, flags: UInt32(bitPattern: flags.rawValue), value: value)
+        // A value too large for one message is too large for the file
+        // system: setxattr(2)'s E2BIG, not the transport's EMSGSIZE.
+        guard p.count <= Int(FOS_MAX_PAYLOAD) else { throw FosError.remote(.argListTooLong) }
+        _ = try await call(FOS_OP_FS_SETXATTR, p)
     }
 
     public func listxattr(ino: UInt64) async throws -> [String] {

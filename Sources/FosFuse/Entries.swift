@@ -41,7 +41,30 @@ extension Daemon {
         if s.valid & FOSFUSE_SET_MTIME_NOW != 0 { c.mtime = .now } else if s.valid & FOSFUSE_SET_MTIME != 0 { c.mtime = .ns(s.mtime_ns) }
         let change = c
         serve(r, asCaller: s.valid & FOSFUSE_SET_HAS_FH == 0) { r in
-            self.replyAttr(r, try await self.fs.setattr(ino: ino, change))
+            do {
+                self.replyAttr(r, try await self.fs.setattr(ino: ino, change))
+            } catch FosError.remote(let e) where e == .notPermitted && change.mode != nil
+                && change == AttributeChanges(mode: change.mode) {
+                self.replyAttr(r, try await self.clearSetID(ino: ino, mode: change.mode!))
+            }
+        }
+    }
+
+    /// A write, or a truncate, by someone other than the owner clears the
+    /// file's set-user-ID and set-group-ID bits: the kernel sends that as a
+    /// chmod in the writer's name, which the fleet refuses (only the owner
+    /// may chmod). With `default_permissions` the kernel refuses any other
+    /// chmod by a non-owner itself, so a refused mode change that only
+    /// takes set-id bits away is this one: made as root, checked to do
+    /// nothing more.
+    private func clearSetID(ino: UInt64, mode: UInt32) async throws -> FileAttributes {
+        try await FSClient.$actingAs.withValue(nil) {
+            let now = try await fs.getattr(ino: ino).mode & 0o7777
+            let setID: UInt32 = 0o6000
+            guard mode & ~setID == now & ~setID, mode & setID & ~now == 0, mode & setID != now & setID else {
+                throw FosError.remote(.notPermitted)
+            }
+            return try await fs.setattr(ino: ino, AttributeChanges(mode: mode))
         }
     }
 

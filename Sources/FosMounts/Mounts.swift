@@ -147,10 +147,25 @@ public enum FuseMounts {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// An absolute path to `path` without touching its last component (a
-    /// mount point whose daemon died answers ENOTCONN): the parent is
-    /// resolved (symlinks too), the last component kept as given.
-    public static func normalize(_ path: String) -> String {
+    /// An absolute path to `path` without touching what its last component
+    /// names (a mount point whose daemon died answers ENOTCONN): the parent
+    /// is resolved (symlinks too), and so is a last component that is a
+    /// symbolic link (mount(2) follows it; lstat does not look through it).
+    public static func normalize(_ path: String) -> String { normalize(path, links: 0) }
+
+    private static func normalize(_ path: String, links: Int) -> String {
+        let n = lexical(path)
+        var st = stat()
+        guard links < 40, lstat(n, &st) == 0, st.st_mode & S_IFMT == S_IFLNK else { return n }
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let len = readlink(n, &buf, buf.count - 1)
+        guard len > 0 else { return n }
+        let target = String(decoding: buf.prefix(len).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let parent = n.hasSuffix("/") ? n : String(n[..<(n.lastIndex(of: "/") ?? n.startIndex)])
+        return normalize(target.hasPrefix("/") ? target : parent + "/" + target, links: links + 1)
+    }
+
+    private static func lexical(_ path: String) -> String {
         var p = path
         if !p.hasPrefix("/") { p = FileManager.default.currentDirectoryPath + "/" + p }
         var parts: [Substring] = []

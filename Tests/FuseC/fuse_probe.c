@@ -215,6 +215,13 @@ static void probe_xattr(const char *path) {
     EXPECT(removexattr(path, "user.colour") == 0, "removexattr");
     EXPECT(removexattr(path, "user.colour") == -1 && errno == ENODATA, "removexattr again");
     EXPECT(getxattr(path, "user.colour", v, sizeof v) == -1 && errno == ENODATA, "removed");
+    // A value larger than the file system keeps: E2BIG, as setxattr(2) says.
+    static char big[65536];
+    memset(big, 'v', sizeof big);
+    EXPECT(setxattr(path, "user.big", big, sizeof big, 0) == -1 && errno == E2BIG, "64 KiB value: %s", strerror(errno));
+    EXPECT(setxattr(path, "user.big", big, 4000, 0) == 0, "4000-byte value");
+    static char back[4096];
+    EXPECT(getxattr(path, "user.big", back, sizeof back) == 4000 && memcmp(back, big, 4000) == 0, "4000-byte value back");
 }
 
 static void touch(const char *p, const char *content) {

@@ -2,6 +2,7 @@ import FosCore
 import FosFS
 import FosFSClient
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -85,6 +86,53 @@ struct FuseCoherenceTests {
                 expected.replaceSubrange(500_000..<510_000, with: Array(repeating: 0xAB, count: 10_000))
                 try await eventually("the overwritten range to show", timeout: .seconds(5), every: .milliseconds(5)) {
                     FileManager.default.contents(atPath: mp + "/d2/big") == Data(expected) ? true : nil
+                }
+            }
+        }
+    }
+
+    /// Another client appends to a file whose last page the kernel holds:
+    /// the mount shows the old bytes or the new ones, never a tail of zeros
+    /// nobody wrote. (An attribute answer brought the new size before the
+    /// announcement dropped the page: with EXPLICIT_INVAL_DATA the kernel
+    /// kept the page and showed "one\n\0\0\0\0" for a few ms.)
+    @Test("another client's append never shows through the mount as bytes nobody wrote")
+    func appendNeverShowsZeros() async throws {
+        try await TestNode.with(members: 1, fsMembers: 1) { node in
+            let fs = try await FSClient.connect(try node.runtime())
+            try await withMount(node, ["--cache-timeout", "60"]) { mp in
+                try await fs.writeFile(path: "/probe", data: [1])
+                try await eventually("the daemon to watch the member", timeout: .seconds(10)) {
+                    FileManager.default.contents(atPath: mp + "/probe") != nil ? true : nil
+                }
+                await pause(.seconds(1))
+                for i in 0..<20 {
+                    let path = "/ap\(i)"
+                    try await fs.writeFile(path: path, data: Array("one\n".utf8))
+                    #expect(Self.contents(mp + path) == "one\n")
+                    let ino = try await fs.resolve(path: path)
+                    // A reader that keeps reading while the changes come.
+                    let stop = Atomic<Bool>(false)
+                    let reader = Task.detached { () -> [String] in
+                        var odd: [String] = []
+                        while !stop.load(ordering: .relaxed) {
+                            guard let c = Self.contents(mp + path) else { continue }
+                            if c != "one\n" && c != "one\ntwo\n" { odd.append(c) }
+                        }
+                        return odd
+                    }
+                    // An attribute-only change first (its announcement drops
+                    // attributes alone), then the append.
+                    _ = try await fs.chmod(ino: ino, mode: 0o640)
+                    try await fs.write(ino: ino, offset: 4, data: Array("two\n".utf8))
+                    try await eventually("the append to show", timeout: .seconds(5), every: .milliseconds(1)) {
+                        Self.contents(mp + path) == "one\ntwo\n" ? true : nil
+                    }
+                    await pause(.milliseconds(20))
+                    stop.store(true, ordering: .relaxed)
+                    let odd = await reader.value
+                    let shown = Set(odd).map { Array($0.utf8) }
+                    #expect(odd.count == 0, "\(path) read as \(shown)")
                 }
             }
         }

@@ -1,4 +1,5 @@
 import FosCore
+import FosFSClient
 import FosMounts
 import Foundation
 import Testing
@@ -87,6 +88,12 @@ struct FuseMountTests {
                 let again = try await node.fosctl(["mount", mp])
                 #expect(again.status == 1 && again.stderr.contains("is a fos mount already"), "\(again.stderr)")
                 #expect(again.stderr.split(separator: "\n").count == 1)
+                // Through a symbolic link to it: the same mount point.
+                let link = node.root + "/link-to-mount"
+                #expect(symlink(mp, link) == 0)
+                let viaLink = try await node.fosctl(["mount", link])
+                #expect(viaLink.status == 1 && viaLink.stderr.contains("\(mp) is a fos mount already"), "\(viaLink.stderr)")
+                #expect(try await node.fosctlJSON(StatusJSON.self, ["status"]).mounts.count == 1)
                 let log = mountLog(node, mp)
                 #expect(log.contains("max_write 1048576"), "\(log)")
             }
@@ -118,6 +125,40 @@ struct FuseMountTests {
                 #expect(try await node.fosctlJSON(StatusJSON.self, ["status"]).mounts.isEmpty)
             } catch {
                 await forceUnmount(node, mp)
+                throw error
+            }
+
+            // A mount in use: umount is refused, as umount(8) refuses, and
+            // the user keeps working; --lazy detaches it, and its daemon
+            // serves the user to its last write, then leaves.
+            let busy = node.root + "/busy"
+            try FileManager.default.createDirectory(atPath: busy, withIntermediateDirectories: false)
+            let mb = try await node.fosctl(["mount", busy])
+            #expect(mb.status == 0, "\(mb.stderr)")
+            do {
+                let fd = open(busy + "/held", O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+                try #require(fd >= 0)
+                #expect(write(fd, "before\n", 7) == 7)
+                let refused = try await node.fosctl(["umount", busy])
+                #expect(refused.status == 1 && refused.stderr.contains("target is busy")
+                        && refused.stderr.contains("fosctl umount --lazy"), "\(refused.stderr)")
+                #expect(FuseMounts.isMounted(busy))
+                let rec = try #require(FuseMounts.read(runtime: node.runtimeDir, mountpoint: busy))
+                let lazy = try await node.fosctl(["umount", "--lazy", busy])
+                #expect(lazy.status == 0, "\(lazy.stderr)")
+                #expect(!FuseMounts.isMounted(busy))
+                let s = try await node.fosctlJSON(StatusJSON.self, ["status"])
+                #expect(s.mounts.first { $0.mountpoint == busy }?.state == "detached")
+                #expect(write(fd, "after\n", 6) == 6)
+                #expect(close(fd) == 0)
+                try await eventually("the detached mount's daemon to leave") {
+                    FuseMounts.daemonAlive(rec.pid) || FuseMounts.read(runtime: node.runtimeDir, mountpoint: busy) != nil
+                        ? nil : true
+                }
+                let fs = try await FSClient.connect(try node.runtime())
+                #expect(try await fs.readFile(path: "/held") == Array("before\nafter\n".utf8))
+            } catch {
+                await forceUnmount(node, busy)
                 throw error
             }
 

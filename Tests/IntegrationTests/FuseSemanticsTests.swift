@@ -169,6 +169,7 @@ struct FuseSemanticsTests {
                     cd '\(mp)'
                     mkdir pub priv sticky && chmod 777 pub && chmod 700 priv && chmod 1777 sticky
                     echo secret > priv/f && echo ro > ro && chmod 444 ro && echo root > sticky/rootfile && chmod 666 sticky/rootfile
+                    echo a > pub/setuid && chmod 4777 pub/setuid && echo a > pub/setgid && chmod 2777 pub/setgid
                     """)
                 try await sh(node, """
                     cd '\(mp)'
@@ -184,6 +185,11 @@ struct FuseSemanticsTests {
                     fails rm -f sticky/rootfile
                     echo shared >> sticky/rootfile
                     chmod 600 pub/mine && test "$(stat -c %a pub/mine)" = 600
+                    fails chmod u-s pub/setuid
+                    # A write by another than the owner clears the set-id bits, as on Linux.
+                    echo b >> pub/setuid && test "$(stat -c %a pub/setuid)" = 777
+                    echo b >> pub/setgid && test "$(stat -c %a pub/setgid)" = 777
+                    test "$(cat pub/setuid pub/setgid)" = "$(printf 'a\nb\na\nb')"
                     """, nobody: true)
                 // What the kernel said matches what the fleet holds.
                 let fs = try await FSClient.connect(try node.runtime())

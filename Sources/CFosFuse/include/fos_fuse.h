@@ -180,8 +180,9 @@ struct fosfuse_config {
     int debug;
     uint32_t max_background;     /* asynchronous requests (readahead) in flight */
     /* The daemon announces every change by others (fosfuse_notify_*): the
-     * kernel then keeps pages until told, instead of dropping them whenever
-     * it sees a new mtime (which its own writes make). */
+     * kernel then keeps pages until told (or until it sees a new size),
+     * instead of dropping them whenever it sees a new mtime (which its own
+     * writes make). */
     int explicit_invalidation;
 };
 
