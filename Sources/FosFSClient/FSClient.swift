@@ -393,6 +393,13 @@ public final class FSClient: Sendable {
         _ = try await call(FOS_OP_FS_SETXATTR, p)
     }
 
+    /// Tells the inode's member that this process holds the regular file
+    /// open by a placeholder memfd named "fos-<ino>-0-0-<node>" (in hex):
+    /// while that lives, losing its last name leaves the file an orphan.
+    public func hold(ino: UInt64) async throws {
+        _ = try await call(FOS_OP_FS_HOLD, inoPayload(ino))
+    }
+
     public func listxattr(ino: UInt64) async throws -> [String] {
         let r = try await call(FOS_OP_FS_LISTXATTR, inoPayload(ino))
         return r.split(separator: 0, omittingEmptySubsequences: true).map { String(decoding: $0, as: UTF8.self) }

@@ -10,22 +10,23 @@ import Glibc
 /// Orphans.swift: an inode whose last name goes stays while it is open).
 ///
 /// A process under the shim holds an open fos file as a memfd named
-/// "fos-<ino in hex>-..." (Shim/src/fdtable.c), so /proc says exactly which
-/// processes hold an inode — through dup, fork and exec. That look is too
-/// slow for every unlink, so the member records the processes it opened
-/// each of its inodes for (an OPEN answered here, or one forwarded with the
-/// caller's pid), and at start every process that holds one of its inodes.
-/// An inode losing its last name becomes an orphan while any recorded
-/// process lives — but the unlinking process itself when it says it holds
-/// no fos file and passed none to a child (FOS_FS_UNLINK_HOLDS_NONE), or
-/// passed none and its descriptors do not hold this one (…_SHARED_NONE) —
-/// and a background pass frees the orphans that no process holds, by /proc.
+/// "fos-<ino in hex>-..." (Shim/src/fdtable.c), as a FUSE daemon does for
+/// the files open through its mount (FosFuse/Holds.swift), so /proc says
+/// exactly which processes hold an inode — through dup, fork and exec.
+/// That look is too slow for every unlink, so the member records the
+/// processes it opened each of its inodes for (an OPEN answered here, or
+/// one forwarded with the caller's pid; a HOLD), and at start every process
+/// that holds one of its inodes. An inode losing its last name becomes an
+/// orphan while any recorded process lives — but the unlinking process
+/// itself when it says it holds no fos file and passed none to a child
+/// (FOS_FS_UNLINK_HOLDS_NONE), or passed none and its descriptors do not
+/// hold this one (…_SHARED_NONE) — and a background pass frees the orphans
+/// that no process holds, by /proc.
 ///
 /// Not seen: processes in another pid namespace or on another machine, or
 /// whose /proc/PID/fd this member may not read (a node not run as root);
-/// opens through a FUSE mount (its daemon keeps its own hidden links,
-/// FosFuse/Orphans.swift); a process that got the file only from a recorded
-/// process that has exited since. Their files are freed with the last name.
+/// a process that got the file only from a recorded process that has
+/// exited since. Their files are freed with the last name.
 /// A placeholder names its node: another node's on this host is not ours.
 final class Openers: Sendable {
     /// Our node: placeholders of another node on this host name its inodes.

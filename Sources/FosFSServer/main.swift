@@ -438,6 +438,12 @@ final class FSService: Sendable {
             var out = [UInt8]()
             appendStruct(try await maps.map(a, writable: writable, cred: cred, svc: self), to: &out)
             return Reply(payload: out)
+        case FOS_OP_FS_HOLD:
+            let h = try w.only(fos_fs_ino.self)
+            let a = try await fs.getattr(ino: h.ino)
+            guard a.type == .regular else { throw FSError.posix(.invalidArgument) }
+            _ = opened(a, for: cred)
+            return Reply()
         case FOS_OP_FS_MSYNC:
             let h = try w.only(fos_fs_msync.self)
             guard h.flags & ~FOS_FS_MSYNC_FLUSH == 0, h.reserved == 0 else { throw FSError.posix(.invalidArgument) }
@@ -728,6 +734,7 @@ func runMember() -> Never {
             handlers[UInt16(FOS_OP_FS_WATCH)] = { await svc.watch.watch($0) }
             handlers[UInt16(FOS_OP_FS_MAP)] = { await svc.handle($0) }
             handlers[UInt16(FOS_OP_FS_MSYNC)] = { await svc.handle($0) }
+            handlers[UInt16(FOS_OP_FS_HOLD)] = { await svc.handle($0) }
             let server = FosServer(runtime: rt, handlers: handlers, onConnect: { ch, stats in
                 closeFD(stats)
                 svc.channels.add(1, ordering: .relaxed)

@@ -52,6 +52,7 @@ final class Daemon: Sendable {
     let invalidator: Invalidator?
     let groupCache = GroupCache()
     let noCapabilities = NoCapabilities()
+    let holds: Holds
     let waits = Interruptible()
     let stats = Stats()
     /// Called on the loop as it handles the kernel's INIT, before the answer.
@@ -61,6 +62,7 @@ final class Daemon: Sendable {
          onInit: @escaping @Sendable (fosfuse_conn) -> Void) {
         self.onInit = onInit
         self.orphans = Orphans(fs: fs, pid: getpid())
+        self.holds = Holds(node: rt.node)
         self.invalidator = geteuid() == 0 ? Invalidator(rt: rt, nodes: nodes, noCapabilities: noCapabilities) : nil
         self.rt = rt
         self.fs = fs

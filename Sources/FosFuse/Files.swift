@@ -79,6 +79,8 @@ extension Daemon {
     }
 
     private func answerOpen(_ r: Req, ino: UInt64, flags: Int32) {
+        // The kernel opens only regular files through FUSE_OPEN.
+        holds.opened(ino, mode: UInt32(S_IFREG), on: rt.loop, fs: fs)
         var o = openReply(files.open(ino: ino, flags: flags))
         if fosfuse_reply_open(r.raw, &o) != 0 { dropHandle(o.fh) }
     }
@@ -88,6 +90,7 @@ extension Daemon {
             let a = try await self.fs.create(parent: parent, name: name, mode: mode & 0o7777,
                                              flags: OpenFlags(rawValue: flags))
             var e = self.entry(a)
+            self.holds.opened(a.ino, mode: a.mode, on: self.rt.loop, fs: self.fs)
             var o = self.openReply(self.files.open(ino: a.ino, flags: flags))
             self.nodes.looked(a.ino)
             if fosfuse_reply_create(r.raw, &e, &o) != 0 {
@@ -99,7 +102,9 @@ extension Daemon {
 
     /// A handle the kernel never got (its answer failed: the caller was interrupted).
     func dropHandle(_ fh: UInt64) {
-        guard let ino = files.close(fh), orphans.isOrphan(ino) else { return }
+        guard let ino = files.close(fh) else { return }
+        holds.closed(ino)
+        guard orphans.isOrphan(ino) else { return }
         rt.loop.spawn { await self.orphans.released(ino) }
     }
 
@@ -116,6 +121,7 @@ extension Daemon {
     /// inode's last handle and the inode lost its names, the inode.
     func release(_ r: Req, fh: UInt64, ino: UInt64, owner: UInt64, flockRelease: Bool) {
         let last = files.close(fh)
+        if let last { holds.closed(last) }
         let orphan = last.map { orphans.isOrphan($0) } ?? false
         guard flockRelease || orphan else { return replyOK(r) }
         serve(r, asCaller: false) { r in

@@ -12,9 +12,9 @@ import Synchronization
 /// through the mount do not count that link. A daemon that dies leaves its
 /// links behind; the next one on the node removes those of dead daemons.
 ///
-/// Only what happens through this mount is seen: another client removing
-/// the last name of a file open here still frees it (the fleet would need
-/// open references of its own for that).
+/// That is for names removed through this mount. When another client
+/// removes the last name of a file open here, the fleet keeps the file as
+/// its orphan: the daemon holds it as a shim process would (Holds.swift).
 final class Orphans: Sendable {
     static let dirName = ".fos-fuse-orphans"
     private let fs: FSClient

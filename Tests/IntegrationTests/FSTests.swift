@@ -238,6 +238,12 @@ struct FSTests {
             #expect(try await call(FOS_OP_FS_MSYNC, [1, 2, 3]) == EPROTO)
             // Not mapped: no memfd to name.
             #expect(try await call(FOS_OP_FS_MSYNC, bytes(fos_fs_msync(ino: a.ino, memfd_ino: 7, flags: 0, reserved: 0))) == EIO)
+            // HOLD: a regular file that exists, and nothing more.
+            #expect(try await call(FOS_OP_FS_HOLD, bytes(fos_fs_ino(ino: a.ino))) == 0)
+            #expect(try await call(FOS_OP_FS_HOLD, bytes(fos_fs_ino(ino: a.ino)) + [0]) == EPROTO)
+            #expect(try await call(FOS_OP_FS_HOLD, [1, 2]) == EPROTO)
+            #expect(try await call(FOS_OP_FS_HOLD, bytes(fos_fs_ino(ino: FSClient.rootIno))) == EINVAL)
+            #expect(try await call(FOS_OP_FS_HOLD, bytes(fos_fs_ino(ino: 0xdead_0000_beef))) != 0)
             #expect(try await call(0x4fe, []) == ENOSYS)
             // FORWARD is for fleet peers on the internal mailbox only.
             var fwd = bytes(fos_fs_forward(opcode: UInt16(FOS_OP_FS_GETATTR), ngroups: 0, uid: 0, gid: 0, hops: 1, pid: 0))

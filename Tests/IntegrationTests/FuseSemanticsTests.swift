@@ -216,6 +216,31 @@ struct FuseSemanticsTests {
                 var st = stat()
                 #expect(lstat(mp + "/shared/from-mount", &st) == 0)
                 #expect(UInt64(st.st_ino) == a.ino && UInt64(st.st_size) == a.size)
+
+                // Open through the mount, its last name removed by another
+                // client: the descriptors keep working (POSIX), past the
+                // second in which the fleet counts a holder it was just told
+                // of, and the file goes at their last close.
+                for (i, created) in [false, true].enumerated() {
+                    let path = "/shared/held\(i)"
+                    if !created { try await fs.writeFile(path: path, data: Array("kept\n".utf8)) }
+                    let fd = created ? open(mp + path, O_CREAT | O_EXCL | O_RDWR, 0o644) : open(mp + path, O_RDWR)
+                    try #require(fd >= 0)
+                    if created { #expect(pwrite(fd, "kept\n", 5, 0) == 5) }
+                    let ino = try await fs.stat(path: path).ino
+                    try await fs.unlink(path: path)
+                    await pause(.milliseconds(1500))
+                    var buf = [UInt8](repeating: 0, count: 64)
+                    #expect(pread(fd, &buf, 64, 0) == 5 && Array(buf.prefix(5)) == Array("kept\n".utf8), "\(String(cString: strerror(errno)))")
+                    #expect(pwrite(fd, "more\n", 5, 5) == 5)
+                    #expect(pread(fd, &buf, 64, 0) == 10)
+                    var fst = stat()
+                    #expect(fstat(fd, &fst) == 0 && fst.st_nlink == 0)
+                    #expect(close(fd) == 0)
+                    try await eventually("the orphan to be freed after the last close", timeout: .seconds(5)) { () async -> Bool? in
+                        (try? await fs.getattr(ino: ino)) == nil ? true : nil
+                    }
+                }
             }
         }
     }

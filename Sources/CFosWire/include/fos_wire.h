@@ -515,6 +515,11 @@ _Static_assert(sizeof(fos_fs_lock_origin) == 24, "fos_fs_lock_origin layout");
  * name files of every user); others get EPERM.
  */
 #define FOS_OP_FS_WATCH 0x419u       /* fos_fs_watch -> fos_fs_watch_reply + events */
+/* fos_fs_ino -> empty: the sender holds the regular file open (by a
+ * placeholder memfd "fos-<ino>-0-0-<node>", as a FUSE daemon does for the
+ * files open through its mount), so that losing its last name makes it an
+ * orphan, kept while the placeholder lives (FosFSServer/Openers.swift). */
+#define FOS_OP_FS_HOLD 0x41cu
 #define FOS_FS_WATCH_MAX_WAIT_MS 10000u
 #define FOS_FS_WATCH_LOST 0x1u
 
