@@ -12,6 +12,8 @@
 
 #include <sys/mman.h>
 
+#include "fos_mountinfo.h"
+
 
 #ifndef MFD_EXEC
 #define MFD_EXEC 0x0010U
@@ -179,11 +181,18 @@ int fos_shim_prog_reachable(const fos_shim_prog *p, char *const argv[], char *co
     }
     if (why == NULL && fos_shim_fd_inherited()) why = "descriptors it inherits are";
     if (why == NULL) return 0;
-    char line[FOS_SHIM_PATH_BUF + 512];
+    /* The node's own mount, if it has one (and a path of common length). */
+    char mp[1024], where[1024 + 32];
+    if (fos_mountinfo_fos_mount(__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED), mp, sizeof mp)) {
+        snprintf(where, sizeof where, "at %s", mp);
+    } else {
+        snprintf(where, sizeof where, "(fosctl mount DIR)");
+    }
+    char line[FOS_SHIM_PATH_BUF + 1024 + 512];
     int n = snprintf(line, sizeof line,
                      "fos: %s %s, so it cannot see %s through the shim, and %s in it: run it on the FUSE mount "
-                     "(fosctl mount DIR), or set FOS_ALLOW_UNREACHABLE=1 if it does not use %s\n",
-                     p->final, fos_elf_why(p->kind), fos_shim_cfg.prefix, why, fos_shim_cfg.prefix);
+                     "%s, or set FOS_ALLOW_UNREACHABLE=1 if it does not use %s\n",
+                     p->final, fos_elf_why(p->kind), fos_shim_cfg.prefix, why, where, fos_shim_cfg.prefix);
     if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
     return -EPERM;
 }

@@ -24,8 +24,9 @@ extension FosRun {
         node's spawn service, with fos-exec standing in for it. Only dynamically linked
         programs that call libc see the shim: a static binary or a Go program sees the
         host's paths only, so fos-run (and the shim, at every exec) refuses one whose
-        cwd or arguments are under the prefix, naming the FUSE mount (fosctl mount DIR)
-        as the way for it; FOS_ALLOW_UNREACHABLE=1 lets it run anyway.
+        cwd or arguments are under the prefix, naming the node's FUSE mount (or fosctl
+        mount DIR, if it has none) as the way for it; FOS_ALLOW_UNREACHABLE=1 lets it
+        run anyway.
 
         USAGE: \(usage)
 

@@ -70,7 +70,8 @@ enum Reach {
     }
 
     /// The one line that refuses `argv` (nil: it may run).
-    static func refusal(_ argv: [String], env: [String: String], prefix: String, fosCwd: Bool) -> String? {
+    static func refusal(_ argv: [String], env: [String: String], prefix: String, fosCwd: Bool,
+                        runtime: String) -> String? {
         guard env["FOS_ALLOW_UNREACHABLE"] != "1" else { return nil }
         func isFos(_ a: Substring) -> Bool { FosRun.isUnder(a, prefix) }
         let fosArg = argv.dropFirst().contains { a in
@@ -81,7 +82,30 @@ enum Reach {
         let k = kind(file)
         guard k == FOS_ELF_STATIC || k == FOS_ELF_GO || k == FOS_ELF_FOREIGN else { return nil }
         return "\(file) \(String(cString: fos_elf_why(k))), so it cannot see \(prefix) through the shim, and "
-            + (fosCwd ? "its cwd is" : "its arguments are") + " in it: run it on the FUSE mount (fosctl mount DIR), "
+            + (fosCwd ? "its cwd is" : "its arguments are") + " in it: run it on the FUSE mount \(fuseMount(runtime)), "
             + "or set FOS_ALLOW_UNREACHABLE=1 if it does not use \(prefix)"
+    }
+
+    /// Where the node's FUSE mount is (a fos mount in mountinfo that the
+    /// node's runtime directory has a record of: FosMounts, whose Foundation
+    /// fos-run does without), or how to make one.
+    static func fuseMount(_ runtime: String) -> String {
+        guard let f = fopen("/proc/self/mountinfo", "re") else { return "(fosctl mount DIR)" }
+        defer { fclose(f) }
+        var line: UnsafeMutablePointer<CChar>?
+        var cap = 0
+        defer { free(line) }
+        var found: String?
+        let digits = Array("0123456789abcdef".utf8)
+        while getline(&line, &cap, f) > 0, let l = line {
+            guard strstr(l, " - fuse.fos fos@") != nil else { continue }
+            var buf = [CChar](repeating: 0, count: 1024)
+            guard fos_mountinfo_point(l, &buf, buf.count) != 0 else { continue }
+            let mp = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+            let hex = mp.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }.prefix(240)
+            let record = runtime + "/mounts/" + String(decoding: hex, as: UTF8.self) + ".mount"
+            if access(record, F_OK) == 0 { found = String(decoding: mp, as: UTF8.self) }
+        }
+        return found.map { "at " + $0 } ?? "(fosctl mount DIR)"
     }
 }

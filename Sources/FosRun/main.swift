@@ -94,7 +94,8 @@ struct FosRun {
             // the spawn service to start it and makes fos-exec its stand-in.
             env["FOS_EXEC_STANDIN"] = "1"
             run = [directory(of: shim) + "/fos-exec", program] + argv
-        } else if let line = Reach.refusal(argv, env: env, prefix: pfx, fosCwd: env["FOS_CWD"] != nil) {
+        } else if let line = Reach.refusal(argv, env: env, prefix: pfx, fosCwd: env["FOS_CWD"] != nil,
+                                           runtime: runtime ?? NodePaths.defaultRuntime()) {
             fail(line, code: 126)
         }
         Glibc.exit(FosRun.spawnAndWait(program: run[0], argv: run, env: env))

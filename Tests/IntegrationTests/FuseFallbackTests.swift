@@ -105,6 +105,16 @@ struct FuseFallbackTests {
                 #expect(try await fs.readFile(path: "/from-go.txt") == Array("written by Go\n".utf8))
                 #expect(try await fs.stat(path: "/bb/moved.txt").size == 288_894)
                 #expect(try await fs.stat(path: "/go/moved.bin").mode & 0o777 == 0o640)
+
+                // Under the shim they cannot see /fos: fos-run refuses one,
+                // and the shim an exec of one, naming this node's mount.
+                let line = "/bin/busybox is statically linked, so it cannot see /fos through the shim, and its arguments "
+                    + "are in it: run it on the FUSE mount at \(mp), or set FOS_ALLOW_UNREACHABLE=1 if it does not use /fos"
+                let direct = try await Shim.run(node, ["/bin/busybox", "cat", "/fos/from-go.txt"])
+                #expect(direct.status == 126 && direct.stderr == "fos-run: \(line)\n", "\(direct.stderr)")
+                let viaShell = try await Shim.sh(node, "cat /fos/from-go.txt && exec /bin/busybox cat /fos/from-go.txt")
+                #expect(viaShell.status != 0 && viaShell.stdout == "written by Go\n" && viaShell.stderr.hasPrefix("fos: \(line)\n"),
+                        "\(viaShell.stderr)")
             }
         }
     }
