@@ -8,6 +8,8 @@
 
 #include <stdarg.h>
 
+#include "fos_mountinfo.h"
+
 void fos_shim_lock_release(const fos_shim_ofd *o);
 
 /* O_TMPFILE includes O_DIRECTORY: only both bits together mean it. */
@@ -69,6 +71,19 @@ static int fos_shim_open_new(char *fspath, int flags, uint32_t sent, uint32_t pe
     return r ? r : fos_shim_fd_create(&st, flags, fspath);
 }
 
+/* A FIFO is a kernel object, of which the fs keeps only the inode: one in
+ * /fos is opened through the node's FUSE mount, where every process on this
+ * machine, under the shim or not, meets the same pipe. Without a mount
+ * there is no pipe to meet: ENXIO, as for a device with no driver. */
+static int fos_shim_open_fifo(const char *fspath, int flags, mode_t mode) {
+    char mp[1024], full[FOS_SHIM_PATH_BUF];
+    if (!fos_mountinfo_fos_mount(__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED), mp, sizeof mp)) return -ENXIO;
+    int n = snprintf(full, sizeof full, "%s%s", mp, fspath);
+    if (n < 0 || (size_t)n >= sizeof full) return -ENAMETOOLONG;
+    int fd = FOS_REAL(openat)(AT_FDCWD, full, flags, mode);
+    return fd < 0 ? -errno : fd;
+}
+
 static int fos_shim_open_fos(char *fspath, int flags, mode_t mode) {
     if ((flags & O_TMPFILE) == O_TMPFILE) return -EOPNOTSUPP;
     fos_fs_stat st;
@@ -85,7 +100,7 @@ static int fos_shim_open_fos(char *fspath, int flags, mode_t mode) {
             r = fos_shim_open_new(fspath, flags, sent, perm);
         } else {
             r = fos_shim_op_open(fspath, sent, perm, &st);
-            if (r == 0) r = fos_shim_fd_create(&st, flags, fspath);
+            if (r == 0) r = S_ISFIFO(st.mode) ? fos_shim_open_fifo(fspath, flags, mode) : fos_shim_fd_create(&st, flags, fspath);
         }
         __atomic_sub_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
         return r;

@@ -241,7 +241,24 @@ struct FuseSemanticsTests {
                         (try? await fs.getattr(ino: ino)) == nil ? true : nil
                     }
                 }
+
+                // A FIFO is the kernel's: a process under the shim opens it
+                // through this mount, and meets processes using the mount.
+                #expect(mkfifo(mp + "/shared/fifo", 0o644) == 0)
+                let reader = try Subprocess("/bin/sh", ["-c", "exec timeout 10 cat '\(mp)/shared/fifo'"], outputIn: node.root)
+                let writer = try await Shim.sh(node, "echo through the shim > /fos/shared/fifo")
+                let read = await reader.wait(timeout: .seconds(15))
+                #expect(writer.status == 0 && read.status == 0 && read.stdout == "through the shim\n", "\(writer.stderr) \(read.stderr)")
+                let shimReader = try Subprocess(try Shim.fosRun, ["--runtime", node.runtimeDir, "--", "/bin/sh", "-c",
+                                                              "exec timeout 10 cat /fos/shared/fifo"], outputIn: node.root)
+                await pause(.milliseconds(300))
+                try await sh(node, "echo through the mount > '\(mp)/shared/fifo'")
+                let shimRead = await shimReader.wait(timeout: .seconds(15))
+                #expect(shimRead.status == 0 && shimRead.stdout == "through the mount\n", "\(shimRead.stderr)")
             }
+            // No mount, no pipe to meet: a clear error, not a file of data.
+            let none = try await Shim.sh(node, "echo lost > /fos/shared/fifo")
+            #expect(none.status != 0 && none.stderr.contains("No such device or address"), "\(none.stderr)")
         }
     }
 }
