@@ -92,6 +92,45 @@ FOS_SHIM_EXPORT int posix_fadvise64(int fd, off_t off, off_t len, int advice) {
     return off < 0 || len < 0 || advice < 0 || advice > 5 ? EINVAL : 0;
 }
 
+int fos_shim_truncate_ino(uint64_t ino, off_t len);
+
+/* posix_fallocate(3): glibc's makes the fallocate system call itself, which
+ * the placeholder (a sealed memfd) refuses with EPERM. A fos file has no
+ * space to reserve: the size grows to cover the range, as after glibc's own
+ * fallback for file systems without fallocate (which writes zeros), and
+ * within the file nothing changes. Returns an error number, as it must. */
+static int fos_shim_posix_fallocate(int fd, off_t off, off_t len) {
+    fos_shim_ofd *o = fos_shim_fd(fd);
+    if (off < 0 || len <= 0) return EINVAL;
+    if (off > INT64_MAX - len) return EFBIG;
+    if ((o->flags & O_PATH) || (o->flags & O_ACCMODE) == O_RDONLY) return EBADF;
+    if (!S_ISREG(o->mode)) return ENODEV;
+    fos_fs_stat st;
+    int r = fos_shim_op_getattr(o->ino, &st);
+    if (r != 0) return -r;
+    if ((uint64_t)(off + len) <= st.size) return 0;
+    r = fos_shim_truncate_ino(o->ino, off + len);
+    return r < 0 ? -r : 0;
+}
+
+FOS_SHIM_EXPORT int posix_fallocate(int fd, off_t off, off_t len) {
+    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd)) || fos_shim_fd(fd) == NULL) {
+        return FOS_REAL(posix_fallocate)(fd, off, len);
+    }
+    int saved = errno, r = fos_shim_posix_fallocate(fd, off, len);
+    errno = saved;
+    return r;
+}
+
+FOS_SHIM_EXPORT int posix_fallocate64(int fd, off_t off, off_t len) {
+    if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd)) || fos_shim_fd(fd) == NULL) {
+        return FOS_REAL(posix_fallocate64)(fd, off, len);
+    }
+    int saved = errno, r = fos_shim_posix_fallocate(fd, off, len);
+    errno = saved;
+    return r;
+}
+
 FOS_SHIM_EXPORT int fallocate(int fd, int mode, off_t off, off_t len) {
     if (FOS_SHIM_LIKELY(!fos_shim_fd_marked(fd)) || fos_shim_fd(fd) == NULL) {
         return FOS_REAL(fallocate)(fd, mode, off, len);

@@ -87,6 +87,13 @@ static void test_io(const char *d) {
     CHECK(fsync(fd) == 0 && fdatasync(fd) == 0);
     CHECK(truncate(f, 50) == 0 && stat(f, &st) == 0 && st.st_size == 50);
     CHECK_ERRNO(ftruncate(fd, -1), EINVAL);
+    /* posix_fallocate: the size covers the range; what is there stays. */
+    CHECK(posix_fallocate(fd, 10, 20) == 0 && fstat(fd, &st) == 0 && st.st_size == 50);
+    CHECK(posix_fallocate(fd, 40, 8000) == 0 && fstat(fd, &st) == 0 && st.st_size == 8040);
+    CHECK(pread(fd, b, 4, 10) == 4 && memcmp(b, "ZZZZ", 4) == 0);
+    CHECK(pread(fd, b, 2, 8000) == 2 && b[0] == 0 && b[1] == 0);
+    CHECK(posix_fallocate(fd, -1, 10) == EINVAL && posix_fallocate(fd, 0, 0) == EINVAL);
+    CHECK(ftruncate(fd, 50) == 0);
     /* Past the largest file (16 TiB): EFBIG from the write itself, also
      * where writes go without waiting (the shim's ahead.c); the file is
      * unchanged and its close has nothing to report. */
