@@ -183,7 +183,7 @@ int fos_shim_prog_reachable(const fos_shim_prog *p, char *const argv[], char *co
     if (why == NULL) return 0;
     /* The node's own mount, if it has one (and a path of common length). */
     char mp[1024], where[1024 + 32];
-    if (fos_mountinfo_fos_mount(__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED), mp, sizeof mp)) {
+    if (fos_mountinfo_fos_mount(fos_shim_cfg.runtime, mp, sizeof mp)) {
         snprintf(where, sizeof where, "at %s", mp);
     } else {
         snprintf(where, sizeof where, "(fosctl mount DIR)");

@@ -77,7 +77,7 @@ static int fos_shim_open_new(char *fspath, int flags, uint32_t sent, uint32_t pe
  * there is no pipe to meet: ENXIO, as for a device with no driver. */
 static int fos_shim_open_fifo(const char *fspath, int flags, mode_t mode) {
     char mp[1024], full[FOS_SHIM_PATH_BUF];
-    if (!fos_mountinfo_fos_mount(__atomic_load_n(&fos_shim_node, __ATOMIC_RELAXED), mp, sizeof mp)) return -ENXIO;
+    if (!fos_mountinfo_fos_mount(fos_shim_cfg.runtime, mp, sizeof mp)) return -ENXIO;
     int n = snprintf(full, sizeof full, "%s%s", mp, fspath);
     if (n < 0 || (size_t)n >= sizeof full) return -ENAMETOOLONG;
     int fd = FOS_REAL(openat)(AT_FDCWD, full, flags, mode);

@@ -86,26 +86,10 @@ enum Reach {
             + "or set FOS_ALLOW_UNREACHABLE=1 if it does not use \(prefix)"
     }
 
-    /// Where the node's FUSE mount is (a fos mount in mountinfo that the
-    /// node's runtime directory has a record of: FosMounts, whose Foundation
-    /// fos-run does without), or how to make one.
+    /// Where the node's FUSE mount is (fos_mountinfo.h), or how to make one.
     static func fuseMount(_ runtime: String) -> String {
-        guard let f = fopen("/proc/self/mountinfo", "re") else { return "(fosctl mount DIR)" }
-        defer { fclose(f) }
-        var line: UnsafeMutablePointer<CChar>?
-        var cap = 0
-        defer { free(line) }
-        var found: String?
-        let digits = Array("0123456789abcdef".utf8)
-        while getline(&line, &cap, f) > 0, let l = line {
-            guard strstr(l, " - fuse.fos fos@") != nil else { continue }
-            var buf = [CChar](repeating: 0, count: 1024)
-            guard fos_mountinfo_point(l, &buf, buf.count) != 0 else { continue }
-            let mp = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-            let hex = mp.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }.prefix(240)
-            let record = runtime + "/mounts/" + String(decoding: hex, as: UTF8.self) + ".mount"
-            if access(record, F_OK) == 0 { found = String(decoding: mp, as: UTF8.self) }
-        }
-        return found.map { "at " + $0 } ?? "(fosctl mount DIR)"
+        var buf = [CChar](repeating: 0, count: 1024)
+        guard fos_mountinfo_fos_mount(runtime, &buf, buf.count) != 0 else { return "(fosctl mount DIR)" }
+        return "at " + String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

@@ -2,14 +2,15 @@
 #define FOS_MOUNTINFO_H
 
 /*
- * A node's FUSE mount, found in /proc/self/mountinfo: where fos-run and the
- * shim send a program that cannot see /fos through the shim (fos_elf.h).
+ * A node's FUSE mount, found in /proc/self/mountinfo and the node's record
+ * of it: where fos-run and the shim send a program that cannot see /fos
+ * through the shim (fos_elf.h).
  * A line reads "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] -
  * TYPE SOURCE SUPEROPTIONS"; a fos mount's type is fuse.fos and its source
  * "fos@<node in hex>" (FosMounts). Spaces and other odd bytes in the mount
  * point are escaped as \ooo.
  *
- * Raw system calls and 2.5 KiB of stack only: the shim calls it in the
+ * Raw system calls and 8 KiB of stack only: the shim calls it in the
  * child of a vfork.
  */
 
@@ -50,26 +51,22 @@ static inline int fos_mountinfo_point(const char *line, char *out, size_t cap) {
     return o > 0;
 }
 
-/* The mount point of the last fos mount of `node` (0: of any node) into
- * out; 0 if there is none (or its mount point does not fit). errno is kept. */
-static inline int fos_mountinfo_fos_mount(uint64_t node, char *out, size_t cap) {
+/* The mount point of the last fos mount of the node whose runtime
+ * directory is `runtime`, into out: a fuse.fos mount that the directory
+ * holds a record of (FosMounts: <runtime>/mounts/<the mount point's bytes
+ * in hex, at most 240 digits>.mount). 0 if there is none (or its mount
+ * point does not fit). errno is kept. */
+static inline int fos_mountinfo_fos_mount(const char *runtime, char *out, size_t cap) {
     int saved = errno, found = 0, skipping = 0;
-    char want[48];
-    if (node != 0) {
-        snprintf(want, sizeof want, " - fuse.fos fos@%llx ", (unsigned long long)node);
-    } else {
-        snprintf(want, sizeof want, " - fuse.fos fos@");
-    }
     int fd = (int)syscall(SYS_openat, FOS_MOUNTINFO_AT_FDCWD, "/proc/self/mountinfo",
-                           O_RDONLY | FOS_MOUNTINFO_O_CLOEXEC);
-    if (fd < 0 || cap == 0) {
-        if (fd >= 0) syscall(SYS_close, fd);
+                          O_RDONLY | FOS_MOUNTINFO_O_CLOEXEC);
+    if (fd < 0) {
         errno = saved;
         return 0;
     }
     /* Longer lines (mount points over a kilobyte or so) are passed over. */
-    char buf[1024], line[1536];
-    size_t len = 0;
+    char buf[1024], line[1536], mp[1024], rec[4096 + 256];
+    size_t len = 0, rlen = strlen(runtime);
     for (;;) {
         long n = syscall(SYS_read, fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
@@ -84,9 +81,26 @@ static inline int fos_mountinfo_fos_mount(uint64_t node, char *out, size_t cap) 
                 continue;
             }
             line[len] = '\0';
-            if (!skipping && strstr(line, want) != NULL) found = fos_mountinfo_point(line, out, cap);
             len = 0;
-            skipping = 0;
+            if (skipping) {
+                skipping = 0;
+                continue;
+            }
+            if (strstr(line, " - fuse.fos fos@") == NULL || !fos_mountinfo_point(line, mp, sizeof mp)) continue;
+            size_t mlen = strlen(mp), k = 0;
+            if (rlen + 8 + 240 + 7 > sizeof rec || mlen + 1 > cap) continue;
+            memcpy(rec, runtime, rlen);
+            memcpy(rec + rlen, "/mounts/", 8);
+            k = rlen + 8;
+            for (size_t j = 0; j < mlen && j < 120; j++) {
+                rec[k++] = "0123456789abcdef"[(unsigned char)mp[j] >> 4];
+                rec[k++] = "0123456789abcdef"[(unsigned char)mp[j] & 15];
+            }
+            memcpy(rec + k, ".mount", 7);
+            if (syscall(SYS_faccessat, FOS_MOUNTINFO_AT_FDCWD, rec, 0 /* F_OK */, 0) == 0) {
+                memcpy(out, mp, mlen + 1);
+                found = 1;
+            }
         }
     }
     syscall(SYS_close, fd);
