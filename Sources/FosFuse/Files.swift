@@ -69,11 +69,18 @@ extension Daemon {
     func openFile(_ r: Req, ino: UInt64, flags: Int32) {
         // The kernel checked the caller's access (default_permissions). With
         // atomic O_TRUNC the truncation is ours, made as the caller.
-        let truncate = flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY
-        // Nothing to ask the fleet: answered in the callback.
-        guard truncate else { return answerOpen(r, ino: ino, flags: flags) }
+        let writes = flags & O_ACCMODE != O_RDONLY
+        let truncate = flags & O_TRUNC != 0 && writes
+        // A read-only open: nothing to ask the fleet, answered in the callback.
+        guard writes else { return answerOpen(r, ino: ino, flags: flags) }
         serve(r) { r in
-            _ = try await self.fs.truncate(ino: ino, size: 0)
+            // For writing, the file must still have a name (or be open
+            // here): the kernel may open a name another client removed a
+            // moment ago, before the change log says so, and what was
+            // written to the removed file would be lost without a word.
+            // ESTALE makes the kernel look the name up again.
+            let a = truncate ? try await self.fs.truncate(ino: ino, size: 0) : try await self.fs.getattr(ino: ino)
+            if a.nlink == 0 && !self.files.isOpen(ino) { throw FosError.remote(.staleNFSFileHandle) }
             self.answerOpen(r, ino: ino, flags: flags)
         }
     }

@@ -242,6 +242,26 @@ struct FuseSemanticsTests {
                     }
                 }
 
+                // A name another client has just removed, which the kernel
+                // still caches: opened for writing, it is made anew (or
+                // missing), never the removed file written to no one.
+                for i in 0..<10 {
+                    let path = "/shared/again\(i)"
+                    try await fs.writeFile(path: path, data: Array("old".utf8))
+                    var st = stat()
+                    #expect(lstat(mp + path, &st) == 0)
+                    try await fs.unlink(path: path)
+                    if i % 2 == 0 {
+                        let fd = open(mp + path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+                        #expect(fd >= 0 && write(fd, "new", 3) == 3 && close(fd) == 0)
+                        #expect(try await fs.readFile(path: path) == Array("new".utf8))
+                    } else {
+                        let fd = open(mp + path, O_WRONLY | O_APPEND)
+                        #expect(fd < 0 && errno == ENOENT, "open of a removed name: \(fd) \(String(cString: strerror(errno)))")
+                        if fd >= 0 { close(fd) }
+                    }
+                }
+
                 // A FIFO is the kernel's: a process under the shim opens it
                 // through this mount, and meets processes using the mount.
                 #expect(mkfifo(mp + "/shared/fifo", 0o644) == 0)
