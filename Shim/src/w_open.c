@@ -100,7 +100,9 @@ static int fos_shim_open_fos(char *fspath, int flags, mode_t mode) {
             r = fos_shim_open_new(fspath, flags, sent, perm);
         } else {
             r = fos_shim_op_open(fspath, sent, perm, &st);
-            if (r == 0) r = S_ISFIFO(st.mode) ? fos_shim_open_fifo(fspath, flags, mode) : fos_shim_fd_create(&st, flags, fspath);
+            if (r == 0) {
+                r = S_ISFIFO(st.mode) ? fos_shim_open_fifo(fspath, flags, mode) : fos_shim_fd_create(&st, flags, fspath);
+            }
         }
         __atomic_sub_fetch(&fos_shim_opens_pending, 1, __ATOMIC_ACQ_REL);
         return r;

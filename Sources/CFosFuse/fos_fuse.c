@@ -88,7 +88,7 @@ static void ll_init(void *ud, struct fuse_conn_info *conn) {
     // announcement came (a few ms). Without either mode it drops the
     // file's pages when the size changes that way, and otherwise keeps them
     // until told: its own writes' new mtimes drop nothing.
-    if (!config.explicit_invalidation) want |= FUSE_CAP_AUTO_INVAL_DATA;
+    if (!config.changes_announced) want |= FUSE_CAP_AUTO_INVAL_DATA;
     conn->want &= ~(unsigned)(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_EXPLICIT_INVAL_DATA);
     conn->want |= want & conn->capable;
     conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |

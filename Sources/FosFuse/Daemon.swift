@@ -62,7 +62,7 @@ final class Daemon: Sendable {
          onInit: @escaping @Sendable (fosfuse_conn) -> Void) {
         self.onInit = onInit
         self.orphans = Orphans(fs: fs, pid: getpid())
-        self.holds = Holds(node: rt.node)
+        self.holds = Holds(rt: rt, fs: fs)
         self.invalidator = geteuid() == 0 ? Invalidator(rt: rt, nodes: nodes, noCapabilities: noCapabilities) : nil
         self.rt = rt
         self.fs = fs

@@ -87,7 +87,7 @@ extension Daemon {
 
     private func answerOpen(_ r: Req, ino: UInt64, flags: Int32) {
         // The kernel opens only regular files through FUSE_OPEN.
-        holds.opened(ino, mode: UInt32(S_IFREG), on: rt.loop, fs: fs)
+        holds.opened(ino, mode: UInt32(S_IFREG))
         var o = openReply(files.open(ino: ino, flags: flags))
         if fosfuse_reply_open(r.raw, &o) != 0 { dropHandle(o.fh) }
     }
@@ -97,7 +97,7 @@ extension Daemon {
             let a = try await self.fs.create(parent: parent, name: name, mode: mode & 0o7777,
                                              flags: OpenFlags(rawValue: flags))
             var e = self.entry(a)
-            self.holds.opened(a.ino, mode: a.mode, on: self.rt.loop, fs: self.fs)
+            self.holds.opened(a.ino, mode: a.mode)
             var o = self.openReply(self.files.open(ino: a.ino, flags: flags))
             self.nodes.looked(a.ino)
             if fosfuse_reply_create(r.raw, &e, &o) != 0 {

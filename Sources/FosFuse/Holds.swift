@@ -20,23 +20,27 @@ import Glibc
 /// whether or not its placeholder is seen yet.
 final class Holds: Sendable {
     private let placeholders = Mutex<[UInt64: Int32]>([:])
-    private let node: UInt64
+    private let rt: FosRuntime
+    private let fs: FSClient
 
-    init(node: UInt64) { self.node = node }
+    init(rt: FosRuntime, fs: FSClient) {
+        self.rt = rt
+        self.fs = fs
+    }
 
     /// The first open of `ino` here: the placeholder, and the member told.
-    func opened(_ ino: UInt64, mode: UInt32, on loop: EventLoop, fs: FSClient) {
+    func opened(_ ino: UInt64, mode: UInt32) {
         guard mode & UInt32(S_IFMT) == UInt32(S_IFREG) else { return }
         let made = placeholders.withLock { p -> Bool in
             guard p[ino] == nil else { return false }
-            let name = "fos-" + String(ino, radix: 16) + "-0-0-" + String(node, radix: 16)
+            let name = "fos-" + String(ino, radix: 16) + "-0-0-" + String(rt.node, radix: 16)
             let fd = fos_sys_memfd(name)
             guard fd >= 0 else { return false }
             p[ino] = fd
             return true
         }
         guard made else { return }
-        loop.spawn { await FSClient.$actingAs.withValue(nil) { try? await fs.hold(ino: ino) } }
+        rt.loop.spawn { [fs] in await FSClient.$actingAs.withValue(nil) { try? await fs.hold(ino: ino) } }
     }
 
     /// The last close of `ino` here.

@@ -187,7 +187,7 @@ func main() -> Never {
         fsname.withCString { name in
             var cfg = fosfuse_config(mountpoint: mp, fsname: name, allow_other: opts.allowOther ? 1 : 0,
                                      read_only: opts.readOnly ? 1 : 0, debug: opts.debug ? 1 : 0,
-                                     max_background: 64, explicit_invalidation: daemon.invalidator != nil ? 1 : 0)
+                                     max_background: 64, changes_announced: daemon.invalidator != nil ? 1 : 0)
             return fosfuse_session(&cfg, &ops, Unmanaged.passRetained(daemon).toOpaque(), &err, err.count)
         }
     }

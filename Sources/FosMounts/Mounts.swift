@@ -23,7 +23,8 @@ public enum FuseMounts {
     public static func directory(runtime: String) -> String { runtime + "/mounts" }
 
     /// The record of `mountpoint` (an absolute, normalised path): its bytes
-    /// hex-encoded, so that any path makes one flat file name.
+    /// hex-encoded, so that any path makes one flat file name. fos-run and
+    /// the shim look for it by the same rule, in C (fos_mountinfo.h).
     public static func recordPath(runtime: String, mountpoint: String) -> String {
         let name = mountpoint.utf8.map { String(format: "%02x", $0) }.joined()
         return directory(runtime: runtime) + "/" + String(name.prefix(240)) + ".mount"

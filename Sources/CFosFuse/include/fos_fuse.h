@@ -183,7 +183,7 @@ struct fosfuse_config {
      * kernel then keeps pages until told (or until it sees a new size),
      * instead of dropping them whenever it sees a new mtime (which its own
      * writes make). */
-    int explicit_invalidation;
+    int changes_announced;
 };
 
 /* Creates the session and mounts it. On failure returns -1 with a message in err. */
